@@ -1,0 +1,24 @@
+//! Cove's core: the domain types (names, references, digests, manifests), the
+//! error model that maps onto OCI error codes, the plugin traits ([`Storage`],
+//! [`Upstream`], [`Authenticator`], [`AccessPolicy`]) and the registry engine
+//! that implements OCI Distribution semantics on top of them, free of HTTP.
+
+pub mod auth;
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod name;
+pub mod registry;
+pub mod storage;
+pub mod upstream;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use auth::{AccessPolicy, Action, AuthRequest, Authenticator, Identity};
+pub use digest::{Algorithm, Digest, DigestHasher};
+pub use error::{ErrorCode, RegistryError, Result};
+pub use name::{Reference, RepoName, Tag};
+pub use registry::Registry;
+pub use storage::{ByteRange, ByteStream, Storage, StorageError};
+pub use upstream::Upstream;

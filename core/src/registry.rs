@@ -1,0 +1,585 @@
+//! The registry engine: OCI Distribution semantics implemented once on top of
+//! the plugin traits. The HTTP server parses requests into typed values and
+//! calls these methods; everything here is free of HTTP.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::digest::{Digest, DigestHasher};
+use crate::error::{ErrorCode, RegistryError, Result};
+use crate::manifest::{parse_manifest, Descriptor, OCI_INDEX};
+use crate::name::{Reference, RepoName, Tag};
+use crate::storage::{ByteRange, ByteStream, Storage, StoredManifest, UploadInfo};
+
+/// A manifest ready to be sent.
+#[derive(Debug, Clone)]
+pub struct ManifestResponse {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// A blob (or a range of it) ready to be sent.
+pub struct BlobResponse {
+    /// Size of the whole blob.
+    pub size: u64,
+    /// The range being sent, if the request asked for one.
+    pub range: Option<ByteRange>,
+    pub body: ByteStream,
+}
+
+/// The result of a manifest push.
+#[derive(Debug, Clone)]
+pub struct PutManifestResult {
+    pub digest: Digest,
+    /// The manifest's `subject`, sent back as `OCI-Subject`.
+    pub subject: Option<Digest>,
+}
+
+/// One page of a sorted list (tags or repositories).
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<String>,
+    /// The last item returned, when more items follow (for the `Link` header).
+    pub next_last: Option<String>,
+}
+
+/// The result of a referrers query.
+#[derive(Debug, Clone)]
+pub struct ReferrersResponse {
+    /// The image index body.
+    pub body: Bytes,
+    /// Whether an `artifactType` filter was applied.
+    pub filtered: bool,
+}
+
+/// The registry engine.
+#[derive(Clone)]
+pub struct Registry {
+    storage: Arc<dyn Storage>,
+}
+
+impl Registry {
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Registry { storage }
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    // ---- manifests ---------------------------------------------------------
+
+    /// Resolves a reference to a stored manifest.
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestResponse> {
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => self
+                .storage
+                .tag_get(repo, t)
+                .await?
+                .ok_or_else(|| RegistryError::manifest_unknown(reference))?,
+        };
+        let stored = self
+            .storage
+            .manifest_get(repo, &digest)
+            .await?
+            .ok_or_else(|| RegistryError::manifest_unknown(reference))?;
+        Ok(ManifestResponse {
+            digest,
+            media_type: stored.media_type,
+            bytes: stored.bytes,
+        })
+    }
+
+    /// Validates and stores a manifest, tagging it when `reference` is a tag.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PutManifestResult> {
+        let parsed = parse_manifest(&bytes, content_type)?;
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let mut h = DigestHasher::new(expected.algorithm());
+                h.update(&bytes);
+                let actual = h.finish();
+                if &actual != expected {
+                    return Err(RegistryError::new(
+                        ErrorCode::DigestInvalid,
+                        format!("manifest digest is {actual}, not {expected} as given in the URL"),
+                    ));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(&bytes),
+        };
+        for blob in parsed.required_blobs() {
+            if !self.storage.blob_linked(repo, &blob.digest).await? {
+                return Err(manifest_blob_unknown(&blob.digest, "blob"));
+            }
+        }
+        for child in &parsed.manifests {
+            if self
+                .storage
+                .manifest_get(repo, &child.digest)
+                .await?
+                .is_none()
+            {
+                return Err(manifest_blob_unknown(&child.digest, "manifest"));
+            }
+        }
+        let size = bytes.len() as u64;
+        let stored = StoredManifest {
+            media_type: parsed.media_type.clone(),
+            bytes,
+        };
+        self.storage.manifest_put(repo, &digest, &stored).await?;
+        let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
+        if let Some(subject) = &subject {
+            let descriptor = parsed.referrer_descriptor(&digest, size);
+            self.storage
+                .referrer_put(repo, subject, &descriptor)
+                .await?;
+        }
+        if let Reference::Tag(tag) = reference {
+            self.storage.tag_put(repo, tag, &digest).await?;
+        }
+        Ok(PutManifestResult { digest, subject })
+    }
+
+    /// Deletes a tag (by tag) or a manifest and every tag pointing at it (by
+    /// digest).
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        match reference {
+            Reference::Tag(tag) => {
+                if !self.storage.tag_delete(repo, tag).await? {
+                    return Err(RegistryError::manifest_unknown(reference));
+                }
+            }
+            Reference::Digest(digest) => {
+                let stored = self
+                    .storage
+                    .manifest_get(repo, digest)
+                    .await?
+                    .ok_or_else(|| RegistryError::manifest_unknown(reference))?;
+                for tag in self.storage.tag_list(repo).await?.unwrap_or_default() {
+                    let Ok(tag) = tag.parse::<Tag>() else {
+                        continue;
+                    };
+                    if self.storage.tag_get(repo, &tag).await?.as_ref() == Some(digest) {
+                        self.storage.tag_delete(repo, &tag).await?;
+                    }
+                }
+                if let Ok(parsed) = parse_manifest(&stored.bytes, Some(&stored.media_type)) {
+                    if let Some(subject) = parsed.subject {
+                        self.storage
+                            .referrer_delete(repo, &subject.digest, digest)
+                            .await?;
+                    }
+                }
+                self.storage.manifest_delete(repo, digest).await?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- blobs -------------------------------------------------------------
+
+    /// The size of a blob `repo` may serve.
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        if !self.storage.blob_linked(repo, digest).await? {
+            return Err(RegistryError::blob_unknown(digest));
+        }
+        self.storage
+            .blob_size(digest)
+            .await?
+            .ok_or_else(|| RegistryError::blob_unknown(digest))
+    }
+
+    /// Streams a blob, or the part named by a `Range` header value.
+    pub async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<&str>,
+    ) -> Result<BlobResponse> {
+        let size = self.blob_size(repo, digest).await?;
+        let range = match range {
+            Some(h) => resolve_range(h, size)?,
+            None => None,
+        };
+        let body = self
+            .storage
+            .blob_read(digest, range)
+            .await
+            .map_err(|e| match e {
+                crate::storage::StorageError::NotFound => RegistryError::blob_unknown(digest),
+                e => e.into(),
+            })?;
+        Ok(BlobResponse { size, range, body })
+    }
+
+    /// Removes a blob from a repository.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        if !self.storage.blob_unlink(repo, digest).await? {
+            return Err(RegistryError::blob_unknown(digest));
+        }
+        Ok(())
+    }
+
+    /// Links a blob that `from` holds into `repo`. Returns `false` when `from`
+    /// does not hold it (the caller then starts a normal upload).
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: &RepoName,
+    ) -> Result<bool> {
+        if !self.storage.blob_linked(from, digest).await? {
+            return Ok(false);
+        }
+        self.storage.blob_link(repo, digest).await?;
+        Ok(true)
+    }
+
+    // ---- uploads -----------------------------------------------------------
+
+    /// A whole blob in one request (`POST ?digest=` with a body).
+    pub async fn put_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+        length: Option<u64>,
+    ) -> Result<u64> {
+        let size = self.storage.blob_write(digest, body, length).await?;
+        self.storage.blob_link(repo, digest).await?;
+        Ok(size)
+    }
+
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadInfo> {
+        Ok(self.storage.upload_start(repo).await?)
+    }
+
+    /// The state of an upload of `repo`.
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadInfo> {
+        if !crate::storage::valid_upload_id(id) {
+            return Err(RegistryError::upload_unknown());
+        }
+        let info = self.storage.upload_info(id).await?;
+        if &info.repo != repo {
+            return Err(RegistryError::upload_unknown());
+        }
+        Ok(info)
+    }
+
+    /// Appends a chunk. `range` is the parsed `Content-Range` (start, end
+    /// inclusive) when the client sent one; the chunk must start at the
+    /// current size (else 416). `length` is the declared Content-Length.
+    pub async fn upload_chunk(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<(u64, u64)>,
+        length: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let info = self.upload_status(repo, id).await?;
+        let mut expected = length;
+        if let Some((start, end)) = range {
+            if start != info.size || end < start {
+                return Err(crate::storage::StorageError::OffsetMismatch {
+                    expected: info.size,
+                    got: start,
+                }
+                .into());
+            }
+            let len = end - start + 1;
+            if length.is_some_and(|l| l != len) {
+                return Err(RegistryError::new(
+                    ErrorCode::SizeInvalid,
+                    "Content-Length does not match Content-Range",
+                )
+                .with_status(416)
+                .with_header("Range", crate::error::range_header(info.size)));
+            }
+            expected = Some(len);
+        }
+        let body = match expected {
+            Some(len) => exact_length(body, len),
+            None => body,
+        };
+        Ok(self.storage.upload_append(id, info.size, body).await?)
+    }
+
+    /// Completes an upload with an optional final chunk, verifying `digest`.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        body: Option<(ByteStream, Option<u64>)>,
+    ) -> Result<u64> {
+        let info = self.upload_status(repo, id).await?;
+        if let Some((body, length)) = body {
+            let body = match length {
+                Some(len) => exact_length(body, len),
+                None => body,
+            };
+            self.storage.upload_append(id, info.size, body).await?;
+        }
+        let size = self.storage.upload_commit(id, digest).await?;
+        self.storage.blob_link(repo, digest).await?;
+        Ok(size)
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        self.upload_status(repo, id).await?;
+        Ok(self.storage.upload_abort(id).await?)
+    }
+
+    /// Aborts sessions idle for longer than `max_idle`. Returns how many.
+    pub async fn expire_uploads(&self, max_idle: Duration) -> Result<usize> {
+        let now = SystemTime::now();
+        let mut n = 0;
+        for info in self.storage.upload_list().await? {
+            let idle = now.duration_since(info.updated).unwrap_or_default();
+            if idle > max_idle {
+                self.storage.upload_abort(&info.id).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    // ---- discovery ---------------------------------------------------------
+
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Page> {
+        let tags = self.storage.tag_list(repo).await?.ok_or_else(|| {
+            RegistryError::new(
+                ErrorCode::NameUnknown,
+                format!("repository {repo} is not known"),
+            )
+        })?;
+        Ok(paginate(tags, n, last))
+    }
+
+    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page> {
+        let repos = self
+            .storage
+            .repo_list()
+            .await?
+            .into_iter()
+            .map(|r| r.to_string())
+            .collect();
+        Ok(paginate(repos, n, last))
+    }
+
+    /// The referrers of `subject` as an image index, optionally filtered by
+    /// artifact type. An unknown subject has an empty index.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<ReferrersResponse> {
+        let mut list = self.storage.referrers(repo, subject).await?;
+        if let Some(at) = artifact_type {
+            list.retain(|d| d.artifact_type.as_deref() == Some(at));
+        }
+        Ok(ReferrersResponse {
+            body: referrers_index(&list),
+            filtered: artifact_type.is_some(),
+        })
+    }
+}
+
+fn manifest_blob_unknown(digest: &Digest, what: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::ManifestBlobUnknown,
+        format!("manifest references {what} {digest}, which is not in this repository"),
+    )
+    .with_detail(serde_json::json!({ "digest": digest.to_string() }))
+}
+
+fn referrers_index(list: &[Descriptor]) -> Bytes {
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": list,
+    });
+    Bytes::from(index.to_string())
+}
+
+/// Takes the page after `last` of at most `n` items from a sorted list.
+pub fn paginate(items: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
+    let start = match last {
+        Some(last) => items.partition_point(|i| i.as_str() <= last),
+        None => 0,
+    };
+    let rest = &items[start..];
+    let take = n.unwrap_or(rest.len()).min(rest.len());
+    let page: Vec<String> = rest[..take].to_vec();
+    let next_last = if take < rest.len() {
+        page.last().cloned()
+    } else {
+        None
+    };
+    Page {
+        items: page,
+        next_last,
+    }
+}
+
+/// Resolves an HTTP `Range` header value against a blob of `size` bytes.
+///
+/// `bytes=a-b`, `bytes=a-` and `bytes=-n` are honoured; other units and
+/// multi-range requests are ignored (the whole blob is sent, as RFC 9110
+/// allows). A malformed or unsatisfiable byte range is 416.
+pub fn resolve_range(header: &str, size: u64) -> Result<Option<ByteRange>> {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let unsatisfiable = || {
+        RegistryError::new(
+            ErrorCode::RangeInvalid,
+            format!("range {spec:?} cannot be satisfied for {size} bytes"),
+        )
+        .with_header("Content-Range", format!("bytes */{size}"))
+    };
+    let (a, b) = spec.trim().split_once('-').ok_or_else(unsatisfiable)?;
+    let parse = |s: &str| -> Result<Option<u64>> {
+        let s = s.trim();
+        if s.is_empty() {
+            Ok(None)
+        } else if s.bytes().all(|c| c.is_ascii_digit()) {
+            s.parse().map(Some).map_err(|_| unsatisfiable())
+        } else {
+            Err(unsatisfiable())
+        }
+    };
+    let range = match (parse(a)?, parse(b)?) {
+        (Some(start), end) => {
+            if start >= size {
+                return Err(unsatisfiable());
+            }
+            let end = end.unwrap_or(size - 1).min(size - 1);
+            if end < start {
+                return Err(unsatisfiable());
+            }
+            ByteRange { start, end }
+        }
+        (None, Some(suffix)) => {
+            if suffix == 0 || size == 0 {
+                return Err(unsatisfiable());
+            }
+            ByteRange {
+                start: size.saturating_sub(suffix),
+                end: size - 1,
+            }
+        }
+        (None, None) => return Err(unsatisfiable()),
+    };
+    Ok(Some(range))
+}
+
+/// Wraps a body so that it fails unless it yields exactly `len` bytes.
+pub fn exact_length(body: ByteStream, len: u64) -> ByteStream {
+    let mut seen = 0u64;
+    let mut done = false;
+    let checked = body
+        .map(Some)
+        .chain(futures::stream::once(async { None }))
+        .filter_map(move |item| {
+            let out = match item {
+                Some(Ok(chunk)) => {
+                    seen += chunk.len() as u64;
+                    if seen > len {
+                        done = true;
+                        Some(Err(std::io::Error::other(format!(
+                            "body is longer than the declared {len} bytes"
+                        ))))
+                    } else {
+                        Some(Ok(chunk))
+                    }
+                }
+                Some(Err(e)) => Some(Err(e)),
+                None if !done && seen != len => Some(Err(std::io::Error::other(format!(
+                    "body has {seen} bytes, {len} were declared"
+                )))),
+                None => None,
+            };
+            futures::future::ready(out)
+        });
+    Box::pin(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let r = |h: &str| resolve_range(h, 100);
+        assert_eq!(
+            r("bytes=0-9").ok().flatten(),
+            Some(ByteRange { start: 0, end: 9 })
+        );
+        assert_eq!(
+            r("bytes=90-").ok().flatten(),
+            Some(ByteRange { start: 90, end: 99 })
+        );
+        assert_eq!(
+            r("bytes=-10").ok().flatten(),
+            Some(ByteRange { start: 90, end: 99 })
+        );
+        assert_eq!(
+            r("bytes=50-500").ok().flatten(),
+            Some(ByteRange { start: 50, end: 99 })
+        );
+        assert_eq!(r("items=0-1").ok().flatten(), None);
+        assert_eq!(r("bytes=0-1,5-6").ok().flatten(), None);
+        for bad in [
+            "bytes=100-",
+            "bytes=5-2",
+            "bytes=x-1",
+            "bytes=-0",
+            "bytes=-",
+            "bytes=1",
+        ] {
+            assert_eq!(r(bad).expect_err(bad).http_status(), 416, "{bad}");
+        }
+        assert!(resolve_range("bytes=0-0", 0).is_err());
+    }
+
+    #[test]
+    fn pages() {
+        let items: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let p = paginate(items.clone(), Some(2), None);
+        assert_eq!(p.items, ["a", "b"]);
+        assert_eq!(p.next_last.as_deref(), Some("b"));
+        let p = paginate(items.clone(), Some(2), Some("b"));
+        assert_eq!(p.items, ["c", "d"]);
+        assert_eq!(p.next_last, None);
+        assert!(paginate(items.clone(), Some(0), None).items.is_empty());
+        assert_eq!(paginate(items, None, Some("bb")).items, ["c", "d"]);
+    }
+}

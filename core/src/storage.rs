@@ -1,0 +1,245 @@
+//! The [`Storage`] plugin trait: content-addressed blobs, resumable upload
+//! sessions, per-repository manifests, tags and referrers.
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::Stream;
+
+use crate::digest::Digest;
+use crate::manifest::Descriptor;
+use crate::name::{RepoName, Tag};
+
+/// A stream of bytes; an `Err` item ends the stream with a failure.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// An inclusive byte range `start..=end` already checked against a blob's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// What a storage backend can fail with. Variants are named by meaning;
+/// backends map their private errors into them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("not found")]
+    NotFound,
+    #[error("upload session is not known")]
+    UploadUnknown,
+    #[error("content digest {actual} does not match {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("chunk offset {got} does not match upload size {expected}")]
+    OffsetMismatch { expected: u64, got: u64 },
+    #[error("content length {actual} does not match {expected}")]
+    SizeMismatch { expected: u64, actual: u64 },
+    /// The incoming body failed (client disconnect, upstream truncation).
+    #[error("body stream failed: {0}")]
+    BodyError(String),
+    #[error("not supported by this backend: {0}")]
+    NotSupported(&'static str),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("backend error: {0}")]
+    Backend(String),
+}
+
+/// A manifest as stored: its exact bytes and media type.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// State of an upload session.
+#[derive(Debug, Clone)]
+pub struct UploadInfo {
+    /// Opaque session id: `[0-9a-f-]`, at most 64 characters.
+    pub id: String,
+    pub repo: RepoName,
+    /// Bytes received so far.
+    pub size: u64,
+    pub started: SystemTime,
+    /// Last time a chunk was appended (or the session started).
+    pub updated: SystemTime,
+}
+
+/// Storage for a registry.
+///
+/// # Contract
+/// - Blobs are content addressed and shared by all repositories; a blob is
+///   visible under a digest only after its bytes were verified against it.
+///   [`Storage::blob_link`] records that a repository may serve a blob.
+/// - Every write that makes something visible (blob commit, manifest, tag,
+///   link) is atomic: readers see the old state or the new, never a part;
+///   a crash at any moment leaves no partial object visible.
+/// - Upload sessions persist across restarts; `upload_append` at an offset
+///   other than the current size fails with [`StorageError::OffsetMismatch`].
+/// - Streams are never buffered whole: memory stays bounded by a chunk size.
+/// - Lists (tags, repositories, referrers) are returned in lexical order.
+/// - Operations a backend cannot do return [`StorageError::NotSupported`],
+///   never silently succeed.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// A short name for logs (`filesystem`, `s3`, …).
+    fn kind(&self) -> &'static str;
+
+    /// Checks that the backend is reachable and writable (readiness).
+    async fn check(&self) -> Result<(), StorageError>;
+
+    // ---- blobs -------------------------------------------------------------
+
+    /// The size of a committed blob, or `None`.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError>;
+
+    /// Streams a committed blob, or a range of it. `NotFound` if absent.
+    async fn blob_read(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, StorageError>;
+
+    /// Writes a whole blob from a stream, verifying it against `digest` (and
+    /// `expected_size` when given) before it becomes visible. Returns its size.
+    /// Writing a blob that already exists consumes the stream and succeeds.
+    async fn blob_write(
+        &self,
+        digest: &Digest,
+        body: ByteStream,
+        expected_size: Option<u64>,
+    ) -> Result<u64, StorageError>;
+
+    /// Removes a committed blob. Returns whether it existed.
+    async fn blob_delete(&self, digest: &Digest) -> Result<bool, StorageError>;
+
+    /// Every committed blob digest (for garbage collection and copying).
+    async fn blob_list(&self) -> Result<Vec<Digest>, StorageError>;
+
+    /// Records that `repo` may serve blob `digest`.
+    async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<(), StorageError>;
+
+    /// Whether `repo` may serve blob `digest` (linked and still committed).
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError>;
+
+    /// Removes the link of `digest` from `repo`. Returns whether it existed.
+    async fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError>;
+
+    // ---- uploads -----------------------------------------------------------
+
+    /// Starts an upload session for `repo`.
+    async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError>;
+
+    /// The state of a session; `UploadUnknown` if absent.
+    async fn upload_info(&self, id: &str) -> Result<UploadInfo, StorageError>;
+
+    /// Appends `body` at `offset` (which must equal the current size).
+    /// Returns the new size. A failed body leaves the session at its old size.
+    async fn upload_append(
+        &self,
+        id: &str,
+        offset: u64,
+        body: ByteStream,
+    ) -> Result<u64, StorageError>;
+
+    /// Verifies the session's bytes against `digest`, makes them the blob
+    /// `digest`, and ends the session. On mismatch the session is ended and
+    /// nothing becomes visible. Returns the blob size.
+    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, StorageError>;
+
+    /// Ends a session and discards its bytes.
+    async fn upload_abort(&self, id: &str) -> Result<(), StorageError>;
+
+    /// All sessions (for expiry).
+    async fn upload_list(&self) -> Result<Vec<UploadInfo>, StorageError>;
+
+    // ---- manifests, tags, referrers ----------------------------------------
+
+    /// Stores manifest bytes for `repo` under `digest` (already verified by
+    /// the caller).
+    async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        manifest: &StoredManifest,
+    ) -> Result<(), StorageError>;
+
+    /// The manifest `digest` of `repo`, or `None`.
+    async fn manifest_get(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<StoredManifest>, StorageError>;
+
+    /// Removes the manifest `digest` from `repo`. Returns whether it existed.
+    async fn manifest_delete(&self, repo: &RepoName, digest: &Digest)
+        -> Result<bool, StorageError>;
+
+    /// Every manifest digest of `repo`.
+    async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError>;
+
+    /// The digest a tag points at, or `None`.
+    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StorageError>;
+
+    /// Points `tag` at `digest` (atomically replacing any previous target).
+    async fn tag_put(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<(), StorageError>;
+
+    /// Removes a tag. Returns whether it existed.
+    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError>;
+
+    /// The tags of `repo` in lexical order; `None` if the repository is unknown.
+    async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError>;
+
+    /// Every repository holding at least one manifest, in lexical order.
+    async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError>;
+
+    /// Records that manifest `referrer` (described by `descriptor`) has
+    /// `subject` as its subject.
+    async fn referrer_put(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        descriptor: &Descriptor,
+    ) -> Result<(), StorageError>;
+
+    /// Removes a referrer record.
+    async fn referrer_delete(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<(), StorageError>;
+
+    /// The descriptors of manifests whose subject is `subject`, by digest order.
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, StorageError>;
+}
+
+/// Validates an upload session id before it is used as a path or key.
+pub fn valid_upload_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase() || b == b'-')
+}

@@ -1,0 +1,84 @@
+//! The [`Upstream`] plugin trait: a remote registry that Cove caches.
+
+use bytes::Bytes;
+
+use crate::digest::Digest;
+use crate::name::{Reference, RepoName};
+use crate::storage::ByteStream;
+
+/// A manifest as an upstream describes or returns it.
+#[derive(Debug, Clone)]
+pub struct UpstreamManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// The exact bytes (GET); `None` for a HEAD.
+    pub bytes: Option<Bytes>,
+}
+
+/// A blob body streaming from an upstream.
+pub struct UpstreamBlob {
+    /// The size the upstream announced, if it did.
+    pub size: Option<u64>,
+    pub stream: ByteStream,
+}
+
+/// What an upstream can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream rate limit (retry after {retry_after:?})")]
+    TooManyRequests { retry_after: Option<String> },
+    #[error("upstream denied access: {0}")]
+    Unauthorized(String),
+    /// Connection failure, timeout or 5xx: the cache may serve stale content.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    /// The upstream answered something that violates the protocol.
+    #[error("invalid upstream response: {0}")]
+    Invalid(String),
+}
+
+/// A remote registry.
+///
+/// # Contract
+/// - `repo` is the name in the upstream's own namespace (`library/nginx`).
+/// - Manifests are returned byte for byte with their media type and the
+///   digest the upstream announced (or computed from the bytes if it did
+///   not); the caller verifies.
+/// - Retries only idempotent requests, a bounded number of times.
+/// - Never logs credentials.
+#[async_trait::async_trait]
+pub trait Upstream: Send + Sync + 'static {
+    /// The origin host this upstream stands for (`docker.io`).
+    fn host(&self) -> &str;
+
+    /// Resolves a reference with a HEAD request.
+    async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<UpstreamManifest, UpstreamError>;
+
+    /// Fetches a manifest (size-capped).
+    async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<UpstreamManifest, UpstreamError>;
+
+    /// The size of a blob, by HEAD.
+    async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError>;
+
+    /// Streams a blob.
+    async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<UpstreamBlob, UpstreamError>;
+
+    /// Lists the tags of a repository.
+    async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, UpstreamError>;
+}
