@@ -9,8 +9,38 @@ use crate::name::RepoName;
 /// Who is making a request.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Identity {
+    /// No credentials were presented (or the authenticator ignores them).
     Anonymous,
-    User { name: String, groups: Vec<String> },
+    /// A verified user (htpasswd user, OIDC subject, registry-token subject).
+    User {
+        /// The user name (htpasswd user or the configured OIDC claim).
+        name: String,
+        /// Group memberships (OIDC groups claim; empty for htpasswd).
+        groups: Vec<String>,
+    },
+}
+
+impl Identity {
+    /// The user name, or `None` for [`Identity::Anonymous`].
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Identity::Anonymous => None,
+            Identity::User { name, .. } => Some(name),
+        }
+    }
+
+    /// The groups of a user; empty for [`Identity::Anonymous`].
+    pub fn groups(&self) -> &[String] {
+        match self {
+            Identity::Anonymous => &[],
+            Identity::User { groups, .. } => groups,
+        }
+    }
+
+    /// True for [`Identity::User`].
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self, Identity::User { .. })
+    }
 }
 
 impl fmt::Debug for Identity {
@@ -25,12 +55,19 @@ impl fmt::Debug for Identity {
 /// What an identity wants to do to a repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
+    /// Read manifests, blobs, tags, referrers.
     Pull,
+    /// Upload blobs and manifests, move tags.
     Push,
+    /// Delete manifests, tags and blobs.
     Delete,
 }
 
 impl Action {
+    /// Every action, in canonical order.
+    pub const ALL: [Action; 3] = [Action::Pull, Action::Push, Action::Delete];
+
+    /// The name used in configs and token scopes (`pull`, `push`, `delete`).
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Pull => "pull",
@@ -39,6 +76,30 @@ impl Action {
         }
     }
 }
+
+impl std::str::FromStr for Action {
+    type Err = UnknownAction;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pull" => Ok(Action::Pull),
+            "push" => Ok(Action::Push),
+            "delete" => Ok(Action::Delete),
+            _ => Err(UnknownAction),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not `pull`, `push` or `delete`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown action (expected pull, push or delete)")]
+pub struct UnknownAction;
 
 /// The parts of a request an authenticator may look at.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +124,9 @@ pub trait Authenticator: Send + Sync + 'static {
     /// A short name for logs (`network`, `htpasswd`, `oidc`).
     fn kind(&self) -> &'static str;
 
+    /// Verifies the request's credentials. No `Authorization` header yields
+    /// [`Identity::Anonymous`] (the policy then decides); present but wrong or
+    /// malformed credentials are `UNAUTHORIZED`.
     async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Identity, RegistryError>;
 
     /// The challenge to send when an anonymous identity lacks a permission
@@ -72,6 +136,7 @@ pub trait Authenticator: Send + Sync + 'static {
 
 /// Decides whether an identity may perform an action on a repository.
 pub trait AccessPolicy: Send + Sync + 'static {
+    /// True if `identity` may perform `action` on `repo`.
     fn allows(&self, identity: &Identity, action: Action, repo: &RepoName) -> bool;
 }
 

@@ -15,7 +15,7 @@ pub mod upstream;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use auth::{AccessPolicy, Action, AuthRequest, Authenticator, Identity};
+pub use auth::{AccessPolicy, Action, AuthRequest, Authenticator, Identity, UnknownAction};
 pub use digest::{Algorithm, Digest, DigestHasher};
 pub use error::{ErrorCode, RegistryError, Result};
 pub use name::{Reference, RepoName, Tag};
