@@ -22,6 +22,8 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
+    /// A malformed `n` or `last` pagination parameter (distribution's code).
+    PaginationInvalid,
     /// A read `Range` that cannot be satisfied (416). The spec has no code for
     /// it; out-of-order upload chunks use `BLOB_UPLOAD_INVALID` with 416.
     RangeInvalid,
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::PaginationInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::UpstreamUnavailable => "UNAVAILABLE",
             ErrorCode::Internal => "UNKNOWN",
@@ -65,7 +68,8 @@ impl ErrorCode {
             | ErrorCode::ManifestBlobUnknown
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
-            | ErrorCode::SizeInvalid => 400,
+            | ErrorCode::SizeInvalid
+            | ErrorCode::PaginationInvalid => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Denied => 403,
             ErrorCode::Unsupported => 405,

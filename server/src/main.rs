@@ -1,1 +1,125 @@
-fn main() {}
+//! The `cove` binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cove_server::config::{Config, LogFormat};
+use cove_server::serve;
+
+/// Cove: an OCI registry and pull-through cache.
+#[derive(Parser)]
+#[command(name = "cove", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry (works with no config file at all).
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides server.listen; default 0.0.0.0:5050).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (overrides storage.root; default ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a configuration file and print the effective settings.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let mut cfg = match config {
+                Some(path) => match Config::load(&path) {
+                    Ok(c) => c,
+                    Err(e) => return fail(&e),
+                },
+                None => Config::default(),
+            };
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            if let Some(d) = data_dir {
+                cfg.storage.root = d;
+            }
+            init_logging(cfg.server.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            runtime.block_on(async move {
+                let validated = match cfg.validate() {
+                    Ok(v) => v,
+                    Err(e) => return fail(&e),
+                };
+                let app = match serve::build_app(&cfg, &validated).await {
+                    Ok(a) => a,
+                    Err(e) => return fail(&e),
+                };
+                let listener = match serve::bind(&validated).await {
+                    Ok(l) => l,
+                    Err(e) => return fail(&e),
+                };
+                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(listen = %addr, storage = %cfg.storage.root.display(), "cove is serving");
+                serve::run(app, listener, validated.upload_ttl, serve::shutdown_signal()).await;
+                ExitCode::SUCCESS
+            })
+        }
+        Command::CheckConfig { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            match cfg.validate() {
+                Ok(v) => {
+                    println!(
+                        "configuration is valid: listen {}, storage {}",
+                        v.listen,
+                        cfg.storage.root.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("cove: {e}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,715 @@
+//! The HTTP application: one request in, one response out. Requests are
+//! parsed into a typed [`Endpoint`], authorised in one place, dispatched to
+//! the registry engine, and every error is turned into the spec's JSON body
+//! in exactly one place ([`error_response`]).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as _, Incoming};
+
+use cove_core::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
+use cove_core::registry::Page;
+use cove_core::{
+    AccessPolicy, Action, AuthRequest, Authenticator, Digest, ErrorCode, Reference, Registry,
+    RegistryError, RepoName,
+};
+
+use crate::body::{self, Body};
+use crate::routes::Endpoint;
+
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_FILTERS: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// Largest `n` honoured in a paginated request; larger values are clamped
+/// (the client follows the `Link` header for the rest).
+const MAX_PAGE: usize = 10_000;
+
+/// Shared state of the HTTP application.
+pub struct App {
+    pub registry: Registry,
+    pub auth: Arc<dyn Authenticator>,
+    pub policy: Arc<dyn AccessPolicy>,
+    /// `server.public_url` without a trailing slash.
+    pub public_url: Option<String>,
+    request_ids: AtomicU64,
+    id_prefix: u32,
+}
+
+/// Per-request context for logs.
+struct Ctx {
+    id: String,
+}
+
+impl App {
+    pub fn new(
+        registry: Registry,
+        auth: Arc<dyn Authenticator>,
+        policy: Arc<dyn AccessPolicy>,
+        public_url: Option<String>,
+    ) -> App {
+        App {
+            registry,
+            auth,
+            policy,
+            public_url,
+            request_ids: AtomicU64::new(0),
+            id_prefix: uuid::Uuid::new_v4().as_fields().0,
+        }
+    }
+
+    /// Handles one request; never fails (errors become responses).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        let ctx = Ctx {
+            id: format!("{:08x}{:08x}", self.id_prefix, n),
+        };
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let is_head = method == Method::HEAD;
+        let mut resp = match self.route(req, peer).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.code == ErrorCode::Internal {
+                    tracing::error!(request_id = %ctx.id, %method, %path, error = %e.message, "internal error");
+                }
+                error_response(&e, is_head)
+            }
+        };
+        let h = resp.headers_mut();
+        h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+            h.insert(REQUEST_ID, v);
+        }
+        let bytes = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info!(
+            request_id = %ctx.id,
+            peer = %peer.ip(),
+            %method,
+            %path,
+            status = resp.status().as_u16(),
+            bytes,
+            duration_ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
+            "request"
+        );
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, RegistryError> {
+        let endpoint = Endpoint::parse(req.uri().path()).ok_or_else(|| {
+            RegistryError::new(ErrorCode::NameUnknown, "no such API endpoint").with_status(404)
+        })?;
+        let query = Query::parse(req.uri().query());
+        let repo = match endpoint.name() {
+            Some(n) => Some(n.parse::<RepoName>()?),
+            None => None,
+        };
+        let action = match *req.method() {
+            Method::GET | Method::HEAD => Action::Pull,
+            Method::DELETE => Action::Delete,
+            _ => Action::Push,
+        };
+        self.authorize(req.headers(), peer, repo.as_ref(), action)
+            .await?;
+        let method = req.method().clone();
+        match (endpoint, repo) {
+            (Endpoint::Base, _) => match method {
+                Method::GET | Method::HEAD => {
+                    Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}")))
+                }
+                _ => Err(method_not_allowed()),
+            },
+            (Endpoint::Catalog, _) => match method {
+                Method::GET => {
+                    let (n, last) = query.page()?;
+                    let page = self.registry.catalog(n, last.as_deref()).await?;
+                    Ok(page_response("repositories", None, page, n))
+                }
+                _ => Err(method_not_allowed()),
+            },
+            (Endpoint::Tags { .. }, Some(repo)) => match method {
+                Method::GET => {
+                    let (n, last) = query.page()?;
+                    let page = self.registry.tags(&repo, n, last.as_deref()).await?;
+                    Ok(page_response("tags", Some(&repo), page, n))
+                }
+                _ => Err(method_not_allowed()),
+            },
+            (Endpoint::Manifest { reference, .. }, Some(repo)) => {
+                self.manifest(req, method, repo, &reference).await
+            }
+            (Endpoint::Blob { digest, .. }, Some(repo)) => {
+                let digest: Digest = digest.parse()?;
+                match method {
+                    Method::GET | Method::HEAD => {
+                        self.get_blob(req.headers(), method == Method::HEAD, &repo, &digest)
+                            .await
+                    }
+                    Method::DELETE => {
+                        self.registry.delete_blob(&repo, &digest).await?;
+                        Ok(status_response(StatusCode::ACCEPTED))
+                    }
+                    _ => Err(method_not_allowed()),
+                }
+            }
+            (Endpoint::UploadStart { .. }, Some(repo)) => match method {
+                Method::POST => self.start_upload(req, peer, repo, &query).await,
+                _ => Err(method_not_allowed()),
+            },
+            (Endpoint::Upload { id, .. }, Some(repo)) => {
+                self.upload(req, method, repo, &id, &query).await
+            }
+            (Endpoint::Referrers { digest, .. }, Some(repo)) => match method {
+                Method::GET => {
+                    let digest: Digest = digest.parse()?;
+                    let r = self
+                        .registry
+                        .referrers(&repo, &digest, query.get("artifactType"))
+                        .await?;
+                    let mut resp = typed_response(StatusCode::OK, OCI_INDEX, r.body);
+                    if r.filtered {
+                        resp.headers_mut()
+                            .insert(OCI_FILTERS, HeaderValue::from_static("artifactType"));
+                    }
+                    Ok(resp)
+                }
+                _ => Err(method_not_allowed()),
+            },
+            (_, None) => Err(RegistryError::internal("endpoint without repository")),
+        }
+    }
+
+    /// The one place where access is decided, before any handler runs.
+    async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        repo: Option<&RepoName>,
+        action: Action,
+    ) -> Result<(), RegistryError> {
+        let request = AuthRequest {
+            peer: peer.ip(),
+            authorization: headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+            forwarded_for: headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        };
+        let identity = self.auth.authenticate(&request).await?;
+        if let Some(repo) = repo {
+            if !self.policy.allows(&identity, action, repo) {
+                return Err(match (&identity, self.auth.challenge()) {
+                    (cove_core::Identity::Anonymous, Some(c)) => {
+                        RegistryError::new(ErrorCode::Unauthorized, "authentication required")
+                            .with_header("WWW-Authenticate", c)
+                    }
+                    _ => RegistryError::denied(format!(
+                        "{} on {repo} is not allowed",
+                        action.as_str()
+                    )),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn manifest(
+        &self,
+        req: Request<Incoming>,
+        method: Method,
+        repo: RepoName,
+        reference: &str,
+    ) -> Result<Response<Body>, RegistryError> {
+        let reference: Reference = match reference.parse() {
+            Ok(r) => r,
+            Err(e) if e.code == ErrorCode::DigestInvalid || method == Method::PUT => return Err(e),
+            Err(_) => return Err(RegistryError::manifest_unknown(reference)),
+        };
+        match method {
+            Method::GET | Method::HEAD => {
+                let m = self.registry.get_manifest(&repo, &reference).await?;
+                let mut resp = Response::new(if method == Method::HEAD {
+                    body::empty()
+                } else {
+                    body::full(m.bytes.clone())
+                });
+                let h = resp.headers_mut();
+                set(h, http::header::CONTENT_TYPE, &m.media_type);
+                set(h, http::header::CONTENT_LENGTH, &m.bytes.len().to_string());
+                set(h, CONTENT_DIGEST, &m.digest.to_string());
+                set(h, http::header::ETAG, &format!("\"{}\"", m.digest));
+                Ok(resp)
+            }
+            Method::PUT => {
+                let content_type = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let location_base = self.base_url(req.headers());
+                if content_length(req.headers())?.is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
+                    return Err(manifest_too_large());
+                }
+                let bytes = Limited::new(req.into_body(), MAX_MANIFEST_SIZE)
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        if e.downcast_ref::<http_body_util::LengthLimitError>()
+                            .is_some()
+                        {
+                            manifest_too_large()
+                        } else {
+                            RegistryError::new(
+                                ErrorCode::ManifestInvalid,
+                                "manifest body could not be read",
+                            )
+                        }
+                    })?
+                    .to_bytes();
+                let put = self
+                    .registry
+                    .put_manifest(&repo, &reference, content_type.as_deref(), bytes)
+                    .await?;
+                let mut resp = status_response(StatusCode::CREATED);
+                let h = resp.headers_mut();
+                set(
+                    h,
+                    http::header::LOCATION,
+                    &format!("{location_base}/v2/{repo}/manifests/{}", put.digest),
+                );
+                set(h, CONTENT_DIGEST, &put.digest.to_string());
+                if let Some(subject) = &put.subject {
+                    set(h, OCI_SUBJECT, &subject.to_string());
+                }
+                Ok(resp)
+            }
+            Method::DELETE => {
+                self.registry.delete_manifest(&repo, &reference).await?;
+                Ok(status_response(StatusCode::ACCEPTED))
+            }
+            _ => Err(method_not_allowed()),
+        }
+    }
+
+    async fn get_blob(
+        &self,
+        headers: &HeaderMap,
+        head: bool,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Response<Body>, RegistryError> {
+        let range = headers
+            .get(http::header::RANGE)
+            .and_then(|v| v.to_str().ok());
+        let (status, size, range, body) = if head {
+            let size = self.registry.blob_size(repo, digest).await?;
+            let range = match range {
+                Some(r) => cove_core::registry::resolve_range(r, size)?,
+                None => None,
+            };
+            (
+                if range.is_some() {
+                    StatusCode::PARTIAL_CONTENT
+                } else {
+                    StatusCode::OK
+                },
+                size,
+                range,
+                body::empty(),
+            )
+        } else {
+            let b = self.registry.get_blob(repo, digest, range).await?;
+            let status = if b.range.is_some() {
+                StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
+            };
+            (status, b.size, b.range, body::stream(b.body))
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        let len = range.map_or(size, |r| r.len());
+        set(h, http::header::CONTENT_LENGTH, &len.to_string());
+        set(h, http::header::CONTENT_TYPE, "application/octet-stream");
+        set(h, CONTENT_DIGEST, &digest.to_string());
+        set(h, http::header::ETAG, &format!("\"{digest}\""));
+        set(h, http::header::ACCEPT_RANGES, "bytes");
+        set(h, http::header::CACHE_CONTROL, "max-age=31536000");
+        if let Some(r) = range {
+            set(
+                h,
+                http::header::CONTENT_RANGE,
+                &format!("bytes {}-{}/{size}", r.start, r.end),
+            );
+        }
+        Ok(resp)
+    }
+
+    async fn start_upload(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        repo: RepoName,
+        query: &Query,
+    ) -> Result<Response<Body>, RegistryError> {
+        let base = self.base_url(req.headers());
+        if let Some(mount) = query.get("mount") {
+            let digest: Digest = mount.parse()?;
+            if let Some(from) = query.get("from") {
+                let from: RepoName = from.parse()?;
+                // Mounting reads the source: the caller must be allowed to pull it.
+                let pull_ok = self
+                    .authorize(req.headers(), peer, Some(&from), Action::Pull)
+                    .await
+                    .is_ok();
+                if pull_ok && self.registry.mount_blob(&repo, &digest, &from).await? {
+                    return Ok(blob_created(&base, &repo, &digest));
+                }
+            }
+        } else if let Some(digest) = query.get("digest") {
+            let digest: Digest = digest.parse()?;
+            let length = content_length(req.headers())?;
+            let body = body::incoming(req.into_body());
+            let body = match length {
+                Some(l) => cove_core::registry::exact_length(body, l),
+                None => body,
+            };
+            self.registry.put_blob(&repo, &digest, body, length).await?;
+            return Ok(blob_created(&base, &repo, &digest));
+        }
+        let info = self.registry.start_upload(&repo).await?;
+        Ok(upload_accepted(
+            &base,
+            &repo,
+            &info.id,
+            0,
+            StatusCode::ACCEPTED,
+        ))
+    }
+
+    async fn upload(
+        &self,
+        req: Request<Incoming>,
+        method: Method,
+        repo: RepoName,
+        id: &str,
+        query: &Query,
+    ) -> Result<Response<Body>, RegistryError> {
+        let base = self.base_url(req.headers());
+        match method {
+            Method::GET => {
+                let info = self.registry.upload_status(&repo, id).await?;
+                Ok(upload_accepted(
+                    &base,
+                    &repo,
+                    id,
+                    info.size,
+                    StatusCode::NO_CONTENT,
+                ))
+            }
+            Method::PATCH => {
+                let range = match req.headers().get(http::header::CONTENT_RANGE) {
+                    Some(v) => Some(parse_content_range(v)?),
+                    None => None,
+                };
+                let length = content_length(req.headers())?;
+                let body = body::incoming(req.into_body());
+                let size = self
+                    .registry
+                    .upload_chunk(&repo, id, range, length, body)
+                    .await?;
+                Ok(upload_accepted(
+                    &base,
+                    &repo,
+                    id,
+                    size,
+                    StatusCode::ACCEPTED,
+                ))
+            }
+            Method::PUT => {
+                let digest: Digest = query
+                    .get("digest")
+                    .ok_or_else(|| {
+                        RegistryError::new(
+                            ErrorCode::DigestInvalid,
+                            "the digest query parameter is required to complete an upload",
+                        )
+                    })?
+                    .parse()?;
+                let length = content_length(req.headers())?;
+                let has_body = length.is_some_and(|l| l > 0)
+                    || (length.is_none() && req.body().size_hint().exact() != Some(0));
+                let body = has_body.then(|| (body::incoming(req.into_body()), length));
+                self.registry
+                    .finish_upload(&repo, id, &digest, body)
+                    .await?;
+                Ok(blob_created(&base, &repo, &digest))
+            }
+            Method::DELETE => {
+                self.registry.cancel_upload(&repo, id).await?;
+                Ok(status_response(StatusCode::NO_CONTENT))
+            }
+            _ => Err(method_not_allowed()),
+        }
+    }
+
+    /// The scheme and host to prefix `Location` headers with: the configured
+    /// public URL, else what a reverse proxy says, else nothing (relative).
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(u) = &self.public_url {
+            return u.clone();
+        }
+        let get = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(',').next().unwrap_or(v).trim())
+        };
+        match (
+            get("x-forwarded-proto"),
+            get("x-forwarded-host").or_else(|| get("host")),
+        ) {
+            (Some(proto), Some(host)) if matches!(proto, "http" | "https") && valid_host(host) => {
+                format!("{proto}://{host}")
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// Turns an error into the spec's JSON error response.
+pub fn error_response(e: &RegistryError, head: bool) -> Response<Body> {
+    let body = Bytes::from(e.body().to_string());
+    let len = body.len();
+    let mut resp = Response::new(if head {
+        body::empty()
+    } else {
+        body::full(body)
+    });
+    *resp.status_mut() =
+        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    set(h, http::header::CONTENT_TYPE, "application/json");
+    set(h, http::header::CONTENT_LENGTH, &len.to_string());
+    for (name, value) in &e.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(n, v);
+        }
+    }
+    resp
+}
+
+fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+fn status_response(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+fn typed_response(status: StatusCode, content_type: &str, bytes: Bytes) -> Response<Body> {
+    let len = bytes.len();
+    let mut resp = Response::new(body::full(bytes));
+    *resp.status_mut() = status;
+    set(resp.headers_mut(), http::header::CONTENT_TYPE, content_type);
+    set(
+        resp.headers_mut(),
+        http::header::CONTENT_LENGTH,
+        &len.to_string(),
+    );
+    resp
+}
+
+fn json_response(status: StatusCode, bytes: Bytes) -> Response<Body> {
+    typed_response(status, "application/json", bytes)
+}
+
+fn page_response(
+    key: &str,
+    repo: Option<&RepoName>,
+    page: Page,
+    n: Option<usize>,
+) -> Response<Body> {
+    let mut doc = serde_json::json!({ key: page.items });
+    if let Some(repo) = repo {
+        doc["name"] = serde_json::Value::String(repo.to_string());
+    }
+    let mut resp = json_response(StatusCode::OK, Bytes::from(doc.to_string()));
+    if let (Some(last), Some(n)) = (page.next_last, n) {
+        let path = match repo {
+            Some(r) => format!("/v2/{r}/tags/list"),
+            None => "/v2/_catalog".to_owned(),
+        };
+        let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+        set(
+            resp.headers_mut(),
+            http::header::LINK,
+            &format!("<{path}?n={n}&last={last}>; rel=\"next\""),
+        );
+    }
+    resp
+}
+
+fn blob_created(base: &str, repo: &RepoName, digest: &Digest) -> Response<Body> {
+    let mut resp = status_response(StatusCode::CREATED);
+    let h = resp.headers_mut();
+    set(
+        h,
+        http::header::LOCATION,
+        &format!("{base}/v2/{repo}/blobs/{digest}"),
+    );
+    set(h, CONTENT_DIGEST, &digest.to_string());
+    resp
+}
+
+fn upload_accepted(
+    base: &str,
+    repo: &RepoName,
+    id: &str,
+    size: u64,
+    status: StatusCode,
+) -> Response<Body> {
+    let mut resp = status_response(status);
+    let h = resp.headers_mut();
+    set(
+        h,
+        http::header::LOCATION,
+        &format!("{base}/v2/{repo}/blobs/uploads/{id}"),
+    );
+    set(
+        h,
+        http::header::RANGE,
+        &cove_core::error::range_header(size),
+    );
+    set(h, UPLOAD_UUID, id);
+    resp
+}
+
+fn method_not_allowed() -> RegistryError {
+    RegistryError::unsupported("method not allowed on this endpoint")
+}
+
+fn manifest_too_large() -> RegistryError {
+    RegistryError::new(
+        ErrorCode::ManifestInvalid,
+        format!("manifest is larger than the {MAX_MANIFEST_SIZE} byte limit"),
+    )
+    .with_status(413)
+}
+
+fn content_length(h: &HeaderMap) -> Result<Option<u64>, RegistryError> {
+    match h.get(http::header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| RegistryError::new(ErrorCode::SizeInvalid, "invalid Content-Length")),
+    }
+}
+
+/// Parses a chunk's `Content-Range`: `start-end`, also accepting the
+/// `bytes start-end/total` and `bytes=start-end` forms some clients send.
+fn parse_content_range(v: &HeaderValue) -> Result<(u64, u64), RegistryError> {
+    let bad = || {
+        RegistryError::new(
+            ErrorCode::BlobUploadInvalid,
+            "Content-Range must be <start>-<end>",
+        )
+        .with_status(416)
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let s = s
+        .strip_prefix("bytes")
+        .map(|r| r.trim_start_matches(['=', ' ']))
+        .unwrap_or(s);
+    let s = s.split('/').next().unwrap_or(s);
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    let b: u64 = b.trim().parse().map_err(|_| bad())?;
+    if b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// Decoded query parameters.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(
+            q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `n` and `last` for paginated lists.
+    fn page(&self) -> Result<(Option<usize>, Option<String>), RegistryError> {
+        let n = match self.get("n") {
+            None | Some("") => None,
+            Some(s) => Some(
+                s.parse::<usize>()
+                    .map_err(|_| {
+                        RegistryError::new(
+                            ErrorCode::PaginationInvalid,
+                            "n must be a non-negative integer",
+                        )
+                    })?
+                    .min(MAX_PAGE),
+            ),
+        };
+        Ok((
+            n,
+            self.get("last")
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned),
+        ))
+    }
+}

@@ -1,0 +1,223 @@
+//! Configuration: a TOML file whose every key has a documented default, so
+//! `cove serve` runs with no file at all. Unknown keys are errors naming the
+//! key. Validation is pure (no I/O) and reports every problem with its path.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `0.0.0.0:5050`.
+    pub listen: String,
+    /// The URL clients reach Cove at (e.g. `https://cove.example.ts.net`),
+    /// used for absolute `Location` headers. Default: none (relative
+    /// locations, or `X-Forwarded-Proto`/`X-Forwarded-Host` when a proxy sends them).
+    pub public_url: Option<String>,
+    /// `text` (default) or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:5050".into(),
+            public_url: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Backend: `filesystem` (default).
+    pub kind: StorageKind,
+    /// Data directory of the filesystem backend. Default `./data`.
+    pub root: PathBuf,
+    /// Upload sessions idle for longer than this are removed. Default `24h`.
+    pub upload_ttl: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            kind: StorageKind::Filesystem,
+            root: PathBuf::from("./data"),
+            upload_ttl: "24h".into(),
+        }
+    }
+}
+
+/// Storage backend kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Filesystem,
+}
+
+/// A configuration that failed to load or validate.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// Values derived from a validated [`Config`].
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub listen: SocketAddr,
+    pub public_url: Option<String>,
+    pub upload_ttl: Duration,
+}
+
+impl Config {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; unknown keys are errors naming the key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every value, reporting all problems with their key paths.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let mut problems = Vec::new();
+        let listen = match self.server.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(format!(
+                    "server.listen: {:?} is not an address like 0.0.0.0:5050 or [::]:5050",
+                    self.server.listen
+                ));
+                None
+            }
+        };
+        let public_url = match &self.server.public_url {
+            Some(u) => {
+                let u = u.trim_end_matches('/');
+                let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                    && u.split("://")
+                        .nth(1)
+                        .is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace));
+                if !ok {
+                    problems.push(format!(
+                        "server.public_url: {u:?} is not an http:// or https:// URL"
+                    ));
+                }
+                Some(u.to_owned())
+            }
+            None => None,
+        };
+        let upload_ttl = match parse_duration(&self.storage.upload_ttl) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(format!("storage.upload_ttl: {e}"));
+                None
+            }
+        };
+        if self.storage.root.as_os_str().is_empty() {
+            problems.push("storage.root: must not be empty".into());
+        }
+        match (listen, upload_ttl) {
+            (Some(listen), Some(upload_ttl)) if problems.is_empty() => Ok(Validated {
+                listen,
+                public_url,
+                upload_ttl,
+            }),
+            _ => Err(ConfigError::Invalid(problems)),
+        }
+    }
+}
+
+/// Parses durations like `90s`, `5m`, `24h`, `7d`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 30s, 5m, 24h or 7d");
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        total = total
+            .checked_add(n.checked_mul(unit).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+    }
+    if !num.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = Config::parse("").expect("empty config");
+        let v = c.validate().expect("defaults valid");
+        assert_eq!(v.listen.port(), 5050);
+        assert_eq!(v.upload_ttl, Duration::from_secs(86400));
+        let e = Config::parse("[server]\nlisten = \"x\"\nbogus = 1\n").expect_err("unknown key");
+        assert!(e.contains("bogus"), "{e}");
+        let c = Config::parse("[server]\nlisten = \"nope\"\npublic_url = \"ftp://x\"\n[storage]\nupload_ttl = \"5 parsecs\"").expect("parses");
+        let e = c.validate().expect_err("invalid").to_string();
+        for key in ["server.listen", "server.public_url", "storage.upload_ttl"] {
+            assert!(e.contains(key), "{e} names {key}");
+        }
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("5").is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! Cove's HTTP server: configuration, the OCI Distribution API over hyper,
+//! and the pieces of the `cove` binary.
+
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod routes;
+pub mod serve;

@@ -1,0 +1,150 @@
+//! Builds the application from a validated configuration and runs the HTTP
+//! server until SIGINT/SIGTERM, then shuts down gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use cove_auth::NetworkAuthenticator;
+use cove_backends::FsStorage;
+use cove_core::auth::AllowAll;
+use cove_core::Registry;
+
+use crate::app::App;
+use crate::config::{Config, ConfigError, Validated};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open storage at {path}: {source}")]
+    Storage {
+        path: String,
+        source: cove_core::StorageError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Builds the application (storage, authenticator, policy) from the config.
+pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App>, StartError> {
+    let root = config.storage.root.clone();
+    let storage = FsStorage::open(root.clone()).map_err(|source| StartError::Storage {
+        path: root.display().to_string(),
+        source,
+    })?;
+    let registry = Registry::new(Arc::new(storage));
+    Ok(Arc::new(App::new(
+        registry,
+        Arc::new(NetworkAuthenticator),
+        Arc::new(AllowAll),
+        validated.public_url.clone(),
+    )))
+}
+
+/// Runs the server on `listener` until `shutdown` resolves.
+pub async fn run(
+    app: Arc<App>,
+    listener: TcpListener,
+    upload_ttl: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let expiry = {
+        let registry = app.registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                tick.tick().await;
+                match registry.expire_uploads(upload_ttl).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(expired = n, "removed idle upload sessions"),
+                    Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
+                }
+            }
+        })
+    };
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let svc = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
+                });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    expiry.abort();
+    drop(listener);
+    tracing::info!("shutting down: waiting for open connections");
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 30s; exiting anyway");
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (SIGINT only where SIGTERM does not exist).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Binds the configured address.
+pub async fn bind(validated: &Validated) -> Result<TcpListener, StartError> {
+    TcpListener::bind(validated.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: validated.listen.to_string(),
+            source,
+        })
+}
