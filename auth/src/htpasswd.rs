@@ -1,0 +1,473 @@
+//! The `htpasswd` authenticator: HTTP Basic against an htpasswd file.
+//!
+//! Only bcrypt (`$2a$`, `$2b$`, `$2y$`) and SHA-crypt (`$5$`, `$6$`) hashes
+//! are accepted; weaker schemes are refused at load naming the user and line.
+//! The file is re-read when it changes (checked at most once per
+//! `reload_interval`, on use). Successful verifications are cached for
+//! `cache_ttl`, keyed per user by a salted SHA-256 of user and password and
+//! compared in constant time, so a many-layer pull pays one bcrypt run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use cove_core::{AuthRequest, Authenticator, ErrorCode, Identity, RegistryError};
+use sha2::{Digest as _, Sha256};
+use sha_crypt::PasswordVerifier as _;
+use subtle::ConstantTimeEq;
+
+use crate::credentials::Credentials;
+
+/// A problem loading an htpasswd file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HtpasswdError {
+    /// The file could not be read.
+    #[error("cannot read htpasswd file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// One or more lines are malformed or use a refused scheme.
+    #[error("htpasswd file {path}: {}", problems.join("; "))]
+    Invalid {
+        /// The file.
+        path: String,
+        /// One message per bad line, naming the line and user.
+        problems: Vec<String>,
+    },
+}
+
+/// A supported password hash.
+#[derive(Clone, PartialEq, Eq)]
+enum Hash {
+    Bcrypt(String),
+    ShaCrypt(String),
+}
+
+/// Parsed htpasswd content: user → hash.
+#[derive(Clone, Default)]
+pub struct HtpasswdUsers {
+    users: HashMap<String, Hash>,
+}
+
+impl std::fmt::Debug for HtpasswdUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HtpasswdUsers")
+            .field("users", &self.users.len())
+            .finish()
+    }
+}
+
+impl HtpasswdUsers {
+    /// Parses htpasswd text; every bad line is reported (by line number and
+    /// user, never the hash).
+    pub fn parse(text: &str) -> Result<HtpasswdUsers, Vec<String>> {
+        let mut users = HashMap::new();
+        let mut problems = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((user, hash)) = line.split_once(':') else {
+                problems.push(format!("line {n}: expected user:hash"));
+                continue;
+            };
+            if user.is_empty() {
+                problems.push(format!("line {n}: empty user name"));
+                continue;
+            }
+            match classify(hash) {
+                Ok(h) => {
+                    if users.insert(user.to_owned(), h).is_some() {
+                        problems.push(format!("line {n}: user {user:?} appears more than once"));
+                    }
+                }
+                Err(why) => problems.push(format!("line {n}: user {user:?}: {why}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(HtpasswdUsers { users })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// True if the file has no users.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+fn classify(hash: &str) -> Result<Hash, String> {
+    const REGEN: &str =
+        "regenerate it with `htpasswd -B` (bcrypt) or `openssl passwd -6` (SHA-512-crypt)";
+    if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$") {
+        // $2x$cc$ + 53 characters of salt and hash.
+        let cost_ok = hash
+            .get(4..6)
+            .and_then(|c| c.parse::<u32>().ok())
+            .is_some_and(|c| (4..=31).contains(&c));
+        if hash.len() == 60 && cost_ok && hash.as_bytes()[6] == b'$' {
+            return Ok(Hash::Bcrypt(hash.to_owned()));
+        }
+        return Err(format!("malformed bcrypt hash; {REGEN}"));
+    }
+    if hash.starts_with("$5$") || hash.starts_with("$6$") {
+        if sha_crypt::PasswordHashRef::new(hash).is_ok() && hash.split('$').count() >= 4 {
+            return Ok(Hash::ShaCrypt(hash.to_owned()));
+        }
+        return Err(format!("malformed SHA-crypt hash; {REGEN}"));
+    }
+    let scheme = if hash.starts_with("$apr1$") {
+        "Apache MD5 ($apr1$)"
+    } else if hash.starts_with("$1$") {
+        "MD5-crypt ($1$)"
+    } else if hash.starts_with("{SHA}") {
+        "unsalted SHA-1 ({SHA})"
+    } else if hash.len() == 13
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+    {
+        "DES crypt"
+    } else {
+        "plaintext or an unknown scheme"
+    };
+    Err(format!("{scheme} is refused as too weak; {REGEN}"))
+}
+
+/// Options of the htpasswd authenticator.
+#[derive(Debug, Clone)]
+pub struct HtpasswdOptions {
+    /// How long a successful verification is remembered (zero disables).
+    pub cache_ttl: Duration,
+    /// Minimum time between checks of the file for changes.
+    pub reload_interval: Duration,
+    /// The `realm` of the `Basic` challenge.
+    pub realm: String,
+}
+
+impl Default for HtpasswdOptions {
+    fn default() -> Self {
+        HtpasswdOptions {
+            cache_ttl: Duration::from_secs(60),
+            reload_interval: Duration::from_secs(1),
+            realm: "cove".to_owned(),
+        }
+    }
+}
+
+struct Loaded {
+    users: Arc<HtpasswdUsers>,
+    generation: u64,
+}
+
+struct FileStamp {
+    checked: Instant,
+    modified: Option<SystemTime>,
+    len: u64,
+    sha256: [u8; 32],
+}
+
+struct CacheEntry {
+    digest: [u8; 32],
+    expires: Instant,
+    generation: u64,
+}
+
+/// Verifies HTTP Basic credentials against an htpasswd file.
+pub struct HtpasswdAuthenticator {
+    path: PathBuf,
+    opts: HtpasswdOptions,
+    loaded: RwLock<Loaded>,
+    stamp: tokio::sync::Mutex<FileStamp>,
+    cache: Mutex<HashMap<String, CacheEntry>>,
+    cache_salt: [u8; 32],
+    /// Verified against for unknown users so their timing matches known ones.
+    dummy_hash: String,
+}
+
+impl std::fmt::Debug for HtpasswdAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HtpasswdAuthenticator")
+            .field("path", &self.path)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn read_file(path: &Path) -> Result<(FileStamp, String), HtpasswdError> {
+    let io = |source| HtpasswdError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = tokio::fs::metadata(path).await.map_err(io)?;
+    let bytes = tokio::fs::read(path).await.map_err(io)?;
+    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    let text = String::from_utf8(bytes).map_err(|_| HtpasswdError::Invalid {
+        path: path.display().to_string(),
+        problems: vec!["file is not UTF-8".to_owned()],
+    })?;
+    Ok((
+        FileStamp {
+            checked: Instant::now(),
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            sha256,
+        },
+        text,
+    ))
+}
+
+impl HtpasswdAuthenticator {
+    /// Loads `path`; fails if the file is unreadable or any line is bad.
+    pub async fn open(
+        path: impl Into<PathBuf>,
+        opts: HtpasswdOptions,
+    ) -> Result<Self, HtpasswdError> {
+        let path = path.into();
+        let (stamp, text) = read_file(&path).await?;
+        let users = HtpasswdUsers::parse(&text).map_err(|problems| HtpasswdError::Invalid {
+            path: path.display().to_string(),
+            problems,
+        })?;
+        if users.is_empty() {
+            tracing::warn!(path = %path.display(), "htpasswd file has no users");
+        }
+        let mut salt = [0u8; 32];
+        crate::random_bytes(&mut salt);
+        let dummy_password = hex::encode(salt);
+        let dummy_hash = tokio::task::spawn_blocking(move || bcrypt::hash(dummy_password, 10))
+            .await
+            .map_err(|e| HtpasswdError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|e| HtpasswdError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let mut cache_salt = [0u8; 32];
+        crate::random_bytes(&mut cache_salt);
+        Ok(HtpasswdAuthenticator {
+            path,
+            opts,
+            loaded: RwLock::new(Loaded {
+                users: Arc::new(users),
+                generation: 0,
+            }),
+            stamp: tokio::sync::Mutex::new(stamp),
+            cache: Mutex::new(HashMap::new()),
+            cache_salt,
+            dummy_hash,
+        })
+    }
+
+    /// The number of users currently loaded.
+    pub fn user_count(&self) -> usize {
+        self.snapshot().0.len()
+    }
+
+    fn snapshot(&self) -> (Arc<HtpasswdUsers>, u64) {
+        let l = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+        (l.users.clone(), l.generation)
+    }
+
+    /// Re-reads the file if it changed and the reload interval has passed.
+    /// A file that became invalid is logged and the previous users are kept.
+    async fn maybe_reload(&self) {
+        // Only one task checks at a time; the others use the current users.
+        let Ok(mut stamp) = self.stamp.try_lock() else {
+            return;
+        };
+        if stamp.checked.elapsed() < self.opts.reload_interval {
+            return;
+        }
+        stamp.checked = Instant::now();
+        let meta = match tokio::fs::metadata(&self.path).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot stat htpasswd file; keeping loaded users");
+                return;
+            }
+        };
+        if meta.modified().ok() == stamp.modified && meta.len() == stamp.len {
+            return;
+        }
+        let (new_stamp, text) = match read_file(&self.path).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reload htpasswd file; keeping loaded users");
+                return;
+            }
+        };
+        let changed = !bool::from(new_stamp.sha256.ct_eq(&stamp.sha256));
+        *stamp = new_stamp;
+        if !changed {
+            return;
+        }
+        match HtpasswdUsers::parse(&text) {
+            Ok(users) => {
+                let mut l = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+                l.users = Arc::new(users);
+                l.generation += 1;
+                tracing::info!(path = %self.path.display(), users = l.users.len(), "htpasswd file reloaded");
+            }
+            Err(problems) => tracing::error!(
+                path = %self.path.display(),
+                problems = %problems.join("; "),
+                "htpasswd file changed but is invalid; keeping the previous users"
+            ),
+        }
+    }
+
+    fn cache_digest(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.cache_salt);
+        h.update((user.len() as u64).to_be_bytes());
+        h.update(user.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    fn cache_hit(&self, user: &str, digest: &[u8; 32], generation: u64) -> bool {
+        if self.opts.cache_ttl.is_zero() {
+            return false;
+        }
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get(user) {
+            Some(e) => {
+                let same = bool::from(e.digest.ct_eq(digest));
+                same && e.generation == generation && e.expires > Instant::now()
+            }
+            None => false,
+        }
+    }
+
+    fn cache_store(&self, user: &str, digest: [u8; 32], generation: u64) {
+        if self.opts.cache_ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= 10_000 {
+            cache.retain(|_, e| e.expires > now);
+        }
+        cache.insert(
+            user.to_owned(),
+            CacheEntry {
+                digest,
+                expires: now + self.opts.cache_ttl,
+                generation,
+            },
+        );
+    }
+
+    /// Verifies `user`/`password`; `Ok(true)` if they match.
+    pub async fn verify(&self, user: &str, password: &str) -> Result<bool, RegistryError> {
+        self.maybe_reload().await;
+        let (users, generation) = self.snapshot();
+        let digest = self.cache_digest(user, password);
+        if self.cache_hit(user, &digest, generation) {
+            return Ok(true);
+        }
+        let (hash, known) = match users.users.get(user) {
+            Some(h) => (h.clone(), true),
+            None => (Hash::Bcrypt(self.dummy_hash.clone()), false),
+        };
+        let password_owned = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || match hash {
+            Hash::Bcrypt(h) => bcrypt::verify(password_owned.as_bytes(), &h).unwrap_or(false),
+            Hash::ShaCrypt(h) => sha_crypt::ShaCrypt::default()
+                .verify_password(password_owned.as_bytes(), h.as_str())
+                .is_ok(),
+        })
+        .await
+        .map_err(|e| RegistryError::internal(format!("password verification task failed: {e}")))?
+            && known;
+        if ok {
+            self.cache_store(user, digest, generation);
+        }
+        Ok(ok)
+    }
+
+    fn unauthorized(&self, msg: &str) -> RegistryError {
+        RegistryError::new(ErrorCode::Unauthorized, msg)
+            .with_header("WWW-Authenticate", self.basic_challenge())
+    }
+
+    fn basic_challenge(&self) -> String {
+        format!("Basic realm=\"{}\"", self.opts.realm.replace('"', ""))
+    }
+}
+
+#[async_trait::async_trait]
+impl Authenticator for HtpasswdAuthenticator {
+    fn kind(&self) -> &'static str {
+        "htpasswd"
+    }
+
+    async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Identity, RegistryError> {
+        let Some(header) = request.authorization else {
+            return Ok(Identity::Anonymous);
+        };
+        let creds = Credentials::parse(header).map_err(|e| self.unauthorized(&e.message))?;
+        match creds {
+            Credentials::Basic { user, password } => {
+                if self.verify(&user, password.expose()).await? {
+                    Ok(Identity::User {
+                        name: user,
+                        groups: Vec::new(),
+                    })
+                } else {
+                    tracing::info!(user = %user, client = %request.peer, "htpasswd login failed");
+                    Err(self.unauthorized("invalid user name or password"))
+                }
+            }
+            Credentials::Bearer(_) => Err(self.unauthorized(
+                "bearer token is not valid here (expired, or not issued by this registry)",
+            )),
+        }
+    }
+
+    fn challenge(&self) -> Option<String> {
+        Some(self.basic_challenge())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_weak_schemes_naming_user_and_line() {
+        let text = "# comment\n\
+            good:$2y$05$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234\n\
+            md5:$apr1$abc$defghijklmnopqrstuvwx.\n\
+            sha1:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n\
+            des:abJnggxhB/yWI\n\
+            plain:hunter2\n";
+        let problems = HtpasswdUsers::parse(text).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems[0].contains("line 3")
+                && problems[0].contains("\"md5\"")
+                && problems[0].contains("$apr1$")
+        );
+        assert!(problems[1].contains("line 4") && problems[1].contains("{SHA}"));
+        assert!(problems[2].contains("line 5") && problems[2].contains("DES"));
+        assert!(problems[3].contains("line 6") && problems[3].contains("plaintext"));
+        assert!(problems.iter().all(|p| !p.contains("hunter2")));
+    }
+}

@@ -1,0 +1,443 @@
+//! [`AuthService`]: the one entry point the HTTP server calls per request.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use cove_core::{
+    AccessPolicy, Action, AuthRequest, Authenticator, ErrorCode, Identity, RegistryError, RepoName,
+};
+
+use crate::config::{self, AccessRule, AuthConfig, AuthKind, ConfigProblem};
+use crate::credentials::Credentials;
+use crate::htpasswd::{HtpasswdAuthenticator, HtpasswdError, HtpasswdOptions};
+use crate::network::{NetworkAuthenticator, NetworkBoundary};
+use crate::oidc::OidcAuthenticator;
+use crate::policy::{Actions, RulePolicy};
+use crate::ratelimit::FailureLimiter;
+use crate::token::{Scope, TokenCheck, TokenIssuer, TokenResponse, VerifiedToken};
+
+/// Why an [`AuthService`] could not be built from config.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthBuildError {
+    /// The config is invalid; every problem is listed with its key path.
+    #[error("invalid auth configuration: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Config(Vec<ConfigProblem>),
+    /// The htpasswd file could not be loaded.
+    #[error(transparent)]
+    Htpasswd(#[from] HtpasswdError),
+    /// Another setup failure (signing key file, HTTP client).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Everything the server needs for authentication and authorization: the
+/// network boundary, an [`Authenticator`], an [`AccessPolicy`], the registry
+/// token issuer and the failed-login limiter.
+pub struct AuthService {
+    boundary: NetworkBoundary,
+    authenticator: Arc<dyn Authenticator>,
+    policy: Arc<dyn AccessPolicy>,
+    tokens: TokenIssuer,
+    limiter: FailureLimiter,
+    /// The token endpoint URL for Bearer challenges; `None` → the
+    /// authenticator's own challenge (Basic for htpasswd).
+    realm: Option<String>,
+}
+
+impl std::fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthService")
+            .field("kind", &self.authenticator.kind())
+            .field("boundary", &self.boundary)
+            .field("tokens", &self.tokens)
+            .field("realm", &self.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the caller was identified.
+enum Caller {
+    /// No `Authorization` header.
+    NoCredentials,
+    /// Verified by the authenticator.
+    Authenticated(Identity),
+    /// A registry token of ours.
+    Token(VerifiedToken),
+}
+
+impl Caller {
+    fn identity(&self) -> &Identity {
+        match self {
+            Caller::NoCredentials => &Identity::Anonymous,
+            Caller::Authenticated(i) => i,
+            Caller::Token(t) => &t.identity,
+        }
+    }
+}
+
+impl AuthService {
+    /// Validates `[auth]`/`[[access]]` and builds the service: loads the
+    /// htpasswd file or prepares OIDC (keys are fetched lazily), reads or
+    /// generates the token key. `upstream_hosts` are the first components of
+    /// cached upstream namespaces (pull-only by default); `public_url` is the
+    /// registry's external base URL, used for the token realm
+    /// (`<public_url>/token`) unless `auth.token.realm` is set.
+    pub async fn from_config(
+        auth: &AuthConfig,
+        access: &[AccessRule],
+        upstream_hosts: &[String],
+        public_url: Option<&str>,
+    ) -> Result<Self, AuthBuildError> {
+        let problems = config::validate(auth, access);
+        if !problems.is_empty() {
+            return Err(AuthBuildError::Config(problems));
+        }
+        let boundary = NetworkBoundary::new(&auth.trusted_networks, &auth.trusted_proxies)
+            .map_err(AuthBuildError::Setup)?;
+        let service = auth.token.service.clone();
+        let authenticator: Arc<dyn Authenticator> = match auth.kind {
+            AuthKind::Network => Arc::new(NetworkAuthenticator),
+            AuthKind::Htpasswd => {
+                let path = auth.htpasswd_file.clone().unwrap_or_default();
+                let opts = HtpasswdOptions {
+                    cache_ttl: auth.credential_cache_ttl,
+                    reload_interval: auth.htpasswd_reload_interval,
+                    realm: service.clone(),
+                };
+                Arc::new(HtpasswdAuthenticator::open(path, opts).await?)
+            }
+            AuthKind::Oidc => {
+                let cfg = auth
+                    .oidc
+                    .clone()
+                    .ok_or_else(|| AuthBuildError::Setup("auth.oidc is required".into()))?;
+                Arc::new(OidcAuthenticator::new(cfg, &service).map_err(AuthBuildError::Setup)?)
+            }
+        };
+        let policy = RulePolicy::new(access, auth.effective_default_policy(), upstream_hosts)
+            .map_err(AuthBuildError::Setup)?;
+        let key = match &auth.token.signing_key_file {
+            Some(path) => {
+                let bytes = tokio::fs::read(path).await.map_err(|e| {
+                    AuthBuildError::Setup(format!(
+                        "auth.token.signing_key_file: cannot read {path}: {e}"
+                    ))
+                })?;
+                Some(bytes.trim_ascii().to_vec())
+            }
+            None => None,
+        };
+        let tokens = TokenIssuer::new(
+            &auth.token.issuer,
+            &service,
+            auth.token.lifetime,
+            key.as_deref(),
+        )
+        .map_err(|e| AuthBuildError::Setup(format!("auth.token.signing_key_file: {e}")))?;
+        let realm = auth
+            .token
+            .realm
+            .clone()
+            .or_else(|| public_url.map(|u| format!("{}/token", u.trim_end_matches('/'))));
+        let limiter = FailureLimiter::new(auth.rate_limit.max_failures, auth.rate_limit.window);
+        tracing::info!(kind = auth.kind.as_str(), token_realm = ?realm, "authentication configured");
+        Ok(AuthService::new(
+            boundary,
+            authenticator,
+            Arc::new(policy),
+            tokens,
+            limiter,
+            realm,
+        ))
+    }
+
+    /// Assembles a service from parts (custom authenticators, tests).
+    pub fn new(
+        boundary: NetworkBoundary,
+        authenticator: Arc<dyn Authenticator>,
+        policy: Arc<dyn AccessPolicy>,
+        tokens: TokenIssuer,
+        limiter: FailureLimiter,
+        realm: Option<String>,
+    ) -> Self {
+        AuthService {
+            boundary,
+            authenticator,
+            policy,
+            tokens,
+            limiter,
+            realm: realm.map(|r| r.replace('"', "")),
+        }
+    }
+
+    /// The authenticator's kind (`network`, `htpasswd`, `oidc`).
+    pub fn kind(&self) -> &'static str {
+        self.authenticator.kind()
+    }
+
+    /// The `WWW-Authenticate` value for the given scopes, or `None` when
+    /// credentials cannot help (network kind). With a token realm it is
+    /// `Bearer realm="…/token",service="…",scope="repository:name:pull,push"`.
+    pub fn challenge(&self, scopes: &[Scope], error: Option<&str>) -> Option<String> {
+        let native = self.authenticator.challenge()?;
+        let Some(realm) = &self.realm else {
+            return Some(native);
+        };
+        let mut c = format!(
+            "Bearer realm=\"{realm}\",service=\"{}\"",
+            self.tokens.service()
+        );
+        if !scopes.is_empty() {
+            let s: Vec<String> = scopes.iter().map(Scope::to_scope_string).collect();
+            c.push_str(&format!(",scope=\"{}\"", s.join(" ")));
+        }
+        if let Some(e) = error {
+            c.push_str(&format!(",error=\"{e}\""));
+        }
+        Some(c)
+    }
+
+    fn unauthorized(&self, message: &str, scopes: &[Scope], error: Option<&str>) -> RegistryError {
+        let mut e = RegistryError::new(ErrorCode::Unauthorized, message);
+        if let Some(c) = self.challenge(scopes, error) {
+            e = e.with_header("WWW-Authenticate", c);
+        }
+        e
+    }
+
+    /// Boundary, rate limit, credentials → who is calling.
+    async fn identify(
+        &self,
+        req: &AuthRequest<'_>,
+        scopes: &[Scope],
+    ) -> Result<(IpAddr, Caller), RegistryError> {
+        let client = self.boundary.admit(req.peer, req.forwarded_for)?;
+        let Some(header) = req.authorization else {
+            return Ok((client, Caller::NoCredentials));
+        };
+        self.limiter.check(client)?;
+        if let Ok(Credentials::Bearer(t)) = Credentials::parse(header) {
+            match self.tokens.verify(t.expose()) {
+                TokenCheck::Valid(v) => return Ok((client, Caller::Token(v))),
+                // Expired tokens are routine (clients refresh on 401): not a failure.
+                TokenCheck::Invalid => {
+                    return Err(self.unauthorized(
+                        "registry token is invalid or expired",
+                        scopes,
+                        Some("invalid_token"),
+                    ))
+                }
+                TokenCheck::NotOurs => {}
+            }
+        }
+        let inner = AuthRequest {
+            peer: client,
+            authorization: req.authorization,
+            forwarded_for: None,
+        };
+        match self.authenticator.authenticate(&inner).await {
+            Ok(Identity::Anonymous) => Ok((client, Caller::NoCredentials)),
+            Ok(id) => Ok((client, Caller::Authenticated(id))),
+            Err(e) if e.code == ErrorCode::Unauthorized => {
+                self.limiter.record_failure(client);
+                let mut out = self.unauthorized(&e.message, scopes, Some("invalid_token"));
+                if self.realm.is_none() {
+                    // Keep the authenticator's own challenge (e.g. OIDC error detail).
+                    out.headers = e.headers;
+                }
+                Err(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Authenticates the request and checks it may perform `need` (`None`:
+    /// only authentication, e.g. `GET /v2/` and the catalog). Returns the
+    /// identity, `401 UNAUTHORIZED` + `WWW-Authenticate` when credentials
+    /// could help, `403 DENIED` when they could not (outside
+    /// `auth.trusted_networks`, or the identity lacks the permission), or
+    /// `429 TOOMANYREQUESTS` + `Retry-After` after too many failed logins.
+    pub async fn authorize(
+        &self,
+        req: &AuthRequest<'_>,
+        need: Option<(&RepoName, Action)>,
+    ) -> Result<Identity, RegistryError> {
+        match need {
+            Some(n) => self.authorize_all(req, &[n]).await,
+            None => self.authorize_all(req, &[]).await,
+        }
+    }
+
+    /// Like [`AuthService::authorize`] for several permissions at once; all
+    /// must hold (e.g. a cross-repository mount checks push on the target and
+    /// pull on the source). An empty list means authentication only.
+    pub async fn authorize_all(
+        &self,
+        req: &AuthRequest<'_>,
+        needs: &[(&RepoName, Action)],
+    ) -> Result<Identity, RegistryError> {
+        let scopes = scopes_for(needs);
+        let (_, caller) = self.identify(req, &scopes).await?;
+        let identity = caller.identity().clone();
+        if needs.is_empty() {
+            return match caller {
+                Caller::NoCredentials if self.authenticator.challenge().is_some() => {
+                    Err(self.unauthorized("authentication required", &[], None))
+                }
+                _ => Ok(identity),
+            };
+        }
+        let policy_ok = needs
+            .iter()
+            .all(|(r, a)| self.policy.allows(&identity, *a, r));
+        let token_ok = match &caller {
+            Caller::Token(t) => needs.iter().all(|(r, a)| t.grants(r, *a)),
+            _ => true,
+        };
+        if policy_ok && token_ok {
+            return Ok(identity);
+        }
+        let denied_msg = || {
+            let what: Vec<String> = needs
+                .iter()
+                .filter(|(r, a)| !self.policy.allows(&identity, *a, r))
+                .map(|(r, a)| format!("{a} on {r}"))
+                .collect();
+            let who = identity
+                .name()
+                .map_or("anonymous".to_owned(), |n| format!("user {n}"));
+            format!("{who} is not allowed to {}", what.join(", "))
+        };
+        if policy_ok {
+            // The token lacks a scope the identity could get: ask for a new token.
+            return Err(self.unauthorized(
+                "token does not grant this access",
+                &scopes,
+                Some("insufficient_scope"),
+            ));
+        }
+        if !identity.is_authenticated() && self.authenticator.challenge().is_some() {
+            return Err(self.unauthorized(&format!("{}; log in", denied_msg()), &scopes, None));
+        }
+        Err(RegistryError::denied(denied_msg()))
+    }
+
+    /// True if the caller may pull `source` (for a cross-repository mount,
+    /// after `authorize(target, Push)` succeeded). On `false` the server
+    /// should fall back to a plain upload session (202), as the spec says.
+    pub async fn may_mount_from(&self, req: &AuthRequest<'_>, source: &RepoName) -> bool {
+        self.authorize_all(req, &[(source, Action::Pull)])
+            .await
+            .is_ok()
+    }
+
+    /// True if `identity` may see `repo` in the catalog (it may pull it).
+    pub fn visible_in_catalog(&self, identity: &Identity, repo: &RepoName) -> bool {
+        self.policy.allows(identity, Action::Pull, repo)
+    }
+
+    /// The Docker token endpoint (`GET /token?service=…&scope=…&account=…`).
+    /// `query` is the raw query string; `req` carries the peer and the
+    /// `Authorization` header (Basic credentials, or none for an anonymous
+    /// token). Grants each requested scope's actions that the policy allows
+    /// (possibly none). Wrong credentials → 401 with a Basic challenge.
+    /// Respond 200 with [`TokenResponse::to_json`].
+    pub async fn token(
+        &self,
+        query: &str,
+        req: &AuthRequest<'_>,
+    ) -> Result<TokenResponse, RegistryError> {
+        let mut requested = Vec::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if k == "scope" {
+                requested.extend(
+                    v.split(' ')
+                        .filter(|s| !s.is_empty())
+                        .filter_map(Scope::parse),
+                );
+            }
+        }
+        let client = self.boundary.admit(req.peer, req.forwarded_for)?;
+        let identity = match req.authorization {
+            None => Identity::Anonymous,
+            Some(header) => {
+                self.limiter.check(client)?;
+                let basic = format!("Basic realm=\"{}\"", self.tokens.service().replace('"', ""));
+                let verified = match Credentials::parse(header) {
+                    Ok(Credentials::Bearer(t)) => match self.tokens.verify(t.expose()) {
+                        TokenCheck::Valid(v) => Some(v.identity),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                match verified {
+                    Some(id) => id,
+                    None => {
+                        let inner = AuthRequest {
+                            peer: client,
+                            authorization: Some(header),
+                            forwarded_for: None,
+                        };
+                        match self.authenticator.authenticate(&inner).await {
+                            Ok(id) => id,
+                            Err(e) if e.code == ErrorCode::Unauthorized => {
+                                self.limiter.record_failure(client);
+                                return Err(RegistryError::new(ErrorCode::Unauthorized, e.message)
+                                    .with_header("WWW-Authenticate", basic));
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+        };
+        let open_registry = self.authenticator.challenge().is_none();
+        let mut granted = Vec::new();
+        for s in requested {
+            match s {
+                Scope::Repository { repo, actions } => {
+                    let ok: Actions = actions
+                        .to_vec()
+                        .into_iter()
+                        .filter(|a| self.policy.allows(&identity, *a, &repo))
+                        .collect();
+                    if ok != Actions::NONE {
+                        granted.push(Scope::Repository { repo, actions: ok });
+                    }
+                }
+                Scope::Catalog if identity.is_authenticated() || open_registry => {
+                    granted.push(Scope::Catalog)
+                }
+                Scope::Catalog => {}
+            }
+        }
+        tracing::debug!(identity = ?identity, scopes = granted.len(), "registry token issued");
+        self.tokens
+            .issue(&identity, &granted)
+            .map_err(RegistryError::internal)
+    }
+}
+
+fn scopes_for(needs: &[(&RepoName, Action)]) -> Vec<Scope> {
+    let mut out: Vec<Scope> = Vec::new();
+    for (repo, action) in needs {
+        // Ask for pull alongside push, as docker does, so one token serves
+        // the HEAD checks of a push too.
+        let mut acts = Actions::NONE.with(*action);
+        if *action == Action::Push {
+            acts = acts.with(Action::Pull);
+        }
+        match out
+            .iter_mut()
+            .find(|s| matches!(s, Scope::Repository { repo: r, .. } if r == *repo))
+        {
+            Some(Scope::Repository { actions, .. }) => *actions = actions.union(acts),
+            _ => out.push(Scope::Repository {
+                repo: (*repo).clone(),
+                actions: acts,
+            }),
+        }
+    }
+    out
+}
