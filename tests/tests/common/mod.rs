@@ -1,0 +1,951 @@
+//! Shared harness for the end-to-end tests: starts the real `cove` binary on
+//! a free loopback port with its own data directory, and offers small helpers
+//! to talk the OCI distribution protocol over raw HTTP, generate content and
+//! build OCI image layouts on disk for real clients.
+//!
+//! Every test owns its server and temp directories, so tests run in parallel.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// An Accept header naming every manifest media type.
+pub const ACCEPT_ALL: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+// ---------------------------------------------------------------------------
+// Locating the binary
+// ---------------------------------------------------------------------------
+
+/// The `cove` binary under test: `$COVE_BIN`, else `<target>/debug/cove` next
+/// to this test executable when it is newer than the sources, else one built
+/// on demand (in a separate target dir, so a running `cargo test` holding the
+/// main target dir's lock cannot deadlock the build).
+pub fn cove_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(find_or_build_cove).clone()
+}
+
+fn find_or_build_cove() -> PathBuf {
+    if let Some(p) = std::env::var_os("COVE_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "COVE_BIN={} does not exist", p.display());
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // <target>/<profile>/deps/<test-binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in <target>/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let newest_source = newest_mtime(&workspace);
+    for candidate in [
+        target_dir.join("debug").join("cove"),
+        target_dir.join("cove-tests-build").join("debug").join("cove"),
+    ] {
+        if let Ok(meta) = candidate.metadata() {
+            if meta.modified().is_ok_and(|m| m >= newest_source) {
+                return candidate;
+            }
+        }
+    }
+    let build_dir = target_dir.join("cove-tests-build");
+    eprintln!(
+        "cove binary missing or older than the sources: building it into {} \
+         (set COVE_BIN to skip this)",
+        build_dir.display()
+    );
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-p", "cove-server", "--bin", "cove"])
+        .env("CARGO_TARGET_DIR", &build_dir)
+        .current_dir(&workspace)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p cove-server failed");
+    let bin = build_dir.join("debug").join("cove");
+    assert!(bin.is_file(), "{} not built", bin.display());
+    bin
+}
+
+/// Newest modification time of the Rust sources and manifests of the crates
+/// the binary is built from.
+fn newest_mtime(workspace: &Path) -> SystemTime {
+    fn walk(dir: &Path, newest: &mut SystemTime) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in rd.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                walk(&path, newest);
+            } else if path
+                .extension()
+                .is_some_and(|e| e == "rs" || e == "toml" || e == "lock")
+            {
+                if let Ok(m) = meta.modified() {
+                    *newest = (*newest).max(m);
+                }
+            }
+        }
+    }
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for krate in ["core", "backends", "auth", "upstreams", "server"] {
+        walk(&workspace.join(krate), &mut newest);
+    }
+    for f in ["Cargo.toml", "Cargo.lock"] {
+        if let Ok(m) = workspace.join(f).metadata().and_then(|m| m.modified()) {
+            newest = newest.max(m);
+        }
+    }
+    newest
+}
+
+// ---------------------------------------------------------------------------
+// The server process
+// ---------------------------------------------------------------------------
+
+/// Options for starting a server.
+#[derive(Default, Clone)]
+pub struct ServerOptions {
+    /// Contents of a TOML config file passed with `--config`.
+    pub config: Option<String>,
+    /// Pass `--listen`/`--data-dir` flags (default true). When false, the
+    /// config file must provide them.
+    pub no_flags: bool,
+    /// Extra command-line arguments after `serve`.
+    pub extra_args: Vec<String>,
+}
+
+/// A running `cove serve` process. Killed (SIGKILL) on drop; when the test is
+/// panicking, its stderr is printed to help diagnose the failure.
+pub struct Server {
+    child: Option<Child>,
+    /// The listening address.
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The data directory (kept across [`Server::restart`]).
+    pub data_dir: PathBuf,
+    /// The process's stderr, captured to a file.
+    pub log_path: PathBuf,
+    /// Holds the data and log directories until the server is dropped.
+    pub tmp: tempfile::TempDir,
+    opts: ServerOptions,
+    /// A client with no proxy, no redirects and a generous timeout.
+    pub http: reqwest::Client,
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// An HTTP client for tests: no proxy (never leave loopback), no redirects.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(600))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("reqwest client")
+}
+
+impl Server {
+    /// Starts a server with default options and a fresh data directory.
+    pub async fn start() -> Server {
+        Server::start_with(ServerOptions::default()).await
+    }
+
+    /// Starts a server with `opts` and a fresh data directory.
+    pub async fn start_with(opts: ServerOptions) -> Server {
+        let tmp = tempfile::Builder::new()
+            .prefix("cove-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let log_path = tmp.path().join("cove.log");
+        let mut s = Server {
+            child: None,
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            base: String::new(),
+            data_dir,
+            log_path,
+            tmp,
+            opts,
+            http: http_client(),
+        };
+        s.spawn_and_wait().await;
+        s
+    }
+
+    /// Writes the config (if any) and spawns the process on a fresh port,
+    /// retrying if the port was taken meanwhile; waits until `/v2/` answers.
+    async fn spawn_and_wait(&mut self) {
+        let mut last_err = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+            self.base = format!("http://{}", self.addr);
+            let mut cmd = Command::new(cove_bin());
+            cmd.arg("serve");
+            if let Some(cfg) = &self.opts.config {
+                let cfg = cfg
+                    .replace("@LISTEN@", &self.addr.to_string())
+                    .replace("@DATA@", &self.data_dir.display().to_string());
+                let path = self.tmp.path().join("cove.toml");
+                std::fs::write(&path, cfg).expect("write config");
+                cmd.arg("--config").arg(&path);
+            }
+            if !self.opts.no_flags {
+                cmd.arg("--listen")
+                    .arg(self.addr.to_string())
+                    .arg("--data-dir")
+                    .arg(&self.data_dir);
+            }
+            cmd.args(&self.opts.extra_args);
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log_path)
+                .expect("open log file");
+            cmd.stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log)
+                .env("RUST_BACKTRACE", "1")
+                .env_remove("http_proxy")
+                .env_remove("HTTP_PROXY");
+            let child = cmd.spawn().expect("spawn cove");
+            self.child = Some(child);
+            match self.wait_ready(Duration::from_secs(30)).await {
+                Ok(()) => return,
+                Err(e) => {
+                    last_err = e;
+                    self.kill9();
+                    if !self.logs().contains("in use") {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!(
+            "cove did not become ready: {last_err}\n--- cove stderr ---\n{}",
+            self.logs_tail(8000)
+        );
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let url = format!("{}/v2/", self.base);
+        let client = http_client();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("cove exited early with {status}"));
+                }
+            }
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no 200 from {url} within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// Kills the server with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the
+    /// exit status (None if it had to be killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Starts the server again on the same data directory (new port).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn_and_wait().await;
+    }
+
+    /// The captured stderr so far.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The last `n` bytes of the captured stderr.
+    pub fn logs_tail(&self, n: usize) -> String {
+        let s = self.logs();
+        let mut start = s.len().saturating_sub(n);
+        while !s.is_char_boundary(start) {
+            start += 1;
+        }
+        s[start..].to_owned()
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Peak and current resident set size of the server, in KiB.
+    pub fn memory(&self) -> Memory {
+        memory_of(self.pid())
+    }
+
+    // ---- raw HTTP helpers ---------------------------------------------------
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header("accept", accept_for(path))
+            .send()
+            .await
+            .expect("GET request")
+    }
+
+    pub async fn head(&self, path: &str) -> reqwest::Response {
+        self.http
+            .head(self.url(path))
+            .header("accept", accept_for(path))
+            .send()
+            .await
+            .expect("HEAD request")
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE request")
+    }
+
+    pub fn req(&self, method: &str, path_or_url: &str) -> reqwest::RequestBuilder {
+        let url = if path_or_url.starts_with("http") {
+            path_or_url.to_owned()
+        } else {
+            self.url(path_or_url)
+        };
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        self.http.request(m, url)
+    }
+
+    /// Resolves a `Location` header (absolute or relative) to a full URL.
+    pub fn resolve(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_owned()
+        } else {
+            self.url(location)
+        }
+    }
+
+    /// Starts an upload session for `repo`; returns its absolute URL.
+    pub async fn start_upload(&self, repo: &str) -> String {
+        let r = self
+            .req("POST", &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .expect("POST upload");
+        assert_eq!(r.status(), 202, "start upload for {repo}");
+        self.resolve(&header(&r, "location"))
+    }
+
+    /// Pushes `data` as a blob of `repo` (POST then PUT with the whole body).
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256_digest(data);
+        let url = self.start_upload(repo).await;
+        let r = self
+            .req("PUT", &with_query(&url, &format!("digest={digest}")))
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("PUT blob");
+        assert_eq!(r.status(), 201, "push blob {digest} to {repo}");
+        digest
+    }
+
+    /// GET (or HEAD) a manifest with an Accept header naming every manifest
+    /// type, as real clients send.
+    pub async fn manifest(&self, method: &str, repo: &str, reference: &str) -> reqwest::Response {
+        self.req(method, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("accept", ACCEPT_ALL)
+            .send()
+            .await
+            .expect("manifest request")
+    }
+
+    /// Pushes a manifest; returns the response.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> reqwest::Response {
+        self.req("PUT", &format!("/v2/{repo}/manifests/{reference}"))
+            .header("content-type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("PUT manifest")
+    }
+
+    /// Pushes a small OCI image (config + `layers` random layers) tagged
+    /// `tag`; returns the image.
+    pub async fn push_image(&self, repo: &str, tag: &str, layers: usize) -> Image {
+        let img = Image::random(layers);
+        self.push_blob(repo, &img.config).await;
+        for l in &img.layers {
+            self.push_blob(repo, l).await;
+        }
+        let r = self
+            .put_manifest(repo, tag, OCI_MANIFEST, &img.manifest)
+            .await;
+        assert_eq!(r.status(), 201, "push manifest {repo}:{tag}");
+        img
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- cove stderr (last 6000 bytes of {}) ---\n{}",
+                self.log_path.display(),
+                self.logs_tail(6000)
+            );
+        }
+    }
+}
+
+/// The Accept header a client sends for `path`: every manifest type for
+/// manifest paths, anything otherwise.
+pub fn accept_for(path: &str) -> &'static str {
+    if path.contains("/manifests/") {
+        ACCEPT_ALL
+    } else {
+        "*/*"
+    }
+}
+
+/// Appends a query string to a URL that may already have one.
+pub fn with_query(url: &str, q: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&{q}")
+    } else {
+        format!("{url}?{q}")
+    }
+}
+
+/// A response header as a string ("" when absent).
+pub fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Reads a response as JSON, panicking with the body when it is not.
+pub async fn json(r: reqwest::Response) -> serde_json::Value {
+    let status = r.status();
+    let text = r.text().await.expect("response body");
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text:?}"))
+}
+
+/// Asserts an OCI error response: `status`, JSON error body whose first
+/// error has `code`, a non-empty message. Returns the body.
+pub async fn assert_error(r: reqwest::Response, status: u16, code: &str, what: &str) -> serde_json::Value {
+    let got = r.status().as_u16();
+    let ct = header(&r, "content-type");
+    let text = r.text().await.expect("error body");
+    assert_eq!(got, status, "{what}: status (body {text:?})");
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {text:?}"));
+    let errors = v["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no errors array in {text}"));
+    assert!(!errors.is_empty(), "{what}: empty errors array");
+    let codes: Vec<&str> = errors.iter().filter_map(|e| e["code"].as_str()).collect();
+    assert!(
+        codes.contains(&code),
+        "{what}: expected code {code}, got {codes:?} in {text}"
+    );
+    assert!(
+        errors.iter().all(|e| e["message"].is_string()),
+        "{what}: every error needs a message: {text}"
+    );
+    assert!(
+        ct.starts_with("application/json"),
+        "{what}: error Content-Type is {ct:?}"
+    );
+    v
+}
+
+// ---------------------------------------------------------------------------
+// Content
+// ---------------------------------------------------------------------------
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+fn seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (std::process::id() as u64) << 32 ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn splitmix(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `len` pseudo-random bytes, different on every call.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut s = seed();
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        v.extend_from_slice(&splitmix(&mut s).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A small random lowercase name (for repositories and tags).
+pub fn random_name(prefix: &str) -> String {
+    let mut s = seed();
+    format!("{prefix}{:012x}", splitmix(&mut s) & 0xffff_ffff_ffff)
+}
+
+/// A small OCI image held in memory: config, layers and its manifest bytes.
+pub struct Image {
+    pub config: Vec<u8>,
+    pub layers: Vec<Vec<u8>>,
+    pub manifest: Vec<u8>,
+    pub digest: String,
+}
+
+impl Image {
+    /// An OCI image with `layers` random layers of 1–64 KiB and a valid config.
+    pub fn random(layers: usize) -> Image {
+        let layers: Vec<Vec<u8>> = (0..layers)
+            .map(|i| random_bytes(1024 + (i * 7919 % 64) * 1024))
+            .collect();
+        Image::from_layers(layers)
+    }
+
+    pub fn from_layers(layers: Vec<Vec<u8>>) -> Image {
+        let diff_ids: Vec<String> = layers.iter().map(|l| sha256_digest(l)).collect();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "2026-01-01T00:00:00Z",
+            "config": {},
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+            "history": [],
+            "nonce": random_name(""),
+        }))
+        .expect("config json");
+        let manifest = oci_manifest(&config, &layers, None, None);
+        let digest = sha256_digest(&manifest);
+        Image {
+            config,
+            layers,
+            manifest,
+            digest,
+        }
+    }
+}
+
+/// A descriptor JSON value.
+pub fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
+    serde_json::json!({
+        "mediaType": media_type,
+        "digest": sha256_digest(data),
+        "size": data.len(),
+    })
+}
+
+/// OCI image manifest bytes for `config` and `layers`, with an optional
+/// `subject` descriptor and `artifactType`.
+pub fn oci_manifest(
+    config: &[u8],
+    layers: &[Vec<u8>],
+    subject: Option<serde_json::Value>,
+    artifact_type: Option<&str>,
+) -> Vec<u8> {
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": layers.iter().map(|l| descriptor(OCI_LAYER, l)).collect::<Vec<_>>(),
+    });
+    if let Some(s) = subject {
+        m["subject"] = s;
+    }
+    if let Some(a) = artifact_type {
+        m["artifactType"] = serde_json::Value::String(a.to_owned());
+    }
+    serde_json::to_vec_pretty(&m).expect("manifest json")
+}
+
+// ---------------------------------------------------------------------------
+// OCI image layouts (for skopeo)
+// ---------------------------------------------------------------------------
+
+/// Writes `img` as an OCI image layout at `dir` with `ref_name` as its
+/// `org.opencontainers.image.ref.name` annotation.
+pub fn write_oci_layout(dir: &Path, img: &Image, ref_name: &str) {
+    let blobs = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs).expect("create layout");
+    let write_blob = |data: &[u8]| {
+        let d = sha256_digest(data);
+        let hex = d.trim_start_matches("sha256:");
+        std::fs::write(blobs.join(hex), data).expect("write blob");
+    };
+    write_blob(&img.config);
+    for l in &img.layers {
+        write_blob(l);
+    }
+    write_blob(&img.manifest);
+    std::fs::write(
+        dir.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("write oci-layout");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST,
+            "digest": img.digest,
+            "size": img.manifest.len(),
+            "annotations": { "org.opencontainers.image.ref.name": ref_name },
+        }],
+    });
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("index json"),
+    )
+    .expect("write index.json");
+}
+
+/// Reads an OCI layout's index.json and returns the manifest digest tagged
+/// `ref_name` (or the only one, if `ref_name` is empty).
+pub fn oci_layout_manifest_digest(dir: &Path, ref_name: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("read index.json"))
+            .expect("index.json is JSON");
+    let manifests = index["manifests"].as_array().expect("manifests array");
+    let m = manifests
+        .iter()
+        .find(|m| {
+            ref_name.is_empty()
+                || m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(ref_name)
+        })
+        .unwrap_or_else(|| panic!("no manifest {ref_name:?} in {index}"));
+    m["digest"].as_str().expect("digest").to_owned()
+}
+
+/// Reads a blob from an OCI layout.
+pub fn oci_layout_blob(dir: &Path, digest: &str) -> Vec<u8> {
+    let (alg, hex) = digest.split_once(':').expect("digest");
+    std::fs::read(dir.join("blobs").join(alg).join(hex)).expect("read layout blob")
+}
+
+// ---------------------------------------------------------------------------
+// External tools
+// ---------------------------------------------------------------------------
+
+/// Path of an external tool, or a panic naming how to install it. Tests never
+/// pass silently without the peer they exercise.
+pub fn require_tool(name: &str, package: &str) -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"])
+    {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "`{name}` is required by this test but is not installed. Install it with \
+         `apt-get install -y {package}` or run scripts/install-test-deps.sh"
+    );
+}
+
+/// Runs a command, panicking with its output if it fails; returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+// ---------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------
+
+/// Memory of a process, in KiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// Peak resident set size (VmHWM).
+    pub peak_kib: u64,
+    /// Current resident set size (VmRSS).
+    pub rss_kib: u64,
+}
+
+/// Reads VmHWM and VmRSS from `/proc/<pid>/status` (Linux), or asks `ps` for
+/// the current RSS elsewhere (then peak = current).
+pub fn memory_of(pid: u32) -> Memory {
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing in /proc/{pid}/status"))
+        };
+        return Memory {
+            peak_kib: field("VmHWM:"),
+            rss_kib: field("VmRSS:"),
+        };
+    }
+    let out = run(Command::new("ps").args(["-o", "rss=", "-p", &pid.to_string()]));
+    let rss = out.trim().parse().expect("ps rss");
+    Memory {
+        peak_kib: rss,
+        rss_kib: rss,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Large streamed content
+// ---------------------------------------------------------------------------
+
+/// A deterministic, incompressible byte source of any size that never holds
+/// more than one chunk: chunk `i` is a fixed random block with `i` and the
+/// seed stamped at its start.
+#[derive(Clone)]
+pub struct Pattern {
+    block: Bytes,
+    seed: u64,
+    pub total: u64,
+}
+
+impl Pattern {
+    pub const CHUNK: usize = 1 << 20;
+
+    pub fn new(total: u64) -> Pattern {
+        let seed = seed();
+        Pattern {
+            block: Bytes::from(random_bytes(Self::CHUNK)),
+            seed,
+            total,
+        }
+    }
+
+    /// The bytes of chunk `i` (the last one may be short).
+    pub fn chunk(&self, i: u64) -> Bytes {
+        let start = i * Self::CHUNK as u64;
+        let len = (self.total - start).min(Self::CHUNK as u64) as usize;
+        let mut v = self.block[..len].to_vec();
+        let stamp = [i.to_le_bytes(), self.seed.to_le_bytes()].concat();
+        let n = stamp.len().min(len);
+        v[..n].copy_from_slice(&stamp[..n]);
+        Bytes::from(v)
+    }
+
+    pub fn chunks(&self) -> u64 {
+        self.total.div_ceil(Self::CHUNK as u64)
+    }
+
+    /// The bytes in `[start, end)` as a stream of chunks.
+    pub fn stream_range(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        let me = self.clone();
+        let c = Self::CHUNK as u64;
+        let first = start / c;
+        let last = if end == 0 { 0 } else { end.div_ceil(c) };
+        futures::stream::iter(first..last).map(move |i| {
+            let chunk = me.chunk(i);
+            let cs = i * c;
+            let a = start.saturating_sub(cs) as usize;
+            let b = ((end - cs) as usize).min(chunk.len());
+            Ok(chunk.slice(a..b))
+        })
+    }
+
+    /// The sha256 digest of the whole content.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for i in 0..self.chunks() {
+            h.update(self.chunk(i));
+        }
+        format!("sha256:{}", hex::encode(h.finalize()))
+    }
+}
+
+use futures::StreamExt as _;
+
+/// Reads a response body and checks it equals `pattern[start..end)`, chunk
+/// by chunk, without holding it; returns the number of bytes read.
+pub async fn verify_stream_equals(
+    resp: reqwest::Response,
+    pattern: &Pattern,
+    start: u64,
+) -> u64 {
+    let mut body = resp.bytes_stream();
+    let c = Pattern::CHUNK as u64;
+    let mut pos = start;
+    let mut cur: Option<(u64, Bytes)> = None;
+    while let Some(piece) = body.next().await {
+        let piece = piece.expect("body chunk");
+        let mut off = 0usize;
+        while off < piece.len() {
+            let idx = pos / c;
+            if cur.as_ref().is_none_or(|(i, _)| *i != idx) {
+                assert!(idx < pattern.chunks(), "body longer than expected");
+                cur = Some((idx, pattern.chunk(idx)));
+            }
+            let (_, expected) = cur.as_ref().expect("chunk");
+            let in_chunk = (pos - idx * c) as usize;
+            let n = (expected.len() - in_chunk).min(piece.len() - off);
+            assert!(
+                piece[off..off + n] == expected[in_chunk..in_chunk + n],
+                "content differs in bytes {pos}..{}",
+                pos + n as u64
+            );
+            off += n;
+            pos += n as u64;
+        }
+    }
+    pos - start
+}
+
+/// Every file under `dir`, recursively (empty when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Checks that every file under `<data>/blobs/sha256` is named by its
+/// content's digest; returns how many there are.
+pub fn assert_blobs_verified(data_dir: &Path) -> usize {
+    let files = files_under(&data_dir.join("blobs"));
+    for f in &files {
+        let name = f.file_name().and_then(|n| n.to_str()).expect("file name");
+        let mut h = Sha256::new();
+        let mut file = std::fs::File::open(f).expect("open blob");
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).expect("read blob");
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        assert_eq!(
+            hex::encode(h.finalize()),
+            name,
+            "{} is not a complete, verified blob",
+            f.display()
+        );
+        let parent = f.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str());
+        assert_eq!(parent, Some(&name[..2]), "{} not under its 2-hex prefix", f.display());
+    }
+    files.len()
+}

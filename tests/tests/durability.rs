@@ -1,0 +1,356 @@
+//! Crash safety and memory: kill -9 in the middle of uploads, restart on the
+//! same data directory, and check that nothing partial is visible and nothing
+//! acknowledged is lost; push and pull a multi-GiB blob while watching the
+//! server's peak RSS.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+
+const MIB: u64 = 1 << 20;
+
+/// Total size of files under `dir` (recursively).
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Waits until the data directory holds at least `min` bytes of staged
+/// content outside `blobs/` (temp files, upload sessions), or `timeout`.
+async fn wait_for_staged_bytes(s: &Server, min: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let staged = bytes_under(&s.data_dir.join("tmp")) + bytes_under(&s.data_dir.join("uploads"));
+        if staged >= min || Instant::now() > deadline {
+            return staged;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A body that sends `pattern[start..start+sent)` and then stalls forever, as
+/// a client whose connection hangs mid-upload.
+fn stalling_body(pattern: &Pattern, start: u64, sent: u64) -> reqwest::Body {
+    let s = pattern
+        .stream_range(start, start + sent)
+        .chain(futures::stream::pending());
+    reqwest::Body::wrap_stream(s)
+}
+
+/// After a crash and restart: no temp files, every blob file verified, and
+/// `digest` not visible in `repo`.
+async fn assert_nothing_partial(s: &Server, repo: &str, digest: &str) {
+    let tmp_files = files_under(&s.data_dir.join("tmp"));
+    assert!(
+        tmp_files.is_empty(),
+        "tmp/ not cleaned at start: {tmp_files:?}"
+    );
+    assert_blobs_verified(&s.data_dir);
+    let r = s.head(&format!("/v2/{repo}/blobs/{digest}")).await;
+    assert_eq!(r.status(), 404, "a partial blob is visible after a crash");
+}
+
+#[tokio::test]
+async fn kill9_during_monolithic_put_leaves_nothing_partial() {
+    let mut s = Server::start().await;
+    // Something committed before the crash must survive it.
+    let kept = s.push_image("crash/mono", "kept", 1).await;
+
+    let pattern = Pattern::new(256 * MIB);
+    let digest = pattern.digest();
+    for how in ["PUT", "POST"] {
+        let url = if how == "PUT" {
+            let url = s.start_upload("crash/mono").await;
+            with_query(&url, &format!("digest={digest}"))
+        } else {
+            s.url(&format!("/v2/crash/mono/blobs/uploads/?digest={digest}"))
+        };
+        let req = s
+            .req(how, &url)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", pattern.total.to_string())
+            .body(stalling_body(&pattern, 0, 96 * MIB));
+        let task = tokio::spawn(async move { req.send().await });
+        let staged = wait_for_staged_bytes(&s, 64 * MIB, Duration::from_secs(30)).await;
+        assert!(
+            staged >= 64 * MIB,
+            "{how}: the server staged only {staged} bytes of a 96 MiB partial body \
+             under tmp/ or uploads/"
+        );
+        s.kill9();
+        let outcome = task.await.expect("join");
+        assert!(outcome.is_err(), "{how}: the request succeeded with half a body");
+        s.restart().await;
+        assert_nothing_partial(&s, "crash/mono", &digest).await;
+        let r = s.get("/v2/crash/mono/manifests/kept").await;
+        assert_eq!(r.status(), 200, "a committed manifest was lost in the crash");
+        assert_eq!(header(&r, "docker-content-digest"), kept.digest);
+    }
+}
+
+#[tokio::test]
+async fn kill9_during_a_chunk_keeps_the_acknowledged_part() {
+    let mut s = Server::start().await;
+    let pattern = Pattern::new(96 * MIB);
+    let digest = pattern.digest();
+    let first = 16 * MIB;
+
+    let url = s.start_upload("crash/chunk").await;
+    let r = s
+        .req("PATCH", &url)
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("0-{}", first - 1))
+        .header("content-length", first.to_string())
+        .body(reqwest::Body::wrap_stream(pattern.stream_range(0, first)))
+        .send()
+        .await
+        .expect("PATCH 1");
+    assert_eq!(r.status(), 202);
+    let url = s.resolve(&header(&r, "location"));
+    let path = url.trim_start_matches(&s.base).to_owned();
+
+    // Second chunk: 80 MiB announced, 48 MiB sent, then the server dies.
+    let req = s
+        .req("PATCH", &url)
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("{first}-{}", pattern.total - 1))
+        .header("content-length", (pattern.total - first).to_string())
+        .body(stalling_body(&pattern, first, 48 * MIB));
+    let task = tokio::spawn(async move { req.send().await });
+    let staged = wait_for_staged_bytes(&s, first + 32 * MIB, Duration::from_secs(30)).await;
+    assert!(
+        staged >= first + 32 * MIB,
+        "the server staged only {staged} bytes"
+    );
+    s.kill9();
+    assert!(task.await.expect("join").is_err());
+    s.restart().await;
+    assert_nothing_partial(&s, "crash/chunk", &digest).await;
+
+    // The session survived with exactly the acknowledged bytes.
+    let r = s.get(&path).await;
+    assert_eq!(r.status(), 204, "the upload session did not survive a restart");
+    assert_eq!(
+        header(&r, "range"),
+        format!("0-{}", first - 1),
+        "after a crash mid-chunk the session must hold exactly the acknowledged bytes"
+    );
+    // Resume and complete.
+    let r = s
+        .req("PATCH", &s.url(&path))
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("{first}-{}", pattern.total - 1))
+        .header("content-length", (pattern.total - first).to_string())
+        .body(reqwest::Body::wrap_stream(
+            pattern.stream_range(first, pattern.total),
+        ))
+        .send()
+        .await
+        .expect("PATCH 2");
+    assert_eq!(r.status(), 202, "resuming the chunk");
+    let url = s.resolve(&header(&r, "location"));
+    let r = s
+        .req("PUT", &with_query(&url, &format!("digest={digest}")))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), 201, "completing the resumed upload");
+    let r = s.get(&format!("/v2/crash/chunk/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(verify_stream_equals(r, &pattern, 0).await, pattern.total);
+    assert_eq!(assert_blobs_verified(&s.data_dir), 1);
+}
+
+#[tokio::test]
+async fn kill9_between_chunks_loses_nothing_acknowledged() {
+    let mut s = Server::start().await;
+    let data = random_bytes(3 * 1_000_000 + 17);
+    let digest = sha256_digest(&data);
+    let cuts = [0usize, 1_000_000, 2_000_000, data.len()];
+    let mut url = s.start_upload("crash/between").await;
+    for w in cuts[..3].windows(2) {
+        let r = s
+            .req("PATCH", &url)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{}-{}", w[0], w[1] - 1))
+            .body(data[w[0]..w[1]].to_vec())
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(r.status(), 202);
+        url = s.resolve(&header(&r, "location"));
+    }
+    let path = url.trim_start_matches(&s.base).to_owned();
+    let manifest_img = s.push_image("crash/between", "tagged", 2).await;
+
+    s.restart().await; // kill -9, then start on the same data dir
+
+    let r = s.get(&path).await;
+    assert_eq!(r.status(), 204, "session lost in the crash");
+    assert_eq!(header(&r, "range"), format!("0-{}", cuts[2] - 1));
+    let r = s
+        .req("PUT", &with_query(&s.url(&path), &format!("digest={digest}")))
+        .header("content-type", "application/octet-stream")
+        .body(data[cuts[2]..].to_vec())
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), 201);
+    let body = s
+        .get(&format!("/v2/crash/between/blobs/{digest}"))
+        .await
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body[..] == data[..], "resumed blob differs");
+    let r = s.get("/v2/crash/between/manifests/tagged").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "docker-content-digest"), manifest_img.digest);
+    assert!(files_under(&s.data_dir.join("tmp")).is_empty());
+}
+
+/// Size of the big-blob test: `COVE_TEST_BIG_BLOB_MIB` (default 2048).
+fn big_size() -> u64 {
+    std::env::var("COVE_TEST_BIG_BLOB_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(2048)
+        * MIB
+}
+
+const RSS_LIMIT_KIB: u64 = 64 * 1024;
+
+fn rate(bytes: u64, d: Duration) -> String {
+    format!(
+        "{:.1} s, {:.0} MiB/s",
+        d.as_secs_f64(),
+        bytes as f64 / MIB as f64 / d.as_secs_f64().max(1e-9)
+    )
+}
+
+#[tokio::test]
+async fn big_blob_push_and_pull_in_flat_memory() {
+    let size = big_size();
+    let pattern = Pattern::new(size);
+    let mut report = vec![format!(
+        "big blob: {} MiB, server {}",
+        size / MIB,
+        cove_bin().display()
+    )];
+
+    // Chunked push (64 MiB PATCHes), hashing on the way.
+    let s = Server::start().await;
+    let start_mem = s.memory();
+    let t = Instant::now();
+    let mut url = s.start_upload("big/chunked").await;
+    let mut hasher = Sha256::new();
+    let chunk = 64 * MIB;
+    let mut offset = 0;
+    while offset < size {
+        let end = (offset + chunk).min(size);
+        // Chunks are 1 MiB aligned: hash this range's chunks, then send them.
+        for i in offset / Pattern::CHUNK as u64..end.div_ceil(Pattern::CHUNK as u64) {
+            hasher.update(pattern.chunk(i));
+        }
+        let body = reqwest::Body::wrap_stream(pattern.stream_range(offset, end));
+        let r = s
+            .req("PATCH", &url)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{offset}-{}", end - 1))
+            .header("content-length", (end - offset).to_string())
+            .body(body)
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(r.status(), 202, "PATCH {offset}");
+        assert_eq!(header(&r, "range"), format!("0-{}", end - 1));
+        url = s.resolve(&header(&r, "location"));
+        offset = end;
+    }
+    let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let r = s
+        .req("PUT", &with_query(&url, &format!("digest={digest}")))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), 201, "finishing the chunked upload");
+    let push_chunked = t.elapsed();
+    let mem_push = s.memory();
+
+    let t = Instant::now();
+    let r = s.get(&format!("/v2/big/chunked/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-length"), size.to_string());
+    assert_eq!(verify_stream_equals(r, &pattern, 0).await, size);
+    let pull = t.elapsed();
+    let mem_pull = s.memory();
+    report.push(format!(
+        "chunked push: {} | pull: {} | server RSS start {} KiB, peak after push {} KiB, \
+         peak after pull {} KiB",
+        rate(size, push_chunked),
+        rate(size, pull),
+        start_mem.rss_kib,
+        mem_push.peak_kib,
+        mem_pull.peak_kib
+    ));
+    // A ranged read from the middle streams too.
+    let mid = size / 2;
+    let r = s
+        .req("GET", &format!("/v2/big/chunked/blobs/{digest}"))
+        .header("range", format!("bytes={mid}-{}", mid + 10 * MIB - 1))
+        .send()
+        .await
+        .expect("GET range");
+    assert_eq!(r.status(), 206);
+    assert_eq!(verify_stream_equals(r, &pattern, mid).await, 10 * MIB);
+    let chunked_peak = s.memory().peak_kib;
+    drop(s);
+
+    // Monolithic PUT of the same content into a fresh server.
+    let s = Server::start().await;
+    let t = Instant::now();
+    let url = s.start_upload("big/mono").await;
+    let r = s
+        .req("PUT", &with_query(&url, &format!("digest={digest}")))
+        .header("content-type", "application/octet-stream")
+        .header("content-length", size.to_string())
+        .body(reqwest::Body::wrap_stream(pattern.stream_range(0, size)))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), 201, "monolithic PUT");
+    let push_mono = t.elapsed();
+    let mem_push = s.memory();
+    let t = Instant::now();
+    let r = s.get(&format!("/v2/big/mono/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(verify_stream_equals(r, &pattern, 0).await, size);
+    let pull = t.elapsed();
+    let mono_peak = s.memory().peak_kib;
+    report.push(format!(
+        "monolithic push: {} | pull: {} | server peak RSS after push {} KiB, after pull {} KiB",
+        rate(size, push_mono),
+        rate(size, pull),
+        mem_push.peak_kib,
+        mono_peak
+    ));
+    for line in &report {
+        eprintln!("{line}");
+        println!("{line}");
+    }
+    assert!(
+        chunked_peak < RSS_LIMIT_KIB,
+        "chunked push/pull raised the server's peak RSS to {chunked_peak} KiB (limit {RSS_LIMIT_KIB})"
+    );
+    assert!(
+        mono_peak < RSS_LIMIT_KIB,
+        "monolithic push/pull raised the server's peak RSS to {mono_peak} KiB (limit {RSS_LIMIT_KIB})"
+    );
+}
