@@ -1,0 +1,523 @@
+//! [`ObjectStorage`]: a [`Storage`] on an object store (S3 and S3-compatible
+//! servers, GCS, Azure) through the `object_store` crate. Cove stays
+//! stateless on top of it, so several replicas can share one bucket.
+//!
+//! # Key layout
+//! Below an optional prefix (`prefix = "cove"` → `cove/blobs/…`):
+//! ```text
+//! blobs/<alg>/<hex>                               committed blob bytes (only verified bytes)
+//! uploads/<id>/session.json                       upload session: repo, times, size, SHA-256
+//!                                                 state, multipart upload id + part ids, tail list
+//! uploads/<id>/tail/<offset>-<rand>               acknowledged bytes not yet in a full part
+//! uploads/<id>/data                               multipart target, copied to blobs/ at commit
+//! repositories/<repo>/_manifests/<alg>/<hex>      "<media type>\n<exact manifest bytes>"
+//! repositories/<repo>/_tags/<tag>                 "<alg>:<hex>" of the tagged manifest
+//! repositories/<repo>/_links/<alg>/<hex>          empty: repo may serve that blob
+//! repositories/<repo>/_referrers/<alg>/<hex>/<alg>/<hex>
+//!                                                 descriptor JSON of a referrer of a subject
+//! _check/<uuid>                                   readiness probe, deleted right away
+//! ```
+//! Repository names cannot have a component starting with `_`, so the
+//! `_manifests`-style markers never collide with a name.
+//!
+//! # Streaming and verification
+//! Bytes are buffered only up to the part size (default 8 MiB, at least the
+//! 5 MiB S3 requires of every part but the last), with at most two parts in
+//! flight, so memory stays flat whatever the blob size. Whole-blob writes
+//! ([`Storage::blob_write`], digest known up front) go to a multipart upload
+//! on the blob key that is completed only after the digest and size match;
+//! otherwise it is aborted, so nothing is visible before verification.
+//! A crashed process can leave an incomplete (invisible) multipart upload
+//! there: configure the bucket's `AbortIncompleteMultipartUpload` lifecycle.
+//!
+//! # Upload sessions across replicas
+//! Everything about a chunked upload is in the bucket, so any replica can
+//! continue it, also after restarts. The running SHA-256 is persisted as
+//! sha2's serialized hasher state after each chunk, so commit needs no
+//! re-read (a `sha512` commit digest re-reads the staged object once).
+//! PATCH chunks of any size are coalesced: bytes short of a part are stored
+//! as tail objects and merged into the next part once a part's worth exists.
+//! Commit completes the multipart upload onto `uploads/<id>/data`, checks
+//! its size, and server-side copies it to `blobs/…` (on AWS S3 a single
+//! CopyObject is limited to 5 GiB). `upload_abort` aborts the multipart
+//! upload and deletes every object of the session.
+//! Appends to one session are expected one at a time (OCI chunks are
+//! sequential); two replicas appending to the same session at once are not
+//! serialized (the offset check catches all but simultaneous appends).
+//!
+//! # Concurrent writers
+//! Blobs, manifests, links and referrer records are content addressed:
+//! concurrent writers write identical bytes, so any order is correct. A tag
+//! is one object written with a single PUT, which S3 and compatibles apply
+//! atomically: concurrent tag writes end with one of the written values
+//! (last writer wins), never a mix. No correctness depends on conditional
+//! writes (Garage ignores `If-None-Match`); `PutMode::Create` is used only
+//! where a store that honours it gains an extra guarantee (session ids).
+
+mod config;
+mod keys;
+mod upload;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cove_core::manifest::Descriptor;
+use cove_core::storage::{StoredManifest, UploadInfo};
+use cove_core::{ByteRange, ByteStream, Digest, RepoName, Storage, StorageError, Tag};
+use futures::{StreamExt, TryStreamExt};
+use object_store::multipart::MultipartStore;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+
+pub use config::{
+    ConfigProblem, ObjectConfigError, ObjectKind, ObjectStorageConfig, DEFAULT_PART_SIZE,
+    MIN_PART_SIZE,
+};
+use keys::{digest_from_parts, Keys};
+
+/// A [`Storage`] on an `object_store` bucket (see the module doc for the key
+/// layout and the guarantees with several replicas).
+#[derive(Clone)]
+pub struct ObjectStorage {
+    store: Arc<dyn ObjectStore>,
+    multipart: Option<Arc<dyn MultipartStore>>,
+    keys: Keys,
+    part_size: u64,
+    kind: &'static str,
+}
+
+impl std::fmt::Debug for ObjectStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStorage")
+            .field("store", &self.store.to_string())
+            .field("part_size", &self.part_size)
+            .finish()
+    }
+}
+
+pub(crate) fn map_err(e: object_store::Error) -> StorageError {
+    match e {
+        object_store::Error::NotFound { .. } => StorageError::NotFound,
+        object_store::Error::NotSupported { .. } => {
+            StorageError::NotSupported("operation not supported by the object store")
+        }
+        other => StorageError::Backend(other.to_string()),
+    }
+}
+
+impl ObjectStorage {
+    /// Wraps a store (e.g. `InMemory` in tests). `multipart` enables chunked
+    /// uploads larger than one part; `prefix` is prepended to every key.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        multipart: Option<Arc<dyn MultipartStore>>,
+        prefix: &str,
+    ) -> Self {
+        ObjectStorage {
+            store,
+            multipart,
+            keys: Keys::new(prefix),
+            part_size: DEFAULT_PART_SIZE,
+            kind: "object",
+        }
+    }
+
+    /// Validates `cfg` purely (every problem named `storage.<key>`), then
+    /// builds the client. No network I/O: call [`Storage::check`] for that.
+    pub fn from_config(cfg: &ObjectStorageConfig) -> Result<Self, ObjectConfigError> {
+        cfg.validate("storage")
+            .map_err(ObjectConfigError::Invalid)?;
+        let built = cfg.build()?;
+        let mut s = ObjectStorage::new(built.store, built.multipart, &cfg.prefix());
+        s.kind = cfg.kind.as_str();
+        if let Some(p) = cfg.part_size {
+            s.part_size = p;
+        }
+        Ok(s)
+    }
+
+    /// Sets the multipart part size, clamped to at least 5 MiB.
+    pub fn with_part_size(mut self, bytes: u64) -> Self {
+        self.part_size = bytes.max(MIN_PART_SIZE);
+        self
+    }
+
+    /// The underlying store (for tools and tests that inspect the bucket).
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    async fn head_size(&self, p: &Path) -> Result<Option<u64>, StorageError> {
+        match self.store.head(p).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn get_bytes(&self, p: &Path) -> Result<Option<Bytes>, StorageError> {
+        match self.store.get(p).await {
+            Ok(g) => Ok(Some(g.bytes().await.map_err(map_err)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn put_bytes(&self, p: &Path, b: impl Into<Bytes>) -> Result<(), StorageError> {
+        self.store
+            .put(p, PutPayload::from(b.into()))
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Deletes `p` if present; returns whether it existed.
+    async fn delete_existing(&self, p: &Path) -> Result<bool, StorageError> {
+        if self.head_size(p).await?.is_none() {
+            return Ok(false);
+        }
+        match self.store.delete(p).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn delete_quietly(&self, p: &Path) {
+        match self.store.delete(p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(key = %p, error = %e, "delete failed"),
+        }
+    }
+
+    /// Key parts below `base` of every object under it.
+    async fn list_rel(&self, base: &Path) -> Result<Vec<Vec<String>>, StorageError> {
+        let metas: Vec<_> = self
+            .store
+            .list(Some(base))
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| self.keys.rel(base, &m.location))
+            .collect())
+    }
+
+    async fn any_under(&self, base: &Path) -> Result<bool, StorageError> {
+        match self.store.list(Some(base)).next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(map_err(e)),
+        }
+    }
+
+    /// Walks `repositories/` one level at a time, collecting every directory
+    /// that has a `_manifests` child.
+    async fn walk_repos(&self) -> Result<Vec<RepoName>, StorageError> {
+        let root = self.keys.repositories_root();
+        let mut found = Vec::new();
+        let mut pending = vec![(root.clone(), String::new())];
+        while let Some((dir, name)) = pending.pop() {
+            let listed = self
+                .store
+                .list_with_delimiter(Some(&dir))
+                .await
+                .map_err(map_err)?;
+            for child in listed.common_prefixes {
+                let Some(last) = child.filename().map(str::to_owned) else {
+                    continue;
+                };
+                if last == "_manifests" {
+                    if let Ok(r) = name.parse::<RepoName>() {
+                        found.push(r);
+                    }
+                } else if !last.starts_with('_') {
+                    let sub = if name.is_empty() {
+                        last
+                    } else {
+                        format!("{name}/{last}")
+                    };
+                    pending.push((child, sub));
+                }
+            }
+        }
+        found.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(found)
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for ObjectStorage {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        let p = self.keys.check(&uuid::Uuid::new_v4().to_string());
+        self.put_bytes(&p, Bytes::from_static(b"ok")).await?;
+        self.store.delete(&p).await.map_err(map_err)
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        self.head_size(&self.keys.blob(digest)).await
+    }
+
+    async fn blob_read(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, StorageError> {
+        let opts = GetOptions {
+            range: range.map(|r| GetRange::Bounded(r.start..r.end + 1)),
+            ..Default::default()
+        };
+        let got = self
+            .store
+            .get_opts(&self.keys.blob(digest), opts)
+            .await
+            .map_err(map_err)?;
+        Ok(Box::pin(
+            got.into_stream()
+                .map_err(|e| std::io::Error::other(e.to_string())),
+        ))
+    }
+
+    async fn blob_write(
+        &self,
+        digest: &Digest,
+        body: ByteStream,
+        expected_size: Option<u64>,
+    ) -> Result<u64, StorageError> {
+        self.write_blob(digest, body, expected_size).await
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> Result<bool, StorageError> {
+        self.delete_existing(&self.keys.blob(digest)).await
+    }
+
+    async fn blob_list(&self) -> Result<Vec<Digest>, StorageError> {
+        let mut out: Vec<Digest> = self
+            .list_rel(&self.keys.blobs_root())
+            .await?
+            .iter()
+            .filter_map(|p| match p.as_slice() {
+                [alg, hex] => digest_from_parts(alg, hex),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<(), StorageError> {
+        self.put_bytes(&self.keys.link(repo, digest), Bytes::new())
+            .await
+    }
+
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
+        Ok(self
+            .head_size(&self.keys.link(repo, digest))
+            .await?
+            .is_some()
+            && self.blob_size(digest).await?.is_some())
+    }
+
+    async fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
+        self.delete_existing(&self.keys.link(repo, digest)).await
+    }
+
+    async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
+        self.start_session(repo).await
+    }
+
+    async fn upload_info(&self, id: &str) -> Result<UploadInfo, StorageError> {
+        self.session_info(id).await
+    }
+
+    async fn upload_append(
+        &self,
+        id: &str,
+        offset: u64,
+        body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        self.append(id, offset, body).await
+    }
+
+    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, StorageError> {
+        self.commit(id, digest).await
+    }
+
+    async fn upload_abort(&self, id: &str) -> Result<(), StorageError> {
+        self.abort(id).await
+    }
+
+    async fn upload_list(&self) -> Result<Vec<UploadInfo>, StorageError> {
+        self.sessions().await
+    }
+
+    async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        manifest: &StoredManifest,
+    ) -> Result<(), StorageError> {
+        if manifest.media_type.contains(['\n', '\r']) {
+            return Err(StorageError::Backend(
+                "manifest media type contains a line break".into(),
+            ));
+        }
+        let mut body = Vec::with_capacity(manifest.media_type.len() + 1 + manifest.bytes.len());
+        body.extend_from_slice(manifest.media_type.as_bytes());
+        body.push(b'\n');
+        body.extend_from_slice(&manifest.bytes);
+        self.put_bytes(&self.keys.manifest(repo, digest), body)
+            .await
+    }
+
+    async fn manifest_get(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<StoredManifest>, StorageError> {
+        let Some(raw) = self.get_bytes(&self.keys.manifest(repo, digest)).await? else {
+            return Ok(None);
+        };
+        let nl = raw
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or_else(|| StorageError::Backend("corrupt stored manifest".into()))?;
+        let media_type = std::str::from_utf8(&raw[..nl])
+            .map_err(|_| StorageError::Backend("corrupt stored manifest media type".into()))?
+            .to_owned();
+        Ok(Some(StoredManifest {
+            media_type,
+            bytes: raw.slice(nl + 1..),
+        }))
+    }
+
+    async fn manifest_delete(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        self.delete_existing(&self.keys.manifest(repo, digest))
+            .await
+    }
+
+    async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError> {
+        let mut out: Vec<Digest> = self
+            .list_rel(&self.keys.manifests_dir(repo))
+            .await?
+            .iter()
+            .filter_map(|p| match p.as_slice() {
+                [alg, hex] => digest_from_parts(alg, hex),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StorageError> {
+        let Some(raw) = self.get_bytes(&self.keys.tag(repo, tag)).await? else {
+            return Ok(None);
+        };
+        let s = std::str::from_utf8(&raw)
+            .map_err(|_| StorageError::Backend("corrupt tag object".into()))?;
+        s.trim()
+            .parse::<Digest>()
+            .map(Some)
+            .map_err(|_| StorageError::Backend("corrupt tag object".into()))
+    }
+
+    async fn tag_put(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<(), StorageError> {
+        // One PUT of one object: atomic, last writer wins.
+        self.put_bytes(&self.keys.tag(repo, tag), digest.to_string())
+            .await
+    }
+
+    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
+        self.delete_existing(&self.keys.tag(repo, tag)).await
+    }
+
+    async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
+        let mut tags: Vec<String> = self
+            .list_rel(&self.keys.tags_dir(repo))
+            .await?
+            .into_iter()
+            .filter_map(|p| match <[String; 1]>::try_from(p) {
+                Ok([t]) => Some(t),
+                Err(_) => None,
+            })
+            .collect();
+        if tags.is_empty() && !self.any_under(&self.keys.manifests_dir(repo)).await? {
+            return Ok(None);
+        }
+        tags.sort();
+        Ok(Some(tags))
+    }
+
+    async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
+        self.walk_repos().await
+    }
+
+    async fn referrer_put(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        descriptor: &Descriptor,
+    ) -> Result<(), StorageError> {
+        let body =
+            serde_json::to_vec(descriptor).map_err(|e| StorageError::Backend(e.to_string()))?;
+        self.put_bytes(&self.keys.referrer(repo, subject, &descriptor.digest), body)
+            .await
+    }
+
+    async fn referrer_delete(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<(), StorageError> {
+        self.delete_quietly(&self.keys.referrer(repo, subject, referrer))
+            .await;
+        Ok(())
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, StorageError> {
+        let dir = self.keys.referrers_dir(repo, subject);
+        let mut digests: Vec<Digest> = self
+            .list_rel(&dir)
+            .await?
+            .iter()
+            .filter_map(|p| match p.as_slice() {
+                [alg, hex] => digest_from_parts(alg, hex),
+                _ => None,
+            })
+            .collect();
+        digests.sort();
+        let mut out = Vec::with_capacity(digests.len());
+        for d in digests {
+            // A record deleted between list and get is simply skipped.
+            if let Some(raw) = self
+                .get_bytes(&self.keys.referrer(repo, subject, &d))
+                .await?
+            {
+                let desc: Descriptor = serde_json::from_slice(&raw)
+                    .map_err(|e| StorageError::Backend(format!("corrupt referrer record: {e}")))?;
+                out.push(desc);
+            }
+        }
+        Ok(out)
+    }
+}

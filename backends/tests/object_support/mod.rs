@@ -1,0 +1,237 @@
+//! Shared helpers for the object-storage tests: real S3 servers (s3s-fs,
+//! Garage) started on free loopback ports in temp dirs, and the
+//! object-specific checks every store runs.
+//!
+//! Peer binaries are looked up in `$COVE_PEERS_BIN` (default
+//! `/opt/cove-peers/bin`); a missing binary fails the test and names the
+//! script that installs it.
+
+#![allow(dead_code)]
+
+pub mod checks;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cove_backends::object::{ObjectStorage, ObjectStorageConfig};
+
+/// Where the peer binaries live.
+pub fn peers_bin() -> PathBuf {
+    std::env::var_os("COVE_PEERS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/cove-peers/bin"))
+}
+
+fn require(bin: &str, script: &str) -> PathBuf {
+    let p = peers_bin().join(bin);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/peers/{script} (or set COVE_PEERS_BIN to the directory holding `{bin}`)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn wait_listening(port: u16, child: &mut Child, what: &str) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on {addr} within 30 s");
+}
+
+/// A running S3 server that is killed on drop.
+pub struct S3Peer {
+    child: Child,
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for S3Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3Peer {
+    /// The `[storage]` config pointing at this server.
+    pub fn config(&self, prefix: &str) -> ObjectStorageConfig {
+        toml::from_str(&format!(
+            r#"kind = "s3"
+               bucket = "{}"
+               endpoint = "{}"
+               region = "{}"
+               allow_http = true
+               access_key_id = "{}"
+               secret_access_key = "{}"
+               prefix = "{prefix}"
+               part_size = {}"#,
+            self.bucket,
+            self.endpoint,
+            self.region,
+            self.access_key,
+            self.secret_key,
+            5 * 1024 * 1024
+        ))
+        .expect("test config parses")
+    }
+
+    /// A fresh `ObjectStorage` (a "replica") on this server's bucket.
+    pub fn storage(&self, prefix: &str) -> ObjectStorage {
+        ObjectStorage::from_config(&self.config(prefix)).expect("valid config")
+    }
+
+    /// Starts s3s-fs on a free port with a bucket directory `cove`.
+    pub fn s3s_fs() -> S3Peer {
+        let bin = require("s3s-fs", "install-s3s-fs.sh");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bucket = "cove".to_owned();
+        std::fs::create_dir_all(dir.path().join(&bucket)).expect("bucket dir");
+        let port = free_port();
+        let (ak, sk) = ("COVETESTKEY", "cove-test-secret-key");
+        let mut child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ak, "--secret-key", sk])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn s3s-fs");
+        wait_listening(port, &mut child, "s3s-fs");
+        S3Peer {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket,
+            access_key: ak.into(),
+            secret_key: sk.into(),
+            region: "us-east-1".into(),
+            _dir: dir,
+        }
+    }
+
+    /// Starts a single-node Garage (sqlite, replication_factor = 1) on free
+    /// ports, assigns and applies its layout, creates bucket `cove` and
+    /// imports a key allowed on it.
+    pub fn garage() -> S3Peer {
+        let bin = require("garage", "install-garage.sh");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s3_port, rpc_port, admin_port) = (free_port(), free_port(), free_port());
+        let secret: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
+        let cfg = dir.path().join("garage.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"metadata_dir = "{meta}"
+data_dir = "{data}"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc_port}"
+rpc_public_addr = "127.0.0.1:{rpc_port}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{s3_port}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin_port}"
+"#,
+                meta = dir.path().join("meta").display(),
+                data = dir.path().join("data").display(),
+            ),
+        )
+        .expect("write garage.toml");
+        let log = std::fs::File::create(dir.path().join("garage.log")).expect("log file");
+        let mut child = Command::new(&bin)
+            .arg("-c")
+            .arg(&cfg)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn garage");
+        wait_listening(rpc_port, &mut child, "garage");
+        let garage = |args: &[&str]| -> String {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let out = Command::new(&bin)
+                    .arg("-c")
+                    .arg(&cfg)
+                    .args(args)
+                    .output()
+                    .expect("run garage cli");
+                if out.status.success() {
+                    return String::from_utf8_lossy(&out.stdout).into_owned();
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "garage {args:?} failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        let node = garage(&["node", "id", "-q"]);
+        let node_id = node.trim().split('@').next().unwrap_or_default().to_owned();
+        garage(&["layout", "assign", "-z", "dc1", "-c", "1G", &node_id]);
+        garage(&["layout", "apply", "--version", "1"]);
+        garage(&["bucket", "create", "cove"]);
+        let key_id = format!(
+            "GK{}",
+            (0..12)
+                .map(|_| format!("{:02x}", rand_byte()))
+                .collect::<String>()
+        );
+        let key_secret: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
+        garage(&[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "cove-test",
+            &key_id,
+            &key_secret,
+        ]);
+        garage(&[
+            "bucket", "allow", "--read", "--write", "--owner", "cove", "--key", &key_id,
+        ]);
+        wait_listening(s3_port, &mut child, "garage s3 api");
+        S3Peer {
+            child,
+            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            bucket: "cove".into(),
+            access_key: key_id,
+            secret_key: key_secret,
+            region: "garage".into(),
+            _dir: dir,
+        }
+    }
+}
+
+fn rand_byte() -> u8 {
+    uuid::Uuid::new_v4().as_bytes()[0]
+}
