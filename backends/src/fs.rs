@@ -1,0 +1,545 @@
+//! The filesystem [`Storage`]: everything lives under one root directory.
+//!
+//! # Layout
+//!
+//! ```text
+//! <root>/
+//!   blobs/<alg>/<first 2 hex>/<hex>             committed blob bytes, shared by all repositories
+//!   tmp/<random>                                files being written; emptied at open
+//!   uploads/<id>/data                           bytes an upload session received so far
+//!   uploads/<id>/state.json                     {"repo", "size", "started", "updated"}
+//!                                               (times in Unix milliseconds)
+//!   repositories/<repo>/_manifests/<alg>/<hex>  media type, a newline, then the exact manifest bytes
+//!   repositories/<repo>/_tags/<tag>             the digest the tag points at (`sha256:…`)
+//!   repositories/<repo>/_links/<alg>/<hex>      empty file: <repo> may serve that blob
+//!   repositories/<repo>/_referrers/<alg>/<subject hex>/<alg>-<hex>
+//!                                               descriptor JSON of a manifest whose subject
+//!                                               is <subject>
+//! ```
+//!
+//! `<repo>` is the repository name with its `/`-separated components as
+//! nested directories (`repositories/library/nginx/…`). Name components never
+//! start with `_`, so `_manifests` and friends cannot collide with a nested
+//! repository such as `library/nginx/_x`. Upload ids are random UUIDv4
+//! strings; ids from clients are validated before they touch a path.
+//!
+//! # Guarantees
+//! - Every write that makes something visible (blob, manifest, tag, referrer,
+//!   upload state) goes to a temp file in `tmp/` (same filesystem), is
+//!   fsynced and renamed into place; blob commits also fsync the parent
+//!   directory. A crash leaves at most files in `tmp/` (removed at the next
+//!   open) or extra bytes at the end of an upload's `data` beyond the size in
+//!   `state.json` (cut off by the next append or commit). Links are empty
+//!   files, created atomically by `open(O_CREAT)`.
+//! - Pushed bytes are hashed while they stream in; a blob is renamed into
+//!   `blobs/` only if its digest (and expected size) matched. A committed
+//!   upload's `data` file is renamed into `blobs/` without being copied.
+//! - Memory stays flat: bodies move in ~1 MiB batches through bounded queues
+//!   to one hashing and one writing blocking thread; reads use 256 KiB
+//!   positional reads with one read ahead.
+//! - Opening does not scan `repositories/` (start-up time does not grow with
+//!   the number of repositories); it empties `tmp/` and drops upload
+//!   directories that never got a `state.json`.
+//! - One process owns a root: `tmp/` is emptied at open, so two processes
+//!   must not share a root.
+//! - Tags are file names: on a case-insensitive filesystem (macOS default)
+//!   tags differing only in case share one file.
+
+mod atomic;
+mod meta;
+mod pipe;
+mod uploads;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cove_core::digest::Algorithm;
+use cove_core::manifest::Descriptor;
+use cove_core::storage::{StoredManifest, UploadInfo};
+use cove_core::{
+    ByteRange, ByteStream, Digest, DigestHasher, RepoName, Storage, StorageError, Tag,
+};
+
+use atomic::TempFile;
+
+/// The in-memory part of an upload session: the SHA-256 state of the bytes
+/// received so far and how many there were (`None` after a restart).
+type SessionMem = Option<(u64, DigestHasher)>;
+
+/// A [`Storage`] on a local (or network) filesystem. See the module
+/// documentation for the layout and guarantees.
+#[derive(Clone)]
+pub struct FsStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    blobs: PathBuf,
+    tmp: PathBuf,
+    uploads: PathBuf,
+    repos: PathBuf,
+    /// Per-session lock and running hasher; serialises appends and commits.
+    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionMem>>>>,
+}
+
+impl std::fmt::Debug for FsStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsStorage")
+            .field("root", &self.inner.root)
+            .finish()
+    }
+}
+
+impl FsStorage {
+    /// Opens (creating if needed) a store rooted at `root`: creates the
+    /// layout and removes temp files a previous process left. Does not scan
+    /// repositories, so it is fast whatever the store holds.
+    pub fn open(root: impl Into<PathBuf>) -> Result<FsStorage, StorageError> {
+        let root = root.into();
+        let inner = Inner {
+            blobs: root.join("blobs"),
+            tmp: root.join("tmp"),
+            uploads: root.join("uploads"),
+            repos: root.join("repositories"),
+            root,
+            sessions: Mutex::new(HashMap::new()),
+        };
+        for dir in [&inner.blobs, &inner.tmp, &inner.uploads, &inner.repos] {
+            fs::create_dir_all(dir)?;
+        }
+        let mut removed = 0usize;
+        for name in atomic::list_names(&inner.tmp)? {
+            let p = inner.tmp.join(&name);
+            let r = match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(&p),
+                Ok(_) => fs::remove_file(&p),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // A session whose start was interrupted has no state.json: drop it.
+        for name in atomic::list_names(&inner.uploads)? {
+            let dir = inner.uploads.join(&name);
+            if !dir.join(uploads::STATE).exists() {
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed leftover temp files");
+        }
+        Ok(FsStorage {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Runs blocking filesystem work on a blocking thread.
+    async fn run<R, F>(&self, f: F) -> Result<R, StorageError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Inner) -> Result<R, StorageError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StorageError::Backend(format!("blocking task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.blobs
+            .join(d.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn repo_dir(&self, repo: &RepoName) -> PathBuf {
+        let mut p = self.repos.clone();
+        p.extend(repo.components());
+        p
+    }
+
+    fn manifest_path(&self, repo: &RepoName, d: &Digest) -> PathBuf {
+        self.repo_dir(repo)
+            .join("_manifests")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+
+    fn tag_path(&self, repo: &RepoName, tag: &Tag) -> PathBuf {
+        self.repo_dir(repo).join("_tags").join(tag.as_str())
+    }
+
+    fn link_path(&self, repo: &RepoName, d: &Digest) -> PathBuf {
+        self.repo_dir(repo)
+            .join("_links")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+
+    fn referrer_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
+        self.repo_dir(repo)
+            .join("_referrers")
+            .join(subject.algorithm().as_str())
+            .join(subject.hex())
+    }
+}
+
+fn parse_alg(s: &str) -> Option<Algorithm> {
+    match s {
+        "sha256" => Some(Algorithm::Sha256),
+        "sha512" => Some(Algorithm::Sha512),
+        _ => None,
+    }
+}
+
+fn not_found_as_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks a written body's size and digest against what was expected.
+fn verify(
+    size: u64,
+    hasher: Option<DigestHasher>,
+    digest: &Digest,
+    expected_size: Option<u64>,
+) -> Result<(), StorageError> {
+    if let Some(expected) = expected_size.filter(|e| *e != size) {
+        return Err(StorageError::SizeMismatch {
+            expected,
+            actual: size,
+        });
+    }
+    let actual = hasher
+        .ok_or_else(|| StorageError::Backend("hasher lost".into()))?
+        .finish();
+    if actual != *digest {
+        return Err(StorageError::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Storage for FsStorage {
+    fn kind(&self) -> &'static str {
+        "filesystem"
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        self.run(|inner| {
+            for dir in [&inner.blobs, &inner.uploads, &inner.repos] {
+                if !fs::metadata(dir)?.is_dir() {
+                    return Err(StorageError::Backend(format!(
+                        "{} is not a directory",
+                        dir.display()
+                    )));
+                }
+            }
+            let mut t = TempFile::create(&inner.tmp)?;
+            io::Write::write_all(&mut t, b"ok")?;
+            drop(t);
+            Ok(())
+        })
+        .await
+    }
+
+    // ---- blobs -------------------------------------------------------------
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        let d = digest.clone();
+        self.run(move |inner| {
+            Ok(not_found_as_none(fs::metadata(inner.blob_path(&d)))?
+                .filter(|m| m.is_file())
+                .map(|m| m.len()))
+        })
+        .await
+    }
+
+    async fn blob_read(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, StorageError> {
+        let d = digest.clone();
+        let (file, size) = self
+            .run(move |inner| {
+                let f = not_found_as_none(fs::File::open(inner.blob_path(&d)))?
+                    .ok_or(StorageError::NotFound)?;
+                let size = f.metadata()?.len();
+                Ok((f, size))
+            })
+            .await?;
+        let (start, len) = match range {
+            None => (0, size),
+            Some(r) if r.end < size && r.start <= r.end => (r.start, r.len()),
+            Some(r) => {
+                return Err(StorageError::Backend(format!(
+                    "range {}-{} outside blob of {size} bytes",
+                    r.start, r.end
+                )))
+            }
+        };
+        Ok(pipe::read_stream(file, start, len))
+    }
+
+    async fn blob_write(
+        &self,
+        digest: &Digest,
+        body: ByteStream,
+        expected_size: Option<u64>,
+    ) -> Result<u64, StorageError> {
+        let hasher = DigestHasher::new(digest.algorithm());
+        if self.blob_size(digest).await?.is_some() {
+            // Already stored: verify the body without writing it again.
+            let out = pipe::pump(
+                body,
+                Some(hasher),
+                None::<fn() -> io::Result<io::Sink>>,
+                (),
+                expected_size,
+            )
+            .await;
+            out.result?;
+            verify(out.size, out.hasher, digest, expected_size)?;
+            return Ok(out.size);
+        }
+        let tmp = self.inner.tmp.clone();
+        let out = pipe::pump(
+            body,
+            Some(hasher),
+            Some(move || TempFile::create(&tmp)),
+            (),
+            expected_size,
+        )
+        .await;
+        let size = out.size;
+        let checked = out
+            .result
+            .and_then(|()| verify(size, out.hasher, digest, expected_size));
+        let writer = out.writer;
+        let d = digest.clone();
+        // Persist, or drop (remove) the temp file, on a blocking thread.
+        self.run(move |inner| {
+            checked?;
+            let tmp = writer.ok_or_else(|| StorageError::Backend("temp file lost".into()))?;
+            let dest = inner.blob_path(&d);
+            tmp.persist(&dest)?;
+            if let Some(parent) = dest.parent() {
+                atomic::sync_dir(parent)?;
+            }
+            Ok(size)
+        })
+        .await
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> Result<bool, StorageError> {
+        let d = digest.clone();
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.blob_path(&d))?))
+            .await
+    }
+
+    async fn blob_list(&self) -> Result<Vec<Digest>, StorageError> {
+        self.run(|inner| {
+            let mut out = Vec::new();
+            for alg_name in atomic::list_names(&inner.blobs)? {
+                let Some(alg) = parse_alg(&alg_name) else {
+                    continue;
+                };
+                let alg_dir = inner.blobs.join(&alg_name);
+                for prefix in atomic::list_names(&alg_dir)? {
+                    for hex in atomic::list_names(&alg_dir.join(&prefix))? {
+                        if let Ok(d) = Digest::new(alg, &hex) {
+                            if hex.starts_with(&prefix) {
+                                out.push(d);
+                            }
+                        }
+                    }
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<(), StorageError> {
+        let (r, d) = (repo.clone(), digest.clone());
+        self.run(move |inner| Ok(atomic::touch(&inner.link_path(&r, &d))?))
+            .await
+    }
+
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
+        let (r, d) = (repo.clone(), digest.clone());
+        self.run(move |inner| {
+            let linked = not_found_as_none(fs::metadata(inner.link_path(&r, &d)))?.is_some();
+            Ok(linked && not_found_as_none(fs::metadata(inner.blob_path(&d)))?.is_some())
+        })
+        .await
+    }
+
+    async fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
+        let (r, d) = (repo.clone(), digest.clone());
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.link_path(&r, &d))?))
+            .await
+    }
+
+    // ---- uploads -----------------------------------------------------------
+
+    async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
+        self.start_session(repo).await
+    }
+
+    async fn upload_info(&self, id: &str) -> Result<UploadInfo, StorageError> {
+        self.session_info(id).await
+    }
+
+    async fn upload_append(
+        &self,
+        id: &str,
+        offset: u64,
+        body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        self.append_session(id, offset, body).await
+    }
+
+    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, StorageError> {
+        self.commit_session(id, digest).await
+    }
+
+    async fn upload_abort(&self, id: &str) -> Result<(), StorageError> {
+        self.abort_session(id).await
+    }
+
+    async fn upload_list(&self) -> Result<Vec<UploadInfo>, StorageError> {
+        self.list_sessions().await
+    }
+
+    // ---- manifests, tags, referrers ----------------------------------------
+
+    async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        manifest: &StoredManifest,
+    ) -> Result<(), StorageError> {
+        self.put_manifest(repo, digest, manifest).await
+    }
+
+    async fn manifest_get(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<StoredManifest>, StorageError> {
+        self.get_manifest(repo, digest).await
+    }
+
+    async fn manifest_delete(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        let (r, d) = (repo.clone(), digest.clone());
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.manifest_path(&r, &d))?))
+            .await
+    }
+
+    async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError> {
+        let r = repo.clone();
+        self.run(move |inner| meta::manifest_digests(&inner.repo_dir(&r), false))
+            .await
+    }
+
+    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StorageError> {
+        self.get_tag(repo, tag).await
+    }
+
+    async fn tag_put(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<(), StorageError> {
+        let (r, t, d) = (repo.clone(), tag.clone(), digest.to_string());
+        self.run(move |inner| {
+            Ok(atomic::write_atomic(
+                &inner.tmp,
+                &inner.tag_path(&r, &t),
+                &[d.as_bytes()],
+            )?)
+        })
+        .await
+    }
+
+    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
+        let (r, t) = (repo.clone(), tag.clone());
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.tag_path(&r, &t))?))
+            .await
+    }
+
+    async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
+        self.list_tags(repo).await
+    }
+
+    async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
+        self.run(|inner| meta::walk_repos(&inner.repos)).await
+    }
+
+    async fn referrer_put(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        descriptor: &Descriptor,
+    ) -> Result<(), StorageError> {
+        self.put_referrer(repo, subject, descriptor).await
+    }
+
+    async fn referrer_delete(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<(), StorageError> {
+        let (r, s, d) = (repo.clone(), subject.clone(), referrer.clone());
+        self.run(move |inner| {
+            let path = inner
+                .referrer_dir(&r, &s)
+                .join(meta::referrer_file_name(&d));
+            atomic::remove_if_exists(&path)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, StorageError> {
+        self.list_referrers(repo, subject).await
+    }
+}

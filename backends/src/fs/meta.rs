@@ -1,0 +1,227 @@
+//! Manifests, tags, referrers and the repository walk.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use cove_core::manifest::Descriptor;
+use cove_core::storage::StoredManifest;
+use cove_core::{Digest, RepoName, StorageError, Tag};
+
+use super::atomic;
+use super::{parse_alg, FsStorage};
+
+const MANIFESTS: &str = "_manifests";
+const TAGS: &str = "_tags";
+
+/// The file name of a referrer record: `<alg>-<hex>`, which sorts like the
+/// digests themselves.
+pub(super) fn referrer_file_name(d: &Digest) -> String {
+    format!("{}-{}", d.algorithm().as_str(), d.hex())
+}
+
+fn parse_referrer_file_name(name: &str) -> Option<Digest> {
+    let (alg, hex) = name.split_once('-')?;
+    Digest::new(parse_alg(alg)?, hex).ok()
+}
+
+/// The manifest digests of the repository at `repo_dir`, sorted. With
+/// `first_only`, stops at the first one found (an existence check).
+pub(super) fn manifest_digests(
+    repo_dir: &Path,
+    first_only: bool,
+) -> Result<Vec<Digest>, StorageError> {
+    let dir = repo_dir.join(MANIFESTS);
+    let mut out = Vec::new();
+    for alg_name in atomic::list_names(&dir)? {
+        let Some(alg) = parse_alg(&alg_name) else {
+            continue;
+        };
+        for hex in atomic::list_names(&dir.join(&alg_name))? {
+            if let Ok(d) = Digest::new(alg, &hex) {
+                out.push(d);
+                if first_only {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every repository under `repos` holding at least one manifest, sorted.
+pub(super) fn walk_repos(repos: &Path) -> Result<Vec<RepoName>, StorageError> {
+    let mut out = Vec::new();
+    // (directory, repository name so far)
+    let mut stack = vec![(repos.to_path_buf(), String::new())];
+    while let Some((dir, name)) = stack.pop() {
+        if !name.is_empty() && !manifest_digests(&dir, true)?.is_empty() {
+            match name.parse::<RepoName>() {
+                Ok(r) => out.push(r),
+                Err(_) => {
+                    tracing::warn!(dir = %dir.display(), "skipping directory with an invalid repository name")
+                }
+            }
+        }
+        for child in atomic::list_names(&dir)? {
+            // `_manifests` etc.; repository components never start with `_`.
+            if child.starts_with('_') || child.starts_with('.') {
+                continue;
+            }
+            let path = dir.join(&child);
+            let is_dir = std::fs::symlink_metadata(&path)
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            if is_dir {
+                let child_name = if name.is_empty() {
+                    child
+                } else {
+                    format!("{name}/{child}")
+                };
+                stack.push((path, child_name));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl FsStorage {
+    pub(super) async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        manifest: &StoredManifest,
+    ) -> Result<(), StorageError> {
+        if manifest.media_type.contains(['\n', '\r']) {
+            return Err(StorageError::Backend(
+                "manifest media type contains a line break".into(),
+            ));
+        }
+        let (r, d, m) = (repo.clone(), digest.clone(), manifest.clone());
+        self.run(move |inner| {
+            Ok(atomic::write_atomic(
+                &inner.tmp,
+                &inner.manifest_path(&r, &d),
+                &[m.media_type.as_bytes(), b"\n", &m.bytes],
+            )?)
+        })
+        .await
+    }
+
+    pub(super) async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<StoredManifest>, StorageError> {
+        let (r, d) = (repo.clone(), digest.clone());
+        self.run(move |inner| {
+            let Some(raw) = atomic::read_if_exists(&inner.manifest_path(&r, &d))? else {
+                return Ok(None);
+            };
+            let raw = Bytes::from(raw);
+            let nl = raw
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or_else(|| StorageError::Backend(format!("manifest file of {d} is corrupt")))?;
+            let media_type = std::str::from_utf8(&raw[..nl])
+                .map_err(|_| StorageError::Backend(format!("manifest file of {d} is corrupt")))?
+                .to_owned();
+            Ok(Some(StoredManifest {
+                media_type,
+                bytes: raw.slice(nl + 1..),
+            }))
+        })
+        .await
+    }
+
+    pub(super) async fn get_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Digest>, StorageError> {
+        let (r, t) = (repo.clone(), tag.clone());
+        self.run(move |inner| {
+            let Some(raw) = atomic::read_if_exists(&inner.tag_path(&r, &t))? else {
+                return Ok(None);
+            };
+            let s = String::from_utf8_lossy(&raw);
+            let d = s
+                .trim()
+                .parse::<Digest>()
+                .map_err(|_| StorageError::Backend(format!("tag file of {r}:{t} is corrupt")))?;
+            Ok(Some(d))
+        })
+        .await
+    }
+
+    pub(super) async fn list_tags(
+        &self,
+        repo: &RepoName,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let r = repo.clone();
+        self.run(move |inner| {
+            let dir = inner.repo_dir(&r);
+            let mut tags: Vec<String> = atomic::list_names(&dir.join(TAGS))?
+                .into_iter()
+                .filter(|t| t.parse::<Tag>().is_ok())
+                .collect();
+            if tags.is_empty() && manifest_digests(&dir, true)?.is_empty() {
+                return Ok(None);
+            }
+            tags.sort();
+            Ok(Some(tags))
+        })
+        .await
+    }
+
+    pub(super) async fn put_referrer(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        descriptor: &Descriptor,
+    ) -> Result<(), StorageError> {
+        let json = serde_json::to_vec(descriptor)
+            .map_err(|e| StorageError::Backend(format!("encoding referrer: {e}")))?;
+        let (r, s, name) = (
+            repo.clone(),
+            subject.clone(),
+            referrer_file_name(&descriptor.digest),
+        );
+        self.run(move |inner| {
+            let dest = inner.referrer_dir(&r, &s).join(name);
+            Ok(atomic::write_atomic(&inner.tmp, &dest, &[&json])?)
+        })
+        .await
+    }
+
+    pub(super) async fn list_referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, StorageError> {
+        let (r, s) = (repo.clone(), subject.clone());
+        self.run(move |inner| {
+            let dir = inner.referrer_dir(&r, &s);
+            let mut names: Vec<(Digest, String)> = atomic::list_names(&dir)?
+                .into_iter()
+                .filter_map(|n| parse_referrer_file_name(&n).map(|d| (d, n)))
+                .collect();
+            names.sort();
+            let mut out = Vec::with_capacity(names.len());
+            for (d, name) in names {
+                let Some(raw) = atomic::read_if_exists(&dir.join(&name))? else {
+                    continue; // deleted meanwhile
+                };
+                match serde_json::from_slice::<Descriptor>(&raw) {
+                    Ok(desc) => out.push(desc),
+                    Err(e) => {
+                        tracing::warn!(referrer = %d, error = %e, "skipping unreadable referrer record")
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

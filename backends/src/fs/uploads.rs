@@ -1,0 +1,341 @@
+//! Resumable upload sessions: `uploads/<id>/data` plus `state.json`.
+//!
+//! `state.json` is the truth: `data` may hold extra bytes past its `size`
+//! after a crash or a failed chunk, and they are cut off before the next
+//! append or at commit. The running SHA-256 of the first `size` bytes is
+//! kept in memory so commit need not re-read; after a restart (or for a
+//! sha512 digest) commit re-hashes `data`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cove_core::digest::Algorithm;
+use cove_core::storage::{valid_upload_id, UploadInfo};
+use cove_core::{ByteStream, Digest, DigestHasher, RepoName, StorageError};
+use serde::{Deserialize, Serialize};
+
+use super::{atomic, pipe, verify, FsStorage, Inner, SessionMem};
+
+/// Name of the session state file.
+pub(super) const STATE: &str = "state.json";
+const DATA: &str = "data";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    repo: String,
+    size: u64,
+    /// Unix milliseconds.
+    started: u64,
+    /// Unix milliseconds.
+    updated: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl State {
+    fn info(&self, id: &str) -> Result<UploadInfo, StorageError> {
+        let repo: RepoName = self
+            .repo
+            .parse()
+            .map_err(|_| StorageError::Backend(format!("upload {id} has a corrupt state")))?;
+        Ok(UploadInfo {
+            id: id.to_owned(),
+            repo,
+            size: self.size,
+            started: from_ms(self.started),
+            updated: from_ms(self.updated),
+        })
+    }
+}
+
+impl Inner {
+    /// The directory of session `id`; `UploadUnknown` unless `id` is a
+    /// well-formed session id (so it is safe as a path component).
+    fn session_dir(&self, id: &str) -> Result<std::path::PathBuf, StorageError> {
+        if !valid_upload_id(id) {
+            return Err(StorageError::UploadUnknown);
+        }
+        Ok(self.uploads.join(id))
+    }
+
+    fn read_state(&self, dir: &Path) -> Result<State, StorageError> {
+        let raw = atomic::read_if_exists(&dir.join(STATE))?.ok_or(StorageError::UploadUnknown)?;
+        serde_json::from_slice(&raw).map_err(|e| {
+            StorageError::Backend(format!(
+                "upload state {} is corrupt: {e}",
+                dir.join(STATE).display()
+            ))
+        })
+    }
+
+    fn write_state(&self, dir: &Path, state: &State) -> Result<(), StorageError> {
+        let json = serde_json::to_vec(state)
+            .map_err(|e| StorageError::Backend(format!("encoding upload state: {e}")))?;
+        Ok(atomic::write_atomic(&self.tmp, &dir.join(STATE), &[&json])?)
+    }
+
+    fn session_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<SessionMem>> {
+        let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(id.to_owned()).or_default())
+    }
+
+    fn forget_session(&self, id: &str) {
+        let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(id);
+    }
+}
+
+/// Opens a session's data file for appending at `size`, cutting off any
+/// bytes past it.
+fn open_data_at(path: &Path, size: u64) -> io::Result<File> {
+    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = f.metadata()?.len();
+    if len < size {
+        return Err(io::Error::other(format!(
+            "upload data {} holds {len} bytes, fewer than the recorded {size}",
+            path.display()
+        )));
+    }
+    if len > size {
+        f.set_len(size)?;
+    }
+    f.seek(SeekFrom::Start(size))?;
+    Ok(f)
+}
+
+impl FsStorage {
+    pub(super) async fn start_session(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let state = State {
+            repo: repo.to_string(),
+            size: 0,
+            started: now,
+            updated: now,
+        };
+        let (id2, st) = (id.clone(), state.clone());
+        self.run(move |inner| {
+            let dir = inner.session_dir(&id2)?;
+            fs::create_dir(&dir)?;
+            File::create(dir.join(DATA))?;
+            // state.json last: its presence is what makes the session exist.
+            inner.write_state(&dir, &st)
+        })
+        .await?;
+        *self.inner.session_lock(&id).lock().await =
+            Some((0, DigestHasher::new(Algorithm::Sha256)));
+        state.info(&id)
+    }
+
+    pub(super) async fn session_info(&self, id: &str) -> Result<UploadInfo, StorageError> {
+        let id = id.to_owned();
+        self.run(move |inner| {
+            let dir = inner.session_dir(&id)?;
+            inner.read_state(&dir)?.info(&id)
+        })
+        .await
+    }
+
+    pub(super) async fn list_sessions(&self) -> Result<Vec<UploadInfo>, StorageError> {
+        self.run(|inner| {
+            let mut ids = atomic::list_names(&inner.uploads)?;
+            ids.sort();
+            let mut out = Vec::new();
+            for id in ids {
+                let Ok(dir) = inner.session_dir(&id) else {
+                    continue;
+                };
+                match inner.read_state(&dir).and_then(|s| s.info(&id)) {
+                    Ok(info) => out.push(info),
+                    Err(StorageError::UploadUnknown) => {} // ended meanwhile
+                    Err(e) => tracing::warn!(upload = %id, error = %e, "skipping upload session"),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn append_session(
+        &self,
+        id: &str,
+        offset: u64,
+        body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        let dir = self.inner.session_dir(id)?;
+        let lock = self.inner.session_lock(id);
+        let guard = lock.lock_owned().await;
+        let d = dir.clone();
+        let state = match self.run(move |inner| inner.read_state(&d)).await {
+            Err(StorageError::UploadUnknown) => {
+                drop(guard);
+                self.inner.forget_session(id);
+                return Err(StorageError::UploadUnknown);
+            }
+            other => other?,
+        };
+        if offset != state.size {
+            return Err(StorageError::OffsetMismatch {
+                expected: state.size,
+                got: offset,
+            });
+        }
+        let old = state.size;
+        // Keep hashing only if the in-memory hasher covers exactly `old` bytes.
+        let hasher = match &*guard {
+            Some((n, h)) if *n == old => Some(h.clone()),
+            _ if old == 0 => Some(DigestHasher::new(Algorithm::Sha256)),
+            _ => None,
+        };
+        let data = dir.join(DATA);
+        let out = pipe::pump(
+            body,
+            hasher,
+            Some(move || open_data_at(&data, old)),
+            guard,
+            None,
+        )
+        .await;
+        // Finish (or roll back) on a blocking thread still holding the lock,
+        // so a cancelled request cannot interleave with the next append.
+        self.run(move |inner| {
+            let Some(mut guard) = out.token else {
+                return Err(StorageError::Backend("upload writer failed".into()));
+            };
+            if let Err(e) = out.result {
+                if matches!(&e, StorageError::Io(ie) if ie.kind() == io::ErrorKind::NotFound) {
+                    return Err(StorageError::UploadUnknown); // committed meanwhile
+                }
+                if let Some(f) = &out.writer {
+                    if let Err(te) = f.set_len(old) {
+                        tracing::warn!(error = %te, "could not roll back upload data; the next append will");
+                    }
+                }
+                return Err(e);
+            }
+            if out.size == 0 {
+                return Ok(old);
+            }
+            if let Some(f) = &out.writer {
+                f.sync_data()?;
+            }
+            let new_size = old + out.size;
+            let new_state = State {
+                size: new_size,
+                updated: now_ms(),
+                ..state
+            };
+            inner.write_state(&dir, &new_state)?;
+            *guard = out.hasher.map(|h| (new_size, h));
+            Ok(new_size)
+        })
+        .await
+    }
+
+    pub(super) async fn commit_session(
+        &self,
+        id: &str,
+        digest: &Digest,
+    ) -> Result<u64, StorageError> {
+        let dir = self.inner.session_dir(id)?;
+        let lock = self.inner.session_lock(id);
+        let mut guard = lock.lock_owned().await;
+        let mem = guard.take();
+        let d = digest.clone();
+        let result = self
+            .run(move |inner| {
+                let state = inner.read_state(&dir)?;
+                let size = state.size;
+                let data = dir.join(DATA);
+                let f = match OpenOptions::new().read(true).write(true).open(&data) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(StorageError::UploadUnknown)
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let len = f.metadata()?.len();
+                if len < size {
+                    return Err(StorageError::Backend(format!(
+                        "upload {} holds {len} bytes, fewer than the recorded {size}",
+                        dir.display()
+                    )));
+                }
+                if len > size {
+                    f.set_len(size)?;
+                }
+                let hasher = match mem {
+                    Some((n, h)) if n == size && h.algorithm() == d.algorithm() => h,
+                    _ => {
+                        tracing::debug!(upload = %dir.display(), "re-hashing upload data at commit");
+                        pipe::hash_file(&f, size, DigestHasher::new(d.algorithm()))?
+                    }
+                };
+                let end = || match fs::remove_dir_all(&dir) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = verify(size, Some(hasher), &d, None) {
+                    drop(f);
+                    end()?;
+                    return Err(e);
+                }
+                f.sync_all()?;
+                drop(f);
+                let dest = inner.blob_path(&d);
+                atomic::rename_into(&data, &dest)?;
+                if let Some(parent) = dest.parent() {
+                    atomic::sync_dir(parent)?;
+                }
+                end()?;
+                Ok(size)
+            })
+            .await;
+        match &result {
+            // The session is over (or was never there).
+            Ok(_) | Err(StorageError::UploadUnknown | StorageError::DigestMismatch { .. }) => {
+                drop(guard);
+                self.inner.forget_session(id);
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    pub(super) async fn abort_session(&self, id: &str) -> Result<(), StorageError> {
+        let dir = self.inner.session_dir(id)?;
+        let lock = self.inner.session_lock(id);
+        let guard = lock.lock_owned().await;
+        let result = self
+            .run(move |_| {
+                if !dir.join(STATE).exists() {
+                    return Err(StorageError::UploadUnknown);
+                }
+                // Remove the state first: a crash midway leaves a directory
+                // without state.json, which open() removes.
+                atomic::remove_if_exists(&dir.join(STATE))?;
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await;
+        drop(guard);
+        self.inner.forget_session(id);
+        result
+    }
+}
