@@ -25,12 +25,18 @@ async fn every_upstream_method_against_distribution() {
     let app = repo("library/app");
 
     // Manifest by tag: HEAD then GET, byte for byte.
-    let head = up.head_manifest(&app, &reference("v1")).await.expect("HEAD v1");
+    let head = up
+        .head_manifest(&app, &reference("v1"))
+        .await
+        .expect("HEAD v1");
     assert_eq!(head.digest.to_string(), image.manifest.digest);
     assert_eq!(head.media_type, OCI_MANIFEST);
     assert_eq!(head.size, image.manifest.bytes.len() as u64);
     assert!(head.bytes.is_none());
-    let get = up.get_manifest(&app, &reference("v1")).await.expect("GET v1");
+    let get = up
+        .get_manifest(&app, &reference("v1"))
+        .await
+        .expect("GET v1");
     assert_eq!(get.bytes.as_deref(), Some(&image.manifest.bytes[..]));
     assert_eq!(get.digest.to_string(), image.manifest.digest);
     assert_eq!(get.media_type, OCI_MANIFEST);
@@ -44,11 +50,17 @@ async fn every_upstream_method_against_distribution() {
     assert_eq!(by_digest.bytes.as_deref(), Some(&image.manifest.bytes[..]));
 
     // The index and each platform manifest.
-    let idx = up.get_manifest(&app, &reference("multi")).await.expect("GET index");
+    let idx = up
+        .get_manifest(&app, &reference("multi"))
+        .await
+        .expect("GET index");
     assert_eq!(idx.media_type, OCI_INDEX);
     assert_eq!(idx.digest.to_string(), index.index.digest);
     assert_eq!(idx.bytes.as_deref(), Some(&index.index.bytes[..]));
-    let idx_head = up.head_manifest(&app, &reference("multi")).await.expect("HEAD index");
+    let idx_head = up
+        .head_manifest(&app, &reference("multi"))
+        .await
+        .expect("HEAD index");
     assert_eq!(idx_head.digest.to_string(), index.index.digest);
     assert_eq!(idx_head.media_type, OCI_INDEX);
     for img in &index.images {
@@ -111,7 +123,10 @@ async fn every_upstream_method_against_distribution() {
         up.get_manifest(&other, &reference("v1")).await,
         Err(UpstreamError::NotFound)
     ));
-    assert!(matches!(up.tags(&other).await, Err(UpstreamError::NotFound)));
+    assert!(matches!(
+        up.tags(&other).await,
+        Err(UpstreamError::NotFound)
+    ));
 
     // Each HEAD reached distribution as a HEAD (no fallback GETs).
     assert!(reg.access_count("\"HEAD /v2/library/app/manifests/v1") >= 1);

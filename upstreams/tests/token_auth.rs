@@ -22,8 +22,18 @@ async fn token_registry(
     let b = layout.add_image("b", 30_000);
     {
         let open = Distribution::start(Some(&root), None).await;
-        skopeo_push(&layout.dir, "a", &format!("{}/library/app:a", open.authority()), None);
-        skopeo_push(&layout.dir, "b", &format!("{}/team/other:b", open.authority()), None);
+        skopeo_push(
+            &layout.dir,
+            "a",
+            &format!("{}/library/app:a", open.authority()),
+            None,
+        );
+        skopeo_push(
+            &layout.dir,
+            "b",
+            &format!("{}/team/other:b", open.authority()),
+            None,
+        );
     }
     let reg = Distribution::start(Some(&root), Some(&issuer.auth_config(cert))).await;
     (reg, a, b, work)
@@ -38,11 +48,17 @@ async fn anonymous_token_is_fetched_cached_and_used() {
     let app = repo("library/app");
 
     // Without a token the registry challenges; the client answers it.
-    let m = up.get_manifest(&app, &reference("a")).await.expect("GET with token");
+    let m = up
+        .get_manifest(&app, &reference("a"))
+        .await
+        .expect("GET with token");
     assert_eq!(m.bytes.as_deref(), Some(&a.manifest.bytes[..]));
     assert_eq!(issuer.hits(), 1);
     let req = &issuer.server.requests()[0];
-    assert_eq!(req.query("scope").as_deref(), Some("repository:library/app:pull"));
+    assert_eq!(
+        req.query("scope").as_deref(),
+        Some("repository:library/app:pull")
+    );
     assert_eq!(req.query("service").as_deref(), Some("cove-test-registry"));
     assert_eq!(req.header("authorization"), None, "anonymous token request");
 
@@ -50,10 +66,15 @@ async fn anonymous_token_is_fetched_cached_and_used() {
     let h = up.head_manifest(&app, &reference("a")).await.expect("HEAD");
     assert_eq!(h.digest.to_string(), a.manifest.digest);
     let layer = &a.layers[0];
-    let blob = up.get_blob(&app, &digest(&layer.digest)).await.expect("blob");
+    let blob = up
+        .get_blob(&app, &digest(&layer.digest))
+        .await
+        .expect("blob");
     assert_eq!(collect(blob.stream).await.expect("body"), layer.bytes);
     assert_eq!(
-        up.head_blob(&app, &digest(&layer.digest)).await.expect("HEAD blob"),
+        up.head_blob(&app, &digest(&layer.digest))
+            .await
+            .expect("HEAD blob"),
         layer.bytes.len() as u64
     );
     assert_eq!(up.tags(&app).await.expect("tags"), ["a"]);
@@ -68,7 +89,10 @@ async fn anonymous_token_is_fetched_cached_and_used() {
 
     // Another repository: a new scope, fetched up front from the known realm.
     let other = repo("team/other");
-    let m = up.get_manifest(&other, &reference("b")).await.expect("other repo");
+    let m = up
+        .get_manifest(&other, &reference("b"))
+        .await
+        .expect("other repo");
     assert_eq!(m.bytes.as_deref(), Some(&b.manifest.bytes[..]));
     assert_eq!(issuer.hits(), 2);
     assert_eq!(
@@ -91,11 +115,18 @@ async fn tokens_are_refreshed_before_expiry() {
     let (reg, a, _b, _work) = token_registry(&cert, &issuer).await;
     let up = upstream_from_toml("quay.io", &format!("url = \"{}\"", reg.url()));
     let app = repo("library/app");
-    up.head_manifest(&app, &reference("a")).await.expect("first");
-    up.head_manifest(&app, &reference("a")).await.expect("cached");
+    up.head_manifest(&app, &reference("a"))
+        .await
+        .expect("first");
+    up.head_manifest(&app, &reference("a"))
+        .await
+        .expect("cached");
     assert_eq!(issuer.hits(), 1);
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    let m = up.get_manifest(&app, &reference("a")).await.expect("after expiry");
+    let m = up
+        .get_manifest(&app, &reference("a"))
+        .await
+        .expect("after expiry");
     assert_eq!(m.digest.to_string(), a.manifest.digest);
     assert_eq!(issuer.hits(), 2, "a fresh token after the old one aged out");
 }
@@ -112,10 +143,17 @@ async fn credentialed_token_flow() {
     std::fs::write(&cred, "alice:s3cret:pw\n").expect("cred file");
     let up = upstream_from_toml(
         "ghcr.io",
-        &format!("url = \"{}\"\ncredentials_file = \"{}\"", reg.url(), cred.display()),
+        &format!(
+            "url = \"{}\"\ncredentials_file = \"{}\"",
+            reg.url(),
+            cred.display()
+        ),
     );
     assert!(up.has_credentials());
-    let m = up.get_manifest(&app, &reference("a")).await.expect("authorized");
+    let m = up
+        .get_manifest(&app, &reference("a"))
+        .await
+        .expect("authorized");
     assert_eq!(m.bytes.as_deref(), Some(&a.manifest.bytes[..]));
     let hits = issuer.hits();
     assert_eq!(hits, 1);

@@ -327,7 +327,14 @@ impl OciLayout {
 /// plain HTTP; panics with skopeo's output on failure.
 pub fn skopeo_push(layout: &Path, tag: &str, dest: &str, creds: Option<&str>) {
     let mut cmd = Command::new("skopeo");
-    cmd.args(["--insecure-policy", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false", "-q"]);
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "-q",
+    ]);
     if let Some(c) = creds {
         cmd.arg("--dest-creds").arg(c);
     }
@@ -540,7 +547,10 @@ async fn serve_conn(
         503 => "Service Unavailable",
         _ => "Status",
     };
-    let mut head = format!("HTTP/1.1 {} {reason}\r\nConnection: close\r\n", reply.status);
+    let mut head = format!(
+        "HTTP/1.1 {} {reason}\r\nConnection: close\r\n",
+        reply.status
+    );
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -558,14 +568,20 @@ async fn serve_conn(
     }
     match reply.mode {
         BodyMode::Full => stream.write_all(&reply.body).await?,
-        BodyMode::Truncate(n) => stream.write_all(&reply.body[..n.min(reply.body.len())]).await?,
+        BodyMode::Truncate(n) => {
+            stream
+                .write_all(&reply.body[..n.min(reply.body.len())])
+                .await?
+        }
         BodyMode::Delay(d) => {
             tokio::time::sleep(d).await;
             stream.write_all(&reply.body).await?;
         }
         BodyMode::Chunked(n) => {
             for c in reply.body.chunks(n.max(1)) {
-                stream.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await?;
+                stream
+                    .write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                    .await?;
                 stream.write_all(c).await?;
                 stream.write_all(b"\r\n").await?;
             }
@@ -595,19 +611,33 @@ impl SigningCert {
         let key = dir.path().join("key.pem");
         let cert = dir.path().join("cert.pem");
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=cove-test-token-issuer", "-keyout"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=cove-test-token-issuer",
+                "-keyout",
+            ])
             .arg(&key)
             .arg("-out")
             .arg(&cert)
             .output()
             .expect("run openssl");
-        assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let pem = std::fs::read_to_string(&cert).expect("cert");
         // The PEM body is the base64 of the DER.
-        let cert_der_b64: String = pem
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect();
+        let cert_der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         SigningCert {
             key_pem: std::fs::read(&key).expect("key"),
             cert_pem_path: cert,
@@ -752,9 +782,7 @@ pub fn upstream_from_toml(host: &str, keys: &str) -> cove_upstreams::OciUpstream
 }
 
 /// Collects a blob stream; the error if it fails.
-pub async fn collect(
-    mut stream: cove_core::ByteStream,
-) -> Result<Vec<u8>, std::io::Error> {
+pub async fn collect(mut stream: cove_core::ByteStream) -> Result<Vec<u8>, std::io::Error> {
     use futures::StreamExt;
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
