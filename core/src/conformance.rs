@@ -21,19 +21,14 @@ fn tag(s: &str) -> Tag {
 
 /// A stream that yields `data` in chunks of `chunk` bytes.
 pub fn chunked(data: Bytes, chunk: usize) -> ByteStream {
-    let chunks: Vec<std::io::Result<Bytes>> = (0..data.len())
-        .step_by(chunk.max(1))
-        .map(|i| Ok(data.slice(i..(i + chunk).min(data.len()))))
-        .collect();
+    let chunks: Vec<std::io::Result<Bytes>> =
+        (0..data.len()).step_by(chunk.max(1)).map(|i| Ok(data.slice(i..(i + chunk).min(data.len())))).collect();
     Box::pin(futures::stream::iter(chunks))
 }
 
 /// A stream that yields `data` and then fails, like a client that hangs up.
 pub fn failing(data: Bytes) -> ByteStream {
-    Box::pin(futures::stream::iter(vec![
-        Ok(data),
-        Err(std::io::Error::other("client went away")),
-    ]))
+    Box::pin(futures::stream::iter(vec![Ok(data), Err(std::io::Error::other("client went away"))]))
 }
 
 pub async fn read_all(s: ByteStream) -> Vec<u8> {
@@ -42,9 +37,7 @@ pub async fn read_all(s: ByteStream) -> Vec<u8> {
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Bytes {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut v = Vec::with_capacity(len);
     for _ in 0..len {
         x ^= x << 13;
@@ -72,44 +65,19 @@ pub async fn run_all(store: &dyn Storage) {
 pub async fn blobs(store: &dyn Storage) {
     let data = pseudo_random(300_000, 1);
     let d = Digest::sha256_of(&data);
-    assert_eq!(
-        store.blob_size(&d).await.expect("stat"),
-        None,
-        "absent blob has no size"
-    );
-    assert!(
-        matches!(store.blob_read(&d, None).await, Err(StorageError::NotFound)),
-        "absent blob read is NotFound"
-    );
-    let n = store
-        .blob_write(&d, chunked(data.clone(), 7000), Some(300_000))
-        .await
-        .expect("write");
+    assert_eq!(store.blob_size(&d).await.expect("stat"), None, "absent blob has no size");
+    assert!(matches!(store.blob_read(&d, None).await, Err(StorageError::NotFound)), "absent blob read is NotFound");
+    let n = store.blob_write(&d, chunked(data.clone(), 7000), Some(300_000)).await.expect("write");
     assert_eq!(n, 300_000);
     assert_eq!(store.blob_size(&d).await.expect("stat"), Some(300_000));
-    assert_eq!(
-        read_all(store.blob_read(&d, None).await.expect("read")).await,
-        data.to_vec()
-    );
+    assert_eq!(read_all(store.blob_read(&d, None).await.expect("read")).await, data.to_vec());
     // Idempotent second write.
-    store
-        .blob_write(&d, chunked(data.clone(), 65536), None)
-        .await
-        .expect("rewrite");
+    store.blob_write(&d, chunked(data.clone(), 65536), None).await.expect("rewrite");
     let r = repo("conf/blobs");
-    assert!(
-        !store.blob_linked(&r, &d).await.expect("linked"),
-        "new blob is not linked"
-    );
+    assert!(!store.blob_linked(&r, &d).await.expect("linked"), "new blob is not linked");
     store.blob_link(&r, &d).await.expect("link");
     assert!(store.blob_linked(&r, &d).await.expect("linked"));
-    assert!(
-        !store
-            .blob_linked(&repo("conf/other"), &d)
-            .await
-            .expect("linked"),
-        "links are per repository"
-    );
+    assert!(!store.blob_linked(&repo("conf/other"), &d).await.expect("linked"), "links are per repository");
     assert!(store.blob_list().await.expect("list").contains(&d));
     assert!(store.blob_unlink(&r, &d).await.expect("unlink"));
     assert!(!store.blob_unlink(&r, &d).await.expect("unlink twice"));
@@ -118,38 +86,18 @@ pub async fn blobs(store: &dyn Storage) {
     assert_eq!(store.blob_size(&d).await.expect("stat"), None);
     // Empty blob.
     let e = Digest::sha256_of(b"");
-    store
-        .blob_write(&e, chunked(Bytes::new(), 1), Some(0))
-        .await
-        .expect("empty blob");
+    store.blob_write(&e, chunked(Bytes::new(), 1), Some(0)).await.expect("empty blob");
     assert_eq!(store.blob_size(&e).await.expect("stat"), Some(0));
-    assert!(read_all(store.blob_read(&e, None).await.expect("read"))
-        .await
-        .is_empty());
+    assert!(read_all(store.blob_read(&e, None).await.expect("read")).await.is_empty());
 }
 
 /// Ranged reads return exactly the requested bytes.
 pub async fn blob_ranges(store: &dyn Storage) {
     let data = pseudo_random(1_000_000, 2);
     let d = Digest::sha256_of(&data);
-    store
-        .blob_write(&d, chunked(data.clone(), 100_000), None)
-        .await
-        .expect("write");
-    for (s, e) in [
-        (0u64, 0u64),
-        (0, 999_999),
-        (10, 20),
-        (999_000, 999_999),
-        (123_456, 654_321),
-    ] {
-        let got = read_all(
-            store
-                .blob_read(&d, Some(ByteRange { start: s, end: e }))
-                .await
-                .expect("range"),
-        )
-        .await;
+    store.blob_write(&d, chunked(data.clone(), 100_000), None).await.expect("write");
+    for (s, e) in [(0u64, 0u64), (0, 999_999), (10, 20), (999_000, 999_999), (123_456, 654_321)] {
+        let got = read_all(store.blob_read(&d, Some(ByteRange { start: s, end: e })).await.expect("range")).await;
         assert_eq!(got, data[s as usize..=e as usize].to_vec(), "range {s}-{e}");
     }
 }
@@ -158,37 +106,16 @@ pub async fn blob_ranges(store: &dyn Storage) {
 pub async fn blob_verification(store: &dyn Storage) {
     let data = pseudo_random(50_000, 3);
     let wrong = Digest::sha256_of(b"something else");
-    let r = store
-        .blob_write(&wrong, chunked(data.clone(), 4096), None)
-        .await;
-    assert!(
-        matches!(r, Err(StorageError::DigestMismatch { .. })),
-        "wrong digest rejected: {r:?}"
-    );
-    assert_eq!(
-        store.blob_size(&wrong).await.expect("stat"),
-        None,
-        "mismatched blob invisible"
-    );
+    let r = store.blob_write(&wrong, chunked(data.clone(), 4096), None).await;
+    assert!(matches!(r, Err(StorageError::DigestMismatch { .. })), "wrong digest rejected: {r:?}");
+    assert_eq!(store.blob_size(&wrong).await.expect("stat"), None, "mismatched blob invisible");
     let d = Digest::sha256_of(&data);
-    let r = store
-        .blob_write(&d, failing(data.slice(..1000)), None)
-        .await;
+    let r = store.blob_write(&d, failing(data.slice(..1000)), None).await;
     assert!(r.is_err(), "a failing body fails the write");
-    assert_eq!(
-        store.blob_size(&d).await.expect("stat"),
-        None,
-        "failed body leaves nothing visible"
-    );
-    let r = store
-        .blob_write(&d, chunked(data.clone(), 4096), Some(49_999))
-        .await;
+    assert_eq!(store.blob_size(&d).await.expect("stat"), None, "failed body leaves nothing visible");
+    let r = store.blob_write(&d, chunked(data.clone(), 4096), Some(49_999)).await;
     assert!(r.is_err(), "size mismatch rejected");
-    assert_eq!(
-        store.blob_size(&d).await.expect("stat"),
-        None,
-        "size-mismatched blob invisible"
-    );
+    assert_eq!(store.blob_size(&d).await.expect("stat"), None, "size-mismatched blob invisible");
 }
 
 /// Chunked uploads: append at offset, status, commit.
@@ -197,87 +124,33 @@ pub async fn uploads(store: &dyn Storage) {
     let data = pseudo_random(2_500_000, 4);
     let d = Digest::sha256_of(&data);
     let info = store.upload_start(&r).await.expect("start");
-    assert!(
-        crate::storage::valid_upload_id(&info.id),
-        "id {:?} is a safe token",
-        info.id
-    );
+    assert!(crate::storage::valid_upload_id(&info.id), "id {:?} is a safe token", info.id);
     assert_eq!(info.size, 0);
     assert_eq!(info.repo, r);
     let mut off = 0u64;
-    for piece in [
-        0..1_000_000usize,
-        1_000_000..1_000_001,
-        1_000_001..2_500_000,
-    ] {
+    for piece in [0..1_000_000usize, 1_000_000..1_000_001, 1_000_001..2_500_000] {
         let chunk = data.slice(piece.clone());
-        off = store
-            .upload_append(&info.id, off, chunked(chunk, 64 * 1024))
-            .await
-            .expect("append");
+        off = store.upload_append(&info.id, off, chunked(chunk, 64 * 1024)).await.expect("append");
         assert_eq!(off, piece.end as u64);
         assert_eq!(store.upload_info(&info.id).await.expect("info").size, off);
     }
-    let r2 = store
-        .upload_append(&info.id, 5, chunked(Bytes::from_static(b"x"), 1))
-        .await;
-    assert!(
-        matches!(
-            r2,
-            Err(StorageError::OffsetMismatch {
-                expected: 2_500_000,
-                got: 5
-            })
-        ),
-        "{r2:?}"
-    );
-    assert!(store
-        .upload_list()
-        .await
-        .expect("list")
-        .iter()
-        .any(|u| u.id == info.id));
-    assert_eq!(
-        store.upload_commit(&info.id, &d).await.expect("commit"),
-        2_500_000
-    );
+    let r2 = store.upload_append(&info.id, 5, chunked(Bytes::from_static(b"x"), 1)).await;
+    assert!(matches!(r2, Err(StorageError::OffsetMismatch { expected: 2_500_000, got: 5 })), "{r2:?}");
+    assert!(store.upload_list().await.expect("list").iter().any(|u| u.id == info.id));
+    assert_eq!(store.upload_commit(&info.id, &d).await.expect("commit"), 2_500_000);
     assert_eq!(store.blob_size(&d).await.expect("stat"), Some(2_500_000));
-    assert_eq!(
-        read_all(store.blob_read(&d, None).await.expect("read")).await,
-        data.to_vec()
-    );
-    assert!(
-        matches!(
-            store.upload_info(&info.id).await,
-            Err(StorageError::UploadUnknown)
-        ),
-        "committed session ends"
-    );
+    assert_eq!(read_all(store.blob_read(&d, None).await.expect("read")).await, data.to_vec());
+    assert!(matches!(store.upload_info(&info.id).await, Err(StorageError::UploadUnknown)), "committed session ends");
     // Commit of an empty session.
     let info = store.upload_start(&r).await.expect("start");
     let e = Digest::sha256_of(b"");
-    assert_eq!(
-        store
-            .upload_commit(&info.id, &e)
-            .await
-            .expect("empty commit"),
-        0
-    );
+    assert_eq!(store.upload_commit(&info.id, &e).await.expect("empty commit"), 0);
     // Abort.
     let info = store.upload_start(&r).await.expect("start");
-    store
-        .upload_append(&info.id, 0, chunked(Bytes::from_static(b"abc"), 1))
-        .await
-        .expect("append");
+    store.upload_append(&info.id, 0, chunked(Bytes::from_static(b"abc"), 1)).await.expect("append");
     store.upload_abort(&info.id).await.expect("abort");
-    assert!(matches!(
-        store.upload_info(&info.id).await,
-        Err(StorageError::UploadUnknown)
-    ));
-    assert!(matches!(
-        store.upload_info("0000-not-there").await,
-        Err(StorageError::UploadUnknown)
-    ));
+    assert!(matches!(store.upload_info(&info.id).await, Err(StorageError::UploadUnknown)));
+    assert!(matches!(store.upload_info("0000-not-there").await, Err(StorageError::UploadUnknown)));
 }
 
 /// Failed chunks and wrong digests leave nothing behind.
@@ -285,29 +158,14 @@ pub async fn upload_failures(store: &dyn Storage) {
     let r = repo("conf/uploads");
     let data = pseudo_random(200_000, 5);
     let info = store.upload_start(&r).await.expect("start");
-    store
-        .upload_append(&info.id, 0, chunked(data.slice(..100_000), 10_000))
-        .await
-        .expect("append");
-    let bad = store
-        .upload_append(&info.id, 100_000, failing(data.slice(100_000..150_000)))
-        .await;
+    store.upload_append(&info.id, 0, chunked(data.slice(..100_000), 10_000)).await.expect("append");
+    let bad = store.upload_append(&info.id, 100_000, failing(data.slice(100_000..150_000))).await;
     assert!(bad.is_err(), "failing body fails the append");
-    assert_eq!(
-        store.upload_info(&info.id).await.expect("info").size,
-        100_000,
-        "failed chunk rolled back"
-    );
-    store
-        .upload_append(&info.id, 100_000, chunked(data.slice(100_000..), 10_000))
-        .await
-        .expect("resume");
+    assert_eq!(store.upload_info(&info.id).await.expect("info").size, 100_000, "failed chunk rolled back");
+    store.upload_append(&info.id, 100_000, chunked(data.slice(100_000..), 10_000)).await.expect("resume");
     let wrong = Digest::sha256_of(b"nope");
     let r2 = store.upload_commit(&info.id, &wrong).await;
-    assert!(
-        matches!(r2, Err(StorageError::DigestMismatch { .. })),
-        "{r2:?}"
-    );
+    assert!(matches!(r2, Err(StorageError::DigestMismatch { .. })), "{r2:?}");
     assert_eq!(store.blob_size(&wrong).await.expect("stat"), None);
 }
 
@@ -323,79 +181,34 @@ pub async fn manifests_and_tags(store: &dyn Storage) {
     let bytes = manifest_bytes(1);
     let d = Digest::sha256_of(&bytes);
     assert!(store.manifest_get(&r, &d).await.expect("get").is_none());
-    assert_eq!(
-        store.tag_list(&r).await.expect("tags"),
-        None,
-        "unknown repo has no tag list"
-    );
-    let m = StoredManifest {
-        media_type: OCI_MANIFEST.into(),
-        bytes: bytes.clone(),
-    };
+    assert_eq!(store.tag_list(&r).await.expect("tags"), None, "unknown repo has no tag list");
+    let m = StoredManifest { media_type: OCI_MANIFEST.into(), bytes: bytes.clone() };
     store.manifest_put(&r, &d, &m).await.expect("put");
-    let got = store
-        .manifest_get(&r, &d)
-        .await
-        .expect("get")
-        .expect("present");
+    let got = store.manifest_get(&r, &d).await.expect("get").expect("present");
     assert_eq!(got.bytes, bytes, "byte for byte");
     assert_eq!(got.media_type, OCI_MANIFEST);
     assert!(
-        store
-            .manifest_get(&repo("conf/elsewhere"), &d)
-            .await
-            .expect("get")
-            .is_none(),
+        store.manifest_get(&repo("conf/elsewhere"), &d).await.expect("get").is_none(),
         "manifests are per repository"
     );
-    assert_eq!(
-        store.tag_list(&r).await.expect("tags"),
-        Some(vec![]),
-        "repo with manifest but no tags"
-    );
+    assert_eq!(store.tag_list(&r).await.expect("tags"), Some(vec![]), "repo with manifest but no tags");
     store.tag_put(&r, &tag("v1"), &d).await.expect("tag");
     store.tag_put(&r, &tag("latest"), &d).await.expect("tag");
-    assert_eq!(
-        store.tag_get(&r, &tag("v1")).await.expect("tag get"),
-        Some(d.clone())
-    );
+    assert_eq!(store.tag_get(&r, &tag("v1")).await.expect("tag get"), Some(d.clone()));
     let b2 = manifest_bytes(2);
     let d2 = Digest::sha256_of(&b2);
-    store
-        .manifest_put(
-            &r,
-            &d2,
-            &StoredManifest {
-                media_type: OCI_MANIFEST.into(),
-                bytes: b2,
-            },
-        )
-        .await
-        .expect("put");
+    store.manifest_put(&r, &d2, &StoredManifest { media_type: OCI_MANIFEST.into(), bytes: b2 }).await.expect("put");
     store.tag_put(&r, &tag("v1"), &d2).await.expect("retag");
-    assert_eq!(
-        store.tag_get(&r, &tag("v1")).await.expect("tag get"),
-        Some(d2.clone()),
-        "retag replaces"
-    );
-    assert_eq!(
-        store.tag_list(&r).await.expect("tags"),
-        Some(vec!["latest".into(), "v1".into()])
-    );
+    assert_eq!(store.tag_get(&r, &tag("v1")).await.expect("tag get"), Some(d2.clone()), "retag replaces");
+    assert_eq!(store.tag_list(&r).await.expect("tags"), Some(vec!["latest".into(), "v1".into()]));
     let mut listed = store.manifest_list(&r).await.expect("list");
     listed.sort();
     let mut want = vec![d.clone(), d2.clone()];
     want.sort();
     assert_eq!(listed, want);
     assert!(store.tag_delete(&r, &tag("latest")).await.expect("del tag"));
-    assert!(!store
-        .tag_delete(&r, &tag("latest"))
-        .await
-        .expect("del tag twice"));
-    assert_eq!(
-        store.tag_get(&r, &tag("latest")).await.expect("tag get"),
-        None
-    );
+    assert!(!store.tag_delete(&r, &tag("latest")).await.expect("del tag twice"));
+    assert_eq!(store.tag_get(&r, &tag("latest")).await.expect("tag get"), None);
     assert!(store.manifest_delete(&r, &d).await.expect("del"));
     assert!(!store.manifest_delete(&r, &d).await.expect("del twice"));
     assert!(store.manifest_get(&r, &d).await.expect("get").is_none());
@@ -405,11 +218,7 @@ pub async fn manifests_and_tags(store: &dyn Storage) {
 pub async fn referrers(store: &dyn Storage) {
     let r = repo("conf/referrers");
     let subject = Digest::sha256_of(b"subject");
-    assert!(store
-        .referrers(&r, &subject)
-        .await
-        .expect("none")
-        .is_empty());
+    assert!(store.referrers(&r, &subject).await.expect("none").is_empty());
     let mk = |n: u32, at: &str| Descriptor {
         media_type: OCI_MANIFEST.into(),
         digest: Digest::sha256_of(&manifest_bytes(n)),
@@ -423,22 +232,13 @@ pub async fn referrers(store: &dyn Storage) {
     let b = mk(11, "application/vnd.example.sbom");
     store.referrer_put(&r, &subject, &a).await.expect("put");
     store.referrer_put(&r, &subject, &b).await.expect("put");
-    store
-        .referrer_put(&r, &subject, &b)
-        .await
-        .expect("put twice");
+    store.referrer_put(&r, &subject, &b).await.expect("put twice");
     let mut got = store.referrers(&r, &subject).await.expect("list");
     got.sort_by(|x, y| x.digest.cmp(&y.digest));
     let mut want = vec![a.clone(), b.clone()];
     want.sort_by(|x, y| x.digest.cmp(&y.digest));
-    assert_eq!(
-        got, want,
-        "referrers listed once each with their descriptors"
-    );
-    store
-        .referrer_delete(&r, &subject, &a.digest)
-        .await
-        .expect("delete");
+    assert_eq!(got, want, "referrers listed once each with their descriptors");
+    store.referrer_delete(&r, &subject, &a.digest).await.expect("delete");
     assert_eq!(store.referrers(&r, &subject).await.expect("list"), vec![b]);
 }
 
@@ -448,36 +248,12 @@ pub async fn listings(store: &dyn Storage) {
         let r = repo(name);
         let bytes = manifest_bytes(99);
         let d = Digest::sha256_of(&bytes);
-        store
-            .manifest_put(
-                &r,
-                &d,
-                &StoredManifest {
-                    media_type: OCI_MANIFEST.into(),
-                    bytes,
-                },
-            )
-            .await
-            .expect("put");
+        store.manifest_put(&r, &d, &StoredManifest { media_type: OCI_MANIFEST.into(), bytes }).await.expect("put");
         store.tag_put(&r, &tag("t"), &d).await.expect("tag");
     }
-    let repos: Vec<String> = store
-        .repo_list()
-        .await
-        .expect("repos")
-        .iter()
-        .map(|r| r.to_string())
-        .collect();
-    let ours: Vec<&str> = repos
-        .iter()
-        .map(String::as_str)
-        .filter(|r| r.starts_with("list/"))
-        .collect();
-    assert_eq!(
-        ours,
-        ["list/a", "list/a/deep/er", "list/b", "list/c-d"],
-        "repos nested and sorted"
-    );
+    let repos: Vec<String> = store.repo_list().await.expect("repos").iter().map(|r| r.to_string()).collect();
+    let ours: Vec<&str> = repos.iter().map(String::as_str).filter(|r| r.starts_with("list/")).collect();
+    assert_eq!(ours, ["list/a", "list/a/deep/er", "list/b", "list/c-d"], "repos nested and sorted");
     let mut sorted = repos.clone();
     sorted.sort();
     assert_eq!(repos, sorted, "repo_list is sorted");

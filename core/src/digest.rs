@@ -45,20 +45,15 @@ pub struct Digest {
 impl Digest {
     /// Builds a digest from an algorithm and hex, validating the hex.
     pub fn new(algorithm: Algorithm, hex: &str) -> Result<Self, RegistryError> {
-        let valid = hex.len() == algorithm.hex_len()
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let valid =
+            hex.len() == algorithm.hex_len() && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid {
             return Err(RegistryError::new(
                 ErrorCode::DigestInvalid,
                 format!("invalid {} hex in digest", algorithm.as_str()),
             ));
         }
-        Ok(Digest {
-            algorithm,
-            hex: hex.to_owned(),
-        })
+        Ok(Digest { algorithm, hex: hex.to_owned() })
     }
 
     /// The SHA-256 digest of `data`.
@@ -96,9 +91,9 @@ impl FromStr for Digest {
     /// Parses `algorithm:hex`. Unsupported algorithms and malformed hex are
     /// `DIGEST_INVALID`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (alg, hex) = s.split_once(':').ok_or_else(|| {
-            RegistryError::new(ErrorCode::DigestInvalid, "digest must be algorithm:hex")
-        })?;
+        let (alg, hex) = s
+            .split_once(':')
+            .ok_or_else(|| RegistryError::new(ErrorCode::DigestInvalid, "digest must be algorithm:hex"))?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
@@ -171,9 +166,8 @@ mod tests {
 
     #[test]
     fn parses_and_rejects() {
-        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-            .parse()
-            .expect("valid");
+        let d: Digest =
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().expect("valid");
         assert_eq!(d, Digest::sha256_of(b""));
         for bad in [
             "",

@@ -104,13 +104,7 @@ impl fmt::Display for RegistryError {
 
 impl RegistryError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RegistryError {
-            code,
-            message: message.into(),
-            status: None,
-            headers: Vec::new(),
-            detail: None,
-        }
+        RegistryError { code, message: message.into(), status: None, headers: Vec::new(), detail: None }
     }
 
     /// Sets the HTTP status (for codes the spec uses with several statuses).
@@ -143,11 +137,8 @@ impl RegistryError {
     /// The JSON body of the spec's error format. Internal errors never leak
     /// their message.
     pub fn body(&self) -> serde_json::Value {
-        let message = if self.code == ErrorCode::Internal {
-            "internal server error".to_owned()
-        } else {
-            self.message.clone()
-        };
+        let message =
+            if self.code == ErrorCode::Internal { "internal server error".to_owned() } else { self.message.clone() };
         let mut err = serde_json::json!({ "code": self.code.as_str(), "message": message });
         if let Some(d) = &self.detail {
             err["detail"] = d.clone();
@@ -156,24 +147,15 @@ impl RegistryError {
     }
 
     pub fn blob_unknown(d: &crate::Digest) -> Self {
-        RegistryError::new(
-            ErrorCode::BlobUnknown,
-            format!("blob {d} is not known to this repository"),
-        )
+        RegistryError::new(ErrorCode::BlobUnknown, format!("blob {d} is not known to this repository"))
     }
 
     pub fn manifest_unknown(r: impl fmt::Display) -> Self {
-        RegistryError::new(
-            ErrorCode::ManifestUnknown,
-            format!("manifest {r} is not known"),
-        )
+        RegistryError::new(ErrorCode::ManifestUnknown, format!("manifest {r} is not known"))
     }
 
     pub fn upload_unknown() -> Self {
-        RegistryError::new(
-            ErrorCode::BlobUploadUnknown,
-            "upload session is not known (it may have expired)",
-        )
+        RegistryError::new(ErrorCode::BlobUploadUnknown, "upload session is not known (it may have expired)")
     }
 
     pub fn unsupported(message: impl Into<String>) -> Self {
@@ -205,10 +187,9 @@ impl From<crate::storage::StorageError> for RegistryError {
                 format!("content length {actual} does not match declared {expected}"),
             ),
             S::NotFound => RegistryError::new(ErrorCode::BlobUnknown, "not found"),
-            S::BodyError(m) => RegistryError::new(
-                ErrorCode::BlobUploadInvalid,
-                format!("request body ended early: {m}"),
-            ),
+            S::BodyError(m) => {
+                RegistryError::new(ErrorCode::BlobUploadInvalid, format!("request body ended early: {m}"))
+            }
             other => RegistryError::internal(other.to_string()),
         }
     }

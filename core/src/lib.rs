@@ -4,6 +4,7 @@
 //! that implements OCI Distribution semantics on top of them, free of HTTP.
 
 pub mod auth;
+pub mod cache;
 pub mod digest;
 pub mod error;
 pub mod manifest;

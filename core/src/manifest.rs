@@ -78,19 +78,12 @@ impl ParsedManifest {
     /// Blobs this manifest requires in its repository: config and layers,
     /// except non-distributable layers that carry their own `urls`.
     pub fn required_blobs(&self) -> impl Iterator<Item = &Descriptor> {
-        self.config.iter().chain(
-            self.layers
-                .iter()
-                .filter(|d| d.urls.as_ref().is_none_or(|u| u.is_empty())),
-        )
+        self.config.iter().chain(self.layers.iter().filter(|d| d.urls.as_ref().is_none_or(|u| u.is_empty())))
     }
 
     /// The descriptor listed for this manifest in a referrers response.
     pub fn referrer_descriptor(&self, digest: &Digest, size: u64) -> Descriptor {
-        let artifact_type = self
-            .artifact_type
-            .clone()
-            .or_else(|| self.config.as_ref().map(|c| c.media_type.clone()));
+        let artifact_type = self.artifact_type.clone().or_else(|| self.config.as_ref().map(|c| c.media_type.clone()));
         Descriptor {
             media_type: self.media_type.clone(),
             digest: digest.clone(),
@@ -112,15 +105,9 @@ fn invalid(message: impl Into<String>) -> RegistryError {
 ///
 /// Schema 1 and unknown media types are `MANIFEST_INVALID`; a Content-Type
 /// that contradicts the manifest's own `mediaType` is `MANIFEST_INVALID`.
-pub fn parse_manifest(
-    bytes: &[u8],
-    content_type: Option<&str>,
-) -> Result<ParsedManifest, RegistryError> {
+pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, RegistryError> {
     if bytes.len() > MAX_MANIFEST_SIZE {
-        return Err(invalid(format!(
-            "manifest is larger than the {MAX_MANIFEST_SIZE} byte limit"
-        ))
-        .with_status(413));
+        return Err(invalid(format!("manifest is larger than the {MAX_MANIFEST_SIZE} byte limit")).with_status(413));
     }
     let content_type = content_type
         .map(|c| c.split(';').next().unwrap_or(c).trim())
@@ -128,14 +115,9 @@ pub fn parse_manifest(
     if matches!(content_type, Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)) {
         return Err(schema1());
     }
-    let raw: RawManifest = serde_json::from_slice(bytes)
-        .map_err(|e| invalid(format!("manifest is not a valid JSON manifest: {e}")))?;
-    if raw.fs_layers.is_some()
-        || matches!(
-            raw.media_type.as_deref(),
-            Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)
-        )
-    {
+    let raw: RawManifest =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("manifest is not a valid JSON manifest: {e}")))?;
+    if raw.fs_layers.is_some() || matches!(raw.media_type.as_deref(), Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)) {
         return Err(schema1());
     }
     match &raw.schema_version {
@@ -144,9 +126,7 @@ pub fn parse_manifest(
     }
     if let (Some(ct), Some(mt)) = (content_type, raw.media_type.as_deref()) {
         if ct != mt {
-            return Err(invalid(format!(
-                "Content-Type {ct} does not match the manifest's mediaType {mt}"
-            )));
+            return Err(invalid(format!("Content-Type {ct} does not match the manifest's mediaType {mt}")));
         }
     }
     let media_type = match content_type.or(raw.media_type.as_deref()) {
@@ -154,11 +134,7 @@ pub fn parse_manifest(
         // OCI allows mediaType to be absent: tell an index from a manifest by shape.
         None if raw.manifests.is_some() => OCI_INDEX.to_owned(),
         None if raw.config.is_some() => OCI_MANIFEST.to_owned(),
-        None => {
-            return Err(invalid(
-                "manifest has no mediaType and no recognisable shape",
-            ))
-        }
+        None => return Err(invalid("manifest has no mediaType and no recognisable shape")),
     };
     if !MANIFEST_MEDIA_TYPES.contains(&media_type.as_str()) {
         return Err(invalid(format!(
@@ -168,9 +144,7 @@ pub fn parse_manifest(
     }
     let is_index = media_type == OCI_INDEX || media_type == DOCKER_LIST;
     let parsed = if is_index {
-        let manifests = raw
-            .manifests
-            .ok_or_else(|| invalid("image index has no manifests array"))?;
+        let manifests = raw.manifests.ok_or_else(|| invalid("image index has no manifests array"))?;
         if raw.config.is_some() || raw.layers.is_some() {
             return Err(invalid("image index must not have config or layers"));
         }
@@ -184,12 +158,8 @@ pub fn parse_manifest(
             annotations: raw.annotations,
         }
     } else {
-        let config = raw
-            .config
-            .ok_or_else(|| invalid("image manifest has no config"))?;
-        let layers = raw
-            .layers
-            .ok_or_else(|| invalid("image manifest has no layers array"))?;
+        let config = raw.config.ok_or_else(|| invalid("image manifest has no config"))?;
+        let layers = raw.layers.ok_or_else(|| invalid("image manifest has no layers array"))?;
         if raw.manifests.is_some() {
             return Err(invalid("image manifest must not have manifests"));
         }
@@ -207,9 +177,7 @@ pub fn parse_manifest(
 }
 
 fn schema1() -> RegistryError {
-    invalid(
-        "Docker schema 1 manifests are not supported; push with a current client (schema 2 or OCI)",
-    )
+    invalid("Docker schema 1 manifests are not supported; push with a current client (schema 2 or OCI)")
 }
 
 /// Whether `media_type` is one Cove serves as a manifest.
@@ -240,13 +208,9 @@ mod tests {
         let e = parse_manifest(br#"{"schemaVersion":1,"fsLayers":[]}"#, None).expect_err("schema1");
         assert!(e.message.contains("schema 1"));
         parse_manifest(b"not json", None).expect_err("garbage");
-        parse_manifest(br#"{"schemaVersion":2,"mediaType":"text/plain"}"#, None)
-            .expect_err("unknown type");
+        parse_manifest(br#"{"schemaVersion":2,"mediaType":"text/plain"}"#, None).expect_err("unknown type");
         let big = vec![b' '; MAX_MANIFEST_SIZE + 1];
-        assert_eq!(
-            parse_manifest(&big, None).expect_err("big").http_status(),
-            413
-        );
+        assert_eq!(parse_manifest(&big, None).expect_err("big").http_status(), 413);
         let bad_digest = image("").replace(CFG, "sha256:1234");
         parse_manifest(bad_digest.as_bytes(), None).expect_err("bad digest");
     }

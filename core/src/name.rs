@@ -34,9 +34,7 @@ impl RepoName {
 
     /// The name without its first component, if it has more than one.
     pub fn strip_first_component(&self) -> Option<RepoName> {
-        self.0
-            .split_once('/')
-            .map(|(_, rest)| RepoName(rest.to_owned()))
+        self.0.split_once('/').map(|(_, rest)| RepoName(rest.to_owned()))
     }
 
     /// `prefix/self`, validated.
@@ -127,18 +125,11 @@ impl FromStr for Tag {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let b = s.as_bytes();
-        let first_ok = b
-            .first()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
-        let rest_ok = b
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+        let first_ok = b.first().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        let rest_ok = b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
         if !first_ok || !rest_ok || b.len() > 128 {
-            return Err(RegistryError::new(
-                ErrorCode::ManifestInvalid,
-                format!("invalid tag {:?}", truncate(s, 200)),
-            )
-            .with_status(400));
+            return Err(RegistryError::new(ErrorCode::ManifestInvalid, format!("invalid tag {:?}", truncate(s, 200)))
+                .with_status(400));
         }
         Ok(Tag(s.to_owned()))
     }
@@ -191,32 +182,13 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in [
-            "a",
-            "library/nginx",
-            "docker.io/library/nginx",
-            "a-b__c.d/e--f",
-            "0/1",
-        ] {
+        for ok in ["a", "library/nginx", "docker.io/library/nginx", "a-b__c.d/e--f", "0/1"] {
             ok.parse::<RepoName>().expect(ok);
         }
         let long = "a".repeat(256);
-        for bad in [
-            "",
-            "A",
-            "a/",
-            "/a",
-            "a//b",
-            "a/../b",
-            "..",
-            ".a",
-            "a_",
-            "a___b",
-            "a.-b",
-            "a b",
-            "a%2fb",
-            long.as_str(),
-        ] {
+        for bad in
+            ["", "A", "a/", "/a", "a//b", "a/../b", "..", ".a", "a_", "a___b", "a.-b", "a b", "a%2fb", long.as_str()]
+        {
             let e = bad.parse::<RepoName>().expect_err(bad);
             assert_eq!(e.code, ErrorCode::NameInvalid);
         }
@@ -230,18 +202,11 @@ mod tests {
         for bad in ["", ".x", "-x", "a/b", "..", &"a".repeat(129)] {
             bad.parse::<Tag>().expect_err(bad);
         }
+        assert!(matches!("latest".parse::<Reference>(), Ok(Reference::Tag(_))));
         assert!(matches!(
-            "latest".parse::<Reference>(),
-            Ok(Reference::Tag(_))
-        ));
-        assert!(matches!(
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-                .parse::<Reference>(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse::<Reference>(),
             Ok(Reference::Digest(_))
         ));
-        assert_eq!(
-            "sha256:zz".parse::<Reference>().expect_err("bad").code,
-            ErrorCode::DigestInvalid
-        );
+        assert_eq!("sha256:zz".parse::<Reference>().expect_err("bad").code, ErrorCode::DigestInvalid);
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::cache::{CacheStatus, PullThrough, Route, UpstreamRoute};
 use crate::digest::{Digest, DigestHasher};
 use crate::error::{ErrorCode, RegistryError, Result};
 use crate::manifest::{parse_manifest, Descriptor, OCI_INDEX};
@@ -22,10 +23,14 @@ pub struct ManifestResponse {
     pub bytes: Bytes,
 }
 
+/// How a pull-through response was served (`None` for private repositories).
+pub type Cache = Option<CacheStatus>;
+
 /// A blob (or a range of it) ready to be sent.
 pub struct BlobResponse {
-    /// Size of the whole blob.
-    pub size: u64,
+    /// Size of the whole blob (`None` while an upstream fetch of unknown
+    /// length is in flight).
+    pub size: Option<u64>,
     /// The range being sent, if the request asked for one.
     pub range: Option<ByteRange>,
     pub body: ByteStream,
@@ -60,11 +65,50 @@ pub struct ReferrersResponse {
 #[derive(Clone)]
 pub struct Registry {
     storage: Arc<dyn Storage>,
+    cache: Option<Arc<PullThrough>>,
 }
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Registry { storage }
+        Registry { storage, cache: None }
+    }
+
+    /// Adds the pull-through cache for the configured upstreams.
+    pub fn with_cache(mut self, cache: PullThrough) -> Self {
+        self.cache = Some(Arc::new(cache));
+        self
+    }
+
+    pub fn cache(&self) -> Option<&Arc<PullThrough>> {
+        self.cache.as_ref()
+    }
+
+    /// Maps a path name and containerd's optional `ns` query parameter to the
+    /// repository Cove stores it under.
+    pub fn resolve_name(&self, name: &str, ns: Option<&str>) -> Result<RepoName> {
+        match &self.cache {
+            Some(c) => c.resolve_name(name, ns),
+            None => name.parse(),
+        }
+    }
+
+    fn cached_route(&self, repo: &RepoName) -> Option<(&PullThrough, &UpstreamRoute, RepoName)> {
+        let cache = self.cache.as_deref()?;
+        match cache.route(repo) {
+            Route::Cached { route, remote } => Some((cache, route, remote)),
+            Route::Private => None,
+        }
+    }
+
+    /// Writes into an upstream's namespace are refused: it mirrors upstream.
+    fn ensure_writable(&self, repo: &RepoName) -> Result<()> {
+        if let Some((_, route, _)) = self.cached_route(repo) {
+            return Err(RegistryError::denied(format!(
+                "{repo} is in the pull-through cache of {}; it is read-only (push to a name outside {}/ instead)",
+                route.host, route.host
+            )));
+        }
+        Ok(())
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
@@ -74,29 +118,23 @@ impl Registry {
     // ---- manifests ---------------------------------------------------------
 
     /// Resolves a reference to a stored manifest.
-    pub async fn get_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<ManifestResponse> {
+    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(ManifestResponse, Cache)> {
+        if let Some((cache, route, remote)) = self.cached_route(repo) {
+            let (m, status) = cache.manifest(&self.storage, route, &remote, repo, reference).await?;
+            return Ok((m, Some(status)));
+        }
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => self
-                .storage
-                .tag_get(repo, t)
-                .await?
-                .ok_or_else(|| RegistryError::manifest_unknown(reference))?,
+            Reference::Tag(t) => {
+                self.storage.tag_get(repo, t).await?.ok_or_else(|| RegistryError::manifest_unknown(reference))?
+            }
         };
         let stored = self
             .storage
             .manifest_get(repo, &digest)
             .await?
             .ok_or_else(|| RegistryError::manifest_unknown(reference))?;
-        Ok(ManifestResponse {
-            digest,
-            media_type: stored.media_type,
-            bytes: stored.bytes,
-        })
+        Ok((ManifestResponse { digest, media_type: stored.media_type, bytes: stored.bytes }, None))
     }
 
     /// Validates and stores a manifest, tagging it when `reference` is a tag.
@@ -107,6 +145,7 @@ impl Registry {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<PutManifestResult> {
+        self.ensure_writable(repo)?;
         let parsed = parse_manifest(&bytes, content_type)?;
         let digest = match reference {
             Reference::Digest(expected) => {
@@ -129,27 +168,17 @@ impl Registry {
             }
         }
         for child in &parsed.manifests {
-            if self
-                .storage
-                .manifest_get(repo, &child.digest)
-                .await?
-                .is_none()
-            {
+            if self.storage.manifest_get(repo, &child.digest).await?.is_none() {
                 return Err(manifest_blob_unknown(&child.digest, "manifest"));
             }
         }
         let size = bytes.len() as u64;
-        let stored = StoredManifest {
-            media_type: parsed.media_type.clone(),
-            bytes,
-        };
+        let stored = StoredManifest { media_type: parsed.media_type.clone(), bytes };
         self.storage.manifest_put(repo, &digest, &stored).await?;
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         if let Some(subject) = &subject {
             let descriptor = parsed.referrer_descriptor(&digest, size);
-            self.storage
-                .referrer_put(repo, subject, &descriptor)
-                .await?;
+            self.storage.referrer_put(repo, subject, &descriptor).await?;
         }
         if let Reference::Tag(tag) = reference {
             self.storage.tag_put(repo, tag, &digest).await?;
@@ -160,6 +189,7 @@ impl Registry {
     /// Deletes a tag (by tag) or a manifest and every tag pointing at it (by
     /// digest).
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        self.ensure_writable(repo)?;
         match reference {
             Reference::Tag(tag) => {
                 if !self.storage.tag_delete(repo, tag).await? {
@@ -182,9 +212,7 @@ impl Registry {
                 }
                 if let Ok(parsed) = parse_manifest(&stored.bytes, Some(&stored.media_type)) {
                     if let Some(subject) = parsed.subject {
-                        self.storage
-                            .referrer_delete(repo, &subject.digest, digest)
-                            .await?;
+                        self.storage.referrer_delete(repo, &subject.digest, digest).await?;
                     }
                 }
                 self.storage.manifest_delete(repo, digest).await?;
@@ -195,42 +223,46 @@ impl Registry {
 
     // ---- blobs -------------------------------------------------------------
 
-    /// The size of a blob `repo` may serve.
-    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+    /// The size of a blob `repo` may serve (private repositories).
+    async fn private_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         if !self.storage.blob_linked(repo, digest).await? {
             return Err(RegistryError::blob_unknown(digest));
         }
-        self.storage
-            .blob_size(digest)
-            .await?
-            .ok_or_else(|| RegistryError::blob_unknown(digest))
+        self.storage.blob_size(digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))
     }
 
-    /// Streams a blob, or the part named by a `Range` header value.
+    /// Serves a blob, or the part named by a `Range` header value; for a
+    /// `HEAD` (`head = true`) the body is empty.
     pub async fn get_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         range: Option<&str>,
-    ) -> Result<BlobResponse> {
-        let size = self.blob_size(repo, digest).await?;
+        head: bool,
+    ) -> Result<(BlobResponse, Cache)> {
+        if let Some((cache, route, remote)) = self.cached_route(repo) {
+            let (b, status) = cache.blob(&self.storage, route, &remote, repo, digest, range, head).await?;
+            return Ok((b, Some(status)));
+        }
+        let size = self.private_blob_size(repo, digest).await?;
         let range = match range {
             Some(h) => resolve_range(h, size)?,
             None => None,
         };
-        let body = self
-            .storage
-            .blob_read(digest, range)
-            .await
-            .map_err(|e| match e {
+        let body: ByteStream = if head {
+            Box::pin(futures::stream::empty())
+        } else {
+            self.storage.blob_read(digest, range).await.map_err(|e| match e {
                 crate::storage::StorageError::NotFound => RegistryError::blob_unknown(digest),
                 e => e.into(),
-            })?;
-        Ok(BlobResponse { size, range, body })
+            })?
+        };
+        Ok((BlobResponse { size: Some(size), range, body }, None))
     }
 
     /// Removes a blob from a repository.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.ensure_writable(repo)?;
         if !self.storage.blob_unlink(repo, digest).await? {
             return Err(RegistryError::blob_unknown(digest));
         }
@@ -239,12 +271,8 @@ impl Registry {
 
     /// Links a blob that `from` holds into `repo`. Returns `false` when `from`
     /// does not hold it (the caller then starts a normal upload).
-    pub async fn mount_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        from: &RepoName,
-    ) -> Result<bool> {
+    pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: &RepoName) -> Result<bool> {
+        self.ensure_writable(repo)?;
         if !self.storage.blob_linked(from, digest).await? {
             return Ok(false);
         }
@@ -262,12 +290,14 @@ impl Registry {
         body: ByteStream,
         length: Option<u64>,
     ) -> Result<u64> {
+        self.ensure_writable(repo)?;
         let size = self.storage.blob_write(digest, body, length).await?;
         self.storage.blob_link(repo, digest).await?;
         Ok(size)
     }
 
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadInfo> {
+        self.ensure_writable(repo)?;
         Ok(self.storage.upload_start(repo).await?)
     }
 
@@ -298,20 +328,13 @@ impl Registry {
         let mut expected = length;
         if let Some((start, end)) = range {
             if start != info.size || end < start {
-                return Err(crate::storage::StorageError::OffsetMismatch {
-                    expected: info.size,
-                    got: start,
-                }
-                .into());
+                return Err(crate::storage::StorageError::OffsetMismatch { expected: info.size, got: start }.into());
             }
             let len = end - start + 1;
             if length.is_some_and(|l| l != len) {
-                return Err(RegistryError::new(
-                    ErrorCode::SizeInvalid,
-                    "Content-Length does not match Content-Range",
-                )
-                .with_status(416)
-                .with_header("Range", crate::error::range_header(info.size)));
+                return Err(RegistryError::new(ErrorCode::SizeInvalid, "Content-Length does not match Content-Range")
+                    .with_status(416)
+                    .with_header("Range", crate::error::range_header(info.size)));
             }
             expected = Some(len);
         }
@@ -364,29 +387,21 @@ impl Registry {
 
     // ---- discovery ---------------------------------------------------------
 
-    pub async fn tags(
-        &self,
-        repo: &RepoName,
-        n: Option<usize>,
-        last: Option<&str>,
-    ) -> Result<Page> {
-        let tags = self.storage.tag_list(repo).await?.ok_or_else(|| {
-            RegistryError::new(
-                ErrorCode::NameUnknown,
-                format!("repository {repo} is not known"),
-            )
-        })?;
+    pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<Page> {
+        if let Some((cache, route, remote)) = self.cached_route(repo) {
+            let tags = cache.tags(&self.storage, route, &remote, repo).await?;
+            return Ok(paginate(tags, n, last));
+        }
+        let tags = self
+            .storage
+            .tag_list(repo)
+            .await?
+            .ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")))?;
         Ok(paginate(tags, n, last))
     }
 
     pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page> {
-        let repos = self
-            .storage
-            .repo_list()
-            .await?
-            .into_iter()
-            .map(|r| r.to_string())
-            .collect();
+        let repos = self.storage.repo_list().await?.into_iter().map(|r| r.to_string()).collect();
         Ok(paginate(repos, n, last))
     }
 
@@ -402,10 +417,7 @@ impl Registry {
         if let Some(at) = artifact_type {
             list.retain(|d| d.artifact_type.as_deref() == Some(at));
         }
-        Ok(ReferrersResponse {
-            body: referrers_index(&list),
-            filtered: artifact_type.is_some(),
-        })
+        Ok(ReferrersResponse { body: referrers_index(&list), filtered: artifact_type.is_some() })
     }
 }
 
@@ -435,15 +447,8 @@ pub fn paginate(items: Vec<String>, n: Option<usize>, last: Option<&str>) -> Pag
     let rest = &items[start..];
     let take = n.unwrap_or(rest.len()).min(rest.len());
     let page: Vec<String> = rest[..take].to_vec();
-    let next_last = if take < rest.len() {
-        page.last().cloned()
-    } else {
-        None
-    };
-    Page {
-        items: page,
-        next_last,
-    }
+    let next_last = if take < rest.len() { page.last().cloned() } else { None };
+    Page { items: page, next_last }
 }
 
 /// Resolves an HTTP `Range` header value against a blob of `size` bytes.
@@ -459,11 +464,8 @@ pub fn resolve_range(header: &str, size: u64) -> Result<Option<ByteRange>> {
         return Ok(None);
     }
     let unsatisfiable = || {
-        RegistryError::new(
-            ErrorCode::RangeInvalid,
-            format!("range {spec:?} cannot be satisfied for {size} bytes"),
-        )
-        .with_header("Content-Range", format!("bytes */{size}"))
+        RegistryError::new(ErrorCode::RangeInvalid, format!("range {spec:?} cannot be satisfied for {size} bytes"))
+            .with_header("Content-Range", format!("bytes */{size}"))
     };
     let (a, b) = spec.trim().split_once('-').ok_or_else(unsatisfiable)?;
     let parse = |s: &str| -> Result<Option<u64>> {
@@ -491,10 +493,7 @@ pub fn resolve_range(header: &str, size: u64) -> Result<Option<ByteRange>> {
             if suffix == 0 || size == 0 {
                 return Err(unsatisfiable());
             }
-            ByteRange {
-                start: size.saturating_sub(suffix),
-                end: size - 1,
-            }
+            ByteRange { start: size.saturating_sub(suffix), end: size - 1 }
         }
         (None, None) => return Err(unsatisfiable()),
     };
@@ -505,30 +504,25 @@ pub fn resolve_range(header: &str, size: u64) -> Result<Option<ByteRange>> {
 pub fn exact_length(body: ByteStream, len: u64) -> ByteStream {
     let mut seen = 0u64;
     let mut done = false;
-    let checked = body
-        .map(Some)
-        .chain(futures::stream::once(async { None }))
-        .filter_map(move |item| {
-            let out = match item {
-                Some(Ok(chunk)) => {
-                    seen += chunk.len() as u64;
-                    if seen > len {
-                        done = true;
-                        Some(Err(std::io::Error::other(format!(
-                            "body is longer than the declared {len} bytes"
-                        ))))
-                    } else {
-                        Some(Ok(chunk))
-                    }
+    let checked = body.map(Some).chain(futures::stream::once(async { None })).filter_map(move |item| {
+        let out = match item {
+            Some(Ok(chunk)) => {
+                seen += chunk.len() as u64;
+                if seen > len {
+                    done = true;
+                    Some(Err(std::io::Error::other(format!("body is longer than the declared {len} bytes"))))
+                } else {
+                    Some(Ok(chunk))
                 }
-                Some(Err(e)) => Some(Err(e)),
-                None if !done && seen != len => Some(Err(std::io::Error::other(format!(
-                    "body has {seen} bytes, {len} were declared"
-                )))),
-                None => None,
-            };
-            futures::future::ready(out)
-        });
+            }
+            Some(Err(e)) => Some(Err(e)),
+            None if !done && seen != len => {
+                Some(Err(std::io::Error::other(format!("body has {seen} bytes, {len} were declared"))))
+            }
+            None => None,
+        };
+        futures::future::ready(out)
+    });
     Box::pin(checked)
 }
 
@@ -539,32 +533,13 @@ mod tests {
     #[test]
     fn ranges() {
         let r = |h: &str| resolve_range(h, 100);
-        assert_eq!(
-            r("bytes=0-9").ok().flatten(),
-            Some(ByteRange { start: 0, end: 9 })
-        );
-        assert_eq!(
-            r("bytes=90-").ok().flatten(),
-            Some(ByteRange { start: 90, end: 99 })
-        );
-        assert_eq!(
-            r("bytes=-10").ok().flatten(),
-            Some(ByteRange { start: 90, end: 99 })
-        );
-        assert_eq!(
-            r("bytes=50-500").ok().flatten(),
-            Some(ByteRange { start: 50, end: 99 })
-        );
+        assert_eq!(r("bytes=0-9").ok().flatten(), Some(ByteRange { start: 0, end: 9 }));
+        assert_eq!(r("bytes=90-").ok().flatten(), Some(ByteRange { start: 90, end: 99 }));
+        assert_eq!(r("bytes=-10").ok().flatten(), Some(ByteRange { start: 90, end: 99 }));
+        assert_eq!(r("bytes=50-500").ok().flatten(), Some(ByteRange { start: 50, end: 99 }));
         assert_eq!(r("items=0-1").ok().flatten(), None);
         assert_eq!(r("bytes=0-1,5-6").ok().flatten(), None);
-        for bad in [
-            "bytes=100-",
-            "bytes=5-2",
-            "bytes=x-1",
-            "bytes=-0",
-            "bytes=-",
-            "bytes=1",
-        ] {
+        for bad in ["bytes=100-", "bytes=5-2", "bytes=x-1", "bytes=-0", "bytes=-", "bytes=1"] {
             assert_eq!(r(bad).expect_err(bad).http_status(), 416, "{bad}");
         }
         assert!(resolve_range("bytes=0-0", 0).is_err());

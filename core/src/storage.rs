@@ -106,11 +106,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError>;
 
     /// Streams a committed blob, or a range of it. `NotFound` if absent.
-    async fn blob_read(
-        &self,
-        digest: &Digest,
-        range: Option<ByteRange>,
-    ) -> Result<ByteStream, StorageError>;
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError>;
 
     /// Writes a whole blob from a stream, verifying it against `digest` (and
     /// `expected_size` when given) before it becomes visible. Returns its size.
@@ -147,12 +143,7 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Appends `body` at `offset` (which must equal the current size).
     /// Returns the new size. A failed body leaves the session at its old size.
-    async fn upload_append(
-        &self,
-        id: &str,
-        offset: u64,
-        body: ByteStream,
-    ) -> Result<u64, StorageError>;
+    async fn upload_append(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, StorageError>;
 
     /// Verifies the session's bytes against `digest`, makes them the blob
     /// `digest`, and ends the session. On mismatch the session is ended and
@@ -177,15 +168,10 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<(), StorageError>;
 
     /// The manifest `digest` of `repo`, or `None`.
-    async fn manifest_get(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<StoredManifest>, StorageError>;
+    async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>, StorageError>;
 
     /// Removes the manifest `digest` from `repo`. Returns whether it existed.
-    async fn manifest_delete(&self, repo: &RepoName, digest: &Digest)
-        -> Result<bool, StorageError>;
+    async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError>;
 
     /// Every manifest digest of `repo`.
     async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError>;
@@ -194,12 +180,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StorageError>;
 
     /// Points `tag` at `digest` (atomically replacing any previous target).
-    async fn tag_put(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-        digest: &Digest,
-    ) -> Result<(), StorageError>;
+    async fn tag_put(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<(), StorageError>;
 
     /// Removes a tag. Returns whether it existed.
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError>;
@@ -220,26 +201,15 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<(), StorageError>;
 
     /// Removes a referrer record.
-    async fn referrer_delete(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-        referrer: &Digest,
-    ) -> Result<(), StorageError>;
+    async fn referrer_delete(&self, repo: &RepoName, subject: &Digest, referrer: &Digest) -> Result<(), StorageError>;
 
     /// The descriptors of manifests whose subject is `subject`, by digest order.
-    async fn referrers(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-    ) -> Result<Vec<Descriptor>, StorageError>;
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StorageError>;
 }
 
 /// Validates an upload session id before it is used as a path or key.
 pub fn valid_upload_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase() || b == b'-')
+        && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase() || b == b'-')
 }

@@ -56,28 +56,16 @@ pub trait Upstream: Send + Sync + 'static {
     fn host(&self) -> &str;
 
     /// Resolves a reference with a HEAD request.
-    async fn head_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<UpstreamManifest, UpstreamError>;
+    async fn head_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<UpstreamManifest, UpstreamError>;
 
     /// Fetches a manifest (size-capped).
-    async fn get_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<UpstreamManifest, UpstreamError>;
+    async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<UpstreamManifest, UpstreamError>;
 
     /// The size of a blob, by HEAD.
     async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError>;
 
     /// Streams a blob.
-    async fn get_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<UpstreamBlob, UpstreamError>;
+    async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<UpstreamBlob, UpstreamError>;
 
     /// Lists the tags of a repository.
     async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, UpstreamError>;

@@ -17,8 +17,7 @@ use hyper::body::{Body as _, Incoming};
 use cove_core::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
 use cove_core::registry::Page;
 use cove_core::{
-    AccessPolicy, Action, AuthRequest, Authenticator, Digest, ErrorCode, Reference, Registry,
-    RegistryError, RepoName,
+    AccessPolicy, Action, AuthRequest, Authenticator, Digest, ErrorCode, Reference, Registry, RegistryError, RepoName,
 };
 
 use crate::body::{self, Body};
@@ -30,6 +29,8 @@ const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const OCI_FILTERS: HeaderName = HeaderName::from_static("oci-filters-applied");
+/// How a pull-through response was served: hit, miss, revalidated or stale.
+const CACHE_STATUS: HeaderName = HeaderName::from_static("x-cove-cache");
 
 /// Largest `n` honoured in a paginated request; larger values are clamped
 /// (the client follows the `Link` header for the rest).
@@ -69,16 +70,10 @@ impl App {
     }
 
     /// Handles one request; never fails (errors become responses).
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let start = Instant::now();
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        let ctx = Ctx {
-            id: format!("{:08x}{:08x}", self.id_prefix, n),
-        };
+        let ctx = Ctx { id: format!("{:08x}{:08x}", self.id_prefix, n) };
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let is_head = method == Method::HEAD;
@@ -96,11 +91,7 @@ impl App {
         if let Ok(v) = HeaderValue::from_str(&ctx.id) {
             h.insert(REQUEST_ID, v);
         }
-        let bytes = resp
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
+        let bytes = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
         tracing::info!(
             request_id = %ctx.id,
             peer = %peer.ip(),
@@ -114,17 +105,12 @@ impl App {
         resp
     }
 
-    async fn route(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Result<Response<Body>, RegistryError> {
-        let endpoint = Endpoint::parse(req.uri().path()).ok_or_else(|| {
-            RegistryError::new(ErrorCode::NameUnknown, "no such API endpoint").with_status(404)
-        })?;
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, RegistryError> {
+        let endpoint = Endpoint::parse(req.uri().path())
+            .ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, "no such API endpoint").with_status(404))?;
         let query = Query::parse(req.uri().query());
         let repo = match endpoint.name() {
-            Some(n) => Some(n.parse::<RepoName>()?),
+            Some(n) => Some(self.registry.resolve_name(n, query.get("ns"))?),
             None => None,
         };
         let action = match *req.method() {
@@ -132,14 +118,11 @@ impl App {
             Method::DELETE => Action::Delete,
             _ => Action::Push,
         };
-        self.authorize(req.headers(), peer, repo.as_ref(), action)
-            .await?;
+        self.authorize(req.headers(), peer, repo.as_ref(), action).await?;
         let method = req.method().clone();
         match (endpoint, repo) {
             (Endpoint::Base, _) => match method {
-                Method::GET | Method::HEAD => {
-                    Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}")))
-                }
+                Method::GET | Method::HEAD => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"))),
                 _ => Err(method_not_allowed()),
             },
             (Endpoint::Catalog, _) => match method {
@@ -158,15 +141,12 @@ impl App {
                 }
                 _ => Err(method_not_allowed()),
             },
-            (Endpoint::Manifest { reference, .. }, Some(repo)) => {
-                self.manifest(req, method, repo, &reference).await
-            }
+            (Endpoint::Manifest { reference, .. }, Some(repo)) => self.manifest(req, method, repo, &reference).await,
             (Endpoint::Blob { digest, .. }, Some(repo)) => {
                 let digest: Digest = digest.parse()?;
                 match method {
                     Method::GET | Method::HEAD => {
-                        self.get_blob(req.headers(), method == Method::HEAD, &repo, &digest)
-                            .await
+                        self.get_blob(req.headers(), method == Method::HEAD, &repo, &digest).await
                     }
                     Method::DELETE => {
                         self.registry.delete_blob(&repo, &digest).await?;
@@ -179,20 +159,14 @@ impl App {
                 Method::POST => self.start_upload(req, peer, repo, &query).await,
                 _ => Err(method_not_allowed()),
             },
-            (Endpoint::Upload { id, .. }, Some(repo)) => {
-                self.upload(req, method, repo, &id, &query).await
-            }
+            (Endpoint::Upload { id, .. }, Some(repo)) => self.upload(req, method, repo, &id, &query).await,
             (Endpoint::Referrers { digest, .. }, Some(repo)) => match method {
                 Method::GET => {
                     let digest: Digest = digest.parse()?;
-                    let r = self
-                        .registry
-                        .referrers(&repo, &digest, query.get("artifactType"))
-                        .await?;
+                    let r = self.registry.referrers(&repo, &digest, query.get("artifactType")).await?;
                     let mut resp = typed_response(StatusCode::OK, OCI_INDEX, r.body);
                     if r.filtered {
-                        resp.headers_mut()
-                            .insert(OCI_FILTERS, HeaderValue::from_static("artifactType"));
+                        resp.headers_mut().insert(OCI_FILTERS, HeaderValue::from_static("artifactType"));
                     }
                     Ok(resp)
                 }
@@ -212,9 +186,7 @@ impl App {
     ) -> Result<(), RegistryError> {
         let request = AuthRequest {
             peer: peer.ip(),
-            authorization: headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok()),
+            authorization: headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
             forwarded_for: headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
         };
         let identity = self.auth.authenticate(&request).await?;
@@ -225,10 +197,7 @@ impl App {
                         RegistryError::new(ErrorCode::Unauthorized, "authentication required")
                             .with_header("WWW-Authenticate", c)
                     }
-                    _ => RegistryError::denied(format!(
-                        "{} on {repo} is not allowed",
-                        action.as_str()
-                    )),
+                    _ => RegistryError::denied(format!("{} on {repo} is not allowed", action.as_str())),
                 });
             }
         }
@@ -249,25 +218,23 @@ impl App {
         };
         match method {
             Method::GET | Method::HEAD => {
-                let m = self.registry.get_manifest(&repo, &reference).await?;
-                let mut resp = Response::new(if method == Method::HEAD {
-                    body::empty()
-                } else {
-                    body::full(m.bytes.clone())
-                });
+                let (m, cache) = self.registry.get_manifest(&repo, &reference).await?;
+                let cache_header = cache.map(|c| c.as_str());
+                let mut resp =
+                    Response::new(if method == Method::HEAD { body::empty() } else { body::full(m.bytes.clone()) });
                 let h = resp.headers_mut();
                 set(h, http::header::CONTENT_TYPE, &m.media_type);
                 set(h, http::header::CONTENT_LENGTH, &m.bytes.len().to_string());
                 set(h, CONTENT_DIGEST, &m.digest.to_string());
                 set(h, http::header::ETAG, &format!("\"{}\"", m.digest));
+                if let Some(c) = cache_header {
+                    set(h, CACHE_STATUS, c);
+                }
                 Ok(resp)
             }
             Method::PUT => {
-                let content_type = req
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                let content_type =
+                    req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
                 let location_base = self.base_url(req.headers());
                 if content_length(req.headers())?.is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
                     return Err(manifest_too_large());
@@ -276,29 +243,17 @@ impl App {
                     .collect()
                     .await
                     .map_err(|e| {
-                        if e.downcast_ref::<http_body_util::LengthLimitError>()
-                            .is_some()
-                        {
+                        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                             manifest_too_large()
                         } else {
-                            RegistryError::new(
-                                ErrorCode::ManifestInvalid,
-                                "manifest body could not be read",
-                            )
+                            RegistryError::new(ErrorCode::ManifestInvalid, "manifest body could not be read")
                         }
                     })?
                     .to_bytes();
-                let put = self
-                    .registry
-                    .put_manifest(&repo, &reference, content_type.as_deref(), bytes)
-                    .await?;
+                let put = self.registry.put_manifest(&repo, &reference, content_type.as_deref(), bytes).await?;
                 let mut resp = status_response(StatusCode::CREATED);
                 let h = resp.headers_mut();
-                set(
-                    h,
-                    http::header::LOCATION,
-                    &format!("{location_base}/v2/{repo}/manifests/{}", put.digest),
-                );
+                set(h, http::header::LOCATION, &format!("{location_base}/v2/{repo}/manifests/{}", put.digest));
                 set(h, CONTENT_DIGEST, &put.digest.to_string());
                 if let Some(subject) = &put.subject {
                     set(h, OCI_SUBJECT, &subject.to_string());
@@ -320,50 +275,27 @@ impl App {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Response<Body>, RegistryError> {
-        let range = headers
-            .get(http::header::RANGE)
-            .and_then(|v| v.to_str().ok());
-        let (status, size, range, body) = if head {
-            let size = self.registry.blob_size(repo, digest).await?;
-            let range = match range {
-                Some(r) => cove_core::registry::resolve_range(r, size)?,
-                None => None,
-            };
-            (
-                if range.is_some() {
-                    StatusCode::PARTIAL_CONTENT
-                } else {
-                    StatusCode::OK
-                },
-                size,
-                range,
-                body::empty(),
-            )
-        } else {
-            let b = self.registry.get_blob(repo, digest, range).await?;
-            let status = if b.range.is_some() {
-                StatusCode::PARTIAL_CONTENT
-            } else {
-                StatusCode::OK
-            };
-            (status, b.size, b.range, body::stream(b.body))
-        };
+        let range = headers.get(http::header::RANGE).and_then(|v| v.to_str().ok());
+        let (b, cache) = self.registry.get_blob(repo, digest, range, head).await?;
+        let status = if b.range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        let (size, range) = (b.size, b.range);
+        let body = if head { body::empty() } else { body::stream(b.body) };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        let len = range.map_or(size, |r| r.len());
-        set(h, http::header::CONTENT_LENGTH, &len.to_string());
+        if let Some(len) = range.map(|r| r.len()).or(size) {
+            set(h, http::header::CONTENT_LENGTH, &len.to_string());
+        }
+        if let Some(c) = cache {
+            set(h, CACHE_STATUS, c.as_str());
+        }
         set(h, http::header::CONTENT_TYPE, "application/octet-stream");
         set(h, CONTENT_DIGEST, &digest.to_string());
         set(h, http::header::ETAG, &format!("\"{digest}\""));
         set(h, http::header::ACCEPT_RANGES, "bytes");
         set(h, http::header::CACHE_CONTROL, "max-age=31536000");
-        if let Some(r) = range {
-            set(
-                h,
-                http::header::CONTENT_RANGE,
-                &format!("bytes {}-{}/{size}", r.start, r.end),
-            );
+        if let (Some(r), Some(size)) = (range, size) {
+            set(h, http::header::CONTENT_RANGE, &format!("bytes {}-{}/{size}", r.start, r.end));
         }
         Ok(resp)
     }
@@ -379,12 +311,9 @@ impl App {
         if let Some(mount) = query.get("mount") {
             let digest: Digest = mount.parse()?;
             if let Some(from) = query.get("from") {
-                let from: RepoName = from.parse()?;
+                let from = self.registry.resolve_name(from, query.get("ns"))?;
                 // Mounting reads the source: the caller must be allowed to pull it.
-                let pull_ok = self
-                    .authorize(req.headers(), peer, Some(&from), Action::Pull)
-                    .await
-                    .is_ok();
+                let pull_ok = self.authorize(req.headers(), peer, Some(&from), Action::Pull).await.is_ok();
                 if pull_ok && self.registry.mount_blob(&repo, &digest, &from).await? {
                     return Ok(blob_created(&base, &repo, &digest));
                 }
@@ -401,13 +330,7 @@ impl App {
             return Ok(blob_created(&base, &repo, &digest));
         }
         let info = self.registry.start_upload(&repo).await?;
-        Ok(upload_accepted(
-            &base,
-            &repo,
-            &info.id,
-            0,
-            StatusCode::ACCEPTED,
-        ))
+        Ok(upload_accepted(&base, &repo, &info.id, 0, StatusCode::ACCEPTED))
     }
 
     async fn upload(
@@ -422,13 +345,7 @@ impl App {
         match method {
             Method::GET => {
                 let info = self.registry.upload_status(&repo, id).await?;
-                Ok(upload_accepted(
-                    &base,
-                    &repo,
-                    id,
-                    info.size,
-                    StatusCode::NO_CONTENT,
-                ))
+                Ok(upload_accepted(&base, &repo, id, info.size, StatusCode::NO_CONTENT))
             }
             Method::PATCH => {
                 let range = match req.headers().get(http::header::CONTENT_RANGE) {
@@ -437,17 +354,8 @@ impl App {
                 };
                 let length = content_length(req.headers())?;
                 let body = body::incoming(req.into_body());
-                let size = self
-                    .registry
-                    .upload_chunk(&repo, id, range, length, body)
-                    .await?;
-                Ok(upload_accepted(
-                    &base,
-                    &repo,
-                    id,
-                    size,
-                    StatusCode::ACCEPTED,
-                ))
+                let size = self.registry.upload_chunk(&repo, id, range, length, body).await?;
+                Ok(upload_accepted(&base, &repo, id, size, StatusCode::ACCEPTED))
             }
             Method::PUT => {
                 let digest: Digest = query
@@ -460,12 +368,10 @@ impl App {
                     })?
                     .parse()?;
                 let length = content_length(req.headers())?;
-                let has_body = length.is_some_and(|l| l > 0)
-                    || (length.is_none() && req.body().size_hint().exact() != Some(0));
+                let has_body =
+                    length.is_some_and(|l| l > 0) || (length.is_none() && req.body().size_hint().exact() != Some(0));
                 let body = has_body.then(|| (body::incoming(req.into_body()), length));
-                self.registry
-                    .finish_upload(&repo, id, &digest, body)
-                    .await?;
+                self.registry.finish_upload(&repo, id, &digest, body).await?;
                 Ok(blob_created(&base, &repo, &digest))
             }
             Method::DELETE => {
@@ -482,16 +388,9 @@ impl App {
         if let Some(u) = &self.public_url {
             return u.clone();
         }
-        let get = |n: &str| {
-            headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(',').next().unwrap_or(v).trim())
-        };
-        match (
-            get("x-forwarded-proto"),
-            get("x-forwarded-host").or_else(|| get("host")),
-        ) {
+        let get =
+            |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or(v).trim());
+        match (get("x-forwarded-proto"), get("x-forwarded-host").or_else(|| get("host"))) {
             (Some(proto), Some(host)) if matches!(proto, "http" | "https") && valid_host(host) => {
                 format!("{proto}://{host}")
             }
@@ -501,30 +400,20 @@ impl App {
 }
 
 fn valid_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// Turns an error into the spec's JSON error response.
 pub fn error_response(e: &RegistryError, head: bool) -> Response<Body> {
     let body = Bytes::from(e.body().to_string());
     let len = body.len();
-    let mut resp = Response::new(if head {
-        body::empty()
-    } else {
-        body::full(body)
-    });
-    *resp.status_mut() =
-        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(if head { body::empty() } else { body::full(body) });
+    *resp.status_mut() = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
     set(h, http::header::CONTENT_TYPE, "application/json");
     set(h, http::header::CONTENT_LENGTH, &len.to_string());
     for (name, value) in &e.headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
             h.insert(n, v);
         }
     }
@@ -540,8 +429,7 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
 fn status_response(status: StatusCode) -> Response<Body> {
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }
 
@@ -550,11 +438,7 @@ fn typed_response(status: StatusCode, content_type: &str, bytes: Bytes) -> Respo
     let mut resp = Response::new(body::full(bytes));
     *resp.status_mut() = status;
     set(resp.headers_mut(), http::header::CONTENT_TYPE, content_type);
-    set(
-        resp.headers_mut(),
-        http::header::CONTENT_LENGTH,
-        &len.to_string(),
-    );
+    set(resp.headers_mut(), http::header::CONTENT_LENGTH, &len.to_string());
     resp
 }
 
@@ -562,12 +446,7 @@ fn json_response(status: StatusCode, bytes: Bytes) -> Response<Body> {
     typed_response(status, "application/json", bytes)
 }
 
-fn page_response(
-    key: &str,
-    repo: Option<&RepoName>,
-    page: Page,
-    n: Option<usize>,
-) -> Response<Body> {
+fn page_response(key: &str, repo: Option<&RepoName>, page: Page, n: Option<usize>) -> Response<Body> {
     let mut doc = serde_json::json!({ key: page.items });
     if let Some(repo) = repo {
         doc["name"] = serde_json::Value::String(repo.to_string());
@@ -579,11 +458,7 @@ fn page_response(
             None => "/v2/_catalog".to_owned(),
         };
         let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
-        set(
-            resp.headers_mut(),
-            http::header::LINK,
-            &format!("<{path}?n={n}&last={last}>; rel=\"next\""),
-        );
+        set(resp.headers_mut(), http::header::LINK, &format!("<{path}?n={n}&last={last}>; rel=\"next\""));
     }
     resp
 }
@@ -591,34 +466,16 @@ fn page_response(
 fn blob_created(base: &str, repo: &RepoName, digest: &Digest) -> Response<Body> {
     let mut resp = status_response(StatusCode::CREATED);
     let h = resp.headers_mut();
-    set(
-        h,
-        http::header::LOCATION,
-        &format!("{base}/v2/{repo}/blobs/{digest}"),
-    );
+    set(h, http::header::LOCATION, &format!("{base}/v2/{repo}/blobs/{digest}"));
     set(h, CONTENT_DIGEST, &digest.to_string());
     resp
 }
 
-fn upload_accepted(
-    base: &str,
-    repo: &RepoName,
-    id: &str,
-    size: u64,
-    status: StatusCode,
-) -> Response<Body> {
+fn upload_accepted(base: &str, repo: &RepoName, id: &str, size: u64, status: StatusCode) -> Response<Body> {
     let mut resp = status_response(status);
     let h = resp.headers_mut();
-    set(
-        h,
-        http::header::LOCATION,
-        &format!("{base}/v2/{repo}/blobs/uploads/{id}"),
-    );
-    set(
-        h,
-        http::header::RANGE,
-        &cove_core::error::range_header(size),
-    );
+    set(h, http::header::LOCATION, &format!("{base}/v2/{repo}/blobs/uploads/{id}"));
+    set(h, http::header::RANGE, &cove_core::error::range_header(size));
     set(h, UPLOAD_UUID, id);
     resp
 }
@@ -650,18 +507,10 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, RegistryError> {
 /// Parses a chunk's `Content-Range`: `start-end`, also accepting the
 /// `bytes start-end/total` and `bytes=start-end` forms some clients send.
 fn parse_content_range(v: &HeaderValue) -> Result<(u64, u64), RegistryError> {
-    let bad = || {
-        RegistryError::new(
-            ErrorCode::BlobUploadInvalid,
-            "Content-Range must be <start>-<end>",
-        )
-        .with_status(416)
-    };
+    let bad =
+        || RegistryError::new(ErrorCode::BlobUploadInvalid, "Content-Range must be <start>-<end>").with_status(416);
     let s = v.to_str().map_err(|_| bad())?.trim();
-    let s = s
-        .strip_prefix("bytes")
-        .map(|r| r.trim_start_matches(['=', ' ']))
-        .unwrap_or(s);
+    let s = s.strip_prefix("bytes").map(|r| r.trim_start_matches(['=', ' '])).unwrap_or(s);
     let s = s.split('/').next().unwrap_or(s);
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let a: u64 = a.trim().parse().map_err(|_| bad())?;
@@ -677,17 +526,11 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Query {
-        Query(
-            q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                .unwrap_or_default(),
-        )
+        Query(q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default())
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// `n` and `last` for paginated lists.
@@ -696,20 +539,10 @@ impl Query {
             None | Some("") => None,
             Some(s) => Some(
                 s.parse::<usize>()
-                    .map_err(|_| {
-                        RegistryError::new(
-                            ErrorCode::PaginationInvalid,
-                            "n must be a non-negative integer",
-                        )
-                    })?
+                    .map_err(|_| RegistryError::new(ErrorCode::PaginationInvalid, "n must be a non-negative integer"))?
                     .min(MAX_PAGE),
             ),
         };
-        Ok((
-            n,
-            self.get("last")
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned),
-        ))
+        Ok((n, self.get("last").filter(|l| !l.is_empty()).map(str::to_owned)))
     }
 }

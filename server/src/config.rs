@@ -2,10 +2,12 @@
 //! `cove serve` runs with no file at all. Unknown keys are errors naming the
 //! key. Validation is pure (no I/O) and reports every problem with its path.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cove_upstreams::{resolve_upstreams, ResolvedUpstream, UpstreamConfig};
 use serde::Deserialize;
 
 /// The whole configuration file.
@@ -14,6 +16,9 @@ use serde::Deserialize;
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
+    /// `[upstreams."HOST"]` tables: the pull-through cache's upstreams,
+    /// merged over the docker.io, ghcr.io and quay.io presets.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
 }
 
 /// `[server]`
@@ -28,15 +33,14 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// `text` (default) or `json`.
     pub log_format: LogFormat,
+    /// Host names Cove answers to besides `public_url`'s host: containerd's
+    /// `ns=<one of these>` means Cove's own private repositories. Default none.
+    pub hostnames: Vec<String>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            listen: "0.0.0.0:5050".into(),
-            public_url: None,
-            log_format: LogFormat::Text,
-        }
+        ServerConfig { listen: "0.0.0.0:5050".into(), public_url: None, log_format: LogFormat::Text, hostnames: Vec::new() }
     }
 }
 
@@ -62,11 +66,7 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig {
-            kind: StorageKind::Filesystem,
-            root: PathBuf::from("./data"),
-            upload_ttl: "24h".into(),
-        }
+        StorageConfig { kind: StorageKind::Filesystem, root: PathBuf::from("./data"), upload_ttl: "24h".into() }
     }
 }
 
@@ -81,10 +81,7 @@ pub enum StorageKind {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration:\n  {}", .0.join("\n  "))]
@@ -97,19 +94,18 @@ pub struct Validated {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub upload_ttl: Duration,
+    /// Enabled upstreams, presets merged with the user's tables.
+    pub upstreams: Vec<ResolvedUpstream>,
+    /// Host names meaning Cove itself in containerd's `ns=`.
+    pub self_hosts: Vec<String>,
 }
 
 impl Config {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
     /// Parses TOML text; unknown keys are errors naming the key.
@@ -134,13 +130,9 @@ impl Config {
             Some(u) => {
                 let u = u.trim_end_matches('/');
                 let ok = (u.starts_with("http://") || u.starts_with("https://"))
-                    && u.split("://")
-                        .nth(1)
-                        .is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace));
+                    && u.split("://").nth(1).is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace));
                 if !ok {
-                    problems.push(format!(
-                        "server.public_url: {u:?} is not an http:// or https:// URL"
-                    ));
+                    problems.push(format!("server.public_url: {u:?} is not an http:// or https:// URL"));
                 }
                 Some(u.to_owned())
             }
@@ -156,48 +148,43 @@ impl Config {
         if self.storage.root.as_os_str().is_empty() {
             problems.push("storage.root: must not be empty".into());
         }
+        let upstreams = resolve_upstreams(&self.upstreams).unwrap_or_else(|errors| {
+            problems.extend(errors.iter().map(|e| e.to_string()));
+            Vec::new()
+        });
+        let mut self_hosts = Vec::new();
+        for (i, h) in self.server.hostnames.iter().enumerate() {
+            let h = h.trim().to_ascii_lowercase();
+            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':')) {
+                problems.push(format!("server.hostnames[{i}]: {h:?} is not a host name"));
+            } else if upstreams.iter().any(|u| u.host == h) {
+                problems.push(format!("server.hostnames[{i}]: {h:?} is also a configured upstream"));
+            } else {
+                self_hosts.push(h);
+            }
+        }
+        if let Some(host) = public_url.as_deref().and_then(url_host) {
+            self_hosts.push(host);
+        }
         match (listen, upload_ttl) {
-            (Some(listen), Some(upload_ttl)) if problems.is_empty() => Ok(Validated {
-                listen,
-                public_url,
-                upload_ttl,
-            }),
+            (Some(listen), Some(upload_ttl)) if problems.is_empty() => {
+                Ok(Validated { listen, public_url, upload_ttl, upstreams, self_hosts })
+            }
             _ => Err(ConfigError::Invalid(problems)),
         }
     }
 }
 
-/// Parses durations like `90s`, `5m`, `24h`, `7d`, `1h30m`.
+/// Parses durations like `90s`, `5m`, `24h`, `7d`, `1h 30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration like 30s, 5m, 24h or 7d");
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(bad()),
-        };
-        total = total
-            .checked_add(n.checked_mul(unit).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-    }
-    if !num.is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 30s, 5m, 24h or 7d ({e})"))
+}
+
+/// The host (with port, if any) of an `http(s)://host[:port]/…` URL, lowercased.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let host = rest.split(['/', '?', '#']).next()?;
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -212,12 +199,21 @@ mod tests {
         assert_eq!(v.upload_ttl, Duration::from_secs(86400));
         let e = Config::parse("[server]\nlisten = \"x\"\nbogus = 1\n").expect_err("unknown key");
         assert!(e.contains("bogus"), "{e}");
-        let c = Config::parse("[server]\nlisten = \"nope\"\npublic_url = \"ftp://x\"\n[storage]\nupload_ttl = \"5 parsecs\"").expect("parses");
+        let c = Config::parse(
+            "[server]\nlisten = \"nope\"\npublic_url = \"ftp://x\"\n[storage]\nupload_ttl = \"5 parsecs\"",
+        )
+        .expect("parses");
         let e = c.validate().expect_err("invalid").to_string();
         for key in ["server.listen", "server.public_url", "storage.upload_ttl"] {
             assert!(e.contains(key), "{e} names {key}");
         }
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert!(parse_duration("5").is_err());
+        let c = Config::parse("[upstreams.\"registry.k8s.io\"]\ntag_ttl = \"1m\"\n").expect("parses");
+        let e = c.validate().expect_err("new upstream without url").to_string();
+        for key in ["upstreams.\"registry.k8s.io\""] {
+            assert!(e.contains(key), "{e} names {key}");
+        }
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(url_host("https://Cove.example:5050/x").as_deref(), Some("cove.example:5050"));
     }
 }

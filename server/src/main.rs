@@ -40,11 +40,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            data_dir,
-        } => {
+        Command::Serve { config, listen, data_dir } => {
             let mut cfg = match config {
                 Some(path) => match Config::load(&path) {
                     Ok(c) => c,
@@ -59,10 +55,7 @@ fn main() -> ExitCode {
                 cfg.storage.root = d;
             }
             init_logging(cfg.server.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
             };
@@ -92,11 +85,7 @@ fn main() -> ExitCode {
             };
             match cfg.validate() {
                 Ok(v) => {
-                    println!(
-                        "configuration is valid: listen {}, storage {}",
-                        v.listen,
-                        cfg.storage.root.display()
-                    );
+                    println!("configuration is valid: listen {}, storage {}", v.listen, cfg.storage.root.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),
@@ -114,10 +103,7 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("COVE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

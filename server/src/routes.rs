@@ -44,10 +44,7 @@ impl Endpoint {
             return Some(if id.is_empty() {
                 Endpoint::UploadStart { name: name(3) }
             } else {
-                Endpoint::Upload {
-                    name: name(3),
-                    id: id.to_owned(),
-                }
+                Endpoint::Upload { name: name(3), id: id.to_owned() }
             });
         }
         if segs[n - 2] == "blobs" && segs[n - 1] == "uploads" {
@@ -56,18 +53,9 @@ impl Endpoint {
         let last = percent_decode(segs[n - 1]);
         match segs[n - 2] {
             "tags" if segs[n - 1] == "list" => Some(Endpoint::Tags { name: name(2) }),
-            "manifests" => Some(Endpoint::Manifest {
-                name: name(2),
-                reference: last,
-            }),
-            "blobs" => Some(Endpoint::Blob {
-                name: name(2),
-                digest: last,
-            }),
-            "referrers" => Some(Endpoint::Referrers {
-                name: name(2),
-                digest: last,
-            }),
+            "manifests" => Some(Endpoint::Manifest { name: name(2), reference: last }),
+            "blobs" => Some(Endpoint::Blob { name: name(2), digest: last }),
+            "referrers" => Some(Endpoint::Referrers { name: name(2), digest: last }),
             _ => None,
         }
     }
@@ -109,9 +97,7 @@ pub fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(v) = hex {
                 out.push(v);
                 i += 3;
@@ -139,51 +125,21 @@ mod tests {
         assert_eq!(p("/v2/_catalog"), Some(Endpoint::Catalog));
         assert_eq!(
             p("/v2/docker.io/library/nginx/manifests/latest"),
-            Some(Endpoint::Manifest {
-                name: "docker.io/library/nginx".into(),
-                reference: "latest".into()
-            })
+            Some(Endpoint::Manifest { name: "docker.io/library/nginx".into(), reference: "latest".into() })
         );
-        assert_eq!(
-            p("/v2/a/blobs/uploads/"),
-            Some(Endpoint::UploadStart { name: "a".into() })
-        );
-        assert_eq!(
-            p("/v2/a/b/blobs/uploads"),
-            Some(Endpoint::UploadStart { name: "a/b".into() })
-        );
-        assert_eq!(
-            p("/v2/a/blobs/uploads/abc-1"),
-            Some(Endpoint::Upload {
-                name: "a".into(),
-                id: "abc-1".into()
-            })
-        );
+        assert_eq!(p("/v2/a/blobs/uploads/"), Some(Endpoint::UploadStart { name: "a".into() }));
+        assert_eq!(p("/v2/a/b/blobs/uploads"), Some(Endpoint::UploadStart { name: "a/b".into() }));
+        assert_eq!(p("/v2/a/blobs/uploads/abc-1"), Some(Endpoint::Upload { name: "a".into(), id: "abc-1".into() }));
         assert_eq!(
             p("/v2/a/blobs/blobs/sha256%3Aab"),
-            Some(Endpoint::Blob {
-                name: "a/blobs".into(),
-                digest: "sha256:ab".into()
-            })
+            Some(Endpoint::Blob { name: "a/blobs".into(), digest: "sha256:ab".into() })
         );
-        assert_eq!(
-            p("/v2/x/tags/list"),
-            Some(Endpoint::Tags { name: "x".into() })
-        );
+        assert_eq!(p("/v2/x/tags/list"), Some(Endpoint::Tags { name: "x".into() }));
         assert_eq!(
             p("/v2/x/y/referrers/sha256:1"),
-            Some(Endpoint::Referrers {
-                name: "x/y".into(),
-                digest: "sha256:1".into()
-            })
+            Some(Endpoint::Referrers { name: "x/y".into(), digest: "sha256:1".into() })
         );
-        assert_eq!(
-            p("/v2/x/manifests/"),
-            Some(Endpoint::Manifest {
-                name: "x".into(),
-                reference: "".into()
-            })
-        );
+        assert_eq!(p("/v2/x/manifests/"), Some(Endpoint::Manifest { name: "x".into(), reference: "".into() }));
         assert_eq!(p("/v3/x/manifests/a"), None);
         assert_eq!(p("/v2/x/other/a"), None);
         assert_eq!(p("/v2/manifests/a"), None);

@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 use cove_auth::NetworkAuthenticator;
 use cove_backends::FsStorage;
 use cove_core::auth::AllowAll;
-use cove_core::Registry;
+use cove_core::cache::{PullThrough, UpstreamRoute};
+use cove_core::{Registry, Upstream};
+use cove_upstreams::OciUpstream;
 
 use crate::app::App;
 use crate::config::{Config, ConfigError, Validated};
@@ -26,40 +28,36 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot open storage at {path}: {source}")]
-    Storage {
-        path: String,
-        source: cove_core::StorageError,
-    },
+    Storage { path: String, source: cove_core::StorageError },
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
 }
 
 /// Builds the application (storage, authenticator, policy) from the config.
 pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App>, StartError> {
     let root = config.storage.root.clone();
-    let storage = FsStorage::open(root.clone()).map_err(|source| StartError::Storage {
-        path: root.display().to_string(),
-        source,
-    })?;
-    let registry = Registry::new(Arc::new(storage));
-    Ok(Arc::new(App::new(
-        registry,
-        Arc::new(NetworkAuthenticator),
-        Arc::new(AllowAll),
-        validated.public_url.clone(),
-    )))
+    let storage = FsStorage::open(root.clone())
+        .map_err(|source| StartError::Storage { path: root.display().to_string(), source })?;
+    let storage: Arc<dyn cove_core::Storage> = Arc::new(storage);
+    let mut registry = Registry::new(storage);
+    if !validated.upstreams.is_empty() {
+        let clients = OciUpstream::build_all(&validated.upstreams).map_err(|errors| {
+            StartError::Config(ConfigError::Invalid(errors.iter().map(|e| e.to_string()).collect()))
+        })?;
+        let routes = clients
+            .into_iter()
+            .map(|u| UpstreamRoute { host: u.host().to_owned(), tag_ttl: u.tag_ttl(), upstream: u })
+            .collect();
+        let spool = root.join("spool");
+        let cache = PullThrough::new(routes, validated.self_hosts.clone(), spool.clone())
+            .map_err(|e| StartError::Storage { path: spool.display().to_string(), source: e.into() })?;
+        registry = registry.with_cache(cache);
+    }
+    Ok(Arc::new(App::new(registry, Arc::new(NetworkAuthenticator), Arc::new(AllowAll), validated.public_url.clone())))
 }
 
 /// Runs the server on `listener` until `shutdown` resolves.
-pub async fn run(
-    app: Arc<App>,
-    listener: TcpListener,
-    upload_ttl: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn run(app: Arc<App>, listener: TcpListener, upload_ttl: Duration, shutdown: impl Future<Output = ()>) {
     let expiry = {
         let registry = app.registry.clone();
         tokio::spawn(async move {
@@ -108,10 +106,7 @@ pub async fn run(
     expiry.abort();
     drop(listener);
     tracing::info!("shutting down: waiting for open connections");
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after 30s; exiting anyway");
     }
 }
@@ -143,8 +138,5 @@ pub async fn shutdown_signal() {
 pub async fn bind(validated: &Validated) -> Result<TcpListener, StartError> {
     TcpListener::bind(validated.listen)
         .await
-        .map_err(|source| StartError::Listen {
-            addr: validated.listen.to_string(),
-            source,
-        })
+        .map_err(|source| StartError::Listen { addr: validated.listen.to_string(), source })
 }

@@ -1,0 +1,759 @@
+//! The pull-through cache: name routing (origin-path convention and
+//! containerd's `ns=`), tag freshness and revalidation, stale-if-error, and
+//! single-flight streaming of blob misses.
+//!
+//! A blob miss starts one upstream fetch. Its bytes are hashed, appended to a
+//! local spool file and streamed into [`Storage::blob_write`] at the same
+//! time; every client asking for that blob meanwhile (the first one and any
+//! late joiner) reads the spool file as it grows. The last byte is released
+//! only after the whole blob verified against its digest, so no client ever
+//! receives a complete wrong blob, and storage commits nothing unverified.
+//! The fetch runs in its own task: a client hanging up does not stop it.
+
+use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::digest::{Digest, DigestHasher};
+use crate::error::{ErrorCode, RegistryError, Result};
+use crate::name::{Reference, RepoName, Tag};
+use crate::registry::{BlobResponse, ManifestResponse};
+use crate::storage::{ByteStream, Storage, StoredManifest};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// How a response was served, sent to clients in the `X-Cove-Cache` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from cache without asking upstream.
+    Hit,
+    /// Fetched from upstream (and cached).
+    Miss,
+    /// Upstream confirmed the cached copy is current.
+    Revalidated,
+    /// Upstream failed; the cached copy was served anyway.
+    Stale,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Revalidated => "revalidated",
+            CacheStatus::Stale => "stale",
+        }
+    }
+}
+
+/// One configured upstream and its cache policy.
+#[derive(Clone)]
+pub struct UpstreamRoute {
+    /// The origin host and first path component of its cached names.
+    pub host: String,
+    pub upstream: Arc<dyn Upstream>,
+    /// How long a tag is served without revalidation.
+    pub tag_ttl: Duration,
+}
+
+/// Per-upstream counters.
+#[derive(Debug, Default, Clone)]
+pub struct CacheCounters {
+    pub hits: u64,
+    pub misses: u64,
+    pub revalidated: u64,
+    pub stale: u64,
+    pub upstream_errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// The pull-through cache state shared by all requests.
+pub struct PullThrough {
+    routes: Vec<UpstreamRoute>,
+    self_hosts: Vec<String>,
+    spool_dir: PathBuf,
+    fresh: Mutex<HashMap<(RepoName, Tag), Instant>>,
+    inflight: Arc<InflightMap>,
+    counters: Mutex<HashMap<String, CacheCounters>>,
+    spool_seq: std::sync::atomic::AtomicU64,
+}
+
+type InflightMap = Mutex<HashMap<(String, Digest), Arc<Inflight>>>;
+
+/// Where a repository's content comes from.
+pub enum Route<'a> {
+    Private,
+    Cached { route: &'a UpstreamRoute, remote: RepoName },
+}
+
+impl PullThrough {
+    /// `self_hosts` are the host names that mean Cove itself in `ns=`;
+    /// `spool_dir` holds in-flight blob downloads (emptied here).
+    pub fn new(routes: Vec<UpstreamRoute>, self_hosts: Vec<String>, spool_dir: PathBuf) -> std::io::Result<Self> {
+        if spool_dir.exists() {
+            std::fs::remove_dir_all(&spool_dir)?;
+        }
+        std::fs::create_dir_all(&spool_dir)?;
+        Ok(PullThrough {
+            routes,
+            self_hosts: self_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+            spool_dir,
+            fresh: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            counters: Mutex::new(HashMap::new()),
+            spool_seq: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn routes(&self) -> &[UpstreamRoute] {
+        &self.routes
+    }
+
+    /// A snapshot of the per-upstream counters.
+    pub fn counters(&self) -> HashMap<String, CacheCounters> {
+        self.counters.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn count(&self, host: &str, f: impl FnOnce(&mut CacheCounters)) {
+        if let Ok(mut c) = self.counters.lock() {
+            f(c.entry(host.to_owned()).or_default());
+        }
+    }
+
+    fn route_for_host(&self, host: &str) -> Option<&UpstreamRoute> {
+        self.routes.iter().find(|r| r.host == host)
+    }
+
+    /// Maps a path name and containerd's optional `ns` to the repository name
+    /// Cove stores it under. Docker Hub names are normalised
+    /// (`docker.io/nginx` is `docker.io/library/nginx`).
+    pub fn resolve_name(&self, name: &str, ns: Option<&str>) -> Result<RepoName> {
+        let repo: RepoName = name.parse()?;
+        let full = match ns.map(|n| n.trim().to_ascii_lowercase()) {
+            None => repo,
+            Some(ns) if self.self_hosts.contains(&ns) => repo,
+            Some(ns) if self.route_for_host(&ns).is_some() => repo.with_prefix(&ns)?,
+            Some(ns) => {
+                return Err(RegistryError::new(
+                    ErrorCode::NameUnknown,
+                    format!("ns={ns} is not a configured upstream (add [upstreams.\"{ns}\"] to the config); Cove is not an open proxy"),
+                ))
+            }
+        };
+        Ok(normalize_docker_hub(full))
+    }
+
+    /// Where `repo`'s content comes from.
+    pub fn route(&self, repo: &RepoName) -> Route<'_> {
+        let host = repo.first_component();
+        match (self.route_for_host(host), repo.strip_first_component()) {
+            (Some(route), Some(remote)) => Route::Cached { route, remote },
+            _ => Route::Private,
+        }
+    }
+
+    /// Whether `repo` lies in an upstream's namespace.
+    pub fn is_cached(&self, repo: &RepoName) -> bool {
+        matches!(self.route(repo), Route::Cached { .. })
+    }
+
+    fn is_fresh(&self, repo: &RepoName, tag: &Tag, ttl: Duration) -> bool {
+        self.fresh
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&(repo.clone(), tag.clone())).map(|t| t.elapsed() < ttl))
+            .unwrap_or(false)
+    }
+
+    fn mark_fresh(&self, repo: &RepoName, tag: &Tag) {
+        if let Ok(mut f) = self.fresh.lock() {
+            f.insert((repo.clone(), tag.clone()), Instant::now());
+        }
+    }
+
+    /// Serves a manifest of a cached repository.
+    pub async fn manifest(
+        &self,
+        storage: &Arc<dyn Storage>,
+        route: &UpstreamRoute,
+        remote: &RepoName,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(ManifestResponse, CacheStatus)> {
+        let started = Instant::now();
+        let result = self.manifest_inner(storage, route, remote, repo, reference).await;
+        match &result {
+            Ok((_, status)) => {
+                self.count(&route.host, |c| match status {
+                    CacheStatus::Hit => c.hits += 1,
+                    CacheStatus::Miss => c.misses += 1,
+                    CacheStatus::Revalidated => c.revalidated += 1,
+                    CacheStatus::Stale => c.stale += 1,
+                });
+                tracing::info!(upstream = %route.host, %repo, %reference, cache = status.as_str(),
+                    ms = started.elapsed().as_millis() as u64, "manifest");
+            }
+            Err(e) => tracing::info!(upstream = %route.host, %repo, %reference, error = %e, "manifest not served"),
+        }
+        result
+    }
+
+    async fn manifest_inner(
+        &self,
+        storage: &Arc<dyn Storage>,
+        route: &UpstreamRoute,
+        remote: &RepoName,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(ManifestResponse, CacheStatus)> {
+        let tag = match reference {
+            Reference::Digest(d) => {
+                if let Some(m) = storage.manifest_get(repo, d).await? {
+                    return Ok((response(d.clone(), m), CacheStatus::Hit));
+                }
+                let m = self.fetch_manifest(storage, route, remote, repo, d).await?;
+                return Ok((m, CacheStatus::Miss));
+            }
+            Reference::Tag(t) => t,
+        };
+        let local = match storage.tag_get(repo, tag).await? {
+            Some(d) => storage.manifest_get(repo, &d).await?.map(|m| response(d, m)),
+            None => None,
+        };
+        if let Some(m) = &local {
+            if self.is_fresh(repo, tag, route.tag_ttl) {
+                return Ok((m.clone(), CacheStatus::Hit));
+            }
+        }
+        let head = match route.upstream.head_manifest(remote, reference).await {
+            Ok(h) => Ok(h.digest),
+            // Some registries answer HEAD without a digest: resolve with a GET.
+            Err(UpstreamError::Invalid(_)) => match route.upstream.get_manifest(remote, reference).await {
+                Ok(m) => Ok(m.digest),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match head {
+            Ok(digest) => {
+                if let Some(m) = local.filter(|m| m.digest == digest) {
+                    self.mark_fresh(repo, tag);
+                    return Ok((m, CacheStatus::Revalidated));
+                }
+                let m = match storage.manifest_get(repo, &digest).await? {
+                    Some(m) => response(digest.clone(), m),
+                    None => self.fetch_manifest(storage, route, remote, repo, &digest).await?,
+                };
+                storage.tag_put(repo, tag, &digest).await?;
+                self.mark_fresh(repo, tag);
+                Ok((m, CacheStatus::Miss))
+            }
+            Err(UpstreamError::NotFound) => Err(RegistryError::manifest_unknown(reference)),
+            Err(e) => {
+                self.count(&route.host, |c| {
+                    c.upstream_errors += 1;
+                    c.last_error = Some(e.to_string());
+                });
+                match local {
+                    Some(m) => {
+                        tracing::warn!(upstream = %route.host, %repo, %tag, error = %e, "upstream failed; serving cached manifest (stale)");
+                        Ok((m, CacheStatus::Stale))
+                    }
+                    None => Err(upstream_error(e, RegistryError::manifest_unknown(reference))),
+                }
+            }
+        }
+    }
+
+    /// Fetches a manifest by digest, verifies it and stores it.
+    async fn fetch_manifest(
+        &self,
+        storage: &Arc<dyn Storage>,
+        route: &UpstreamRoute,
+        remote: &RepoName,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<ManifestResponse> {
+        let m = route
+            .upstream
+            .get_manifest(remote, &Reference::Digest(digest.clone()))
+            .await
+            .map_err(|e| self.upstream_failed(route, e, RegistryError::manifest_unknown(digest)))?;
+        let bytes = m.bytes.unwrap_or_default();
+        let mut h = DigestHasher::new(digest.algorithm());
+        h.update(&bytes);
+        let actual = h.finish();
+        if &actual != digest {
+            self.count(&route.host, |c| {
+                c.upstream_errors += 1;
+                c.last_error = Some(format!("manifest digest mismatch for {digest}"));
+            });
+            return Err(RegistryError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!("upstream {} sent a manifest whose digest is {actual}, not {digest}; not cached", route.host),
+            )
+            .with_status(502));
+        }
+        let stored = StoredManifest { media_type: m.media_type, bytes };
+        storage.manifest_put(repo, digest, &stored).await?;
+        Ok(response(digest.clone(), stored))
+    }
+
+    fn upstream_failed(&self, route: &UpstreamRoute, e: UpstreamError, not_found: RegistryError) -> RegistryError {
+        if !matches!(e, UpstreamError::NotFound) {
+            self.count(&route.host, |c| {
+                c.upstream_errors += 1;
+                c.last_error = Some(e.to_string());
+            });
+        }
+        upstream_error(e, not_found)
+    }
+
+    /// Lists tags of a cached repository: from upstream when reachable,
+    /// else from the cache.
+    pub async fn tags(
+        &self,
+        storage: &Arc<dyn Storage>,
+        route: &UpstreamRoute,
+        remote: &RepoName,
+        repo: &RepoName,
+    ) -> Result<Vec<String>> {
+        match route.upstream.tags(remote).await {
+            Ok(mut tags) => {
+                tags.sort();
+                tags.dedup();
+                Ok(tags)
+            }
+            Err(e) => match storage.tag_list(repo).await? {
+                Some(tags) if !matches!(e, UpstreamError::NotFound) => Ok(tags),
+                _ => Err(self.upstream_failed(
+                    route,
+                    e,
+                    RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known upstream")),
+                )),
+            },
+        }
+    }
+
+    /// Serves a blob of a cached repository: from storage, or by joining or
+    /// starting the single upstream fetch of it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn blob(
+        &self,
+        storage: &Arc<dyn Storage>,
+        route: &UpstreamRoute,
+        remote: &RepoName,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<&str>,
+        head: bool,
+    ) -> Result<(BlobResponse, CacheStatus)> {
+        if storage.blob_linked(repo, digest).await? {
+            let size = storage.blob_size(digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))?;
+            return local_blob(storage, digest, size, range, head).await.map(|b| (b, CacheStatus::Hit));
+        }
+        if let Some(size) = storage.blob_size(digest).await? {
+            // Stored for another repository: serve it here only if upstream
+            // confirms this repository has it (no cross-repository leaks).
+            route
+                .upstream
+                .head_blob(remote, digest)
+                .await
+                .map_err(|e| self.upstream_failed(route, e, RegistryError::blob_unknown(digest)))?;
+            storage.blob_link(repo, digest).await?;
+            self.count(&route.host, |c| c.hits += 1);
+            return local_blob(storage, digest, size, range, head).await.map(|b| (b, CacheStatus::Hit));
+        }
+        if head {
+            if let Some(size) = self.inflight_size(&route.host, digest).await {
+                return Ok((
+                    BlobResponse { size: Some(size), range: None, body: Box::pin(futures::stream::empty()) },
+                    CacheStatus::Miss,
+                ));
+            }
+            let size = route
+                .upstream
+                .head_blob(remote, digest)
+                .await
+                .map_err(|e| self.upstream_failed(route, e, RegistryError::blob_unknown(digest)))?;
+            let range = match range {
+                Some(r) => crate::registry::resolve_range(r, size)?,
+                None => None,
+            };
+            return Ok((
+                BlobResponse { size: Some(size), range, body: Box::pin(futures::stream::empty()) },
+                CacheStatus::Miss,
+            ));
+        }
+        let flight = self.join_or_fetch(storage, route, remote, repo, digest);
+        let mut rx = flight.state.subscribe();
+        let size = loop {
+            let st = rx.borrow_and_update().clone();
+            match st {
+                FetchState::Starting => {}
+                FetchState::Running { size, .. } | FetchState::Done { size } => break size,
+                FetchState::Failed(e) => return Err(e),
+            }
+            if rx.changed().await.is_err() {
+                return Err(RegistryError::internal("blob fetch ended without a result"));
+            }
+        };
+        self.count(&route.host, |c| c.misses += 1);
+        // An in-flight blob of unknown size is sent whole (no Range).
+        let range = match (range, size) {
+            (Some(r), Some(s)) => crate::registry::resolve_range(r, s)?,
+            _ => None,
+        };
+        let start = range.map_or(0, |r| r.start);
+        let end = range.map(|r| r.end + 1).or(size);
+        let body = follow(flight, start, end);
+        Ok((BlobResponse { size, range, body }, CacheStatus::Miss))
+    }
+
+    async fn inflight_size(&self, host: &str, digest: &Digest) -> Option<u64> {
+        let flight = self.inflight.lock().ok()?.get(&(host.to_owned(), digest.clone())).cloned()?;
+        let state = flight.state.borrow().clone();
+        match state {
+            FetchState::Running { size, .. } | FetchState::Done { size } => size,
+            _ => None,
+        }
+    }
+
+    fn join_or_fetch(
+        &self,
+        storage: &Arc<dyn Storage>,
+        route: &UpstreamRoute,
+        remote: &RepoName,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Arc<Inflight> {
+        let key = (route.host.clone(), digest.clone());
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(&key) {
+            let mut repos = f.repos.lock().unwrap_or_else(|p| p.into_inner());
+            if !repos.contains(repo) {
+                repos.push(repo.clone());
+            }
+            return f.clone();
+        }
+        let n = self.spool_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spool = self.spool_dir.join(format!("{}-{}-{n}", digest.algorithm().as_str(), digest.hex()));
+        let (state, _) = watch::channel(FetchState::Starting);
+        let flight = Arc::new(Inflight { spool, state, repos: Mutex::new(vec![repo.clone()]) });
+        map.insert(key.clone(), flight.clone());
+        let task = FetchTask {
+            storage: storage.clone(),
+            upstream: route.upstream.clone(),
+            host: route.host.clone(),
+            remote: remote.clone(),
+            digest: digest.clone(),
+            flight: flight.clone(),
+        };
+        let inflight = self.inflight.clone();
+        tokio::spawn(async move {
+            task.run().await;
+            inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
+        flight
+    }
+}
+
+fn response(digest: Digest, m: StoredManifest) -> ManifestResponse {
+    ManifestResponse { digest, media_type: m.media_type, bytes: m.bytes }
+}
+
+async fn local_blob(
+    storage: &Arc<dyn Storage>,
+    digest: &Digest,
+    size: u64,
+    range: Option<&str>,
+    head: bool,
+) -> Result<BlobResponse> {
+    let range = match range {
+        Some(r) => crate::registry::resolve_range(r, size)?,
+        None => None,
+    };
+    let body: ByteStream =
+        if head { Box::pin(futures::stream::empty()) } else { storage.blob_read(digest, range).await? };
+    Ok(BlobResponse { size: Some(size), range, body })
+}
+
+/// Maps an upstream failure to what the client sees.
+pub fn upstream_error(e: UpstreamError, not_found: RegistryError) -> RegistryError {
+    match e {
+        UpstreamError::NotFound => not_found,
+        // Docker Hub answers 401 for repositories that do not exist.
+        UpstreamError::Unauthorized(m) => RegistryError::new(
+            not_found.code,
+            format!(
+                "{} (upstream refused access: {m}; the repository may not exist or needs credentials)",
+                not_found.message
+            ),
+        ),
+        UpstreamError::TooManyRequests { retry_after } => {
+            let e = RegistryError::new(ErrorCode::TooManyRequests, "upstream rate limit reached and nothing is cached");
+            match retry_after {
+                Some(r) => e.with_header("Retry-After", r),
+                None => e,
+            }
+        }
+        UpstreamError::Unavailable(m) => RegistryError::new(
+            ErrorCode::UpstreamUnavailable,
+            format!("upstream unavailable and nothing is cached: {m}"),
+        ),
+        UpstreamError::Invalid(m) => {
+            RegistryError::new(ErrorCode::UpstreamUnavailable, format!("upstream sent an invalid response: {m}"))
+                .with_status(502)
+        }
+    }
+}
+
+/// Docker Hub's official images live under `library/`.
+fn normalize_docker_hub(repo: RepoName) -> RepoName {
+    if repo.first_component() == "docker.io" && repo.components().count() == 2 {
+        if let Some(rest) = repo.strip_first_component() {
+            if let Ok(r) = format!("docker.io/library/{rest}").parse() {
+                return r;
+            }
+        }
+    }
+    repo
+}
+
+#[derive(Debug, Clone)]
+enum FetchState {
+    Starting,
+    /// `written` bytes are in the spool; `size` as announced by upstream.
+    Running {
+        written: u64,
+        size: Option<u64>,
+    },
+    Done {
+        size: Option<u64>,
+    },
+    Failed(RegistryError),
+}
+
+/// One in-flight upstream fetch.
+struct Inflight {
+    spool: PathBuf,
+    state: watch::Sender<FetchState>,
+    /// Repositories to link the blob into once committed.
+    repos: Mutex<Vec<RepoName>>,
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        // Readers hold this Arc while they read, so nobody needs the file now.
+        let _ = std::fs::remove_file(&self.spool);
+    }
+}
+
+struct FetchTask {
+    storage: Arc<dyn Storage>,
+    upstream: Arc<dyn Upstream>,
+    host: String,
+    remote: RepoName,
+    digest: Digest,
+    flight: Arc<Inflight>,
+}
+
+impl FetchTask {
+    async fn run(self) {
+        let started = Instant::now();
+        match self.fetch().await {
+            Ok(size) => {
+                tracing::info!(upstream = %self.host, digest = %self.digest, bytes = size,
+                    ms = started.elapsed().as_millis() as u64, "blob fetched, verified and cached");
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %self.host, digest = %self.digest, error = %e, "blob fetch failed; nothing cached");
+                self.flight.state.send_replace(FetchState::Failed(e));
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<u64> {
+        let blob = self
+            .upstream
+            .get_blob(&self.remote, &self.digest)
+            .await
+            .map_err(|e| upstream_error(e, RegistryError::blob_unknown(&self.digest)))?;
+        let size = blob.size;
+        let mut spool = tokio::fs::File::create(&self.flight.spool)
+            .await
+            .map_err(|e| RegistryError::internal(format!("cannot create spool file: {e}")))?;
+        self.flight.state.send_replace(FetchState::Running { written: 0, size });
+        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+        let storage = self.storage.clone();
+        let digest = self.digest.clone();
+        let writer = tokio::spawn(async move {
+            let body: ByteStream =
+                Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
+            storage.blob_write(&digest, body, size).await
+        });
+        let mut hasher = DigestHasher::new(self.digest.algorithm());
+        let mut written = 0u64;
+        let mut stream = blob.stream;
+        let mut failure: Option<RegistryError> = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    failure = Some(RegistryError::new(
+                        ErrorCode::UpstreamUnavailable,
+                        format!("upstream body failed after {written} bytes: {e}"),
+                    ));
+                    break;
+                }
+            };
+            hasher.update(&chunk);
+            if let Err(e) = spool.write_all(&chunk).await {
+                failure = Some(RegistryError::internal(format!("spool write failed: {e}")));
+                break;
+            }
+            written += chunk.len() as u64;
+            if size.is_some_and(|s| written > s) {
+                failure = Some(upstream_invalid(&self.host, "sent more bytes than it announced"));
+                break;
+            }
+            // Storage is best effort here: the client is served from the spool.
+            let _ = tx.send(Ok(chunk)).await;
+            self.flight.state.send_replace(FetchState::Running { written, size });
+        }
+        if failure.is_none() {
+            if let Err(e) = spool.flush().await {
+                failure = Some(RegistryError::internal(format!("spool flush failed: {e}")));
+            }
+        }
+        if failure.is_none() && size.is_some_and(|s| s != written) {
+            failure = Some(upstream_invalid(&self.host, &format!("ended the body after {written} bytes")));
+        }
+        if failure.is_none() {
+            let actual = hasher.finish();
+            if actual != self.digest {
+                failure = Some(upstream_invalid(
+                    &self.host,
+                    &format!("sent content with digest {actual} for {}", self.digest),
+                ));
+            }
+        }
+        if let Some(f) = failure {
+            let _ = tx.send(Err(std::io::Error::other(f.message.clone()))).await;
+            drop(tx);
+            let _ = writer.await;
+            return Err(f);
+        }
+        drop(tx);
+        // Verified: release the last byte to readers, then commit.
+        self.flight.state.send_replace(FetchState::Done { size: Some(written) });
+        match writer.await {
+            Ok(Ok(_)) => {
+                let repos = self.flight.repos.lock().map(|r| r.clone()).unwrap_or_default();
+                for repo in repos {
+                    if let Err(e) = self.storage.blob_link(&repo, &self.digest).await {
+                        tracing::warn!(%repo, digest = %self.digest, error = %e, "cannot link cached blob");
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(digest = %self.digest, error = %e, "verified blob could not be stored"),
+            Err(e) => tracing::warn!(digest = %self.digest, error = %e, "blob store task failed"),
+        }
+        Ok(written)
+    }
+}
+
+fn upstream_invalid(host: &str, what: &str) -> RegistryError {
+    RegistryError::new(ErrorCode::UpstreamUnavailable, format!("upstream {host} {what}; not cached")).with_status(502)
+}
+
+/// Reads an in-flight blob from its spool file from `start` up to `end`
+/// (exclusive; `None` = until the fetch ends), waiting for bytes as they
+/// arrive. The last byte is held back until the blob verified.
+fn follow(flight: Arc<Inflight>, start: u64, end: Option<u64>) -> ByteStream {
+    struct St {
+        flight: Arc<Inflight>,
+        rx: watch::Receiver<FetchState>,
+        file: Option<tokio::fs::File>,
+        pos: u64,
+        end: Option<u64>,
+        buf: Vec<u8>,
+        failed: bool,
+    }
+    let rx = flight.state.subscribe();
+    let st = St { flight, rx, file: None, pos: start, end, buf: vec![0u8; 256 * 1024], failed: false };
+    Box::pin(futures::stream::unfold(st, |mut st| async move {
+        loop {
+            if st.failed || st.end.is_some_and(|e| st.pos >= e) {
+                return None;
+            }
+            let state = st.rx.borrow_and_update().clone();
+            let limit = match state {
+                FetchState::Starting => 0,
+                FetchState::Running { written, .. } => written.saturating_sub(1),
+                FetchState::Done { size } => size.unwrap_or(0),
+                FetchState::Failed(e) => {
+                    return Some((Err(std::io::Error::other(e.message)), {
+                        st.failed = true;
+                        st
+                    }));
+                }
+            };
+            let limit = st.end.map_or(limit, |e| limit.min(e));
+            if st.pos < limit {
+                if st.file.is_none() {
+                    match open_at(&st.flight.spool, st.pos).await {
+                        Ok(f) => st.file = Some(f),
+                        Err(e) => {
+                            return Some((Err(e), {
+                                st.failed = true;
+                                st
+                            }))
+                        }
+                    }
+                }
+                let want = ((limit - st.pos) as usize).min(st.buf.len());
+                let Some(file) = st.file.as_mut() else { return None };
+                match file.read(&mut st.buf[..want]).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        st.pos += n as u64;
+                        let chunk = Bytes::copy_from_slice(&st.buf[..n]);
+                        return Some((Ok(chunk), st));
+                    }
+                    Err(e) => {
+                        return Some((Err(e), {
+                            st.failed = true;
+                            st
+                        }))
+                    }
+                }
+            }
+            if matches!(state, FetchState::Done { .. }) && st.pos >= limit {
+                return None;
+            }
+            if st.rx.changed().await.is_err() {
+                // The fetch task is gone without a final state.
+                let done = matches!(*st.rx.borrow(), FetchState::Done { .. });
+                if !done {
+                    return Some((Err(std::io::Error::other("blob fetch aborted")), {
+                        st.failed = true;
+                        st
+                    }));
+                }
+            }
+        }
+    }))
+}
+
+async fn open_at(path: &std::path::Path, pos: u64) -> std::io::Result<tokio::fs::File> {
+    let mut f = tokio::fs::File::open(path).await?;
+    f.seek(SeekFrom::Start(pos)).await?;
+    Ok(f)
+}
