@@ -38,15 +38,8 @@ impl AuthKind {
 
 /// The default networks admitted by `auth.trusted_networks`: loopback,
 /// RFC 1918, the CGNAT range tailnets use, IPv6 loopback and ULA.
-pub const DEFAULT_TRUSTED_NETWORKS: &[&str] = &[
-    "127.0.0.0/8",
-    "::1/128",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",
-    "fc00::/7",
-];
+pub const DEFAULT_TRUSTED_NETWORKS: &[&str] =
+    &["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"];
 
 /// The `[auth]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,10 +77,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             kind: AuthKind::Network,
-            trusted_networks: DEFAULT_TRUSTED_NETWORKS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
+            trusted_networks: DEFAULT_TRUSTED_NETWORKS.iter().map(|s| (*s).to_owned()).collect(),
             trusted_proxies: Vec::new(),
             htpasswd_file: None,
             credential_cache_ttl: Duration::from_secs(60),
@@ -124,10 +114,7 @@ pub struct RateLimitConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig {
-            max_failures: 10,
-            window: Duration::from_secs(60),
-        }
+        RateLimitConfig { max_failures: 10, window: Duration::from_secs(60) }
     }
 }
 
@@ -213,14 +200,10 @@ fn default_groups_claim() -> String {
     "groups".to_owned()
 }
 /// The default `auth.oidc.algorithms`.
-pub const DEFAULT_OIDC_ALGORITHMS: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-];
+pub const DEFAULT_OIDC_ALGORITHMS: &[&str] =
+    &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 fn default_algorithms() -> Vec<String> {
-    DEFAULT_OIDC_ALGORITHMS
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+    DEFAULT_OIDC_ALGORITHMS.iter().map(|s| (*s).to_owned()).collect()
 }
 fn default_leeway() -> Duration {
     Duration::from_secs(60)
@@ -311,72 +294,51 @@ pub fn validate(auth: &AuthConfig, access: &[AccessRule]) -> Vec<ConfigProblem> 
         }
     }
     match auth.kind {
-        AuthKind::Htpasswd if auth.htpasswd_file.as_deref().unwrap_or("").is_empty() => problem(
-            "auth.htpasswd_file".into(),
-            "is required when auth.kind = \"htpasswd\"".into(),
-        ),
+        AuthKind::Htpasswd if auth.htpasswd_file.as_deref().unwrap_or("").is_empty() => {
+            problem("auth.htpasswd_file".into(), "is required when auth.kind = \"htpasswd\"".into())
+        }
         AuthKind::Oidc if auth.oidc.is_none() => problem(
             "auth.oidc".into(),
-            "an [auth.oidc] section with issuer and audience is required when auth.kind = \"oidc\""
-                .into(),
+            "an [auth.oidc] section with issuer and audience is required when auth.kind = \"oidc\"".into(),
         ),
         _ => {}
     }
     if auth.token.lifetime.is_zero() || auth.token.lifetime > Duration::from_secs(24 * 3600) {
-        problem(
-            "auth.token.lifetime".into(),
-            "must be between 1s and 24h".into(),
-        );
+        problem("auth.token.lifetime".into(), "must be between 1s and 24h".into());
     }
     if auth.token.service.is_empty() || auth.token.service.contains('"') {
-        problem(
-            "auth.token.service".into(),
-            "must be non-empty and contain no '\"'".into(),
-        );
+        problem("auth.token.service".into(), "must be non-empty and contain no '\"'".into());
     }
     if auth.token.issuer.is_empty() {
         problem("auth.token.issuer".into(), "must be non-empty".into());
     }
     if let Some(r) = &auth.token.realm {
         if !(r.starts_with("http://") || r.starts_with("https://")) || r.contains('"') {
-            problem(
-                "auth.token.realm".into(),
-                "must be an http(s) URL without '\"'".into(),
-            );
+            problem("auth.token.realm".into(), "must be an http(s) URL without '\"'".into());
         }
     }
     if auth.rate_limit.max_failures > 0 && auth.rate_limit.window.is_zero() {
-        problem(
-            "auth.rate_limit.window".into(),
-            "must be positive when max_failures > 0".into(),
-        );
+        problem("auth.rate_limit.window".into(), "must be positive when max_failures > 0".into());
     }
     if let Some(o) = &auth.oidc {
         if !(o.issuer.starts_with("https://") || o.issuer.starts_with("http://")) {
             problem("auth.oidc.issuer".into(), "must be an https:// URL".into());
-        } else if o.issuer.starts_with("http://")
-            && !o.allow_insecure_http
-            && !crate::oidc::is_loopback_url(&o.issuer)
+        } else if o.issuer.starts_with("http://") && !o.allow_insecure_http && !crate::oidc::is_loopback_url(&o.issuer)
         {
             problem(
                 "auth.oidc.issuer".into(),
-                "http:// is only allowed for loopback issuers (set auth.oidc.allow_insecure_http = true to override)".into(),
+                "http:// is only allowed for loopback issuers (set auth.oidc.allow_insecure_http = true to override)"
+                    .into(),
             );
         }
         if o.audience.is_empty() {
             problem("auth.oidc.audience".into(), "must be non-empty".into());
         }
         if o.username_claim.is_empty() {
-            problem(
-                "auth.oidc.username_claim".into(),
-                "must be non-empty".into(),
-            );
+            problem("auth.oidc.username_claim".into(), "must be non-empty".into());
         }
         if o.algorithms.is_empty() {
-            problem(
-                "auth.oidc.algorithms".into(),
-                "must list at least one algorithm".into(),
-            );
+            problem("auth.oidc.algorithms".into(), "must list at least one algorithm".into());
         }
         for (i, a) in o.algorithms.iter().enumerate() {
             if let Err(e) = crate::oidc::parse_allowed_algorithm(a) {
@@ -389,10 +351,7 @@ pub fn validate(auth: &AuthConfig, access: &[AccessRule]) -> Vec<ConfigProblem> 
             problem(format!("access[{i}].repository"), e);
         }
         if rule.actions.is_empty() {
-            problem(
-                format!("access[{i}].actions"),
-                "must list at least one of pull, push, delete".into(),
-            );
+            problem(format!("access[{i}].actions"), "must list at least one of pull, push, delete".into());
         }
         for (j, a) in rule.actions.iter().enumerate() {
             if a.parse::<Action>().is_err() {
@@ -405,8 +364,7 @@ pub fn validate(auth: &AuthConfig, access: &[AccessRule]) -> Vec<ConfigProblem> 
         if rule.users.is_empty() && rule.groups.is_empty() && rule.anyone.is_none() {
             problem(
                 format!("access[{i}]"),
-                "names nobody: set users, groups, or anyone = \"authenticated\" | \"anonymous\""
-                    .into(),
+                "names nobody: set users, groups, or anyone = \"authenticated\" | \"anonymous\"".into(),
             );
         }
     }
@@ -418,23 +376,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 30s, 5m, 1h)"))?;
-    let secs = |m: u64| {
-        n.checked_mul(m)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("duration {s:?} is too large"))
-    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (expected e.g. 30s, 5m, 1h)"))?;
+    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs).ok_or_else(|| format!("duration {s:?} is too large"));
     match unit.trim() {
         "" | "s" => secs(1),
         "ms" => Ok(Duration::from_millis(n)),
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(86400),
-        _ => Err(format!(
-            "invalid duration unit in {s:?} (use ms, s, m, h or d)"
-        )),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s, m, h or d)")),
     }
 }
 

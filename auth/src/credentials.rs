@@ -68,26 +68,19 @@ impl Credentials {
             return Err(malformed("Authorization header is too long"));
         }
         let header = header.trim();
-        let (scheme, rest) = header
-            .split_once(' ')
-            .ok_or_else(|| malformed("malformed Authorization header"))?;
+        let (scheme, rest) = header.split_once(' ').ok_or_else(|| malformed("malformed Authorization header"))?;
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("basic") {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(rest)
                 .map_err(|_| malformed("malformed Basic credentials (not base64)"))?;
-            let text = String::from_utf8(raw)
-                .map_err(|_| malformed("malformed Basic credentials (not UTF-8)"))?;
-            let (user, password) = text
-                .split_once(':')
-                .ok_or_else(|| malformed("malformed Basic credentials (no ':')"))?;
+            let text = String::from_utf8(raw).map_err(|_| malformed("malformed Basic credentials (not UTF-8)"))?;
+            let (user, password) =
+                text.split_once(':').ok_or_else(|| malformed("malformed Basic credentials (no ':')"))?;
             if user.is_empty() {
                 return Err(malformed("Basic credentials have an empty user name"));
             }
-            Ok(Credentials::Basic {
-                user: user.to_owned(),
-                password: Secret(password.to_owned()),
-            })
+            Ok(Credentials::Basic { user: user.to_owned(), password: Secret(password.to_owned()) })
         } else if scheme.eq_ignore_ascii_case("bearer") {
             if rest.is_empty() || rest.contains(char::is_whitespace) {
                 return Err(malformed("malformed Bearer token"));
@@ -104,6 +97,7 @@ fn malformed(msg: &str) -> RegistryError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -56,9 +56,7 @@ pub struct HtpasswdUsers {
 
 impl std::fmt::Debug for HtpasswdUsers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HtpasswdUsers")
-            .field("users", &self.users.len())
-            .finish()
+        f.debug_struct("HtpasswdUsers").field("users", &self.users.len()).finish()
     }
 }
 
@@ -110,14 +108,10 @@ impl HtpasswdUsers {
 }
 
 fn classify(hash: &str) -> Result<Hash, String> {
-    const REGEN: &str =
-        "regenerate it with `htpasswd -B` (bcrypt) or `openssl passwd -6` (SHA-512-crypt)";
+    const REGEN: &str = "regenerate it with `htpasswd -B` (bcrypt) or `openssl passwd -6` (SHA-512-crypt)";
     if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$") {
         // $2x$cc$ + 53 characters of salt and hash.
-        let cost_ok = hash
-            .get(4..6)
-            .and_then(|c| c.parse::<u32>().ok())
-            .is_some_and(|c| (4..=31).contains(&c));
+        let cost_ok = hash.get(4..6).and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| (4..=31).contains(&c));
         if hash.len() == 60 && cost_ok && hash.as_bytes()[6] == b'$' {
             return Ok(Hash::Bcrypt(hash.to_owned()));
         }
@@ -135,11 +129,7 @@ fn classify(hash: &str) -> Result<Hash, String> {
         "MD5-crypt ($1$)"
     } else if hash.starts_with("{SHA}") {
         "unsalted SHA-1 ({SHA})"
-    } else if hash.len() == 13
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
-    {
+    } else if hash.len() == 13 && hash.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/') {
         "DES crypt"
     } else {
         "plaintext or an unknown scheme"
@@ -208,10 +198,7 @@ impl std::fmt::Debug for HtpasswdAuthenticator {
 }
 
 async fn read_file(path: &Path) -> Result<(FileStamp, String), HtpasswdError> {
-    let io = |source| HtpasswdError::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    let io = |source| HtpasswdError::Io { path: path.display().to_string(), source };
     let meta = tokio::fs::metadata(path).await.map_err(io)?;
     let bytes = tokio::fs::read(path).await.map_err(io)?;
     let sha256: [u8; 32] = Sha256::digest(&bytes).into();
@@ -219,29 +206,16 @@ async fn read_file(path: &Path) -> Result<(FileStamp, String), HtpasswdError> {
         path: path.display().to_string(),
         problems: vec!["file is not UTF-8".to_owned()],
     })?;
-    Ok((
-        FileStamp {
-            checked: Instant::now(),
-            modified: meta.modified().ok(),
-            len: meta.len(),
-            sha256,
-        },
-        text,
-    ))
+    Ok((FileStamp { checked: Instant::now(), modified: meta.modified().ok(), len: meta.len(), sha256 }, text))
 }
 
 impl HtpasswdAuthenticator {
     /// Loads `path`; fails if the file is unreadable or any line is bad.
-    pub async fn open(
-        path: impl Into<PathBuf>,
-        opts: HtpasswdOptions,
-    ) -> Result<Self, HtpasswdError> {
+    pub async fn open(path: impl Into<PathBuf>, opts: HtpasswdOptions) -> Result<Self, HtpasswdError> {
         let path = path.into();
         let (stamp, text) = read_file(&path).await?;
-        let users = HtpasswdUsers::parse(&text).map_err(|problems| HtpasswdError::Invalid {
-            path: path.display().to_string(),
-            problems,
-        })?;
+        let users = HtpasswdUsers::parse(&text)
+            .map_err(|problems| HtpasswdError::Invalid { path: path.display().to_string(), problems })?;
         if users.is_empty() {
             tracing::warn!(path = %path.display(), "htpasswd file has no users");
         }
@@ -263,10 +237,7 @@ impl HtpasswdAuthenticator {
         Ok(HtpasswdAuthenticator {
             path,
             opts,
-            loaded: RwLock::new(Loaded {
-                users: Arc::new(users),
-                generation: 0,
-            }),
+            loaded: RwLock::new(Loaded { users: Arc::new(users), generation: 0 }),
             stamp: tokio::sync::Mutex::new(stamp),
             cache: Mutex::new(HashMap::new()),
             cache_salt,
@@ -364,14 +335,7 @@ impl HtpasswdAuthenticator {
         if cache.len() >= 10_000 {
             cache.retain(|_, e| e.expires > now);
         }
-        cache.insert(
-            user.to_owned(),
-            CacheEntry {
-                digest,
-                expires: now + self.opts.cache_ttl,
-                generation,
-            },
-        );
+        cache.insert(user.to_owned(), CacheEntry { digest, expires: now + self.opts.cache_ttl, generation });
     }
 
     /// Verifies `user`/`password`; `Ok(true)` if they match.
@@ -389,9 +353,9 @@ impl HtpasswdAuthenticator {
         let password_owned = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || match hash {
             Hash::Bcrypt(h) => bcrypt::verify(password_owned.as_bytes(), &h).unwrap_or(false),
-            Hash::ShaCrypt(h) => sha_crypt::ShaCrypt::default()
-                .verify_password(password_owned.as_bytes(), h.as_str())
-                .is_ok(),
+            Hash::ShaCrypt(h) => {
+                sha_crypt::ShaCrypt::default().verify_password(password_owned.as_bytes(), h.as_str()).is_ok()
+            }
         })
         .await
         .map_err(|e| RegistryError::internal(format!("password verification task failed: {e}")))?
@@ -403,8 +367,7 @@ impl HtpasswdAuthenticator {
     }
 
     fn unauthorized(&self, msg: &str) -> RegistryError {
-        RegistryError::new(ErrorCode::Unauthorized, msg)
-            .with_header("WWW-Authenticate", self.basic_challenge())
+        RegistryError::new(ErrorCode::Unauthorized, msg).with_header("WWW-Authenticate", self.basic_challenge())
     }
 
     fn basic_challenge(&self) -> String {
@@ -426,18 +389,15 @@ impl Authenticator for HtpasswdAuthenticator {
         match creds {
             Credentials::Basic { user, password } => {
                 if self.verify(&user, password.expose()).await? {
-                    Ok(Identity::User {
-                        name: user,
-                        groups: Vec::new(),
-                    })
+                    Ok(Identity::User { name: user, groups: Vec::new() })
                 } else {
                     tracing::info!(user = %user, client = %request.peer, "htpasswd login failed");
                     Err(self.unauthorized("invalid user name or password"))
                 }
             }
-            Credentials::Bearer(_) => Err(self.unauthorized(
-                "bearer token is not valid here (expired, or not issued by this registry)",
-            )),
+            Credentials::Bearer(_) => {
+                Err(self.unauthorized("bearer token is not valid here (expired, or not issued by this registry)"))
+            }
         }
     }
 
@@ -447,6 +407,7 @@ impl Authenticator for HtpasswdAuthenticator {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -460,11 +421,7 @@ mod tests {
             plain:hunter2\n";
         let problems = HtpasswdUsers::parse(text).unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(
-            problems[0].contains("line 3")
-                && problems[0].contains("\"md5\"")
-                && problems[0].contains("$apr1$")
-        );
+        assert!(problems[0].contains("line 3") && problems[0].contains("\"md5\"") && problems[0].contains("$apr1$"));
         assert!(problems[1].contains("line 4") && problems[1].contains("{SHA}"));
         assert!(problems[2].contains("line 5") && problems[2].contains("DES"));
         assert!(problems[3].contains("line 6") && problems[3].contains("plaintext"));

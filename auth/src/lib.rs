@@ -22,9 +22,7 @@ pub mod ratelimit;
 pub mod service;
 pub mod token;
 
-pub use config::{
-    AccessRule, AuthConfig, AuthKind, ConfigProblem, DefaultPolicy, OidcConfig, TokenConfig,
-};
+pub use config::{AccessRule, AuthConfig, AuthKind, ConfigProblem, DefaultPolicy, OidcConfig, TokenConfig};
 pub use credentials::{Credentials, Secret};
 pub use htpasswd::{HtpasswdAuthenticator, HtpasswdError, HtpasswdOptions};
 pub use network::{NetworkAuthenticator, NetworkBoundary};

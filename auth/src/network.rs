@@ -37,18 +37,13 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     if let Ok(a) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(a));
     }
-    Err(format!(
-        "{s:?} is not a network (expected CIDR like 10.0.0.0/8 or an address)"
-    ))
+    Err(format!("{s:?} is not a network (expected CIDR like 10.0.0.0/8 or an address)"))
 }
 
 /// Maps `::ffff:a.b.c.d` to `a.b.c.d` so IPv4 rules apply to dual-stack sockets.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     }
 }
@@ -65,14 +60,8 @@ impl NetworkBoundary {
     /// Builds from config strings; returns the first unparsable entry.
     pub fn new(trusted: &[String], proxies: &[String]) -> Result<Self, String> {
         Ok(NetworkBoundary {
-            trusted: trusted
-                .iter()
-                .map(|s| parse_net(s))
-                .collect::<Result<_, _>>()?,
-            proxies: proxies
-                .iter()
-                .map(|s| parse_net(s))
-                .collect::<Result<_, _>>()?,
+            trusted: trusted.iter().map(|s| parse_net(s)).collect::<Result<_, _>>()?,
+            proxies: proxies.iter().map(|s| parse_net(s)).collect::<Result<_, _>>()?,
         })
     }
 
@@ -92,11 +81,7 @@ impl NetworkBoundary {
     /// proxy, in which case the right-most `X-Forwarded-For` entry that is
     /// not itself a trusted proxy (or the left-most if all are). A malformed
     /// entry where the client should be is `DENIED` (fail closed).
-    pub fn client_ip(
-        &self,
-        peer: IpAddr,
-        forwarded_for: Option<&str>,
-    ) -> Result<IpAddr, RegistryError> {
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> Result<IpAddr, RegistryError> {
         let peer = canonical_ip(peer);
         let Some(xff) = forwarded_for else {
             return Ok(peer);
@@ -110,9 +95,8 @@ impl NetworkBoundary {
             if entry.is_empty() {
                 continue;
             }
-            let ip = parse_forwarded_entry(entry).ok_or_else(|| {
-                RegistryError::denied("malformed X-Forwarded-For header from a trusted proxy")
-            })?;
+            let ip = parse_forwarded_entry(entry)
+                .ok_or_else(|| RegistryError::denied("malformed X-Forwarded-For header from a trusted proxy"))?;
             client = canonical_ip(ip);
             if !self.is_proxy(client) {
                 return Ok(client);
@@ -123,11 +107,7 @@ impl NetworkBoundary {
 
     /// Resolves the client address and refuses it unless trusted (403 DENIED
     /// naming `auth.trusted_networks`).
-    pub fn admit(
-        &self,
-        peer: IpAddr,
-        forwarded_for: Option<&str>,
-    ) -> Result<IpAddr, RegistryError> {
+    pub fn admit(&self, peer: IpAddr, forwarded_for: Option<&str>) -> Result<IpAddr, RegistryError> {
         let client = self.client_ip(peer, forwarded_for)?;
         if self.is_trusted(client) {
             Ok(client)
@@ -159,6 +139,7 @@ fn parse_forwarded_entry(s: &str) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -176,14 +157,8 @@ mod tests {
 
     #[test]
     fn forwarded_entries() {
-        assert_eq!(
-            parse_forwarded_entry("[::1]:80"),
-            Some("::1".parse().unwrap())
-        );
-        assert_eq!(
-            parse_forwarded_entry("1.2.3.4:80"),
-            Some("1.2.3.4".parse().unwrap())
-        );
+        assert_eq!(parse_forwarded_entry("[::1]:80"), Some("::1".parse().unwrap()));
+        assert_eq!(parse_forwarded_entry("1.2.3.4:80"), Some("1.2.3.4".parse().unwrap()));
         assert_eq!(parse_forwarded_entry("unknown"), None);
     }
 }

@@ -31,19 +31,14 @@ pub fn parse_allowed_algorithm(s: &str) -> Result<Algorithm, String> {
     }
     let a: Algorithm = s.parse().map_err(|_| format!("unknown algorithm {s:?}"))?;
     if a.family() == AlgorithmFamily::Hmac {
-        return Err(format!(
-            "{s} is a shared-secret algorithm and cannot be verified with an issuer's public keys"
-        ));
+        return Err(format!("{s} is a shared-secret algorithm and cannot be verified with an issuer's public keys"));
     }
     Ok(a)
 }
 
 /// True if an `http(s)://host[:port]/…` URL names a loopback host.
 pub fn is_loopback_url(url: &str) -> bool {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .unwrap_or(url);
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or(url);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = if let Some(v6) = authority.strip_prefix('[') {
@@ -52,9 +47,7 @@ pub fn is_loopback_url(url: &str) -> bool {
         authority.split(':').next().unwrap_or("")
     };
     host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| crate::network::canonical_ip(ip).is_loopback())
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| crate::network::canonical_ip(ip).is_loopback())
 }
 
 #[derive(Default)]
@@ -99,26 +92,13 @@ impl OidcAuthenticator {
 
     /// Like [`OidcAuthenticator::new`] with a caller-built client (custom CA,
     /// proxy).
-    pub fn with_http_client(
-        cfg: OidcConfig,
-        http: reqwest::Client,
-        realm: &str,
-    ) -> Result<Self, String> {
-        let algorithms = cfg
-            .algorithms
-            .iter()
-            .map(|a| parse_allowed_algorithm(a))
-            .collect::<Result<Vec<_>, _>>()?;
+    pub fn with_http_client(cfg: OidcConfig, http: reqwest::Client, realm: &str) -> Result<Self, String> {
+        let algorithms = cfg.algorithms.iter().map(|a| parse_allowed_algorithm(a)).collect::<Result<Vec<_>, _>>()?;
         if algorithms.is_empty() {
             return Err("auth.oidc.algorithms is empty".to_owned());
         }
-        if cfg.issuer.starts_with("http://")
-            && !cfg.allow_insecure_http
-            && !is_loopback_url(&cfg.issuer)
-        {
-            return Err(
-                "auth.oidc.issuer: http:// is only allowed for loopback issuers".to_owned(),
-            );
+        if cfg.issuer.starts_with("http://") && !cfg.allow_insecure_http && !is_loopback_url(&cfg.issuer) {
+            return Err("auth.oidc.issuer: http:// is only allowed for loopback issuers".to_owned());
         }
         Ok(OidcAuthenticator {
             cfg,
@@ -154,9 +134,7 @@ impl OidcAuthenticator {
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
             if body.len() + chunk.len() > MAX_DOCUMENT {
-                return Err(format!(
-                    "GET {url}: document larger than {MAX_DOCUMENT} bytes"
-                ));
+                return Err(format!("GET {url}: document larger than {MAX_DOCUMENT} bytes"));
             }
             body.extend_from_slice(&chunk);
         }
@@ -172,9 +150,7 @@ impl OidcAuthenticator {
         let jwks_uri = match jwks_uri {
             Some(u) => u,
             None => {
-                let doc = self
-                    .get_json(&format!("{issuer}/.well-known/openid-configuration"))
-                    .await?;
+                let doc = self.get_json(&format!("{issuer}/.well-known/openid-configuration")).await?;
                 let doc_issuer = doc.get("issuer").and_then(Value::as_str).unwrap_or("");
                 if doc_issuer.trim_end_matches('/') != issuer {
                     return Err(format!(
@@ -182,10 +158,7 @@ impl OidcAuthenticator {
                         self.cfg.issuer
                     ));
                 }
-                doc.get("jwks_uri")
-                    .and_then(Value::as_str)
-                    .ok_or("discovery document has no jwks_uri")?
-                    .to_owned()
+                doc.get("jwks_uri").and_then(Value::as_str).ok_or("discovery document has no jwks_uri")?.to_owned()
             }
         };
         let raw = self.get_json(&jwks_uri).await?;
@@ -209,10 +182,7 @@ impl OidcAuthenticator {
             Some(k) => keys.find(k).cloned(),
             None => {
                 // Without a kid, accept only an unambiguous key of the right family.
-                let mut it = keys
-                    .keys
-                    .iter()
-                    .filter(|j| key_family(j) == Some(alg.family()));
+                let mut it = keys.keys.iter().filter(|j| key_family(j) == Some(alg.family()));
                 match (it.next(), it.next()) {
                     (Some(j), None) => Some(j.clone()),
                     _ => None,
@@ -230,14 +200,8 @@ impl OidcAuthenticator {
         if let Some(k) = self.cached_key(kid, alg).await {
             return Ok(k);
         }
-        let loaded = self
-            .state
-            .read()
-            .await
-            .fetched
-            .is_some_and(|t| t.elapsed() < JWKS_MAX_AGE);
-        let may_fetch =
-            !loaded || last.is_none_or(|t| t.elapsed() >= self.cfg.jwks_refetch_interval);
+        let loaded = self.state.read().await.fetched.is_some_and(|t| t.elapsed() < JWKS_MAX_AGE);
+        let may_fetch = !loaded || last.is_none_or(|t| t.elapsed() >= self.cfg.jwks_refetch_interval);
         if may_fetch {
             *last = Some(Instant::now());
             if let Err(e) = self.fetch_keys().await {
@@ -251,22 +215,17 @@ impl OidcAuthenticator {
             }
         }
         drop(last);
-        self.cached_key(kid, alg)
-            .await
-            .ok_or_else(|| self.invalid("token signed by an unknown key"))
+        self.cached_key(kid, alg).await.ok_or_else(|| self.invalid("token signed by an unknown key"))
     }
 
     fn invalid(&self, msg: &str) -> RegistryError {
-        RegistryError::new(ErrorCode::Unauthorized, format!("invalid token: {msg}")).with_header(
-            "WWW-Authenticate",
-            format!("Bearer realm=\"{}\",error=\"invalid_token\"", self.realm),
-        )
+        RegistryError::new(ErrorCode::Unauthorized, format!("invalid token: {msg}"))
+            .with_header("WWW-Authenticate", format!("Bearer realm=\"{}\",error=\"invalid_token\"", self.realm))
     }
 
     /// Verifies a JWT and maps its claims to an identity.
     pub async fn verify(&self, token: &str) -> Result<Identity, RegistryError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| self.invalid("malformed or unsigned JWT"))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| self.invalid("malformed or unsigned JWT"))?;
         if !self.algorithms.contains(&header.alg) {
             return Err(self.invalid("signature algorithm not allowed"));
         }
@@ -282,8 +241,7 @@ impl OidcAuthenticator {
         if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
             return Err(self.invalid("key is not a signing key"));
         }
-        let key =
-            DecodingKey::from_jwk(&jwk).map_err(|_| self.invalid("issuer key is unusable"))?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| self.invalid("issuer key is unusable"))?;
         let mut v = Validation::new(header.alg);
         v.algorithms = vec![header.alg];
         v.set_issuer(&[self.cfg.issuer.as_str()]);
@@ -291,20 +249,19 @@ impl OidcAuthenticator {
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         v.validate_nbf = true;
         v.leeway = self.cfg.leeway.as_secs();
-        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &v)
-            .map_err(|e| {
-                let why = match e.kind() {
-                    ErrorKind::ExpiredSignature => "expired",
-                    ErrorKind::ImmatureSignature => "not yet valid (nbf)",
-                    ErrorKind::InvalidAudience => "wrong audience",
-                    ErrorKind::InvalidIssuer => "wrong issuer",
-                    ErrorKind::InvalidSignature => "bad signature",
-                    ErrorKind::MissingRequiredClaim(_) => "missing exp, iss or aud",
-                    ErrorKind::InvalidAlgorithm => "algorithm mismatch",
-                    _ => "rejected",
-                };
-                self.invalid(why)
-            })?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &v).map_err(|e| {
+            let why = match e.kind() {
+                ErrorKind::ExpiredSignature => "expired",
+                ErrorKind::ImmatureSignature => "not yet valid (nbf)",
+                ErrorKind::InvalidAudience => "wrong audience",
+                ErrorKind::InvalidIssuer => "wrong issuer",
+                ErrorKind::InvalidSignature => "bad signature",
+                ErrorKind::MissingRequiredClaim(_) => "missing exp, iss or aud",
+                ErrorKind::InvalidAlgorithm => "algorithm mismatch",
+                _ => "rejected",
+            };
+            self.invalid(why)
+        })?;
         let claims = data.claims;
         let name = claims
             .get(&self.cfg.username_claim)
@@ -313,11 +270,7 @@ impl OidcAuthenticator {
             .ok_or_else(|| self.invalid("the user-name claim is missing"))?
             .to_owned();
         let groups = match claims.get(&self.cfg.groups_claim) {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
             Some(Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         };
@@ -359,6 +312,7 @@ impl Authenticator for OidcAuthenticator {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -34,18 +34,13 @@ impl RepoPattern {
                 return Err(format!("pattern {s:?} has an empty component"));
             }
             if p.contains("**") && p != "**" {
-                return Err(format!(
-                    "in pattern {s:?}, ** must be a whole component (like myorg/**)"
-                ));
+                return Err(format!("in pattern {s:?}, ** must be a whole component (like myorg/**)"));
             }
-            if !p.bytes().all(|b| {
-                b.is_ascii_lowercase()
-                    || b.is_ascii_digit()
-                    || matches!(b, b'.' | b'_' | b'-' | b'*')
-            }) {
-                return Err(format!(
-                    "pattern {s:?} may only hold lowercase letters, digits, . _ - / and *"
-                ));
+            if !p
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'*'))
+            {
+                return Err(format!("pattern {s:?} may only hold lowercase letters, digits, . _ - / and *"));
             }
         }
         Ok(RepoPattern { parts })
@@ -63,9 +58,7 @@ fn match_parts(pat: &[String], name: &[&str]) -> bool {
         None => name.is_empty(),
         Some((p, rest)) if p == "**" => (0..=name.len()).any(|i| match_parts(rest, &name[i..])),
         Some((p, rest)) => match name.split_first() {
-            Some((n, nrest)) => {
-                match_component(p.as_bytes(), n.as_bytes()) && match_parts(rest, nrest)
-            }
+            Some((n, nrest)) => match_component(p.as_bytes(), n.as_bytes()) && match_parts(rest, nrest),
             None => false,
         },
     }
@@ -75,9 +68,7 @@ fn match_component(p: &[u8], n: &[u8]) -> bool {
     match p.split_first() {
         None => n.is_empty(),
         Some((b'*', prest)) => (0..=n.len()).any(|i| match_component(prest, &n[i..])),
-        Some((c, prest)) => n
-            .split_first()
-            .is_some_and(|(d, nrest)| c == d && match_component(prest, nrest)),
+        Some((c, prest)) => n.split_first().is_some_and(|(d, nrest)| c == d && match_component(prest, nrest)),
     }
 }
 
@@ -123,10 +114,7 @@ impl Actions {
 
     /// The actions in canonical order.
     pub fn to_vec(self) -> Vec<Action> {
-        Action::ALL
-            .into_iter()
-            .filter(|a| self.contains(*a))
-            .collect()
+        Action::ALL.into_iter().filter(|a| self.contains(*a)).collect()
     }
 }
 
@@ -170,20 +158,13 @@ impl RulePolicy {
     /// Compiles rules (validate them first with [`crate::config::validate`];
     /// an invalid rule is an error naming its index). `upstream_hosts` are
     /// the first components of cached upstream namespaces (`docker.io`, …).
-    pub fn new(
-        rules: &[AccessRule],
-        default: DefaultPolicy,
-        upstream_hosts: &[String],
-    ) -> Result<Self, String> {
+    pub fn new(rules: &[AccessRule], default: DefaultPolicy, upstream_hosts: &[String]) -> Result<Self, String> {
         let mut compiled = Vec::with_capacity(rules.len());
         for (i, r) in rules.iter().enumerate() {
-            let pattern = RepoPattern::parse(&r.repository)
-                .map_err(|e| format!("access[{i}].repository: {e}"))?;
+            let pattern = RepoPattern::parse(&r.repository).map_err(|e| format!("access[{i}].repository: {e}"))?;
             let mut actions = Actions::NONE;
             for a in &r.actions {
-                let a: Action = a
-                    .parse()
-                    .map_err(|_| format!("access[{i}].actions: unknown action {a:?}"))?;
+                let a: Action = a.parse().map_err(|_| format!("access[{i}].actions: unknown action {a:?}"))?;
                 actions = actions.with(a);
             }
             compiled.push(CompiledRule {
@@ -197,10 +178,7 @@ impl RulePolicy {
         Ok(RulePolicy {
             rules: compiled,
             default,
-            upstream_hosts: upstream_hosts
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            upstream_hosts: upstream_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         })
     }
 
@@ -248,6 +226,7 @@ impl AccessPolicy for RulePolicy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -23,11 +23,7 @@ pub struct FailureLimiter {
 impl FailureLimiter {
     /// `max_failures = 0` disables the limiter.
     pub fn new(max_failures: u32, window: Duration) -> Self {
-        FailureLimiter {
-            max_failures,
-            window,
-            state: Mutex::new(HashMap::new()),
-        }
+        FailureLimiter { max_failures, window, state: Mutex::new(HashMap::new()) }
     }
 
     /// `Err(TOOMANYREQUESTS)` with `Retry-After` if `ip` is currently blocked.

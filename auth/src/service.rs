@@ -3,9 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use cove_core::{
-    AccessPolicy, Action, AuthRequest, Authenticator, ErrorCode, Identity, RegistryError, RepoName,
-};
+use cove_core::{AccessPolicy, Action, AuthRequest, Authenticator, ErrorCode, Identity, RegistryError, RepoName};
 
 use crate::config::{self, AccessRule, AuthConfig, AuthKind, ConfigProblem};
 use crate::credentials::Credentials;
@@ -93,8 +91,8 @@ impl AuthService {
         if !problems.is_empty() {
             return Err(AuthBuildError::Config(problems));
         }
-        let boundary = NetworkBoundary::new(&auth.trusted_networks, &auth.trusted_proxies)
-            .map_err(AuthBuildError::Setup)?;
+        let boundary =
+            NetworkBoundary::new(&auth.trusted_networks, &auth.trusted_proxies).map_err(AuthBuildError::Setup)?;
         let service = auth.token.service.clone();
         let authenticator: Arc<dyn Authenticator> = match auth.kind {
             AuthKind::Network => Arc::new(NetworkAuthenticator),
@@ -108,48 +106,28 @@ impl AuthService {
                 Arc::new(HtpasswdAuthenticator::open(path, opts).await?)
             }
             AuthKind::Oidc => {
-                let cfg = auth
-                    .oidc
-                    .clone()
-                    .ok_or_else(|| AuthBuildError::Setup("auth.oidc is required".into()))?;
+                let cfg = auth.oidc.clone().ok_or_else(|| AuthBuildError::Setup("auth.oidc is required".into()))?;
                 Arc::new(OidcAuthenticator::new(cfg, &service).map_err(AuthBuildError::Setup)?)
             }
         };
-        let policy = RulePolicy::new(access, auth.effective_default_policy(), upstream_hosts)
-            .map_err(AuthBuildError::Setup)?;
+        let policy =
+            RulePolicy::new(access, auth.effective_default_policy(), upstream_hosts).map_err(AuthBuildError::Setup)?;
         let key = match &auth.token.signing_key_file {
             Some(path) => {
                 let bytes = tokio::fs::read(path).await.map_err(|e| {
-                    AuthBuildError::Setup(format!(
-                        "auth.token.signing_key_file: cannot read {path}: {e}"
-                    ))
+                    AuthBuildError::Setup(format!("auth.token.signing_key_file: cannot read {path}: {e}"))
                 })?;
                 Some(bytes.trim_ascii().to_vec())
             }
             None => None,
         };
-        let tokens = TokenIssuer::new(
-            &auth.token.issuer,
-            &service,
-            auth.token.lifetime,
-            key.as_deref(),
-        )
-        .map_err(|e| AuthBuildError::Setup(format!("auth.token.signing_key_file: {e}")))?;
-        let realm = auth
-            .token
-            .realm
-            .clone()
-            .or_else(|| public_url.map(|u| format!("{}/token", u.trim_end_matches('/'))));
+        let tokens = TokenIssuer::new(&auth.token.issuer, &service, auth.token.lifetime, key.as_deref())
+            .map_err(|e| AuthBuildError::Setup(format!("auth.token.signing_key_file: {e}")))?;
+        let realm =
+            auth.token.realm.clone().or_else(|| public_url.map(|u| format!("{}/token", u.trim_end_matches('/'))));
         let limiter = FailureLimiter::new(auth.rate_limit.max_failures, auth.rate_limit.window);
         tracing::info!(kind = auth.kind.as_str(), token_realm = ?realm, "authentication configured");
-        Ok(AuthService::new(
-            boundary,
-            authenticator,
-            Arc::new(policy),
-            tokens,
-            limiter,
-            realm,
-        ))
+        Ok(AuthService::new(boundary, authenticator, Arc::new(policy), tokens, limiter, realm))
     }
 
     /// Assembles a service from parts (custom authenticators, tests).
@@ -161,14 +139,7 @@ impl AuthService {
         limiter: FailureLimiter,
         realm: Option<String>,
     ) -> Self {
-        AuthService {
-            boundary,
-            authenticator,
-            policy,
-            tokens,
-            limiter,
-            realm: realm.map(|r| r.replace('"', "")),
-        }
+        AuthService { boundary, authenticator, policy, tokens, limiter, realm: realm.map(|r| r.replace('"', "")) }
     }
 
     /// The authenticator's kind (`network`, `htpasswd`, `oidc`).
@@ -184,10 +155,7 @@ impl AuthService {
         let Some(realm) = &self.realm else {
             return Some(native);
         };
-        let mut c = format!(
-            "Bearer realm=\"{realm}\",service=\"{}\"",
-            self.tokens.service()
-        );
+        let mut c = format!("Bearer realm=\"{realm}\",service=\"{}\"", self.tokens.service());
         if !scopes.is_empty() {
             let s: Vec<String> = scopes.iter().map(Scope::to_scope_string).collect();
             c.push_str(&format!(",scope=\"{}\"", s.join(" ")));
@@ -207,11 +175,7 @@ impl AuthService {
     }
 
     /// Boundary, rate limit, credentials → who is calling.
-    async fn identify(
-        &self,
-        req: &AuthRequest<'_>,
-        scopes: &[Scope],
-    ) -> Result<(IpAddr, Caller), RegistryError> {
+    async fn identify(&self, req: &AuthRequest<'_>, scopes: &[Scope]) -> Result<(IpAddr, Caller), RegistryError> {
         let client = self.boundary.admit(req.peer, req.forwarded_for)?;
         let Some(header) = req.authorization else {
             return Ok((client, Caller::NoCredentials));
@@ -231,11 +195,7 @@ impl AuthService {
                 TokenCheck::NotOurs => {}
             }
         }
-        let inner = AuthRequest {
-            peer: client,
-            authorization: req.authorization,
-            forwarded_for: None,
-        };
+        let inner = AuthRequest { peer: client, authorization: req.authorization, forwarded_for: None };
         match self.authenticator.authenticate(&inner).await {
             Ok(Identity::Anonymous) => Ok((client, Caller::NoCredentials)),
             Ok(id) => Ok((client, Caller::Authenticated(id))),
@@ -288,9 +248,7 @@ impl AuthService {
                 _ => Ok(identity),
             };
         }
-        let policy_ok = needs
-            .iter()
-            .all(|(r, a)| self.policy.allows(&identity, *a, r));
+        let policy_ok = needs.iter().all(|(r, a)| self.policy.allows(&identity, *a, r));
         let token_ok = match &caller {
             Caller::Token(t) => needs.iter().all(|(r, a)| t.grants(r, *a)),
             _ => true,
@@ -304,18 +262,12 @@ impl AuthService {
                 .filter(|(r, a)| !self.policy.allows(&identity, *a, r))
                 .map(|(r, a)| format!("{a} on {r}"))
                 .collect();
-            let who = identity
-                .name()
-                .map_or("anonymous".to_owned(), |n| format!("user {n}"));
+            let who = identity.name().map_or("anonymous".to_owned(), |n| format!("user {n}"));
             format!("{who} is not allowed to {}", what.join(", "))
         };
         if policy_ok {
             // The token lacks a scope the identity could get: ask for a new token.
-            return Err(self.unauthorized(
-                "token does not grant this access",
-                &scopes,
-                Some("insufficient_scope"),
-            ));
+            return Err(self.unauthorized("token does not grant this access", &scopes, Some("insufficient_scope")));
         }
         if !identity.is_authenticated() && self.authenticator.challenge().is_some() {
             return Err(self.unauthorized(&format!("{}; log in", denied_msg()), &scopes, None));
@@ -327,9 +279,7 @@ impl AuthService {
     /// after `authorize(target, Push)` succeeded). On `false` the server
     /// should fall back to a plain upload session (202), as the spec says.
     pub async fn may_mount_from(&self, req: &AuthRequest<'_>, source: &RepoName) -> bool {
-        self.authorize_all(req, &[(source, Action::Pull)])
-            .await
-            .is_ok()
+        self.authorize_all(req, &[(source, Action::Pull)]).await.is_ok()
     }
 
     /// True if `identity` may see `repo` in the catalog (it may pull it).
@@ -343,19 +293,11 @@ impl AuthService {
     /// token). Grants each requested scope's actions that the policy allows
     /// (possibly none). Wrong credentials → 401 with a Basic challenge.
     /// Respond 200 with [`TokenResponse::to_json`].
-    pub async fn token(
-        &self,
-        query: &str,
-        req: &AuthRequest<'_>,
-    ) -> Result<TokenResponse, RegistryError> {
+    pub async fn token(&self, query: &str, req: &AuthRequest<'_>) -> Result<TokenResponse, RegistryError> {
         let mut requested = Vec::new();
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             if k == "scope" {
-                requested.extend(
-                    v.split(' ')
-                        .filter(|s| !s.is_empty())
-                        .filter_map(Scope::parse),
-                );
+                requested.extend(v.split(' ').filter(|s| !s.is_empty()).filter_map(Scope::parse));
             }
         }
         let client = self.boundary.admit(req.peer, req.forwarded_for)?;
@@ -374,11 +316,7 @@ impl AuthService {
                 match verified {
                     Some(id) => id,
                     None => {
-                        let inner = AuthRequest {
-                            peer: client,
-                            authorization: Some(header),
-                            forwarded_for: None,
-                        };
+                        let inner = AuthRequest { peer: client, authorization: Some(header), forwarded_for: None };
                         match self.authenticator.authenticate(&inner).await {
                             Ok(id) => id,
                             Err(e) if e.code == ErrorCode::Unauthorized => {
@@ -397,25 +335,18 @@ impl AuthService {
         for s in requested {
             match s {
                 Scope::Repository { repo, actions } => {
-                    let ok: Actions = actions
-                        .to_vec()
-                        .into_iter()
-                        .filter(|a| self.policy.allows(&identity, *a, &repo))
-                        .collect();
+                    let ok: Actions =
+                        actions.to_vec().into_iter().filter(|a| self.policy.allows(&identity, *a, &repo)).collect();
                     if ok != Actions::NONE {
                         granted.push(Scope::Repository { repo, actions: ok });
                     }
                 }
-                Scope::Catalog if identity.is_authenticated() || open_registry => {
-                    granted.push(Scope::Catalog)
-                }
+                Scope::Catalog if identity.is_authenticated() || open_registry => granted.push(Scope::Catalog),
                 Scope::Catalog => {}
             }
         }
         tracing::debug!(identity = ?identity, scopes = granted.len(), "registry token issued");
-        self.tokens
-            .issue(&identity, &granted)
-            .map_err(RegistryError::internal)
+        self.tokens.issue(&identity, &granted).map_err(RegistryError::internal)
     }
 }
 
@@ -428,15 +359,9 @@ fn scopes_for(needs: &[(&RepoName, Action)]) -> Vec<Scope> {
         if *action == Action::Push {
             acts = acts.with(Action::Pull);
         }
-        match out
-            .iter_mut()
-            .find(|s| matches!(s, Scope::Repository { repo: r, .. } if r == *repo))
-        {
+        match out.iter_mut().find(|s| matches!(s, Scope::Repository { repo: r, .. } if r == *repo)) {
             Some(Scope::Repository { actions, .. }) => *actions = actions.union(acts),
-            _ => out.push(Scope::Repository {
-                repo: (*repo).clone(),
-                actions: acts,
-            }),
+            _ => out.push(Scope::Repository { repo: (*repo).clone(), actions: acts }),
         }
     }
     out

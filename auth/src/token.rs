@@ -54,12 +54,7 @@ impl Scope {
         match self {
             Scope::Repository { repo, actions } => format!(
                 "repository:{repo}:{}",
-                actions
-                    .to_vec()
-                    .iter()
-                    .map(|a| a.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
+                actions.to_vec().iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",")
             ),
             Scope::Catalog => "registry:catalog:*".to_owned(),
         }
@@ -183,20 +178,11 @@ pub const MIN_SIGNING_KEY_LEN: usize = 32;
 impl TokenIssuer {
     /// A signer with `key` (at least [`MIN_SIGNING_KEY_LEN`] bytes) or, if
     /// `None`, a fresh random key.
-    pub fn new(
-        issuer: &str,
-        service: &str,
-        lifetime: Duration,
-        key: Option<&[u8]>,
-    ) -> Result<Self, String> {
+    pub fn new(issuer: &str, service: &str, lifetime: Duration, key: Option<&[u8]>) -> Result<Self, String> {
         let mut random = [0u8; 32];
         let key = match key {
             Some(k) if k.len() >= MIN_SIGNING_KEY_LEN => k,
-            Some(_) => {
-                return Err(format!(
-                    "the token signing key must be at least {MIN_SIGNING_KEY_LEN} bytes"
-                ))
-            }
+            Some(_) => return Err(format!("the token signing key must be at least {MIN_SIGNING_KEY_LEN} bytes")),
             None => {
                 crate::random_bytes(&mut random);
                 &random[..]
@@ -220,10 +206,8 @@ impl TokenIssuer {
 
     /// Signs a token for `identity` granting `scopes`.
     pub fn issue(&self, identity: &Identity, scopes: &[Scope]) -> Result<TokenResponse, String> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| "system clock before 1970".to_owned())?
-            .as_secs();
+        let now =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_err(|_| "system clock before 1970".to_owned())?.as_secs();
         let mut jti = [0u8; 16];
         crate::random_bytes(&mut jti);
         let access = scopes
@@ -232,17 +216,11 @@ impl TokenIssuer {
                 Scope::Repository { repo, actions } => AccessEntry {
                     kind: "repository".into(),
                     name: repo.to_string(),
-                    actions: actions
-                        .to_vec()
-                        .iter()
-                        .map(|a| a.as_str().to_owned())
-                        .collect(),
+                    actions: actions.to_vec().iter().map(|a| a.as_str().to_owned()).collect(),
                 },
-                Scope::Catalog => AccessEntry {
-                    kind: "registry".into(),
-                    name: "catalog".into(),
-                    actions: vec!["*".into()],
-                },
+                Scope::Catalog => {
+                    AccessEntry { kind: "registry".into(), name: "catalog".into(), actions: vec!["*".into()] }
+                }
             })
             .collect();
         let claims = RegistryClaims {
@@ -258,13 +236,9 @@ impl TokenIssuer {
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|e| format!("cannot sign token: {e}"))?;
-        Ok(TokenResponse {
-            token,
-            expires_in: self.lifetime.as_secs(),
-            issued_at: rfc3339(now),
-        })
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| format!("cannot sign token: {e}"))?;
+        Ok(TokenResponse { token, expires_in: self.lifetime.as_secs(), issued_at: rfc3339(now) })
     }
 
     /// Checks whether `token` is ours and valid.
@@ -292,14 +266,8 @@ impl TokenIssuer {
             }
         };
         let c = data.claims;
-        let identity = if c.sub.is_empty() {
-            Identity::Anonymous
-        } else {
-            Identity::User {
-                name: c.sub,
-                groups: c.groups,
-            }
-        };
+        let identity =
+            if c.sub.is_empty() { Identity::Anonymous } else { Identity::User { name: c.sub, groups: c.groups } };
         let scopes = c
             .access
             .iter()
@@ -324,15 +292,11 @@ pub fn rfc3339(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

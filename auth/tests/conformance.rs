@@ -6,9 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use cove_auth::{
-    HtpasswdAuthenticator, HtpasswdOptions, NetworkAuthenticator, OidcAuthenticator, OidcConfig,
-};
+use cove_auth::{HtpasswdAuthenticator, HtpasswdOptions, NetworkAuthenticator, OidcAuthenticator, OidcConfig};
 
 #[tokio::test]
 async fn network_authenticator_conforms() {
@@ -28,9 +26,7 @@ async fn htpasswd_authenticator_conforms() {
     let path = dir.path().join("htpasswd");
     let hash = bcrypt::hash("correct horse", 5).unwrap();
     std::fs::write(&path, format!("alice:{hash}\n")).unwrap();
-    let a = HtpasswdAuthenticator::open(&path, HtpasswdOptions::default())
-        .await
-        .unwrap();
+    let a = HtpasswdAuthenticator::open(&path, HtpasswdOptions::default()).await.unwrap();
     let e = Expect {
         verifies_credentials: true,
         good: Some((basic("alice", "correct horse"), "alice".into())),

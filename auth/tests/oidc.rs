@@ -36,16 +36,8 @@ async fn auth(a: &OidcAuthenticator, token: &str) -> Result<Identity, RegistryEr
 fn assert_invalid(r: Result<Identity, RegistryError>, why: &str) {
     let e = r.expect_err(why);
     assert_eq!(e.code, ErrorCode::Unauthorized, "{why}: {e}");
-    let c = &e
-        .headers
-        .iter()
-        .find(|(k, _)| *k == "WWW-Authenticate")
-        .unwrap()
-        .1;
-    assert!(
-        c.starts_with("Bearer realm=") && c.contains("invalid_token"),
-        "{c}"
-    );
+    let c = &e.headers.iter().find(|(k, _)| *k == "WWW-Authenticate").unwrap().1;
+    assert!(c.starts_with("Bearer realm=") && c.contains("invalid_token"), "{c}");
 }
 
 #[tokio::test]
@@ -57,20 +49,11 @@ async fn good_tokens_rs256_and_es256_map_claims() {
     let a = OidcAuthenticator::new(config(&iss.url, "10s"), "cove").unwrap();
     for k in [&rsa, &ec] {
         let id = auth(&a, &k.sign(&claims(&iss.url))).await.unwrap();
-        assert_eq!(
-            id,
-            Identity::User {
-                name: "ci@example.org".into(),
-                groups: vec!["builders".into(), "ops".into()]
-            }
-        );
+        assert_eq!(id, Identity::User { name: "ci@example.org".into(), groups: vec!["builders".into(), "ops".into()] });
     }
     // The JWT as the password of Basic credentials (docker login -p "$JWT").
     let h = basic("ci", &ec.sign(&claims(&iss.url)));
-    let id = a
-        .authenticate(&req("127.0.0.1", Some(&h), None))
-        .await
-        .unwrap();
+    let id = a.authenticate(&req("127.0.0.1", Some(&h), None)).await.unwrap();
     assert_eq!(id.name(), Some("ci@example.org"));
     assert_eq!(iss.jwks_fetches.load(Ordering::SeqCst), 1, "JWKS is cached");
 }
@@ -108,11 +91,7 @@ async fn bad_tokens_are_rejected() {
 
     // alg: none — an unsigned token naming a real kid.
     let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let none = format!(
-        "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT", "kid": "rsa-1"})),
-        b64(&claims(&iss.url))
-    );
+    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT", "kid": "rsa-1"})), b64(&claims(&iss.url)));
     assert_invalid(auth(&a, &none).await, "alg none");
 
     // HS256 signed with the RSA public key material (key confusion).
@@ -159,15 +138,8 @@ async fn rotated_key_is_accepted_after_refetch() {
     iss.set_keys(vec![new.jwk()]);
     let id = auth(&a, &new.sign(&claims(&iss.url))).await.unwrap();
     assert_eq!(id.name(), Some("ci@example.org"));
-    assert_eq!(
-        iss.jwks_fetches.load(Ordering::SeqCst),
-        2,
-        "one refetch for the unknown kid"
-    );
-    assert_invalid(
-        auth(&a, &old.sign(&claims(&iss.url))).await,
-        "withdrawn key",
-    );
+    assert_eq!(iss.jwks_fetches.load(Ordering::SeqCst), 2, "one refetch for the unknown kid");
+    assert_invalid(auth(&a, &old.sign(&claims(&iss.url))).await, "withdrawn key");
 }
 
 #[tokio::test]
@@ -179,28 +151,16 @@ async fn unknown_kid_refetches_are_rate_limited() {
     auth(&a, &k.sign(&claims(&iss.url))).await.unwrap();
     let stranger = SigningKey::rsa("stranger");
     for i in 0..20 {
-        let s = SigningKey {
-            kid: format!("random-{i}"),
-            alg: stranger.alg,
-            key: stranger.key.clone(),
-        };
+        let s = SigningKey { kid: format!("random-{i}"), alg: stranger.alg, key: stranger.key.clone() };
         assert_invalid(auth(&a, &s.sign(&claims(&iss.url))).await, "unknown kid");
     }
-    assert_eq!(
-        iss.jwks_fetches.load(Ordering::SeqCst),
-        1,
-        "unknown kids must not hammer the issuer"
-    );
+    assert_eq!(iss.jwks_fetches.load(Ordering::SeqCst), 1, "unknown kids must not hammer the issuer");
 }
 
 #[tokio::test]
 async fn unreachable_issuer_is_unavailable_not_unauthorized() {
     // Bind then drop a listener to get a dead loopback port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
     let a = OidcAuthenticator::new(config(&url, "0s"), "cove").unwrap();
     let k = SigningKey::rsa("k");
@@ -211,19 +171,10 @@ async fn unreachable_issuer_is_unavailable_not_unauthorized() {
 #[test]
 fn insecure_or_symmetric_settings_are_refused() {
     let mut c = config("http://idp.example.com", "10s");
-    assert!(
-        OidcAuthenticator::new(c.clone(), "cove").is_err(),
-        "plain http to a non-loopback issuer"
-    );
+    assert!(OidcAuthenticator::new(c.clone(), "cove").is_err(), "plain http to a non-loopback issuer");
     c.issuer = "https://idp.example.com".into();
     c.algorithms = vec!["RS256".into(), "HS256".into()];
-    assert!(
-        OidcAuthenticator::new(c.clone(), "cove").is_err(),
-        "HS256 in the allow-list"
-    );
+    assert!(OidcAuthenticator::new(c.clone(), "cove").is_err(), "HS256 in the allow-list");
     c.algorithms = vec!["none".into()];
-    assert!(
-        OidcAuthenticator::new(c, "cove").is_err(),
-        "none in the allow-list"
-    );
+    assert!(OidcAuthenticator::new(c, "cove").is_err(), "none in the allow-list");
 }

@@ -14,22 +14,11 @@ use http_body_util::Full;
 use hyper::{Request, Response};
 
 pub fn basic(user: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
 }
 
-pub fn req<'a>(
-    peer: &str,
-    authorization: Option<&'a str>,
-    xff: Option<&'a str>,
-) -> AuthRequest<'a> {
-    AuthRequest {
-        peer: peer.parse::<IpAddr>().unwrap(),
-        authorization,
-        forwarded_for: xff,
-    }
+pub fn req<'a>(peer: &str, authorization: Option<&'a str>, xff: Option<&'a str>) -> AuthRequest<'a> {
+    AuthRequest { peer: peer.parse::<IpAddr>().unwrap(), authorization, forwarded_for: xff }
 }
 
 // ---------------------------------------------------------------------------
@@ -50,26 +39,15 @@ pub struct Expect {
 
 pub async fn anonymous(a: &dyn Authenticator) {
     let id = a.authenticate(&req("127.0.0.1", None, None)).await.unwrap();
-    assert_eq!(
-        id,
-        Identity::Anonymous,
-        "{}: no header must be anonymous",
-        a.kind()
-    );
+    assert_eq!(id, Identity::Anonymous, "{}: no header must be anonymous", a.kind());
 }
 
 pub async fn good_credentials(a: &dyn Authenticator, e: &Expect) {
     let Some((header, user)) = &e.good else {
-        assert!(
-            !e.verifies_credentials,
-            "a verifying authenticator must provide good credentials"
-        );
+        assert!(!e.verifies_credentials, "a verifying authenticator must provide good credentials");
         return;
     };
-    let id = a
-        .authenticate(&req("127.0.0.1", Some(header), None))
-        .await
-        .unwrap();
+    let id = a.authenticate(&req("127.0.0.1", Some(header), None)).await.unwrap();
     if e.verifies_credentials {
         assert_eq!(id.name(), Some(user.as_str()), "{}", a.kind());
     } else {
@@ -120,10 +98,7 @@ pub fn challenge_format(a: &dyn Authenticator, e: &Expect) {
         (None, None) => {}
         (Some(c), Some(scheme)) => {
             assert!(c.starts_with(&format!("{scheme} ")), "{c}");
-            assert!(
-                c.contains("realm=\""),
-                "challenge needs a quoted realm: {c}"
-            );
+            assert!(c.contains("realm=\""), "challenge needs a quoted realm: {c}");
             assert_eq!(c.matches('"').count() % 2, 0, "unbalanced quotes: {c}");
         }
         (got, want) => panic!("{}: challenge {got:?}, expected scheme {want:?}", a.kind()),
@@ -157,36 +132,17 @@ fn assert_no_secret_echo(err: &cove_core::RegistryError, header: &str) {
 
 /// Runs `openssl` with `args`, returning stdout.
 pub fn openssl(args: &[&str]) -> String {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new("openssl").args(args).output().expect("openssl must be installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 pub fn rsa_pem() -> String {
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-    ])
+    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
 }
 
 pub fn ec_pem() -> String {
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-    ])
+    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
 }
 
 // ---------------------------------------------------------------------------
@@ -213,47 +169,39 @@ impl Issuer {
                 };
                 let (u, j, f) = (u.clone(), j.clone(), f.clone());
                 tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |r: Request<hyper::body::Incoming>| {
-                            let (u, j, f) = (u.clone(), j.clone(), f.clone());
-                            async move {
-                                let body = match r.uri().path() {
-                                    "/.well-known/openid-configuration" => serde_json::json!({
-                                        "issuer": u,
-                                        "jwks_uri": format!("{u}/jwks"),
-                                        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
-                                    })
-                                    .to_string(),
-                                    "/jwks" => {
-                                        f.fetch_add(1, Ordering::SeqCst);
-                                        j.lock().unwrap().to_string()
-                                    }
-                                    _ => {
-                                        return Ok::<_, Infallible>(
-                                            Response::builder()
-                                                .status(404)
-                                                .body(Full::new(Bytes::new()))
-                                                .unwrap(),
-                                        )
-                                    }
-                                };
-                                Ok(Response::builder()
-                                    .header("Content-Type", "application/json")
-                                    .body(Full::new(Bytes::from(body)))
-                                    .unwrap())
-                            }
-                        });
+                    let svc = hyper::service::service_fn(move |r: Request<hyper::body::Incoming>| {
+                        let (u, j, f) = (u.clone(), j.clone(), f.clone());
+                        async move {
+                            let body = match r.uri().path() {
+                                "/.well-known/openid-configuration" => serde_json::json!({
+                                    "issuer": u,
+                                    "jwks_uri": format!("{u}/jwks"),
+                                    "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+                                })
+                                .to_string(),
+                                "/jwks" => {
+                                    f.fetch_add(1, Ordering::SeqCst);
+                                    j.lock().unwrap().to_string()
+                                }
+                                _ => {
+                                    return Ok::<_, Infallible>(
+                                        Response::builder().status(404).body(Full::new(Bytes::new())).unwrap(),
+                                    )
+                                }
+                            };
+                            Ok(Response::builder()
+                                .header("Content-Type", "application/json")
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap())
+                        }
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Issuer {
-            url,
-            jwks,
-            jwks_fetches: fetches,
-        }
+        Issuer { url, jwks, jwks_fetches: fetches }
     }
 
     pub fn set_keys(&self, keys: Vec<serde_json::Value>) {
@@ -271,20 +219,12 @@ pub struct SigningKey {
 impl SigningKey {
     pub fn rsa(kid: &str) -> SigningKey {
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(rsa_pem().as_bytes()).unwrap();
-        SigningKey {
-            kid: kid.into(),
-            alg: jsonwebtoken::Algorithm::RS256,
-            key,
-        }
+        SigningKey { kid: kid.into(), alg: jsonwebtoken::Algorithm::RS256, key }
     }
 
     pub fn ec(kid: &str) -> SigningKey {
         let key = jsonwebtoken::EncodingKey::from_ec_pem(ec_pem().as_bytes()).unwrap();
-        SigningKey {
-            kid: kid.into(),
-            alg: jsonwebtoken::Algorithm::ES256,
-            key,
-        }
+        SigningKey { kid: kid.into(), alg: jsonwebtoken::Algorithm::ES256, key }
     }
 
     /// The public JWK, with `kid`, `alg` and `use`.
@@ -303,8 +243,5 @@ impl SigningKey {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
