@@ -37,9 +37,7 @@ impl Authorization {
     pub(crate) fn apply(&self, rb: RequestBuilder, creds: Option<&Credentials>) -> RequestBuilder {
         match (self, creds) {
             (Authorization::Bearer(t), _) => rb.bearer_auth(t),
-            (Authorization::Basic, Some(c)) => {
-                rb.basic_auth(&c.username, Some(c.password.expose()))
-            }
+            (Authorization::Basic, Some(c)) => rb.basic_auth(&c.username, Some(c.password.expose())),
             (Authorization::Basic, None) => rb,
         }
     }
@@ -92,10 +90,7 @@ impl AuthState {
 
     fn cached(&self, scope: &str) -> Option<String> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens
-            .get(scope)
-            .filter(|t| t.fresh_until > Instant::now())
-            .map(|t| t.token.clone())
+        tokens.get(scope).filter(|t| t.fresh_until > Instant::now()).map(|t| t.token.clone())
     }
 
     /// The authorization to send up front for `scope`: a cached token, a
@@ -109,11 +104,7 @@ impl AuthState {
         if let Some(t) = self.cached(scope) {
             return Ok(Some(Authorization::Bearer(t)));
         }
-        let known = self
-            .bearer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let known = self.bearer.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(ep) = known {
             let t = self.fetch_token(client, &ep, scope, scope, None).await?;
             return Ok(Some(Authorization::Bearer(t)));
@@ -146,19 +137,12 @@ impl AuthState {
                 .and_then(|r| Url::parse(r).ok())
                 .filter(|u| matches!(u.scheme(), "http" | "https"))
                 .ok_or_else(|| {
-                    Failure::Fatal(UpstreamError::Invalid(
-                        "Bearer challenge without a valid http(s) realm".into(),
-                    ))
+                    Failure::Fatal(UpstreamError::Invalid("Bearer challenge without a valid http(s) realm".into()))
                 })?;
-            let ep = BearerEndpoint {
-                realm,
-                service: b.param("service").map(str::to_owned),
-            };
+            let ep = BearerEndpoint { realm, service: b.param("service").map(str::to_owned) };
             *self.bearer.lock().unwrap_or_else(|p| p.into_inner()) = Some(ep.clone());
             let token_scope = b.param("scope").unwrap_or(scope);
-            let t = self
-                .fetch_token(client, &ep, token_scope, scope, rejected)
-                .await?;
+            let t = self.fetch_token(client, &ep, token_scope, scope, rejected).await?;
             return Ok(Authorization::Bearer(t));
         }
         if challenges.iter().any(|c| c.is("basic")) {
@@ -170,9 +154,7 @@ impl AuthState {
                 "upstream requires Basic credentials and none are configured".into(),
             )));
         }
-        Err(Failure::Fatal(UpstreamError::Unauthorized(
-            "upstream answered 401 without a usable challenge".into(),
-        )))
+        Err(Failure::Fatal(UpstreamError::Unauthorized("upstream answered 401 without a usable challenge".into())))
     }
 
     /// Fetches a token for `token_scope` from the realm and caches it under
@@ -218,49 +200,28 @@ impl AuthState {
         if status.as_u16() == 401 || status.as_u16() == 403 {
             return Err(Failure::Fatal(UpstreamError::Unauthorized(format!(
                 "token service refused {} request ({status})",
-                if with_creds {
-                    "the credentialed"
-                } else {
-                    "an anonymous"
-                }
+                if with_creds { "the credentialed" } else { "an anonymous" }
             ))));
         }
         if !status.is_success() {
             return Err(status_failure(status, resp.headers()));
         }
         let body = read_capped(resp, MAX_TOKEN_RESPONSE, "token response").await?;
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
-            Failure::Fatal(UpstreamError::Invalid(
-                "token response is not the expected JSON".into(),
-            ))
-        })?;
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| Failure::Fatal(UpstreamError::Invalid("token response is not the expected JSON".into())))?;
         let token = parsed
             .token
             .filter(|t| !t.is_empty())
             .or(parsed.access_token.filter(|t| !t.is_empty()))
-            .ok_or_else(|| {
-                Failure::Fatal(UpstreamError::Invalid(
-                    "token response holds no token".into(),
-                ))
-            })?;
-        let lifetime = parsed
-            .expires_in
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+            .ok_or_else(|| Failure::Fatal(UpstreamError::Invalid("token response holds no token".into())))?;
+        let lifetime = parsed.expires_in.filter(|s| *s > 0).map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME);
         let fresh_until = started + lifetime - token_margin(lifetime);
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if tokens.len() >= PRUNE_AT {
             let now = Instant::now();
             tokens.retain(|_, t| t.fresh_until > now);
         }
-        tokens.insert(
-            key.to_owned(),
-            CachedToken {
-                token: token.clone(),
-                fresh_until,
-            },
-        );
+        tokens.insert(key.to_owned(), CachedToken { token: token.clone(), fresh_until });
         Ok(token)
     }
 }
@@ -277,17 +238,8 @@ mod tests {
 
     #[test]
     fn margins() {
-        assert_eq!(
-            token_margin(Duration::from_secs(60)),
-            Duration::from_secs(12)
-        );
-        assert_eq!(
-            token_margin(Duration::from_secs(300)),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            token_margin(Duration::from_secs(1)),
-            Duration::from_millis(200)
-        );
+        assert_eq!(token_margin(Duration::from_secs(60)), Duration::from_secs(12));
+        assert_eq!(token_margin(Duration::from_secs(300)), Duration::from_secs(30));
+        assert_eq!(token_margin(Duration::from_secs(1)), Duration::from_millis(200));
     }
 }

@@ -13,10 +13,7 @@ pub struct Challenge {
 impl Challenge {
     /// The value of parameter `name` (case-insensitive), if present.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Whether the scheme is `scheme` (case-insensitive).
@@ -74,14 +71,11 @@ impl<'a> Cursor<'a> {
                 None => return Err(ChallengeError("unterminated quoted string")),
                 Some(b'"') => {
                     self.pos += 1;
-                    return String::from_utf8(out)
-                        .map_err(|_| ChallengeError("quoted string is not UTF-8"));
+                    return String::from_utf8(out).map_err(|_| ChallengeError("quoted string is not UTF-8"));
                 }
                 Some(b'\\') => {
                     self.pos += 1;
-                    let c = self
-                        .peek()
-                        .ok_or(ChallengeError("unterminated escape in quoted string"))?;
+                    let c = self.peek().ok_or(ChallengeError("unterminated escape in quoted string"))?;
                     out.push(c);
                     self.pos += 1;
                 }
@@ -97,10 +91,7 @@ impl<'a> Cursor<'a> {
     /// some servers send realm URLs unquoted).
     fn bare_value(&mut self) -> String {
         let start = self.pos;
-        while self
-            .peek()
-            .is_some_and(|c| !matches!(c, b',' | b' ' | b'\t'))
-        {
+        while self.peek().is_some_and(|c| !matches!(c, b',' | b' ' | b'\t')) {
             self.pos += 1;
         }
         String::from_utf8_lossy(&self.s[start..self.pos]).into_owned()
@@ -114,10 +105,7 @@ impl<'a> Cursor<'a> {
 /// (`scope="repository:a/b:pull,push"`), and unquoted values. A token68
 /// credential (`Negotiate abc==`) is kept as a parameter with an empty name.
 pub fn parse_www_authenticate(header: &str) -> Result<Vec<Challenge>, ChallengeError> {
-    let mut c = Cursor {
-        s: header.as_bytes(),
-        pos: 0,
-    };
+    let mut c = Cursor { s: header.as_bytes(), pos: 0 };
     let mut out: Vec<Challenge> = Vec::new();
     loop {
         c.skip_spaces_and_commas();
@@ -128,10 +116,7 @@ pub fn parse_www_authenticate(header: &str) -> Result<Vec<Challenge>, ChallengeE
         if scheme.is_empty() {
             return Err(ChallengeError("expected an auth scheme"));
         }
-        let mut challenge = Challenge {
-            scheme: scheme.to_owned(),
-            params: Vec::new(),
-        };
+        let mut challenge = Challenge { scheme: scheme.to_owned(), params: Vec::new() };
         // Parameters: `name = value` separated by commas. A token not
         // followed by `=` starts the next challenge.
         loop {
@@ -164,11 +149,7 @@ pub fn parse_www_authenticate(header: &str) -> Result<Vec<Challenge>, ChallengeE
                 }
             }
             c.skip_spaces();
-            let value = if c.peek() == Some(b'"') {
-                c.quoted()?
-            } else {
-                c.bare_value()
-            };
+            let value = if c.peek() == Some(b'"') { c.quoted()? } else { c.bare_value() };
             challenge.params.push((name.to_ascii_lowercase(), value));
             c.skip_spaces();
             match c.peek() {
@@ -209,10 +190,7 @@ pub fn next_link(header: &str) -> Option<String> {
         for p in params.split(';') {
             if let Some((k, v)) = p.split_once('=') {
                 if k.trim().eq_ignore_ascii_case("rel")
-                    && v.trim()
-                        .trim_matches('"')
-                        .split_ascii_whitespace()
-                        .any(|r| r.eq_ignore_ascii_case("next"))
+                    && v.trim().trim_matches('"').split_ascii_whitespace().any(|r| r.eq_ignore_ascii_case("next"))
                 {
                     return Some(target.trim().to_owned());
                 }
@@ -315,10 +293,7 @@ mod tests {
             Some("/v2/a/tags/list?n=2&last=b")
         );
         assert_eq!(
-            next_link(
-                r#"<https://x/prev>; rel="prev", <https://x/next?a=1,2>; title="a, b"; rel=next"#
-            )
-            .as_deref(),
+            next_link(r#"<https://x/prev>; rel="prev", <https://x/next?a=1,2>; title="a, b"; rel=next"#).as_deref(),
             Some("https://x/next?a=1,2")
         );
         assert_eq!(next_link(r#"</p>; rel="prev""#), None);

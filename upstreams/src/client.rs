@@ -94,10 +94,7 @@ impl OciUpstream {
             host: upstream.host.clone(),
             base: upstream.url.clone(),
             tag_ttl: cfg.tag_ttl,
-            auth: Arc::new(AuthState::new(
-                credentials,
-                upstream.url.scheme() == "https",
-            )),
+            auth: Arc::new(AuthState::new(credentials, upstream.url.scheme() == "https")),
             client,
             retries: cfg.retries,
             backoff_base: Duration::from_millis(200),
@@ -163,12 +160,7 @@ impl OciUpstream {
     fn endpoint(&self, repo: &RepoName, tail: &str) -> Result<Url, UpstreamError> {
         // Names, tags and digests are validated types: no characters that
         // need escaping.
-        let s = format!(
-            "{}/v2/{}/{}",
-            self.base.as_str().trim_end_matches('/'),
-            repo,
-            tail
-        );
+        let s = format!("{}/v2/{}/{}", self.base.as_str().trim_end_matches('/'), repo, tail);
         Url::parse(&s).map_err(|e| UpstreamError::Invalid(format!("bad request URL: {e}")))
     }
 
@@ -208,9 +200,7 @@ impl OciUpstream {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .backoff_base
-            .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
+        let exp = self.backoff_base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
         exp.min(self.backoff_max).mul_f64(0.5 + 0.5 * jitter())
     }
 
@@ -233,19 +223,12 @@ impl OciUpstream {
             Some(Authorization::Bearer(t)) => Some(t.clone()),
             _ => None,
         };
-        let auth = self
-            .auth
-            .answer_challenge(&self.client, resp.headers(), scope, rejected.as_deref())
-            .await?;
+        let auth = self.auth.answer_challenge(&self.client, resp.headers(), scope, rejected.as_deref()).await?;
         let resp = self.send_once(method, url, accept, Some(&auth)).await?;
         match resp.status() {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(Failure::Fatal(UpstreamError::Unauthorized(format!(
-                    "{} answered {} after authentication",
-                    self.host,
-                    resp.status()
-                ))))
-            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Failure::Fatal(UpstreamError::Unauthorized(
+                format!("{} answered {} after authentication", self.host, resp.status()),
+            ))),
             _ => check_status(resp),
         }
     }
@@ -292,8 +275,7 @@ impl OciUpstream {
             if method == Method::HEAD {
                 let size = header_u64(resp.headers(), CONTENT_LENGTH.as_str())
                     .ok_or_else(|| invalid("manifest HEAD without a Content-Length"))?;
-                let media_type =
-                    content_type.ok_or_else(|| invalid("manifest HEAD without a Content-Type"))?;
+                let media_type = content_type.ok_or_else(|| invalid("manifest HEAD without a Content-Type"))?;
                 return Ok(Some(UpstreamManifest {
                     digest: match (announced, reference) {
                         (Some(d), _) => d,
@@ -309,8 +291,9 @@ impl OciUpstream {
             let bytes = read_capped(resp, self.max_manifest_size, "manifest").await?;
             let media_type = match content_type {
                 Some(m) => m,
-                None => media_type_field(&bytes)
-                    .ok_or_else(|| invalid("manifest without a Content-Type or mediaType"))?,
+                None => {
+                    media_type_field(&bytes).ok_or_else(|| invalid("manifest without a Content-Type or mediaType"))?
+                }
             };
             let digest = match announced {
                 Some(d) => d,
@@ -324,12 +307,7 @@ impl OciUpstream {
                     h.finish()
                 }
             };
-            Ok(Some(UpstreamManifest {
-                digest,
-                media_type,
-                size: bytes.len() as u64,
-                bytes: Some(bytes),
-            }))
+            Ok(Some(UpstreamManifest { digest, media_type, size: bytes.len() as u64, bytes: Some(bytes) }))
         })
         .await
     }
@@ -362,10 +340,7 @@ pub(crate) fn transport_failure(e: reqwest::Error) -> Failure {
     } else {
         "request failed"
     };
-    Failure::Retry(UpstreamError::Unavailable(format!(
-        "{kind}: {}",
-        error_chain(&e)
-    )))
+    Failure::Retry(UpstreamError::Unavailable(format!("{kind}: {}", error_chain(&e))))
 }
 
 /// An error and its sources on one line (reqwest's Display hides causes).
@@ -392,9 +367,7 @@ pub(crate) fn check_status(resp: Response) -> Result<Response, Failure> {
 pub(crate) fn status_failure(status: StatusCode, headers: &HeaderMap) -> Failure {
     match status.as_u16() {
         404 => Failure::Fatal(UpstreamError::NotFound),
-        401 | 403 => Failure::Fatal(UpstreamError::Unauthorized(format!(
-            "upstream answered {status}"
-        ))),
+        401 | 403 => Failure::Fatal(UpstreamError::Unauthorized(format!("upstream answered {status}"))),
         429 => {
             let retry_after = header_str(headers, RETRY_AFTER.as_str()).map(str::to_owned);
             let wait = retry_after.as_deref().and_then(parse_retry_after);
@@ -404,12 +377,8 @@ pub(crate) fn status_failure(status: StatusCode, headers: &HeaderMap) -> Failure
                 None => Failure::Fatal(e),
             }
         }
-        408 | 500..=599 => Failure::Retry(UpstreamError::Unavailable(format!(
-            "upstream answered {status}"
-        ))),
-        _ => Failure::Fatal(UpstreamError::Invalid(format!(
-            "unexpected status {status}"
-        ))),
+        408 | 500..=599 => Failure::Retry(UpstreamError::Unavailable(format!("upstream answered {status}"))),
+        _ => Failure::Fatal(UpstreamError::Invalid(format!("unexpected status {status}"))),
     }
 }
 
@@ -420,10 +389,7 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs(s));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -451,10 +417,7 @@ fn media_type_field(bytes: &[u8]) -> Option<String> {
 fn announced_digest(h: &HeaderMap) -> Result<Option<Digest>, Failure> {
     match header_str(h, "docker-content-digest") {
         None | Some("") => Ok(None),
-        Some(v) => v
-            .parse::<Digest>()
-            .map(Some)
-            .map_err(|_| invalid("malformed Docker-Content-Digest header")),
+        Some(v) => v.parse::<Digest>().map(Some).map_err(|_| invalid("malformed Docker-Content-Digest header")),
     }
 }
 
@@ -472,15 +435,10 @@ pub(crate) async fn read_capped(resp: Response, cap: usize, what: &str) -> Resul
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            Failure::Retry(UpstreamError::Unavailable(format!(
-                "reading the {what} failed: {}",
-                error_chain(&e)
-            )))
+            Failure::Retry(UpstreamError::Unavailable(format!("reading the {what} failed: {}", error_chain(&e))))
         })?;
         if buf.len() + chunk.len() > cap {
-            return Err(Failure::Fatal(UpstreamError::Invalid(format!(
-                "{what} exceeds the {cap}-byte limit"
-            ))));
+            return Err(Failure::Fatal(UpstreamError::Invalid(format!("{what} exceeds the {cap}-byte limit"))));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -488,18 +446,12 @@ pub(crate) async fn read_capped(resp: Response, cap: usize, what: &str) -> Resul
 }
 
 fn body_io_error(e: reqwest::Error) -> std::io::Error {
-    let kind = if e.is_timeout() {
-        std::io::ErrorKind::TimedOut
-    } else {
-        std::io::ErrorKind::UnexpectedEof
-    };
+    let kind = if e.is_timeout() { std::io::ErrorKind::TimedOut } else { std::io::ErrorKind::UnexpectedEof };
     std::io::Error::new(kind, format!("upstream body failed: {}", error_chain(&e)))
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme()
-        && a.host_str() == b.host_str()
-        && a.port_or_known_default() == b.port_or_known_default()
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
 }
 
 #[async_trait::async_trait]
@@ -508,11 +460,7 @@ impl Upstream for OciUpstream {
         &self.host
     }
 
-    async fn head_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<UpstreamManifest, UpstreamError> {
+    async fn head_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<UpstreamManifest, UpstreamError> {
         match self.manifest(Method::HEAD, repo, reference).await? {
             Some(m) => Ok(m),
             None => {
@@ -523,11 +471,7 @@ impl Upstream for OciUpstream {
         }
     }
 
-    async fn get_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<UpstreamManifest, UpstreamError> {
+    async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<UpstreamManifest, UpstreamError> {
         self.manifest(Method::GET, repo, reference)
             .await?
             .ok_or_else(|| UpstreamError::Invalid("manifest GET without a body".into()))
@@ -545,27 +489,16 @@ impl Upstream for OciUpstream {
         .await
     }
 
-    async fn get_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<UpstreamBlob, UpstreamError> {
+    async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<UpstreamBlob, UpstreamError> {
         let url = self.endpoint(repo, &format!("blobs/{digest}"))?;
         let scope = pull_scope(repo);
         let (url, scope) = (&url, scope.as_str());
         // Retried only until the response head arrives: once the stream is
         // handed out, a failure ends it with an error.
-        let resp = self
-            .retrying("blob GET", || async move {
-                self.send(&Method::GET, url, None, scope).await
-            })
-            .await?;
+        let resp = self.retrying("blob GET", || async move { self.send(&Method::GET, url, None, scope).await }).await?;
         let size = resp.content_length();
         let stream = resp.bytes_stream().map(|r| r.map_err(body_io_error));
-        Ok(UpstreamBlob {
-            size,
-            stream: Box::pin(stream),
-        })
+        Ok(UpstreamBlob { size, stream: Box::pin(stream) })
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, UpstreamError> {
@@ -585,8 +518,7 @@ impl Upstream for OciUpstream {
             let (page, next) = self
                 .retrying("tags", || async move {
                     let resp = self.send(&Method::GET, u, None, s).await?;
-                    let next = header_str(resp.headers(), LINK.as_str())
-                        .and_then(crate::challenge::next_link);
+                    let next = header_str(resp.headers(), LINK.as_str()).and_then(crate::challenge::next_link);
                     let body = read_capped(resp, MAX_TAGS_PAGE, "tag list").await?;
                     let page: TagList = serde_json::from_slice(&body)
                         .map_err(|e| invalid(&format!("tag list is not valid JSON: {e}")))?;
@@ -597,21 +529,15 @@ impl Upstream for OciUpstream {
             match next {
                 None => return Ok(all),
                 Some(link) => {
-                    let next = url
-                        .join(&link)
-                        .map_err(|_| UpstreamError::Invalid("bad Link header".into()))?;
+                    let next = url.join(&link).map_err(|_| UpstreamError::Invalid("bad Link header".into()))?;
                     if !same_origin(&next, &self.base) {
-                        return Err(UpstreamError::Invalid(
-                            "tag list Link points to another origin".into(),
-                        ));
+                        return Err(UpstreamError::Invalid("tag list Link points to another origin".into()));
                     }
                     url = next;
                 }
             }
         }
-        Err(UpstreamError::Invalid(format!(
-            "tag list has more than {MAX_TAG_PAGES} pages"
-        )))
+        Err(UpstreamError::Invalid(format!("tag list has more than {MAX_TAG_PAGES} pages")))
     }
 }
 
@@ -625,10 +551,7 @@ mod tests {
         assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
         let later = SystemTime::now() + Duration::from_secs(120);
         let d = parse_retry_after(&httpdate::fmt_http_date(later)).expect("date");
-        assert!(
-            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
-            "{d:?}"
-        );
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
         let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(60));
         assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
@@ -639,27 +562,12 @@ mod tests {
         let h = HeaderMap::new();
         let m = |s: u16| status_failure(StatusCode::from_u16(s).expect("status"), &h);
         assert!(matches!(m(404), Failure::Fatal(UpstreamError::NotFound)));
-        assert!(matches!(
-            m(401),
-            Failure::Fatal(UpstreamError::Unauthorized(_))
-        ));
-        assert!(matches!(
-            m(403),
-            Failure::Fatal(UpstreamError::Unauthorized(_))
-        ));
-        assert!(matches!(
-            m(500),
-            Failure::Retry(UpstreamError::Unavailable(_))
-        ));
-        assert!(matches!(
-            m(503),
-            Failure::Retry(UpstreamError::Unavailable(_))
-        ));
+        assert!(matches!(m(401), Failure::Fatal(UpstreamError::Unauthorized(_))));
+        assert!(matches!(m(403), Failure::Fatal(UpstreamError::Unauthorized(_))));
+        assert!(matches!(m(500), Failure::Retry(UpstreamError::Unavailable(_))));
+        assert!(matches!(m(503), Failure::Retry(UpstreamError::Unavailable(_))));
         assert!(matches!(m(400), Failure::Fatal(UpstreamError::Invalid(_))));
-        assert!(matches!(
-            m(429),
-            Failure::Fatal(UpstreamError::TooManyRequests { retry_after: None })
-        ));
+        assert!(matches!(m(429), Failure::Fatal(UpstreamError::TooManyRequests { retry_after: None })));
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, "3".parse().expect("hv"));
         match status_failure(StatusCode::TOO_MANY_REQUESTS, &h) {
@@ -691,16 +599,9 @@ mod tests {
             url: Url::parse("http://127.0.0.1:1").expect("url"),
             config: crate::config::UpstreamConfig::with_url("http://127.0.0.1:1"),
         };
-        let up = OciUpstream::new(&u)
-            .expect("build")
-            .with_backoff(Duration::from_millis(100), Duration::from_millis(1000));
-        for (attempt, lo, hi) in [
-            (0, 50, 100),
-            (1, 100, 200),
-            (2, 200, 400),
-            (5, 500, 1000),
-            (40, 500, 1000),
-        ] {
+        let up =
+            OciUpstream::new(&u).expect("build").with_backoff(Duration::from_millis(100), Duration::from_millis(1000));
+        for (attempt, lo, hi) in [(0, 50, 100), (1, 100, 200), (2, 200, 400), (5, 500, 1000), (40, 500, 1000)] {
             let d = up.backoff(attempt).as_millis() as u64;
             assert!((lo..=hi).contains(&d), "attempt {attempt}: {d}");
         }
@@ -709,17 +610,8 @@ mod tests {
     #[test]
     fn origins() {
         let a = Url::parse("https://h.example/v2/x").expect("url");
-        assert!(same_origin(
-            &a,
-            &Url::parse("https://h.example:443/y").expect("url")
-        ));
-        assert!(!same_origin(
-            &a,
-            &Url::parse("http://h.example/y").expect("url")
-        ));
-        assert!(!same_origin(
-            &a,
-            &Url::parse("https://evil.example/y").expect("url")
-        ));
+        assert!(same_origin(&a, &Url::parse("https://h.example:443/y").expect("url")));
+        assert!(!same_origin(&a, &Url::parse("http://h.example/y").expect("url")));
+        assert!(!same_origin(&a, &Url::parse("https://evil.example/y").expect("url")));
     }
 }

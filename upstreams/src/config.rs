@@ -24,11 +24,8 @@ use serde::{Deserialize, Deserializer};
 
 /// The built-in upstreams: origin host → registry URL. Enabled with default
 /// settings unless the configuration says otherwise.
-pub const PRESETS: &[(&str, &str)] = &[
-    ("docker.io", "https://registry-1.docker.io"),
-    ("ghcr.io", "https://ghcr.io"),
-    ("quay.io", "https://quay.io"),
-];
+pub const PRESETS: &[(&str, &str)] =
+    &[("docker.io", "https://registry-1.docker.io"), ("ghcr.io", "https://ghcr.io"), ("quay.io", "https://quay.io")];
 
 /// The most retries a configuration may ask for.
 pub const MAX_RETRIES: u32 = 10;
@@ -96,9 +93,7 @@ fn default_retries() -> u32 {
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {s:?} ({e}); use e.g. \"30s\", \"5m\", \"1h\""
-        ))
+        serde::de::Error::custom(format!("invalid duration {s:?} ({e}); use e.g. \"30s\", \"5m\", \"1h\""))
     })
 }
 
@@ -124,10 +119,7 @@ impl UpstreamConfig {
     /// Defaults with the given URL (how tests point an upstream at a local
     /// registry).
     pub fn with_url(url: impl Into<String>) -> Self {
-        UpstreamConfig {
-            url: Some(url.into()),
-            ..UpstreamConfig::default()
-        }
+        UpstreamConfig { url: Some(url.into()), ..UpstreamConfig::default() }
     }
 }
 
@@ -188,10 +180,7 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .finish()
+        f.debug_struct("Credentials").field("username", &self.username).field("password", &self.password).finish()
     }
 }
 
@@ -228,10 +217,7 @@ pub struct ResolvedUpstream {
 
 /// The built-in presets as configurations (each with its URL set).
 pub fn presets() -> BTreeMap<String, UpstreamConfig> {
-    PRESETS
-        .iter()
-        .map(|(host, url)| ((*host).to_owned(), UpstreamConfig::with_url(*url)))
-        .collect()
+    PRESETS.iter().map(|(host, url)| ((*host).to_owned(), UpstreamConfig::with_url(*url))).collect()
 }
 
 /// Merges the user's `[upstreams."HOST"]` tables over the presets and
@@ -241,9 +227,7 @@ pub fn presets() -> BTreeMap<String, UpstreamConfig> {
 /// unless it sets `url`; a table for another host adds an upstream (then
 /// `url` is required); `enabled = false` removes one. Returns the enabled
 /// upstreams sorted by host, or every problem found.
-pub fn resolve_upstreams(
-    user: &BTreeMap<String, UpstreamConfig>,
-) -> Result<Vec<ResolvedUpstream>, Vec<ConfigError>> {
+pub fn resolve_upstreams(user: &BTreeMap<String, UpstreamConfig>) -> Result<Vec<ResolvedUpstream>, Vec<ConfigError>> {
     let mut merged = presets();
     for (host, cfg) in user {
         let preset_url = merged.get(host).and_then(|p| p.url.clone());
@@ -260,11 +244,7 @@ pub fn resolve_upstreams(
             continue;
         }
         match validate(&host, &cfg) {
-            Ok(url) => out.push(ResolvedUpstream {
-                host,
-                url,
-                config: cfg,
-            }),
+            Ok(url) => out.push(ResolvedUpstream { host, url, config: cfg }),
             Err(mut e) => errors.append(&mut e),
         }
     }
@@ -290,8 +270,7 @@ pub fn valid_host(host: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         });
     port_ok && labels_ok
 }
@@ -299,12 +278,7 @@ pub fn valid_host(host: &str) -> bool {
 /// Validates one merged upstream; returns its parsed URL or every problem.
 pub fn validate(host: &str, cfg: &UpstreamConfig) -> Result<Url, Vec<ConfigError>> {
     let mut errors = Vec::new();
-    let mut err = |key: &str, message: String| {
-        errors.push(ConfigError {
-            path: key_path(host, key),
-            message,
-        })
-    };
+    let mut err = |key: &str, message: String| errors.push(ConfigError { path: key_path(host, key), message });
     if !valid_host(host) {
         err(
             "",
@@ -315,28 +289,21 @@ pub fn validate(host: &str, cfg: &UpstreamConfig) -> Result<Url, Vec<ConfigError
     }
     let mut url = None;
     match &cfg.url {
-        None => err(
-            "url",
-            "required for an upstream without a preset (e.g. \"https://registry.example.com\")"
-                .to_owned(),
-        ),
+        None => {
+            err("url", "required for an upstream without a preset (e.g. \"https://registry.example.com\")".to_owned())
+        }
         Some(s) => match Url::parse(s) {
             Err(e) => err("url", format!("invalid URL {s:?}: {e}")),
-            Ok(u) if u.scheme() != "http" && u.scheme() != "https" => err(
-                "url",
-                format!("scheme must be http or https, not {:?}", u.scheme()),
-            ),
-            Ok(u) if !u.username().is_empty() || u.password().is_some() => err(
-                "url",
-                "must not contain credentials; use username/password or credentials_file"
-                    .to_owned(),
-            ),
+            Ok(u) if u.scheme() != "http" && u.scheme() != "https" => {
+                err("url", format!("scheme must be http or https, not {:?}", u.scheme()))
+            }
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                err("url", "must not contain credentials; use username/password or credentials_file".to_owned())
+            }
             Ok(u) if u.query().is_some() || u.fragment().is_some() => {
                 err("url", "must not have a query or fragment".to_owned())
             }
-            Ok(u) if u.host_str().is_none_or(str::is_empty) => {
-                err("url", "must name a host".to_owned())
-            }
+            Ok(u) if u.host_str().is_none_or(str::is_empty) => err("url", "must name a host".to_owned()),
             Ok(u) => url = Some(u),
         },
     }
@@ -347,10 +314,7 @@ pub fn validate(host: &str, cfg: &UpstreamConfig) -> Result<Url, Vec<ConfigError
         _ => {}
     }
     if cfg.credentials_file.is_some() && (cfg.username.is_some() || cfg.password.is_some()) {
-        err(
-            "credentials_file",
-            "set either credentials_file or username/password, not both".to_owned(),
-        );
+        err("credentials_file", "set either credentials_file or username/password, not both".to_owned());
     }
     if cfg.connect_timeout.is_zero() {
         err("connect_timeout", "must be greater than zero".to_owned());
@@ -375,16 +339,10 @@ impl ResolvedUpstream {
         if let Some(path) = &cfg.credentials_file {
             return read_credentials_file(path)
                 .map(Some)
-                .map_err(|message| ConfigError {
-                    path: key_path(&self.host, "credentials_file"),
-                    message,
-                });
+                .map_err(|message| ConfigError { path: key_path(&self.host, "credentials_file"), message });
         }
         Ok(match (&cfg.username, &cfg.password) {
-            (Some(u), Some(p)) => Some(Credentials {
-                username: u.clone(),
-                password: p.clone(),
-            }),
+            (Some(u), Some(p)) => Some(Credentials { username: u.clone(), password: p.clone() }),
             _ => None,
         })
     }
@@ -392,8 +350,7 @@ impl ResolvedUpstream {
 
 /// Reads `username:password` from the first non-empty, non-comment line.
 fn read_credentials_file(path: &Path) -> Result<Credentials, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     warn_if_shared(path);
     let line = text
         .lines()
@@ -401,14 +358,10 @@ fn read_credentials_file(path: &Path) -> Result<Credentials, String> {
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .ok_or_else(|| format!("{} holds no username:password line", path.display()))?;
     match line.split_once(':') {
-        Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok(Credentials {
-            username: u.to_owned(),
-            password: Secret::new(p),
-        }),
-        _ => Err(format!(
-            "{}: expected a line username:password (neither empty)",
-            path.display()
-        )),
+        Some((u, p)) if !u.is_empty() && !p.is_empty() => {
+            Ok(Credentials { username: u.to_owned(), password: Secret::new(p) })
+        }
+        _ => Err(format!("{}: expected a line username:password (neither empty)", path.display())),
     }
 }
 
@@ -493,13 +446,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_durations_are_rejected() {
-        let e = toml::from_str::<Root>("[upstreams.\"docker.io\"]\nurll = \"x\"\n")
-            .err()
-            .expect("unknown field");
+        let e = toml::from_str::<Root>("[upstreams.\"docker.io\"]\nurll = \"x\"\n").err().expect("unknown field");
         assert!(e.to_string().contains("urll"), "{e}");
-        let e = toml::from_str::<Root>("[upstreams.\"docker.io\"]\ntag_ttl = \"five\"\n")
-            .err()
-            .expect("bad duration");
+        let e = toml::from_str::<Root>("[upstreams.\"docker.io\"]\ntag_ttl = \"five\"\n").err().expect("bad duration");
         assert!(e.to_string().contains("invalid duration"), "{e}");
     }
 
@@ -540,34 +489,15 @@ mod tests {
         }
         assert_eq!(paths.len(), 8, "{errs:?}");
         // The credentials in the URL are not echoed.
-        assert!(
-            errs.iter().all(|e| !e.to_string().contains("pw")),
-            "{errs:?}"
-        );
+        assert!(errs.iter().all(|e| !e.to_string().contains("pw")), "{errs:?}");
     }
 
     #[test]
     fn host_keys() {
-        for ok in [
-            "docker.io",
-            "localhost",
-            "registry.k8s.io",
-            "localhost:5000",
-            "a-b.c",
-        ] {
+        for ok in ["docker.io", "localhost", "registry.k8s.io", "localhost:5000", "a-b.c"] {
             assert!(valid_host(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "Docker.io",
-            "a..b",
-            "-a.b",
-            "a_b",
-            "a:0",
-            "a:x",
-            "a/b",
-            ":80",
-        ] {
+        for bad in ["", "Docker.io", "a..b", "-a.b", "a_b", "a:0", "a:x", "a/b", ":80"] {
             assert!(!valid_host(bad), "{bad}");
         }
     }
@@ -605,10 +535,7 @@ mod tests {
         assert_eq!(e.path, r#"upstreams."x.example".credentials_file"#);
 
         let missing = ResolvedUpstream {
-            config: UpstreamConfig {
-                credentials_file: Some(dir.path().join("missing")),
-                ..cfg
-            },
+            config: UpstreamConfig { credentials_file: Some(dir.path().join("missing")), ..cfg },
             ..r
         };
         assert!(missing.credentials().is_err());

@@ -27,6 +27,5 @@ pub mod config;
 pub use challenge::{next_link, parse_www_authenticate, Challenge};
 pub use client::{parse_retry_after, OciUpstream, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
 pub use config::{
-    presets, resolve_upstreams, ConfigError, Credentials, ResolvedUpstream, Secret, UpstreamConfig,
-    PRESETS,
+    presets, resolve_upstreams, ConfigError, Credentials, ResolvedUpstream, Secret, UpstreamConfig, PRESETS,
 };

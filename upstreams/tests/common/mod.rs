@@ -29,10 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A free loopback port (bound then released; a small race is accepted).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 async fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
@@ -72,10 +69,18 @@ impl Distribution {
     /// Starts `docker-registry serve` on a free loopback port with storage
     /// under `root` (a fresh tempdir when `None`).
     pub async fn start(root: Option<&Path>, token: Option<&TokenAuth>) -> Distribution {
+        Distribution::start_with(root, token, None).await
+    }
+
+    /// Like [`Distribution::start`], serving HTTPS with `tls = (cert, key)`
+    /// PEM files when given.
+    pub async fn start_with(
+        root: Option<&Path>,
+        token: Option<&TokenAuth>,
+        tls: Option<(&Path, &Path)>,
+    ) -> Distribution {
         let dir = tempfile::tempdir().expect("tempdir");
-        let root = root
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| dir.path().join("storage"));
+        let root = root.map(Path::to_path_buf).unwrap_or_else(|| dir.path().join("storage"));
         std::fs::create_dir_all(&root).expect("root dir");
         let port = free_port();
         let mut yaml = format!(
@@ -85,6 +90,9 @@ impl Distribution {
              http:\n  addr: 127.0.0.1:{port}\n",
             root = root.display()
         );
+        if let Some((cert, key)) = tls {
+            yaml.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
+        }
         if let Some(t) = token {
             yaml.push_str(&format!(
                 "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
@@ -107,13 +115,7 @@ impl Distribution {
             .spawn()
             .expect("start /usr/bin/docker-registry (apt-get install docker-registry)");
         wait_for_port(port, &mut child, &log).await;
-        Distribution {
-            port,
-            root,
-            log,
-            child,
-            _dir: dir,
-        }
+        Distribution { port, root, log, child, _dir: dir }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -157,10 +159,7 @@ pub fn sha256(data: &[u8]) -> String {
 
 /// Pseudo-random bytes from a seed (xorshift; no RNG dependency).
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
     let mut x = seed ^ nanos ^ 0x9E37_79B9_7F4A_7C15;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -212,12 +211,8 @@ impl OciLayout {
     /// Creates an empty layout at `dir`.
     pub fn new(dir: &Path) -> OciLayout {
         std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dirs");
-        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-            .expect("oci-layout");
-        let l = OciLayout {
-            dir: dir.to_path_buf(),
-            refs: Vec::new(),
-        };
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+        let l = OciLayout { dir: dir.to_path_buf(), refs: Vec::new() };
         l.write_index();
         l
     }
@@ -226,11 +221,7 @@ impl OciLayout {
         let digest = sha256(&bytes);
         let hex = digest.trim_start_matches("sha256:");
         std::fs::write(self.dir.join("blobs/sha256").join(hex), &bytes).expect("blob");
-        Blob {
-            digest,
-            media_type: media_type.to_owned(),
-            bytes,
-        }
+        Blob { digest, media_type: media_type.to_owned(), bytes }
     }
 
     fn write_index(&self) {
@@ -239,11 +230,7 @@ impl OciLayout {
             "mediaType": OCI_INDEX,
             "manifests": self.refs,
         });
-        std::fs::write(
-            self.dir.join("index.json"),
-            serde_json::to_vec(&idx).expect("json"),
-        )
-        .expect("index.json");
+        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&idx).expect("json")).expect("index.json");
     }
 
     fn tag(&mut self, blob: &Blob, tag: &str) {
@@ -274,15 +261,8 @@ impl OciLayout {
             "layers": [ { "mediaType": OCI_LAYER_GZIP, "digest": layer.digest, "size": layer.bytes.len() } ],
         });
         // Pretty-printed on purpose: byte-exactness matters, not canonical JSON.
-        let manifest = self.put(
-            OCI_MANIFEST,
-            serde_json::to_vec_pretty(&manifest).expect("json"),
-        );
-        Image {
-            manifest,
-            config,
-            layers: vec![layer],
-        }
+        let manifest = self.put(OCI_MANIFEST, serde_json::to_vec_pretty(&manifest).expect("json"));
+        Image { manifest, config, layers: vec![layer] }
     }
 
     /// Adds a single-platform image tagged `tag` with one random layer of
@@ -295,11 +275,8 @@ impl OciLayout {
 
     /// Adds an index tagged `tag` over one image per architecture in `archs`.
     pub fn add_index(&mut self, tag: &str, archs: &[&str], layer_size: usize) -> Index {
-        let images: Vec<Image> = archs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| self.image_blobs(layer_size, a, i as u64 + 100))
-            .collect();
+        let images: Vec<Image> =
+            archs.iter().enumerate().map(|(i, a)| self.image_blobs(layer_size, a, i as u64 + 100)).collect();
         let manifests: Vec<_> = images
             .iter()
             .zip(archs)
@@ -327,14 +304,7 @@ impl OciLayout {
 /// plain HTTP; panics with skopeo's output on failure.
 pub fn skopeo_push(layout: &Path, tag: &str, dest: &str, creds: Option<&str>) {
     let mut cmd = Command::new("skopeo");
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        "-q",
-    ]);
+    cmd.args(["--insecure-policy", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false", "-q"]);
     if let Some(c) = creds {
         cmd.arg("--dest-creds").arg(c);
     }
@@ -412,13 +382,7 @@ pub struct Reply {
 impl Reply {
     /// A reply with `status` and `body`.
     pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body: body.into(),
-            mode: BodyMode::Full,
-            delay_head: Duration::ZERO,
-        }
+        Reply { status, headers: Vec::new(), body: body.into(), mode: BodyMode::Full, delay_head: Duration::ZERO }
     }
 
     /// Adds a header.
@@ -469,11 +433,7 @@ impl TestServer {
                 });
             }
         });
-        TestServer {
-            addr,
-            requests,
-            task,
-        }
+        TestServer { addr, requests, task }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -488,10 +448,7 @@ impl TestServer {
 
     /// Number of requests whose `METHOD path` starts with `prefix`.
     pub fn count(&self, prefix: &str) -> usize {
-        self.requests()
-            .iter()
-            .filter(|r| format!("{} {}", r.method, r.target).starts_with(prefix))
-            .count()
+        self.requests().iter().filter(|r| format!("{} {}", r.method, r.target).starts_with(prefix)).count()
     }
 }
 
@@ -501,11 +458,7 @@ impl Drop for TestServer {
     }
 }
 
-async fn serve_conn(
-    mut stream: TcpStream,
-    handler: Handler,
-    reqs: Arc<Mutex<Vec<Request>>>,
-) -> std::io::Result<()> {
+async fn serve_conn(mut stream: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec<Request>>>) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 4096];
     let head_end = loop {
@@ -530,11 +483,7 @@ async fn serve_conn(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let req = Request {
-        method,
-        target,
-        headers,
-    };
+    let req = Request { method, target, headers };
     reqs.lock().expect("lock").push(req.clone());
     let reply = handler(&req);
     tokio::time::sleep(reply.delay_head).await;
@@ -547,10 +496,7 @@ async fn serve_conn(
         503 => "Service Unavailable",
         _ => "Status",
     };
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\nConnection: close\r\n",
-        reply.status
-    );
+    let mut head = format!("HTTP/1.1 {} {reason}\r\nConnection: close\r\n", reply.status);
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -568,20 +514,14 @@ async fn serve_conn(
     }
     match reply.mode {
         BodyMode::Full => stream.write_all(&reply.body).await?,
-        BodyMode::Truncate(n) => {
-            stream
-                .write_all(&reply.body[..n.min(reply.body.len())])
-                .await?
-        }
+        BodyMode::Truncate(n) => stream.write_all(&reply.body[..n.min(reply.body.len())]).await?,
         BodyMode::Delay(d) => {
             tokio::time::sleep(d).await;
             stream.write_all(&reply.body).await?;
         }
         BodyMode::Chunked(n) => {
             for c in reply.body.chunks(n.max(1)) {
-                stream
-                    .write_all(format!("{:x}\r\n", c.len()).as_bytes())
-                    .await?;
+                stream.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await?;
                 stream.write_all(c).await?;
                 stream.write_all(b"\r\n").await?;
             }
@@ -598,6 +538,7 @@ async fn serve_conn(
 /// A signing key and its self-signed certificate (openssl CLI).
 pub struct SigningCert {
     pub key_pem: Vec<u8>,
+    pub key_pem_path: PathBuf,
     pub cert_pem_path: PathBuf,
     /// The certificate's DER, base64 (standard) as `x5c` wants it.
     pub cert_der_b64: String,
@@ -630,16 +571,13 @@ impl SigningCert {
             .arg(&cert)
             .output()
             .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
         let pem = std::fs::read_to_string(&cert).expect("cert");
         // The PEM body is the base64 of the DER.
         let cert_der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         SigningCert {
             key_pem: std::fs::read(&key).expect("key"),
+            key_pem_path: key,
             cert_pem_path: cert,
             cert_der_b64,
             _dir: dir,
@@ -672,21 +610,13 @@ struct Claims {
 impl TokenIssuer {
     /// Starts an issuer; with `creds = Some((user, pass))` only requests
     /// carrying that Basic authorization get a token (others get 401).
-    pub async fn start(
-        cert: &SigningCert,
-        creds: Option<(&str, &str)>,
-        expires_in: u64,
-    ) -> TokenIssuer {
+    pub async fn start(cert: &SigningCert, creds: Option<(&str, &str)>, expires_in: u64) -> TokenIssuer {
         let issuer = "cove-test-issuer".to_owned();
         let service = "cove-test-registry".to_owned();
         let key = jsonwebtoken::EncodingKey::from_ec_pem(&cert.key_pem).expect("ec key");
         let x5c = cert.cert_der_b64.clone();
-        let want = creds.map(|(u, p)| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-            )
-        });
+        let want = creds
+            .map(|(u, p)| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))));
         let hits = Arc::new(AtomicUsize::new(0));
         let (h, iss, svc) = (hits.clone(), issuer.clone(), service.clone());
         let counter = AtomicUsize::new(0);
@@ -711,10 +641,7 @@ impl TokenIssuer {
                     "actions": actions.split(',').collect::<Vec<_>>(),
                 }));
             }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("time")
-                .as_secs();
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("time").as_secs();
             let claims = Claims {
                 iss: iss.clone(),
                 sub: "tester".into(),
@@ -729,16 +656,10 @@ impl TokenIssuer {
             header.x5c = Some(vec![x5c.clone()]);
             let token = jsonwebtoken::encode(&header, &claims, &key).expect("sign");
             let body = serde_json::json!({ "token": token, "expires_in": expires_in });
-            Reply::new(200, serde_json::to_vec(&body).expect("json"))
-                .header("Content-Type", "application/json")
+            Reply::new(200, serde_json::to_vec(&body).expect("json")).header("Content-Type", "application/json")
         })
         .await;
-        TokenIssuer {
-            server,
-            hits,
-            issuer,
-            service,
-        }
+        TokenIssuer { server, hits, issuer, service }
     }
 
     /// The realm URL to configure in distribution.
@@ -774,10 +695,7 @@ pub fn upstream_from_toml(host: &str, keys: &str) -> cove_upstreams::OciUpstream
     }
     let root: Root = toml::from_str(&text).expect("toml");
     let resolved = cove_upstreams::resolve_upstreams(&root.upstreams).expect("valid config");
-    let r = resolved
-        .iter()
-        .find(|r| r.host == host)
-        .expect("upstream resolved");
+    let r = resolved.iter().find(|r| r.host == host).expect("upstream resolved");
     cove_upstreams::OciUpstream::new(r).expect("build upstream")
 }
 
