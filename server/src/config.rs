@@ -40,7 +40,12 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "0.0.0.0:5050".into(), public_url: None, log_format: LogFormat::Text, hostnames: Vec::new() }
+        ServerConfig {
+            listen: "0.0.0.0:5050".into(),
+            public_url: None,
+            log_format: LogFormat::Text,
+            hostnames: Vec::new(),
+        }
     }
 }
 

@@ -4,5 +4,6 @@
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod mirror;
 pub mod routes;
 pub mod serve;

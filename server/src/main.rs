@@ -30,10 +30,32 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Print (or write) the containerd hosts.toml files that use Cove as the
+    /// mirror of every configured upstream.
+    MirrorConfig {
+        #[command(subcommand)]
+        runtime: MirrorRuntime,
+    },
     /// Check a configuration file and print the effective settings.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MirrorRuntime {
+    /// containerd's hosts.toml (config_path = "/etc/containerd/certs.d").
+    Containerd {
+        /// The URL clients reach Cove at, e.g. http://cove.lan:5050.
+        #[arg(long)]
+        url: String,
+        /// Configuration file (for the upstreams and host names).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Write DIR/<host>/hosts.toml instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
 }
 
@@ -77,6 +99,37 @@ fn main() -> ExitCode {
                 serve::run(app, listener, validated.upload_ttl, serve::shutdown_signal()).await;
                 ExitCode::SUCCESS
             })
+        }
+        Command::MirrorConfig { runtime: MirrorRuntime::Containerd { url, config, out_dir } } => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return fail(&format!("--url {url:?} must start with http:// or https://"));
+            }
+            let cfg = match config.map(|p| Config::load(&p)).transpose() {
+                Ok(c) => c.unwrap_or_default(),
+                Err(e) => return fail(&e),
+            };
+            let validated = match cfg.validate() {
+                Ok(v) => v,
+                Err(e) => return fail(&e),
+            };
+            let files = cove_server::mirror::containerd_hosts(&validated, &url);
+            match out_dir {
+                Some(dir) => match cove_server::mirror::write_all(&dir, &files) {
+                    Ok(()) => {
+                        for f in &files {
+                            println!("wrote {}", dir.join(&f.host).join("hosts.toml").display());
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e),
+                },
+                None => {
+                    for f in &files {
+                        println!("{}", f.contents);
+                    }
+                    ExitCode::SUCCESS
+                }
+            }
         }
         Command::CheckConfig { config } => {
             let cfg = match Config::load(&config) {
