@@ -384,3 +384,15 @@ fn validation_reports_every_problem_with_its_path() {
         assert!(paths.contains(&want), "missing {want} in {paths:?}");
     }
 }
+
+#[test]
+fn readme_examples_parse_and_validate() {
+    let readme = include_str!("../README.md");
+    let blocks: Vec<&str> = readme.split("```toml").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert_eq!(blocks.len(), 3, "the three set-ups");
+    for b in blocks {
+        let d = parse(b);
+        let problems = validate(&d.auth, &d.access);
+        assert!(problems.is_empty(), "{problems:?} in\n{b}");
+    }
+}
