@@ -20,12 +20,9 @@ async fn assert_not_5xx(r: reqwest::Response, what: &str) -> u16 {
     let body = r.text().await.unwrap_or_default();
     assert!(status < 500, "{what}: got {status} {body:?}");
     if (400..500).contains(&status) && !method_not_allowed && !body.is_empty() {
-        let v: serde_json::Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{what}: {status} body is not JSON ({e}): {body:?}"));
-        assert!(
-            v["errors"][0]["code"].is_string(),
-            "{what}: {status} body has no error code: {body}"
-        );
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {status} body is not JSON ({e}): {body:?}"));
+        assert!(v["errors"][0]["code"].is_string(), "{what}: {status} body has no error code: {body}");
     }
     status
 }
@@ -34,8 +31,7 @@ async fn assert_not_5xx(r: reqwest::Response, what: &str) -> u16 {
 /// if the server closed the connection without answering.
 fn raw_request(addr: std::net::SocketAddr, request: &[u8], shutdown_write: bool) -> Option<u16> {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     s.write_all(request).expect("write request");
     if shutdown_write {
         let _ = s.shutdown(std::net::Shutdown::Write);
@@ -43,9 +39,32 @@ fn raw_request(addr: std::net::SocketAddr, request: &[u8], shutdown_write: bool)
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace()
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok())
+}
+
+/// Sends a request whose body is written from another thread (write errors
+/// ignored), reading the response meanwhile, as Go clients do: a server may
+/// answer early (413) and stop reading. Returns the status and body text.
+fn raw_exchange(addr: std::net::SocketAddr, head: String, body: Vec<u8>) -> (u16, String) {
+    let s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut w = s.try_clone().expect("clone stream");
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(head.as_bytes());
+        let _ = w.write_all(&body);
+    });
+    let mut r = s;
+    let mut buf = Vec::new();
+    let _ = r.read_to_end(&mut buf);
+    let _ = writer.join();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }
 
 // ---------------------------------------------------------------------------
@@ -58,20 +77,12 @@ async fn base_endpoint_answers_with_api_version() {
     for method in ["GET", "HEAD"] {
         let r = s.req(method, "/v2/").send().await.expect("request");
         assert_eq!(r.status(), 200, "{method} /v2/");
-        assert_eq!(
-            header(&r, "docker-distribution-api-version"),
-            "registry/2.0",
-            "{method} /v2/"
-        );
+        assert_eq!(header(&r, "docker-distribution-api-version"), "registry/2.0", "{method} /v2/");
     }
     // Without the trailing slash, clients expect the same endpoint (or a
     // redirect to it), never an error from the server.
     let r = s.get("/v2").await;
-    assert!(
-        r.status() == 200 || r.status().is_redirection(),
-        "GET /v2 gave {}",
-        r.status()
-    );
+    assert!(r.status() == 200 || r.status().is_redirection(), "GET /v2 gave {}", r.status());
 }
 
 // ---------------------------------------------------------------------------
@@ -92,8 +103,7 @@ async fn monolithic_post_with_digest_and_blob_pull_headers() {
         .expect("POST");
     assert_eq!(r.status(), 201, "monolithic POST");
     assert!(
-        s.resolve(&header(&r, "location"))
-            .ends_with(&format!("/v2/mono/blobs/{digest}")),
+        s.resolve(&header(&r, "location")).ends_with(&format!("/v2/mono/blobs/{digest}")),
         "Location {:?}",
         header(&r, "location")
     );
@@ -104,11 +114,7 @@ async fn monolithic_post_with_digest_and_blob_pull_headers() {
     assert_eq!(header(&r, "docker-content-digest"), digest);
     assert_eq!(header(&r, "content-length"), data.len().to_string());
     assert!(!header(&r, "content-type").is_empty(), "blob Content-Type");
-    assert!(
-        header(&r, "etag").contains(&digest),
-        "blob ETag should name the digest: {:?}",
-        header(&r, "etag")
-    );
+    assert!(header(&r, "etag").contains(&digest), "blob ETag should name the digest: {:?}", header(&r, "etag"));
     let body = r.bytes().await.expect("body");
     assert!(body[..] == data[..], "blob body differs");
 
@@ -130,25 +136,13 @@ async fn post_then_put_upload_with_headers() {
     let s = Server::start().await;
     let data = random_bytes(5000);
     let digest = sha256_digest(&data);
-    let r = s
-        .req("POST", "/v2/ns/app/blobs/uploads/")
-        .send()
-        .await
-        .expect("POST");
+    let r = s.req("POST", "/v2/ns/app/blobs/uploads/").send().await.expect("POST");
     assert_eq!(r.status(), 202);
     let loc = header(&r, "location");
     let url = s.resolve(&loc);
     let path = url.trim_start_matches(&s.base);
-    assert!(
-        path.starts_with("/v2/ns/app/blobs/uploads/"),
-        "upload Location {loc:?}"
-    );
-    let id = path
-        .trim_start_matches("/v2/ns/app/blobs/uploads/")
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    assert!(path.starts_with("/v2/ns/app/blobs/uploads/"), "upload Location {loc:?}");
+    let id = path.trim_start_matches("/v2/ns/app/blobs/uploads/").split('?').next().unwrap_or_default().to_owned();
     assert!(!id.is_empty(), "upload Location has no id: {loc:?}");
     assert_eq!(header(&r, "docker-upload-uuid"), id, "Docker-Upload-UUID");
 
@@ -167,18 +161,12 @@ async fn post_then_put_upload_with_headers() {
         .expect("PUT");
     assert_eq!(r.status(), 201, "PUT completes the upload");
     assert!(
-        s.resolve(&header(&r, "location"))
-            .ends_with(&format!("/v2/ns/app/blobs/{digest}")),
+        s.resolve(&header(&r, "location")).ends_with(&format!("/v2/ns/app/blobs/{digest}")),
         "Location {:?}",
         header(&r, "location")
     );
     assert_eq!(header(&r, "docker-content-digest"), digest);
-    let body = s
-        .get(&format!("/v2/ns/app/blobs/{digest}"))
-        .await
-        .bytes()
-        .await
-        .expect("body");
+    let body = s.get(&format!("/v2/ns/app/blobs/{digest}")).await.bytes().await.expect("body");
     assert!(body[..] == data[..]);
 
     // The finished session is gone.
@@ -224,12 +212,7 @@ async fn chunked_upload_with_status_and_final_chunk() {
         .expect("PUT");
     assert_eq!(r.status(), 201, "PUT with the final chunk");
     assert_eq!(header(&r, "docker-content-digest"), digest);
-    let got = s
-        .get(&format!("/v2/chunky/blobs/{digest}"))
-        .await
-        .bytes()
-        .await
-        .expect("body");
+    let got = s.get(&format!("/v2/chunky/blobs/{digest}")).await.bytes().await.expect("body");
     assert!(got[..] == data[..], "chunked blob differs");
 }
 
@@ -250,11 +233,7 @@ async fn chunked_upload_without_content_range_and_empty_put() {
     assert_eq!(r.status(), 202);
     assert_eq!(header(&r, "range"), format!("0-{}", data.len() - 1));
     let url = s.resolve(&header(&r, "location"));
-    let r = s
-        .req("PUT", &with_query(&url, &format!("digest={digest}")))
-        .send()
-        .await
-        .expect("PUT");
+    let r = s.req("PUT", &with_query(&url, &format!("digest={digest}"))).send().await.expect("PUT");
     assert_eq!(r.status(), 201);
     let r = s.head(&format!("/v2/stream/blobs/{digest}")).await;
     assert_eq!(r.status(), 200);
@@ -314,11 +293,7 @@ async fn chunk_out_of_order_is_416_with_range_and_session_survives() {
         .expect("PATCH");
     assert_eq!(r.status(), 202);
     let url = s.resolve(&header(&r, "location"));
-    let r = s
-        .req("PUT", &with_query(&url, &format!("digest={digest}")))
-        .send()
-        .await
-        .expect("PUT");
+    let r = s.req("PUT", &with_query(&url, &format!("digest={digest}"))).send().await.expect("PUT");
     assert_eq!(r.status(), 201);
 }
 
@@ -346,24 +321,15 @@ async fn bad_content_range_and_length_mismatch_are_client_errors() {
             .await
             .expect("PATCH");
         let status = r.status().as_u16();
-        assert!(
-            status == 400 || status == 416,
-            "Content-Range {range:?} with {body_len} bytes: got {status}"
-        );
+        assert!(status == 400 || status == 416, "Content-Range {range:?} with {body_len} bytes: got {status}");
         let v = json(r).await;
         let code = v["errors"][0]["code"].as_str().unwrap_or_default();
-        assert!(
-            ["BLOB_UPLOAD_INVALID", "SIZE_INVALID"].contains(&code),
-            "Content-Range {range:?}: code {code}"
-        );
+        assert!(["BLOB_UPLOAD_INVALID", "SIZE_INVALID"].contains(&code), "Content-Range {range:?}: code {code}");
         // Nothing was appended.
         let r = s.req("GET", &url).send().await.expect("status");
         assert_eq!(r.status(), 204, "session must survive a rejected chunk");
         let range_now = header(&r, "range");
-        assert!(
-            range_now == "0-0" || range_now.is_empty(),
-            "after rejected {range:?}: Range {range_now}"
-        );
+        assert!(range_now == "0-0" || range_now.is_empty(), "after rejected {range:?}: Range {range_now}");
     }
 }
 
@@ -395,11 +361,7 @@ async fn digest_mismatch_on_put_and_post_stores_nothing() {
         let r = s.head(&format!("/v2/mismatch/blobs/{d}")).await;
         assert_eq!(r.status(), 404, "{d} must not exist after a mismatch");
     }
-    assert_eq!(
-        assert_blobs_verified(&s.data_dir),
-        0,
-        "no blob file may be left by a failed upload"
-    );
+    assert_eq!(assert_blobs_verified(&s.data_dir), 0, "no blob file may be left by a failed upload");
 }
 
 #[tokio::test]
@@ -420,18 +382,10 @@ async fn malformed_digests_are_digest_invalid() {
         if d.contains(':') {
             assert_error(r, 400, "DIGEST_INVALID", &format!("GET blob {d}")).await;
         } else {
-            assert!(
-                status == 400 || status == 404,
-                "GET blob {d}: {status}"
-            );
+            assert!(status == 400 || status == 404, "GET blob {d}: {status}");
         }
         let url = s.start_upload("digests").await;
-        let r = s
-            .req("PUT", &with_query(&url, &format!("digest={d}")))
-            .body(data.clone())
-            .send()
-            .await
-            .expect("PUT");
+        let r = s.req("PUT", &with_query(&url, &format!("digest={d}"))).body(data.clone()).send().await.expect("PUT");
         assert_error(r, 400, "DIGEST_INVALID", &format!("PUT ?digest={d}")).await;
         let r = s
             .req("POST", &format!("/v2/digests/blobs/uploads/?digest={d}"))
@@ -454,15 +408,7 @@ async fn malformed_digests_are_digest_invalid() {
 async fn malformed_names_are_name_invalid() {
     let s = Server::start().await;
     let long = vec!["a"; 130].join("/"); // 259 characters
-    let names = [
-        "UPPER",
-        "a//b",
-        "-a",
-        "a-",
-        "a/.b",
-        "a___b",
-        long.as_str(),
-    ];
+    let names = ["UPPER", "a//b", "-a", "a-", "a/.b", "a___b", long.as_str()];
     for name in names {
         for (method, path) in [
             ("GET", format!("/v2/{name}/manifests/x")),
@@ -484,11 +430,7 @@ async fn malformed_names_are_name_invalid() {
     // The longest valid name is accepted.
     let longest = format!("{}/{}", "a".repeat(127), "b".repeat(127));
     assert_eq!(longest.len(), 255);
-    let r = s
-        .req("POST", &format!("/v2/{longest}/blobs/uploads/"))
-        .send()
-        .await
-        .expect("POST");
+    let r = s.req("POST", &format!("/v2/{longest}/blobs/uploads/")).send().await.expect("POST");
     assert_eq!(r.status(), 202, "255-character name");
 }
 
@@ -508,34 +450,17 @@ async fn upload_sessions_cancel_and_unknown_ids() {
     let r = s.req("DELETE", &url).send().await.expect("DELETE");
     assert_eq!(r.status(), 204, "cancel upload");
     for method in ["GET", "PATCH", "PUT", "DELETE"] {
-        let target = if method == "PUT" {
-            with_query(&url, &format!("digest={EMPTY_SHA256}"))
-        } else {
-            url.clone()
-        };
+        let target = if method == "PUT" { with_query(&url, &format!("digest={EMPTY_SHA256}")) } else { url.clone() };
         let r = s.req(method, &target).send().await.expect("request");
-        assert_error(r, 404, "BLOB_UPLOAD_UNKNOWN", &format!("{method} a cancelled upload"))
-            .await;
+        assert_error(r, 404, "BLOB_UPLOAD_UNKNOWN", &format!("{method} a cancelled upload")).await;
     }
-    for id in [
-        "deadbeef",
-        "00000000-0000-0000-0000-000000000000",
-        "..%2f..%2fetc",
-        "UPPER",
-        &"a".repeat(300),
-    ] {
+    for id in ["deadbeef", "00000000-0000-0000-0000-000000000000", "..%2f..%2fetc", "UPPER", &"a".repeat(300)] {
         let r = s.get(&format!("/v2/cancel/blobs/uploads/{id}")).await;
         let status = r.status().as_u16();
         let v = json(r).await;
-        assert!(
-            status == 404 || status == 400,
-            "upload id {id:?}: status {status}"
-        );
+        assert!(status == 404 || status == 400, "upload id {id:?}: status {status}");
         let code = v["errors"][0]["code"].as_str().unwrap_or_default();
-        assert!(
-            code == "BLOB_UPLOAD_UNKNOWN" || code == "BLOB_UPLOAD_INVALID",
-            "upload id {id:?}: code {code}"
-        );
+        assert!(code == "BLOB_UPLOAD_UNKNOWN" || code == "BLOB_UPLOAD_INVALID", "upload id {id:?}: code {code}");
     }
     // A session belongs to its repository.
     let url = s.start_upload("owner").await;
@@ -561,10 +486,7 @@ async fn truncated_bodies_leave_nothing_behind() {
     .into_bytes();
     req.extend_from_slice(&data[..50_000]);
     let status = raw_request(s.addr, &req, true);
-    assert!(
-        status.is_none_or(|c| (400..500).contains(&c)),
-        "truncated POST answered {status:?}"
-    );
+    assert!(status.is_none_or(|c| (400..500).contains(&c)), "truncated POST answered {status:?}");
     // A PATCH whose body stops early.
     let url = s.start_upload("trunc").await;
     let path = url.trim_start_matches(&s.base).to_owned();
@@ -576,27 +498,16 @@ async fn truncated_bodies_leave_nothing_behind() {
     .into_bytes();
     req.extend_from_slice(&data[..30_000]);
     let status = raw_request(s.addr, &req, true);
-    assert!(
-        status.is_none_or(|c| (400..500).contains(&c)),
-        "truncated PATCH answered {status:?}"
-    );
+    assert!(status.is_none_or(|c| (400..500).contains(&c)), "truncated PATCH answered {status:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = s.head(&format!("/v2/trunc/blobs/{digest}")).await;
     assert_eq!(r.status(), 404, "a truncated body made a blob visible");
     let r = s.req("GET", &url).send().await.expect("status");
     assert_eq!(r.status(), 204);
     let range = header(&r, "range");
-    assert!(
-        range == "0-0" || range.is_empty(),
-        "a failed PATCH must leave the session at its old size, Range {range}"
-    );
+    assert!(range == "0-0" || range.is_empty(), "a failed PATCH must leave the session at its old size, Range {range}");
     // And the session still works.
-    let r = s
-        .req("PUT", &with_query(&url, &format!("digest={digest}")))
-        .body(data.clone())
-        .send()
-        .await
-        .expect("PUT");
+    let r = s.req("PUT", &with_query(&url, &format!("digest={digest}"))).body(data.clone()).send().await.expect("PUT");
     assert_eq!(r.status(), 201);
     assert_eq!(assert_blobs_verified(&s.data_dir), 1);
 }
@@ -640,43 +551,20 @@ async fn blob_range_requests() {
         ("bytes=500-5000", 500, 999),
         ("bytes=999-999", 999, 999),
     ] {
-        let r = s
-            .req("GET", &path)
-            .header("range", range)
-            .send()
-            .await
-            .expect("GET");
+        let r = s.req("GET", &path).header("range", range).send().await.expect("GET");
         assert_eq!(r.status(), 206, "{range}");
-        assert_eq!(
-            header(&r, "content-range"),
-            format!("bytes {start}-{end}/1000"),
-            "{range}"
-        );
-        assert_eq!(
-            header(&r, "content-length"),
-            (end - start + 1).to_string(),
-            "{range}"
-        );
+        assert_eq!(header(&r, "content-range"), format!("bytes {start}-{end}/1000"), "{range}");
+        assert_eq!(header(&r, "content-length"), (end - start + 1).to_string(), "{range}");
         let body = r.bytes().await.expect("body");
         assert!(body[..] == data[start..=end], "{range} body");
     }
     for range in ["bytes=1000-", "bytes=5-2", "bytes=2000-3000", "bytes=-0"] {
-        let r = s
-            .req("GET", &path)
-            .header("range", range)
-            .send()
-            .await
-            .expect("GET");
+        let r = s.req("GET", &path).header("range", range).send().await.expect("GET");
         assert_eq!(r.status(), 416, "{range}");
         assert_eq!(header(&r, "content-range"), "bytes */1000", "{range}");
     }
     // A HEAD with a range is never a server error.
-    let r = s
-        .req("HEAD", &path)
-        .header("range", "bytes=0-9")
-        .send()
-        .await
-        .expect("HEAD");
+    let r = s.req("HEAD", &path).header("range", "bytes=0-9").send().await.expect("HEAD");
     assert!(r.status() == 200 || r.status() == 206, "HEAD with Range: {}", r.status());
 }
 
@@ -688,37 +576,25 @@ async fn cross_repository_mount_both_ways() {
 
     // Mounted: the source repository holds the blob.
     let r = s
-        .req(
-            "POST",
-            &format!("/v2/dst/repo/blobs/uploads/?mount={digest}&from=src/repo"),
-        )
+        .req("POST", &format!("/v2/dst/repo/blobs/uploads/?mount={digest}&from=src/repo"))
         .send()
         .await
         .expect("POST mount");
     assert_eq!(r.status(), 201, "mount from a repo holding the blob");
     assert!(
-        s.resolve(&header(&r, "location"))
-            .ends_with(&format!("/v2/dst/repo/blobs/{digest}")),
+        s.resolve(&header(&r, "location")).ends_with(&format!("/v2/dst/repo/blobs/{digest}")),
         "mount Location {:?}",
         header(&r, "location")
     );
     assert_eq!(header(&r, "docker-content-digest"), digest);
-    let body = s
-        .get(&format!("/v2/dst/repo/blobs/{digest}"))
-        .await
-        .bytes()
-        .await
-        .expect("body");
+    let body = s.get(&format!("/v2/dst/repo/blobs/{digest}")).await.bytes().await.expect("body");
     assert!(body[..] == data[..]);
 
     // And back the other way, after deleting it from the source.
     let r = s.delete(&format!("/v2/src/repo/blobs/{digest}")).await;
     assert_eq!(r.status(), 202);
     let r = s
-        .req(
-            "POST",
-            &format!("/v2/src/repo/blobs/uploads/?mount={digest}&from=dst/repo"),
-        )
+        .req("POST", &format!("/v2/src/repo/blobs/uploads/?mount={digest}&from=dst/repo"))
         .send()
         .await
         .expect("POST mount back");
@@ -730,10 +606,7 @@ async fn cross_repository_mount_both_ways() {
     let other_digest = sha256_digest(&other);
     for from in ["src/repo", "nowhere"] {
         let r = s
-            .req(
-                "POST",
-                &format!("/v2/dst/repo/blobs/uploads/?mount={other_digest}&from={from}"),
-            )
+            .req("POST", &format!("/v2/dst/repo/blobs/uploads/?mount={other_digest}&from={from}"))
             .send()
             .await
             .expect("POST mount");
@@ -751,14 +624,8 @@ async fn cross_repository_mount_both_ways() {
     }
     // A blob pushed to one repo cannot be mounted from a repo that never had it
     // even when it exists in the registry.
-    let r = s
-        .req(
-            "POST",
-            &format!("/v2/third/blobs/uploads/?mount={digest}&from=unrelated"),
-        )
-        .send()
-        .await
-        .expect("POST");
+    let r =
+        s.req("POST", &format!("/v2/third/blobs/uploads/?mount={digest}&from=unrelated")).send().await.expect("POST");
     assert_eq!(r.status(), 202, "mount from a repo without the blob");
     assert_eq!(
         s.head(&format!("/v2/third/blobs/{digest}")).await.status(),
@@ -768,11 +635,7 @@ async fn cross_repository_mount_both_ways() {
     // Malformed mount parameters never make a server error.
     for q in ["mount=sha256:xyz&from=src/repo", "mount={digest}&from=BAD//name"] {
         let q = q.replace("{digest}", &digest);
-        let r = s
-            .req("POST", &format!("/v2/dst/repo/blobs/uploads/?{q}"))
-            .send()
-            .await
-            .expect("POST");
+        let r = s.req("POST", &format!("/v2/dst/repo/blobs/uploads/?{q}")).send().await.expect("POST");
         let status = assert_not_5xx(r, &format!("POST ?{q}")).await;
         assert!(status == 400 || status == 202, "POST ?{q}: {status}");
     }
@@ -797,21 +660,12 @@ async fn blob_delete() {
 // Manifests
 // ---------------------------------------------------------------------------
 
-async fn assert_manifest_served(
-    s: &Server,
-    repo: &str,
-    reference: &str,
-    media_type: &str,
-    bytes: &[u8],
-) {
+async fn assert_manifest_served(s: &Server, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
     let digest = sha256_digest(bytes);
     let path = format!("/v2/{repo}/manifests/{reference}");
     let r = s
         .req("GET", &path)
-        .header(
-            "accept",
-            format!("{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}"),
-        )
+        .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}"))
         .send()
         .await
         .expect("GET manifest");
@@ -843,8 +697,7 @@ async fn oci_manifest_put_get_head_by_tag_and_digest() {
     assert_eq!(r.status(), 201);
     assert_eq!(header(&r, "docker-content-digest"), img.digest);
     assert!(
-        s.resolve(&header(&r, "location"))
-            .ends_with(&format!("/v2/img/manifests/{}", img.digest)),
+        s.resolve(&header(&r, "location")).ends_with(&format!("/v2/img/manifests/{}", img.digest)),
         "manifest Location {:?}",
         header(&r, "location")
     );
@@ -855,17 +708,13 @@ async fn oci_manifest_put_get_head_by_tag_and_digest() {
     // PUT by digest.
     let img2 = Image::from_layers(img.layers.clone());
     s.push_blob("img", &img2.config).await;
-    let r = s
-        .put_manifest("img", &img2.digest, OCI_MANIFEST, &img2.manifest)
-        .await;
+    let r = s.put_manifest("img", &img2.digest, OCI_MANIFEST, &img2.manifest).await;
     assert_eq!(r.status(), 201, "PUT by digest");
     assert_eq!(header(&r, "docker-content-digest"), img2.digest);
     assert_manifest_served(&s, "img", &img2.digest, OCI_MANIFEST, &img2.manifest).await;
 
     // PUT by a digest that is not the body's.
-    let r = s
-        .put_manifest("img", &img.digest, OCI_MANIFEST, &img2.manifest)
-        .await;
+    let r = s.put_manifest("img", &img.digest, OCI_MANIFEST, &img2.manifest).await;
     assert_error(r, 400, "DIGEST_INVALID", "PUT manifest under the wrong digest").await;
 
     // Re-tagging moves the tag.
@@ -902,12 +751,7 @@ async fn docker_v2_and_manifest_list_stored_byte_for_byte() {
     let img = Image::random(1);
     s.push_blob("dock", &img.config).await;
     s.push_blob("dock", &img.layers[0]).await;
-    assert_eq!(
-        s.put_manifest("dock", &img.digest, OCI_MANIFEST, &img.manifest)
-            .await
-            .status(),
-        201
-    );
+    assert_eq!(s.put_manifest("dock", &img.digest, OCI_MANIFEST, &img.manifest).await.status(), 201);
     let list = format!(
         "{{\"schemaVersion\":2,\"mediaType\":\"{DOCKER_LIST}\",\"manifests\":[\
          {{\"mediaType\":\"{DOCKER_MANIFEST}\",\"size\":{},\"digest\":\"{md}\",\
@@ -964,16 +808,10 @@ async fn manifest_with_missing_blobs_is_manifest_blob_unknown() {
     let r = s.put_manifest("miss", "t", OCI_MANIFEST, &img.manifest).await;
     let v = assert_error(r, 400, "MANIFEST_BLOB_UNKNOWN", "one layer missing").await;
     let _ = v; // the detail, when present, may name the digest
-    // The missing layer exists, but only in another repository.
+               // The missing layer exists, but only in another repository.
     s.push_blob("elsewhere", &img.layers[1]).await;
     let r = s.put_manifest("miss", "t", OCI_MANIFEST, &img.manifest).await;
-    assert_error(
-        r,
-        400,
-        "MANIFEST_BLOB_UNKNOWN",
-        "layer held by another repository only",
-    )
-    .await;
+    assert_error(r, 400, "MANIFEST_BLOB_UNKNOWN", "layer held by another repository only").await;
     // Nothing was stored under the tag or the digest.
     let r = s.get("/v2/miss/manifests/t").await;
     assert_eq!(r.status(), 404);
@@ -992,16 +830,8 @@ async fn invalid_manifests_are_manifest_invalid() {
     s.push_blob("inv", &img.layers[0]).await;
     let schema1 = br#"{"schemaVersion":1,"name":"inv","tag":"t","architecture":"amd64","fsLayers":[{"blobSum":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}],"history":[{"v1Compatibility":"{}"}],"signatures":[]}"#;
     let cases: Vec<(&str, String, Vec<u8>)> = vec![
-        (
-            "schema 1 signed",
-            "application/vnd.docker.distribution.manifest.v1+prettyjws".into(),
-            schema1.to_vec(),
-        ),
-        (
-            "schema 1",
-            "application/vnd.docker.distribution.manifest.v1+json".into(),
-            schema1.to_vec(),
-        ),
+        ("schema 1 signed", "application/vnd.docker.distribution.manifest.v1+prettyjws".into(), schema1.to_vec()),
+        ("schema 1", "application/vnd.docker.distribution.manifest.v1+json".into(), schema1.to_vec()),
         ("schema 1 as json", "application/json".into(), schema1.to_vec()),
         ("not JSON", OCI_MANIFEST.into(), b"this is not json".to_vec()),
         ("empty body", OCI_MANIFEST.into(), Vec::new()),
@@ -1010,30 +840,21 @@ async fn invalid_manifests_are_manifest_invalid() {
             "application/vnd.example.unknown+json".into(),
             br#"{"schemaVersion":2,"mediaType":"application/vnd.example.unknown+json"}"#.to_vec(),
         ),
-        (
-            "Content-Type contradicts mediaType",
-            DOCKER_MANIFEST.into(),
-            img.manifest.clone(),
-        ),
+        ("Content-Type contradicts mediaType", DOCKER_MANIFEST.into(), img.manifest.clone()),
         (
             "schemaVersion 3",
             OCI_MANIFEST.into(),
-            String::from_utf8_lossy(&img.manifest)
-                .replace("\"schemaVersion\": 2", "\"schemaVersion\": 3")
-                .into_bytes(),
+            String::from_utf8_lossy(&img.manifest).replace("\"schemaVersion\": 2", "\"schemaVersion\": 3").into_bytes(),
         ),
         (
             "image manifest without config",
             OCI_MANIFEST.into(),
-            serde_json::to_vec(&json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,"layers":[]}))
-                .expect("json"),
+            serde_json::to_vec(&json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,"layers":[]})).expect("json"),
         ),
         (
             "layer descriptor with a malformed digest",
             OCI_MANIFEST.into(),
-            String::from_utf8_lossy(&img.manifest)
-                .replace(&sha256_digest(&img.layers[0]), "sha256:1234")
-                .into_bytes(),
+            String::from_utf8_lossy(&img.manifest).replace(&sha256_digest(&img.layers[0]), "sha256:1234").into_bytes(),
         ),
     ];
     for (what, ct, body) in cases {
@@ -1060,8 +881,7 @@ async fn manifest_size_cap_is_4_mib() {
     const CAP: usize = 4 * 1024 * 1024;
     // A valid manifest padded (via an annotation) to exactly the cap.
     let build = |pad: usize| -> Vec<u8> {
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&img.manifest).expect("manifest json");
+        let mut v: serde_json::Value = serde_json::from_slice(&img.manifest).expect("manifest json");
         v["annotations"] = json!({ "pad": "x".repeat(pad) });
         serde_json::to_vec(&v).expect("json")
     };
@@ -1072,13 +892,35 @@ async fn manifest_size_cap_is_4_mib() {
     assert_eq!(r.status(), 201, "a 4 MiB manifest is accepted");
     assert_manifest_served(&s, "cap", "exact", OCI_MANIFEST, &exact).await;
 
+    // Oversized bodies: the server may answer before reading the body, so
+    // send it from another thread and read the answer meanwhile.
+    for (tag, body) in [("over", build(CAP - base + 1)), ("huge", build(3 * CAP))] {
+        let head = format!(
+            "PUT /v2/cap/manifests/{tag} HTTP/1.1\r\nHost: {}\r\nContent-Type: {OCI_MANIFEST}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            s.addr,
+            body.len()
+        );
+        let (status, text) = raw_exchange(s.addr, head, body);
+        assert_eq!(status, 413, "{tag}: {text}");
+        assert!(text.contains("MANIFEST_INVALID"), "{tag}: 413 body must be a MANIFEST_INVALID error: {text:?}");
+    }
+    // Chunked transfer encoding (no Content-Length) is capped too.
     let over = build(CAP - base + 1);
-    let r = s.put_manifest("cap", "over", OCI_MANIFEST, &over).await;
-    assert_error(r, 413, "MANIFEST_INVALID", "a manifest one byte over 4 MiB").await;
-    let huge = build(3 * CAP);
-    let r = s.put_manifest("cap", "huge", OCI_MANIFEST, &huge).await;
-    let status = r.status().as_u16();
-    assert_eq!(status, 413, "a 12 MiB manifest");
+    let head = format!(
+        "PUT /v2/cap/manifests/over HTTP/1.1\r\nHost: {}\r\nContent-Type: {OCI_MANIFEST}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        s.addr
+    );
+    let mut chunked = Vec::new();
+    for piece in over.chunks(1 << 20) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (status, text) = raw_exchange(s.addr, head, chunked);
+    assert_eq!(status, 413, "chunked oversize manifest: {text}");
     assert_eq!(s.get("/v2/cap/manifests/over").await.status(), 404);
 }
 
@@ -1088,10 +930,7 @@ async fn unknown_and_malformed_manifest_references() {
     s.push_image("known", "t", 1).await;
     for (path, code) in [
         ("/v2/known/manifests/nope", "MANIFEST_UNKNOWN"),
-        (
-            &format!("/v2/known/manifests/{}", sha256_digest(b"nope")) as &str,
-            "MANIFEST_UNKNOWN",
-        ),
+        (&format!("/v2/known/manifests/{}", sha256_digest(b"nope")) as &str, "MANIFEST_UNKNOWN"),
     ] {
         let r = s.get(path).await;
         assert_error(r, 404, code, &format!("GET {path}")).await;
@@ -1111,9 +950,7 @@ async fn unknown_and_malformed_manifest_references() {
     for reference in ["sha256:xyz", "md5:d41d8cd98f00b204e9800998ecf8427e"] {
         let r = s.get(&format!("/v2/known/manifests/{reference}")).await;
         assert_error(r, 400, "DIGEST_INVALID", &format!("GET manifest {reference}")).await;
-        let r = s
-            .put_manifest("known", reference, OCI_MANIFEST, b"{}")
-            .await;
+        let r = s.put_manifest("known", reference, OCI_MANIFEST, b"{}").await;
         let status = assert_not_5xx(r, &format!("PUT manifest {reference}")).await;
         assert_eq!(status, 400, "PUT manifest {reference}");
         let r = s.delete(&format!("/v2/known/manifests/{reference}")).await;
@@ -1123,14 +960,9 @@ async fn unknown_and_malformed_manifest_references() {
     for reference in ["-dash", ".dot", "a*b", "%20", long_tag.as_str()] {
         let r = s.get(&format!("/v2/known/manifests/{reference}")).await;
         let status = assert_not_5xx(r, &format!("GET manifest {reference:?}")).await;
-        assert!(
-            status == 400 || status == 404,
-            "GET manifest {reference:?}: {status}"
-        );
+        assert!(status == 400 || status == 404, "GET manifest {reference:?}: {status}");
         let img = Image::random(0);
-        let r = s
-            .put_manifest("known", reference, OCI_MANIFEST, &img.manifest)
-            .await;
+        let r = s.put_manifest("known", reference, OCI_MANIFEST, &img.manifest).await;
         let status = assert_not_5xx(r, &format!("PUT manifest {reference:?}")).await;
         assert_eq!(status, 400, "PUT manifest tag {reference:?}");
     }
@@ -1145,9 +977,7 @@ async fn delete_tag_keeps_manifest_and_delete_digest_removes_tags() {
     let s = Server::start().await;
     let img = s.push_image("deleting", "one", 1).await;
     for t in ["two", "three"] {
-        let r = s
-            .put_manifest("deleting", t, OCI_MANIFEST, &img.manifest)
-            .await;
+        let r = s.put_manifest("deleting", t, OCI_MANIFEST, &img.manifest).await;
         assert_eq!(r.status(), 201);
     }
     let other = s.push_image("deleting", "other", 1).await;
@@ -1158,9 +988,7 @@ async fn delete_tag_keeps_manifest_and_delete_digest_removes_tags() {
     let r = s.get("/v2/deleting/manifests/one").await;
     assert_error(r, 404, "MANIFEST_UNKNOWN", "GET deleted tag").await;
     assert_eq!(
-        s.get(&format!("/v2/deleting/manifests/{}", img.digest))
-            .await
-            .status(),
+        s.get(&format!("/v2/deleting/manifests/{}", img.digest)).await.status(),
         200,
         "tag delete must keep the manifest"
     );
@@ -1171,9 +999,7 @@ async fn delete_tag_keeps_manifest_and_delete_digest_removes_tags() {
     assert_error(r, 404, "MANIFEST_UNKNOWN", "DELETE a deleted tag").await;
 
     // Delete by digest: every tag pointing at it goes too.
-    let r = s
-        .delete(&format!("/v2/deleting/manifests/{}", img.digest))
-        .await;
+    let r = s.delete(&format!("/v2/deleting/manifests/{}", img.digest)).await;
     assert_eq!(r.status(), 202, "DELETE by digest");
     for reference in ["two", "three", img.digest.as_str()] {
         let r = s.get(&format!("/v2/deleting/manifests/{reference}")).await;
@@ -1182,17 +1008,10 @@ async fn delete_tag_keeps_manifest_and_delete_digest_removes_tags() {
     let tags = json(s.get("/v2/deleting/tags/list").await).await;
     assert_eq!(tags["tags"], json!(["other"]), "tags after digest delete");
     assert_manifest_served(&s, "deleting", "other", OCI_MANIFEST, &other.manifest).await;
-    let r = s
-        .delete(&format!("/v2/deleting/manifests/{}", img.digest))
-        .await;
+    let r = s.delete(&format!("/v2/deleting/manifests/{}", img.digest)).await;
     assert_error(r, 404, "MANIFEST_UNKNOWN", "DELETE a deleted digest").await;
     // The blobs of a deleted manifest are still there until deleted themselves.
-    assert_eq!(
-        s.head(&format!("/v2/deleting/blobs/{}", sha256_digest(&img.config)))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(s.head(&format!("/v2/deleting/blobs/{}", sha256_digest(&img.config))).await.status(), 200);
 }
 
 // ---------------------------------------------------------------------------
@@ -1219,7 +1038,7 @@ async fn subject_header_and_referrers_with_and_without_filter() {
         ("application/vnd.example.sig", json!({"kind": "sig"})),
         ("application/vnd.example.sbom", json!({"kind": "sbom"})),
     ] {
-        let m = oci_manifest(&empty, &[sig_layer.clone()], Some(subject_desc.clone()), Some(artifact));
+        let m = oci_manifest(&empty, std::slice::from_ref(&sig_layer), Some(subject_desc.clone()), Some(artifact));
         let mut v: serde_json::Value = serde_json::from_slice(&m).expect("json");
         v["config"]["mediaType"] = json!("application/vnd.oci.empty.v1+json");
         v["annotations"] = annotations;
@@ -1227,11 +1046,7 @@ async fn subject_header_and_referrers_with_and_without_filter() {
         let d = sha256_digest(&m);
         let r = s.put_manifest("refs", &d, OCI_MANIFEST, &m).await;
         assert_eq!(r.status(), 201, "push referrer {artifact}");
-        assert_eq!(
-            header(&r, "oci-subject"),
-            subject.digest,
-            "OCI-Subject on a manifest with a subject"
-        );
+        assert_eq!(header(&r, "oci-subject"), subject.digest, "OCI-Subject on a manifest with a subject");
         referrers.push((artifact, d, m.len()));
     }
     // A referrer without artifactType: its config media type counts.
@@ -1254,42 +1069,30 @@ async fn subject_header_and_referrers_with_and_without_filter() {
     let list = v["manifests"].as_array().expect("manifests");
     assert_eq!(list.len(), 3, "all referrers: {v}");
     for (artifact, d, size) in &referrers {
-        let e = list
-            .iter()
-            .find(|e| e["digest"] == json!(d))
-            .unwrap_or_else(|| panic!("referrer {d} missing in {v}"));
+        let e = list.iter().find(|e| e["digest"] == json!(d)).unwrap_or_else(|| panic!("referrer {d} missing in {v}"));
         assert_eq!(e["mediaType"], OCI_MANIFEST);
         assert_eq!(e["size"], json!(size));
         assert_eq!(e["artifactType"], json!(artifact));
         assert!(e["annotations"]["kind"].is_string(), "annotations copied: {e}");
     }
-    let e3 = list
-        .iter()
-        .find(|e| e["digest"] == json!(d3))
-        .expect("config-typed referrer");
+    let e3 = list.iter().find(|e| e["digest"] == json!(d3)).expect("config-typed referrer");
     assert_eq!(e3["artifactType"], OCI_CONFIG);
 
     // Filtered.
-    let r = s
-        .get(&format!("{path}?artifactType=application/vnd.example.sbom"))
-        .await;
+    let r = s.get(&format!("{path}?artifactType=application/vnd.example.sbom")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "oci-filters-applied"), "artifactType");
     let v = json(r).await;
     let list = v["manifests"].as_array().expect("manifests");
     assert_eq!(list.len(), 1, "filtered: {v}");
     assert_eq!(list[0]["digest"], json!(referrers[1].1));
-    let r = s
-        .get(&format!("{path}?artifactType=application/vnd.none"))
-        .await;
+    let r = s.get(&format!("{path}?artifactType=application/vnd.none")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "oci-filters-applied"), "artifactType");
     assert_eq!(json(r).await["manifests"], json!([]));
 
     // Unknown subject: an empty index, 200.
-    let r = s
-        .get(&format!("/v2/refs/referrers/{}", sha256_digest(b"unknown")))
-        .await;
+    let r = s.get(&format!("/v2/refs/referrers/{}", sha256_digest(b"unknown"))).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-type"), OCI_INDEX);
     let v = json(r).await;
@@ -1303,9 +1106,7 @@ async fn subject_header_and_referrers_with_and_without_filter() {
     assert!(status == 400 || status == 404, "referrers/latest: {status}");
 
     // Deleting a referrer removes it from the list.
-    let r = s
-        .delete(&format!("/v2/refs/manifests/{}", referrers[0].1))
-        .await;
+    let r = s.delete(&format!("/v2/refs/manifests/{}", referrers[0].1)).await;
     assert_eq!(r.status(), 202);
     let v = json(s.get(&path).await).await;
     let list = v["manifests"].as_array().expect("manifests");
@@ -1322,18 +1123,10 @@ async fn subject_header_and_referrers_with_and_without_filter() {
     let r = s.put_manifest("refs", "early", OCI_MANIFEST, &m).await;
     assert_eq!(r.status(), 201, "referrer before its subject");
     assert_eq!(header(&r, "oci-subject"), sha256_digest(b"not yet pushed"));
-    let v = json(
-        s.get(&format!("/v2/refs/referrers/{}", sha256_digest(b"not yet pushed")))
-            .await,
-    )
-    .await;
+    let v = json(s.get(&format!("/v2/refs/referrers/{}", sha256_digest(b"not yet pushed"))).await).await;
     assert_eq!(v["manifests"].as_array().map(Vec::len), Some(1), "{v}");
     // Referrers are per repository.
-    let v = json(
-        s.get(&format!("/v2/elsewhere/referrers/{}", subject.digest))
-            .await,
-    )
-    .await;
+    let v = json(s.get(&format!("/v2/elsewhere/referrers/{}", subject.digest)).await).await;
     assert_eq!(v["manifests"], json!([]), "referrers leaked across repos");
 }
 
@@ -1359,9 +1152,7 @@ async fn tags_list_and_pagination() {
     let img = s.push_image("paged/repo", "latest", 0).await;
     let mut tags = vec!["latest".to_owned()];
     for t in ["v10", "v2", "A", "_under", "v1.0", "b-1", "z", "v1"] {
-        let r = s
-            .put_manifest("paged/repo", t, OCI_MANIFEST, &img.manifest)
-            .await;
+        let r = s.put_manifest("paged/repo", t, OCI_MANIFEST, &img.manifest).await;
         assert_eq!(r.status(), 201, "tag {t}");
         tags.push(t.to_owned());
     }
@@ -1386,10 +1177,7 @@ async fn tags_list_and_pagination() {
             assert!(pages <= tags.len() + 1, "pagination does not end");
             match link {
                 Some(l) => {
-                    assert!(
-                        l.starts_with("/v2/paged/repo/tags/list?"),
-                        "Link target {l}"
-                    );
+                    assert!(l.starts_with("/v2/paged/repo/tags/list?"), "Link target {l}");
                     assert!(l.contains(&format!("n={n}")), "Link keeps n: {l}");
                     assert!(
                         l.contains(&format!("last={}", page.last().expect("non-empty page"))),
@@ -1414,10 +1202,7 @@ async fn tags_list_and_pagination() {
     assert_eq!(r.status(), 200);
     assert!(next_link(&r).is_none(), "no Link after the end");
     let v = json(r).await;
-    assert!(
-        v["tags"].as_array().is_none_or(Vec::is_empty),
-        "last past the end: {v}"
-    );
+    assert!(v["tags"].as_array().is_none_or(Vec::is_empty), "last past the end: {v}");
     // n=0: an empty page (or a 400), never more.
     let r = s.get("/v2/paged/repo/tags/list?n=0").await;
     let status = r.status().as_u16();
@@ -1468,8 +1253,7 @@ async fn catalog_and_pagination() {
             assert_eq!(r.status(), 200, "{path}");
             let link = next_link(&r);
             let v = json(r).await;
-            let page: Vec<String> =
-                serde_json::from_value(v["repositories"].clone()).unwrap_or_default();
+            let page: Vec<String> = serde_json::from_value(v["repositories"].clone()).unwrap_or_default();
             assert!(page.len() <= n);
             got.extend(page.iter().cloned());
             pages += 1;
@@ -1550,10 +1334,7 @@ async fn client_mistakes_never_cause_500() {
     // and 405 only where the spec allows it (UNSUPPORTED or no body).
     let r = s.req("POST", "/v2/robust/manifests/t").send().await.expect("r");
     let status = r.status().as_u16();
-    assert!(
-        status == 404 || status == 405 || status == 400,
-        "POST to a manifest: {status}"
-    );
+    assert!(status == 404 || status == 405 || status == 400, "POST to a manifest: {status}");
     // Odd headers.
     let r = s
         .req("GET", &format!("/v2/robust/blobs/{}", sha256_digest(&img.config)))
@@ -1575,11 +1356,7 @@ async fn client_mistakes_never_cause_500() {
     assert!(status.is_none_or(|c| c < 500), "garbage request line: {status:?}");
     // The server is still healthy after all of that.
     assert_eq!(s.get("/v2/").await.status(), 200);
-    assert!(
-        !s.logs().contains("panicked"),
-        "the server panicked:\n{}",
-        s.logs_tail(4000)
-    );
+    assert!(!s.logs().contains("panicked"), "the server panicked:\n{}", s.logs_tail(4000));
 }
 
 // ---------------------------------------------------------------------------
@@ -1612,15 +1389,10 @@ async fn config_file_sets_listen_and_root_and_layout_matches_readme() {
     // JSON logs: at least one request line names the path.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = s.logs();
-    let json_lines: Vec<serde_json::Value> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let json_lines: Vec<serde_json::Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(!json_lines.is_empty(), "log_format = json gave no JSON lines:\n{logs}");
     assert!(
-        json_lines
-            .iter()
-            .any(|v| v.to_string().contains("/v2/lay/out/manifests/t")),
+        json_lines.iter().any(|v| v.to_string().contains("/v2/lay/out/manifests/t")),
         "no JSON request log for the manifest PUT:\n{logs}"
     );
 }
@@ -1672,11 +1444,7 @@ async fn locations_honour_public_url_and_forwarded_headers() {
         ..Default::default()
     };
     let s = Server::start_with(opts).await;
-    let r = s
-        .req("POST", "/v2/proxied/blobs/uploads/")
-        .send()
-        .await
-        .expect("POST");
+    let r = s.req("POST", "/v2/proxied/blobs/uploads/").send().await.expect("POST");
     assert_eq!(r.status(), 202);
     let loc = header(&r, "location");
     assert!(
@@ -1708,9 +1476,5 @@ async fn sigterm_shuts_down_gracefully() {
     s.push_image("bye", "t", 1).await;
     let status = s.terminate(Duration::from_secs(15));
     let status = status.expect("cove did not exit within 15 s of SIGTERM");
-    assert!(
-        status.success(),
-        "SIGTERM exit status {status}; logs:\n{}",
-        s.logs_tail(2000)
-    );
+    assert!(status.success(), "SIGTERM exit status {status}; logs:\n{}", s.logs_tail(2000));
 }

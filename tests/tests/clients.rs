@@ -42,11 +42,7 @@ fn write_multi_arch_layout(dir: &Path, ref_name: &str) -> (Vec<u8>, Vec<Image>) 
     }))
     .expect("index json");
     let d = sha256_digest(&index);
-    std::fs::write(
-        dir.join("blobs/sha256").join(d.trim_start_matches("sha256:")),
-        &index,
-    )
-    .expect("write index blob");
+    std::fs::write(dir.join("blobs/sha256").join(d.trim_start_matches("sha256:")), &index).expect("write index blob");
     let top = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
@@ -54,8 +50,7 @@ fn write_multi_arch_layout(dir: &Path, ref_name: &str) -> (Vec<u8>, Vec<Image>) 
             "annotations": {"org.opencontainers.image.ref.name": ref_name},
         }],
     });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).expect("json"))
-        .expect("write index.json");
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).expect("json")).expect("write index.json");
     (index, images)
 }
 
@@ -82,27 +77,14 @@ async fn skopeo_copies_an_oci_layout_in_and_out_with_identical_digests() {
     assert_eq!(r.bytes().await.expect("body")[..], img.manifest[..]);
 
     // skopeo inspect sees the same digest and layers.
-    let out = run(skopeo().args([
-        "inspect",
-        "--tls-verify=false",
-        &format!("docker://{}/skopeo/app:v1", host(&s)),
-    ]));
+    let out = run(skopeo().args(["inspect", "--tls-verify=false", &format!("docker://{}/skopeo/app:v1", host(&s))]));
     let v: serde_json::Value = serde_json::from_str(&out).expect("inspect json");
     assert_eq!(v["Digest"], serde_json::json!(img.digest), "inspect: {v}");
     let layers: Vec<String> = img.layers.iter().map(|l| sha256_digest(l)).collect();
     assert_eq!(v["Layers"], serde_json::json!(layers), "inspect layers");
-    assert!(
-        v["RepoTags"]
-            .as_array()
-            .is_some_and(|t| t.contains(&serde_json::json!("v1"))),
-        "inspect tags: {v}"
-    );
-    let raw = run(skopeo().args([
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{}/skopeo/app:v1", host(&s)),
-    ]));
+    assert!(v["RepoTags"].as_array().is_some_and(|t| t.contains(&serde_json::json!("v1"))), "inspect tags: {v}");
+    let raw =
+        run(skopeo().args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/skopeo/app:v1", host(&s))]));
     assert_eq!(raw.as_bytes(), &img.manifest[..], "inspect --raw differs");
 
     // And back out to another layout: same manifest digest, same blobs.
@@ -136,11 +118,7 @@ async fn skopeo_copies_an_oci_layout_in_and_out_with_identical_digests() {
     assert_eq!(header(&r, "docker-content-digest"), img.digest);
 
     // skopeo list-tags goes through tags/list.
-    let out = run(skopeo().args([
-        "list-tags",
-        "--tls-verify=false",
-        &format!("docker://{}/skopeo/app", host(&s)),
-    ]));
+    let out = run(skopeo().args(["list-tags", "--tls-verify=false", &format!("docker://{}/skopeo/app", host(&s))]));
     let v: serde_json::Value = serde_json::from_str(&out).expect("list-tags json");
     assert_eq!(v["Tags"], serde_json::json!(["v1"]));
 }
@@ -166,9 +144,7 @@ async fn skopeo_copies_a_multi_arch_index_with_all() {
     assert_eq!(header(&r, "docker-content-digest"), index_digest);
     assert_eq!(r.bytes().await.expect("body")[..], index[..]);
     for img in &images {
-        let r = s
-            .get(&format!("/v2/skopeo/multi/manifests/{}", img.digest))
-            .await;
+        let r = s.get(&format!("/v2/skopeo/multi/manifests/{}", img.digest)).await;
         assert_eq!(r.status(), 200, "child {}", img.digest);
     }
     let dst = work.path().join("dst");
@@ -196,15 +172,9 @@ struct Podman {
 impl Podman {
     fn new() -> Podman {
         let bin = require_tool("podman", "podman");
-        let dir = tempfile::Builder::new()
-            .prefix("cove-podman-")
-            .tempdir()
-            .expect("tmp");
-        std::fs::write(
-            dir.path().join("registries.conf"),
-            "unqualified-search-registries = []\n",
-        )
-        .expect("registries.conf");
+        let dir = tempfile::Builder::new().prefix("cove-podman-").tempdir().expect("tmp");
+        std::fs::write(dir.path().join("registries.conf"), "unqualified-search-registries = []\n")
+            .expect("registries.conf");
         Podman { dir, bin }
     }
 
@@ -217,14 +187,7 @@ impl Podman {
             .arg(d.join("runroot"))
             .arg("--tmpdir")
             .arg(d.join("tmp"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ])
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
             .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
             .env("TMPDIR", d)
             .env_remove("REGISTRY_AUTH_FILE");
@@ -245,24 +208,14 @@ async fn podman_builds_pushes_and_pulls_back_a_scratch_image() {
 
     run(podman.cmd().args(["build", "-t", &image]).arg(&ctx));
     let digest_file = podman.dir.path().join("pushed.digest");
-    run(podman
-        .cmd()
-        .args(["push", "--tls-verify=false", "--digestfile"])
-        .arg(&digest_file)
-        .arg(&image));
-    let pushed = std::fs::read_to_string(&digest_file)
-        .expect("digest file")
-        .trim()
-        .to_owned();
+    run(podman.cmd().args(["push", "--tls-verify=false", "--digestfile"]).arg(&digest_file).arg(&image));
+    let pushed = std::fs::read_to_string(&digest_file).expect("digest file").trim().to_owned();
     assert!(pushed.starts_with("sha256:"), "pushed digest {pushed:?}");
 
     // The registry has it under the tag with that digest.
     let r = s
         .req("GET", "/v2/podman/scratch/manifests/1")
-        .header(
-            "accept",
-            format!("{OCI_MANIFEST}, {DOCKER_MANIFEST}, {OCI_INDEX}, {DOCKER_LIST}"),
-        )
+        .header("accept", format!("{OCI_MANIFEST}, {DOCKER_MANIFEST}, {OCI_INDEX}, {DOCKER_LIST}"))
         .send()
         .await
         .expect("GET");
@@ -275,38 +228,21 @@ async fn podman_builds_pushes_and_pulls_back_a_scratch_image() {
     run(podman.cmd().args(["rmi", "-f", &image]));
     let out = run(podman.cmd().args(["images", "-q"]));
     assert!(out.trim().is_empty(), "image still present after rmi: {out}");
-    run(podman
-        .cmd()
-        .args(["pull", "--tls-verify=false", &image]));
-    let pulled = run(podman
-        .cmd()
-        .args(["image", "inspect", "--format", "{{.Digest}}", &image]));
+    run(podman.cmd().args(["pull", "--tls-verify=false", &image]));
+    let pulled = run(podman.cmd().args(["image", "inspect", "--format", "{{.Digest}}", &image]));
     assert_eq!(pulled.trim(), pushed, "pulled digest differs from pushed");
 
     // The file inside the image is the one we built: export the pulled image
     // and unpack its layer.
     let out_dir = podman.dir.path().join("saved");
-    run(podman
-        .cmd()
-        .args(["save", "--format", "oci-dir", "-o"])
-        .arg(&out_dir)
-        .arg(&image));
+    run(podman.cmd().args(["save", "--format", "oci-dir", "-o"]).arg(&out_dir).arg(&image));
     let saved_manifest_digest = oci_layout_manifest_digest(&out_dir, "");
     let saved: serde_json::Value =
         serde_json::from_slice(&oci_layout_blob(&out_dir, &saved_manifest_digest)).expect("json");
     let layer_digest = saved["layers"][0]["digest"].as_str().expect("layer").to_owned();
-    let layer_path = out_dir
-        .join("blobs/sha256")
-        .join(layer_digest.trim_start_matches("sha256:"));
+    let layer_path = out_dir.join("blobs/sha256").join(layer_digest.trim_start_matches("sha256:"));
     let unpack = podman.dir.path().join("unpack");
     std::fs::create_dir_all(&unpack).expect("unpack dir");
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&layer_path)
-        .arg("-C")
-        .arg(&unpack));
-    assert!(
-        std::fs::read(unpack.join("f")).expect("f in the layer") == content,
-        "the pulled image's /f differs"
-    );
+    run(Command::new("tar").arg("-xf").arg(&layer_path).arg("-C").arg(&unpack));
+    assert!(std::fs::read(unpack.join("f")).expect("f in the layer") == content, "the pulled image's /f differs");
 }
