@@ -13,8 +13,9 @@
 //! repositories/<repo>/_manifests/<alg>/<hex>      "<media type>\n<exact manifest bytes>"
 //! repositories/<repo>/_tags/<tag>                 "<alg>:<hex>" of the tagged manifest
 //! repositories/<repo>/_links/<alg>/<hex>          empty: repo may serve that blob
-//! repositories/<repo>/_referrers/<alg>/<hex>/<alg>/<hex>
-//!                                                 descriptor JSON of a referrer of a subject
+//! repositories/<repo>/_referrers/<alg>/<hex>/<alg>-<hex[..32]>
+//!                                                 descriptor JSON of a referrer of subject
+//!                                                 <alg>:<hex> (short name: s3s-fs key limit)
 //! _check/<uuid>                                   readiness probe, deleted right away
 //! ```
 //! Repository names cannot have a component starting with `_`, so the
@@ -69,10 +70,7 @@ use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 
-pub use config::{
-    ConfigProblem, ObjectConfigError, ObjectKind, ObjectStorageConfig, DEFAULT_PART_SIZE,
-    MIN_PART_SIZE,
-};
+pub use config::{ConfigProblem, ObjectConfigError, ObjectKind, ObjectStorageConfig, DEFAULT_PART_SIZE, MIN_PART_SIZE};
 use keys::{digest_from_parts, Keys};
 
 /// A [`Storage`] on an `object_store` bucket (see the module doc for the key
@@ -108,25 +106,14 @@ pub(crate) fn map_err(e: object_store::Error) -> StorageError {
 impl ObjectStorage {
     /// Wraps a store (e.g. `InMemory` in tests). `multipart` enables chunked
     /// uploads larger than one part; `prefix` is prepended to every key.
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        multipart: Option<Arc<dyn MultipartStore>>,
-        prefix: &str,
-    ) -> Self {
-        ObjectStorage {
-            store,
-            multipart,
-            keys: Keys::new(prefix),
-            part_size: DEFAULT_PART_SIZE,
-            kind: "object",
-        }
+    pub fn new(store: Arc<dyn ObjectStore>, multipart: Option<Arc<dyn MultipartStore>>, prefix: &str) -> Self {
+        ObjectStorage { store, multipart, keys: Keys::new(prefix), part_size: DEFAULT_PART_SIZE, kind: "object" }
     }
 
     /// Validates `cfg` purely (every problem named `storage.<key>`), then
     /// builds the client. No network I/O: call [`Storage::check`] for that.
     pub fn from_config(cfg: &ObjectStorageConfig) -> Result<Self, ObjectConfigError> {
-        cfg.validate("storage")
-            .map_err(ObjectConfigError::Invalid)?;
+        cfg.validate("storage").map_err(ObjectConfigError::Invalid)?;
         let built = cfg.build()?;
         let mut s = ObjectStorage::new(built.store, built.multipart, &cfg.prefix());
         s.kind = cfg.kind.as_str();
@@ -164,10 +151,7 @@ impl ObjectStorage {
     }
 
     async fn put_bytes(&self, p: &Path, b: impl Into<Bytes>) -> Result<(), StorageError> {
-        self.store
-            .put(p, PutPayload::from(b.into()))
-            .await
-            .map_err(map_err)?;
+        self.store.put(p, PutPayload::from(b.into())).await.map_err(map_err)?;
         Ok(())
     }
 
@@ -192,16 +176,8 @@ impl ObjectStorage {
 
     /// Key parts below `base` of every object under it.
     async fn list_rel(&self, base: &Path) -> Result<Vec<Vec<String>>, StorageError> {
-        let metas: Vec<_> = self
-            .store
-            .list(Some(base))
-            .try_collect()
-            .await
-            .map_err(map_err)?;
-        Ok(metas
-            .iter()
-            .filter_map(|m| self.keys.rel(base, &m.location))
-            .collect())
+        let metas: Vec<_> = self.store.list(Some(base)).try_collect().await.map_err(map_err)?;
+        Ok(metas.iter().filter_map(|m| self.keys.rel(base, &m.location)).collect())
     }
 
     async fn any_under(&self, base: &Path) -> Result<bool, StorageError> {
@@ -219,11 +195,7 @@ impl ObjectStorage {
         let mut found = Vec::new();
         let mut pending = vec![(root.clone(), String::new())];
         while let Some((dir, name)) = pending.pop() {
-            let listed = self
-                .store
-                .list_with_delimiter(Some(&dir))
-                .await
-                .map_err(map_err)?;
+            let listed = self.store.list_with_delimiter(Some(&dir)).await.map_err(map_err)?;
             for child in listed.common_prefixes {
                 let Some(last) = child.filename().map(str::to_owned) else {
                     continue;
@@ -233,11 +205,7 @@ impl ObjectStorage {
                         found.push(r);
                     }
                 } else if !last.starts_with('_') {
-                    let sub = if name.is_empty() {
-                        last
-                    } else {
-                        format!("{name}/{last}")
-                    };
+                    let sub = if name.is_empty() { last } else { format!("{name}/{last}") };
                     pending.push((child, sub));
                 }
             }
@@ -263,24 +231,10 @@ impl Storage for ObjectStorage {
         self.head_size(&self.keys.blob(digest)).await
     }
 
-    async fn blob_read(
-        &self,
-        digest: &Digest,
-        range: Option<ByteRange>,
-    ) -> Result<ByteStream, StorageError> {
-        let opts = GetOptions {
-            range: range.map(|r| GetRange::Bounded(r.start..r.end + 1)),
-            ..Default::default()
-        };
-        let got = self
-            .store
-            .get_opts(&self.keys.blob(digest), opts)
-            .await
-            .map_err(map_err)?;
-        Ok(Box::pin(
-            got.into_stream()
-                .map_err(|e| std::io::Error::other(e.to_string())),
-        ))
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
+        let opts = GetOptions { range: range.map(|r| GetRange::Bounded(r.start..r.end + 1)), ..Default::default() };
+        let got = self.store.get_opts(&self.keys.blob(digest), opts).await.map_err(map_err)?;
+        Ok(Box::pin(got.into_stream().map_err(|e| std::io::Error::other(e.to_string()))))
     }
 
     async fn blob_write(
@@ -311,16 +265,11 @@ impl Storage for ObjectStorage {
     }
 
     async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<(), StorageError> {
-        self.put_bytes(&self.keys.link(repo, digest), Bytes::new())
-            .await
+        self.put_bytes(&self.keys.link(repo, digest), Bytes::new()).await
     }
 
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
-        Ok(self
-            .head_size(&self.keys.link(repo, digest))
-            .await?
-            .is_some()
-            && self.blob_size(digest).await?.is_some())
+        Ok(self.head_size(&self.keys.link(repo, digest)).await?.is_some() && self.blob_size(digest).await?.is_some())
     }
 
     async fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
@@ -335,12 +284,7 @@ impl Storage for ObjectStorage {
         self.session_info(id).await
     }
 
-    async fn upload_append(
-        &self,
-        id: &str,
-        offset: u64,
-        body: ByteStream,
-    ) -> Result<u64, StorageError> {
+    async fn upload_append(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
         self.append(id, offset, body).await
     }
 
@@ -363,23 +307,16 @@ impl Storage for ObjectStorage {
         manifest: &StoredManifest,
     ) -> Result<(), StorageError> {
         if manifest.media_type.contains(['\n', '\r']) {
-            return Err(StorageError::Backend(
-                "manifest media type contains a line break".into(),
-            ));
+            return Err(StorageError::Backend("manifest media type contains a line break".into()));
         }
         let mut body = Vec::with_capacity(manifest.media_type.len() + 1 + manifest.bytes.len());
         body.extend_from_slice(manifest.media_type.as_bytes());
         body.push(b'\n');
         body.extend_from_slice(&manifest.bytes);
-        self.put_bytes(&self.keys.manifest(repo, digest), body)
-            .await
+        self.put_bytes(&self.keys.manifest(repo, digest), body).await
     }
 
-    async fn manifest_get(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<StoredManifest>, StorageError> {
+    async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>, StorageError> {
         let Some(raw) = self.get_bytes(&self.keys.manifest(repo, digest)).await? else {
             return Ok(None);
         };
@@ -390,19 +327,11 @@ impl Storage for ObjectStorage {
         let media_type = std::str::from_utf8(&raw[..nl])
             .map_err(|_| StorageError::Backend("corrupt stored manifest media type".into()))?
             .to_owned();
-        Ok(Some(StoredManifest {
-            media_type,
-            bytes: raw.slice(nl + 1..),
-        }))
+        Ok(Some(StoredManifest { media_type, bytes: raw.slice(nl + 1..) }))
     }
 
-    async fn manifest_delete(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<bool, StorageError> {
-        self.delete_existing(&self.keys.manifest(repo, digest))
-            .await
+    async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
+        self.delete_existing(&self.keys.manifest(repo, digest)).await
     }
 
     async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError> {
@@ -423,23 +352,13 @@ impl Storage for ObjectStorage {
         let Some(raw) = self.get_bytes(&self.keys.tag(repo, tag)).await? else {
             return Ok(None);
         };
-        let s = std::str::from_utf8(&raw)
-            .map_err(|_| StorageError::Backend("corrupt tag object".into()))?;
-        s.trim()
-            .parse::<Digest>()
-            .map(Some)
-            .map_err(|_| StorageError::Backend("corrupt tag object".into()))
+        let s = std::str::from_utf8(&raw).map_err(|_| StorageError::Backend("corrupt tag object".into()))?;
+        s.trim().parse::<Digest>().map(Some).map_err(|_| StorageError::Backend("corrupt tag object".into()))
     }
 
-    async fn tag_put(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-        digest: &Digest,
-    ) -> Result<(), StorageError> {
+    async fn tag_put(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<(), StorageError> {
         // One PUT of one object: atomic, last writer wins.
-        self.put_bytes(&self.keys.tag(repo, tag), digest.to_string())
-            .await
+        self.put_bytes(&self.keys.tag(repo, tag), digest.to_string()).await
     }
 
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
@@ -473,51 +392,29 @@ impl Storage for ObjectStorage {
         subject: &Digest,
         descriptor: &Descriptor,
     ) -> Result<(), StorageError> {
-        let body =
-            serde_json::to_vec(descriptor).map_err(|e| StorageError::Backend(e.to_string()))?;
-        self.put_bytes(&self.keys.referrer(repo, subject, &descriptor.digest), body)
-            .await
+        let body = serde_json::to_vec(descriptor).map_err(|e| StorageError::Backend(e.to_string()))?;
+        self.put_bytes(&self.keys.referrer(repo, subject, &descriptor.digest), body).await
     }
 
-    async fn referrer_delete(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-        referrer: &Digest,
-    ) -> Result<(), StorageError> {
-        self.delete_quietly(&self.keys.referrer(repo, subject, referrer))
-            .await;
+    async fn referrer_delete(&self, repo: &RepoName, subject: &Digest, referrer: &Digest) -> Result<(), StorageError> {
+        self.delete_quietly(&self.keys.referrer(repo, subject, referrer)).await;
         Ok(())
     }
 
-    async fn referrers(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-    ) -> Result<Vec<Descriptor>, StorageError> {
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
         let dir = self.keys.referrers_dir(repo, subject);
-        let mut digests: Vec<Digest> = self
-            .list_rel(&dir)
-            .await?
-            .iter()
-            .filter_map(|p| match p.as_slice() {
-                [alg, hex] => digest_from_parts(alg, hex),
-                _ => None,
-            })
-            .collect();
-        digests.sort();
-        let mut out = Vec::with_capacity(digests.len());
-        for d in digests {
+        let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await.map_err(map_err)?;
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
             // A record deleted between list and get is simply skipped.
-            if let Some(raw) = self
-                .get_bytes(&self.keys.referrer(repo, subject, &d))
-                .await?
-            {
+            if let Some(raw) = self.get_bytes(&m.location).await? {
                 let desc: Descriptor = serde_json::from_slice(&raw)
                     .map_err(|e| StorageError::Backend(format!("corrupt referrer record: {e}")))?;
                 out.push(desc);
             }
         }
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        out.dedup_by(|a, b| a.digest == b.digest);
         Ok(out)
     }
 }

@@ -6,6 +6,7 @@ mod object_support;
 use std::sync::Arc;
 
 use cove_backends::object::ObjectStorage;
+use cove_core::Storage;
 use object_store::memory::InMemory;
 use object_store::multipart::MultipartStore;
 use object_store::ObjectStore;
@@ -29,15 +30,9 @@ async fn conformance_in_memory() {
 async fn conformance_in_memory_with_prefix() {
     let (a, _, _) = pair("some/prefix");
     cove_core::conformance::run_all(&a).await;
-    let outside: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(a.object_store().list(None))
-        .await
-        .expect("list");
-    assert!(
-        outside
-            .iter()
-            .all(|m| m.location.as_ref().starts_with("some/prefix/")),
-        "every key is under the prefix"
-    );
+    let outside: Vec<_> =
+        futures::TryStreamExt::try_collect::<Vec<_>>(a.object_store().list(None)).await.expect("list");
+    assert!(outside.iter().all(|m| m.location.as_ref().starts_with("some/prefix/")), "every key is under the prefix");
 }
 
 #[tokio::test]
@@ -54,12 +49,7 @@ async fn without_multipart_small_uploads_work_and_large_ones_say_unsupported() {
     let r: cove_core::RepoName = "obj/nomp".parse().expect("repo");
     let info = s.upload_start(&r).await.expect("start");
     let big = object_support::checks::data(6 << 20, 1);
-    let res = s
-        .upload_append(&info.id, 0, cove_core::conformance::chunked(big, 1 << 20))
-        .await;
-    assert!(
-        matches!(res, Err(cove_core::StorageError::NotSupported(_))),
-        "{res:?}"
-    );
+    let res = s.upload_append(&info.id, 0, cove_core::conformance::chunked(big, 1 << 20)).await;
+    assert!(matches!(res, Err(cove_core::StorageError::NotSupported(_))), "{res:?}");
     assert_eq!(s.upload_info(&info.id).await.expect("info").size, 0);
 }

@@ -149,10 +149,7 @@ pub enum ObjectConfigError {
 }
 
 fn join(p: &[ConfigProblem]) -> String {
-    p.iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
+    p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
 }
 
 /// A built client: the store and its multipart API.
@@ -170,12 +167,8 @@ impl ObjectStorageConfig {
     /// each named `<section>.<key>` (pass `"storage"` as `section`).
     pub fn validate(&self, section: &str) -> Result<(), Vec<ConfigProblem>> {
         let mut problems = Vec::new();
-        let mut bad = |key: &str, message: String| {
-            problems.push(ConfigProblem {
-                key: format!("{section}.{key}"),
-                message,
-            })
-        };
+        let mut bad =
+            |key: &str, message: String| problems.push(ConfigProblem { key: format!("{section}.{key}"), message });
         let kind = self.kind.as_str();
         let s3_only: [(&str, bool); 7] = [
             ("endpoint", self.endpoint.is_some()),
@@ -217,10 +210,9 @@ impl ObjectStorageConfig {
         match self.kind {
             ObjectKind::S3 | ObjectKind::Gcs => match nonempty(&self.bucket) {
                 None => bad("bucket", "is required".into()),
-                Some(b) if !valid_bucket(b) => bad(
-                    "bucket",
-                    "must be 3-63 characters of a-z, 0-9, '.', '-' and '_'".into(),
-                ),
+                Some(b) if !valid_bucket(b) => {
+                    bad("bucket", "must be 3-63 characters of a-z, 0-9, '.', '-' and '_'".into())
+                }
                 Some(_) => {}
             },
             ObjectKind::Azure => {
@@ -236,10 +228,7 @@ impl ObjectStorageConfig {
             let ep = ep.trim();
             if let Some(rest) = ep.strip_prefix("http://") {
                 if !self.allow_http {
-                    bad(
-                        "allow_http",
-                        "must be true to use a plain http:// endpoint".into(),
-                    );
+                    bad("allow_http", "must be true to use a plain http:// endpoint".into());
                 }
                 if rest.is_empty() {
                     bad("endpoint", "has no host".into());
@@ -258,35 +247,20 @@ impl ObjectStorageConfig {
                     bad("region", "must not be empty".into());
                 }
             }
-            match (
-                nonempty(&self.access_key_id),
-                nonempty(&self.secret_access_key),
-            ) {
-                (Some(_), None) => bad(
-                    "secret_access_key",
-                    "is required when access_key_id is set".into(),
-                ),
-                (None, Some(_)) => bad(
-                    "access_key_id",
-                    "is required when secret_access_key is set".into(),
-                ),
+            match (nonempty(&self.access_key_id), nonempty(&self.secret_access_key)) {
+                (Some(_), None) => bad("secret_access_key", "is required when access_key_id is set".into()),
+                (None, Some(_)) => bad("access_key_id", "is required when secret_access_key is set".into()),
                 _ => {}
             }
         }
         if let Some(p) = &self.prefix {
             if normalized_prefix(p).is_none() {
-                bad(
-                    "prefix",
-                    "must be '/'-separated segments of [A-Za-z0-9._-], none '.' or '..'".into(),
-                );
+                bad("prefix", "must be '/'-separated segments of [A-Za-z0-9._-], none '.' or '..'".into());
             }
         }
         if let Some(ps) = self.part_size {
             if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&ps) {
-                bad(
-                    "part_size",
-                    format!("must be between {MIN_PART_SIZE} (5 MiB) and {MAX_PART_SIZE} (5 GiB)"),
-                );
+                bad("part_size", format!("must be between {MIN_PART_SIZE} (5 MiB) and {MAX_PART_SIZE} (5 GiB)"));
             }
         }
         if problems.is_empty() {
@@ -298,19 +272,13 @@ impl ObjectStorageConfig {
 
     /// The validated prefix (`a/b`), or empty.
     pub(crate) fn prefix(&self) -> String {
-        self.prefix
-            .as_deref()
-            .and_then(normalized_prefix)
-            .unwrap_or_default()
+        self.prefix.as_deref().and_then(normalized_prefix).unwrap_or_default()
     }
 
     /// Builds the client (no network I/O happens here).
     pub(crate) fn build(&self) -> Result<BuiltStore, ObjectConfigError> {
         let kind = self.kind.as_str();
-        let fail = |e: object_store::Error| ObjectConfigError::Build {
-            kind,
-            message: e.to_string(),
-        };
+        let fail = |e: object_store::Error| ObjectConfigError::Build { kind, message: e.to_string() };
         match self.kind {
             ObjectKind::S3 => {
                 let mut b = AmazonS3Builder::from_env()
@@ -318,41 +286,30 @@ impl ObjectStorageConfig {
                     .with_allow_http(self.allow_http);
                 if let Some(r) = nonempty(&self.region) {
                     b = b.with_region(r);
-                } else if std::env::var_os("AWS_REGION").is_none()
-                    && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-                {
+                } else if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
                     b = b.with_region("us-east-1");
                 }
                 if let Some(ep) = nonempty(&self.endpoint) {
-                    b = b.with_endpoint(ep).with_virtual_hosted_style_request(
-                        self.virtual_hosted_style.unwrap_or(false),
-                    );
+                    b = b
+                        .with_endpoint(ep)
+                        .with_virtual_hosted_style_request(self.virtual_hosted_style.unwrap_or(false));
                 } else if let Some(v) = self.virtual_hosted_style {
                     b = b.with_virtual_hosted_style_request(v);
                 }
-                if let (Some(id), Some(secret)) = (
-                    nonempty(&self.access_key_id),
-                    nonempty(&self.secret_access_key),
-                ) {
+                if let (Some(id), Some(secret)) = (nonempty(&self.access_key_id), nonempty(&self.secret_access_key)) {
                     b = b.with_access_key_id(id).with_secret_access_key(secret);
                 }
                 let s3 = Arc::new(b.build().map_err(fail)?);
-                Ok(BuiltStore {
-                    store: s3.clone(),
-                    multipart: Some(s3),
-                })
+                Ok(BuiltStore { store: s3.clone(), multipart: Some(s3) })
             }
             ObjectKind::Gcs => {
-                let mut b = GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(nonempty(&self.bucket).unwrap_or_default());
+                let mut b =
+                    GoogleCloudStorageBuilder::from_env().with_bucket_name(nonempty(&self.bucket).unwrap_or_default());
                 if let Some(p) = nonempty(&self.service_account_path) {
                     b = b.with_service_account_path(p);
                 }
                 let gcs = Arc::new(b.build().map_err(fail)?);
-                Ok(BuiltStore {
-                    store: gcs.clone(),
-                    multipart: Some(gcs),
-                })
+                Ok(BuiltStore { store: gcs.clone(), multipart: Some(gcs) })
             }
             ObjectKind::Azure => {
                 let mut b = MicrosoftAzureBuilder::from_env()
@@ -366,10 +323,7 @@ impl ObjectStorageConfig {
                     b = b.with_endpoint(ep.to_owned());
                 }
                 let az = Arc::new(b.build().map_err(fail)?);
-                Ok(BuiltStore {
-                    store: az.clone(),
-                    multipart: Some(az),
-                })
+                Ok(BuiltStore { store: az.clone(), multipart: Some(az) })
             }
         }
     }
@@ -377,19 +331,15 @@ impl ObjectStorageConfig {
 
 fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len())
-        && b.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b".-_".contains(&c))
+        && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b".-_".contains(&c))
 }
 
 /// `"/a/b/"` → `Some("a/b")`; `None` for unsafe segments.
 fn normalized_prefix(p: &str) -> Option<String> {
     let segs: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
-    let ok = segs.iter().all(|s| {
-        *s != "."
-            && *s != ".."
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
-    });
+    let ok = segs
+        .iter()
+        .all(|s| *s != "." && *s != ".." && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c)));
     ok.then(|| segs.join("/"))
 }
 
@@ -410,12 +360,7 @@ mod tests {
                prefix = "../x"
                part_size = 1024"#,
         );
-        let keys: Vec<String> = c
-            .validate("storage")
-            .expect_err("invalid")
-            .into_iter()
-            .map(|p| p.key)
-            .collect();
+        let keys: Vec<String> = c.validate("storage").expect_err("invalid").into_iter().map(|p| p.key).collect();
         assert_eq!(
             keys,
             [
@@ -450,25 +395,12 @@ mod tests {
 
     #[test]
     fn rejects_unknown_and_foreign_keys() {
-        assert!(
-            toml::from_str::<ObjectStorageConfig>("kind = \"s3\"\nbucket = \"b\"\nbogus = 1")
-                .is_err()
-        );
+        assert!(toml::from_str::<ObjectStorageConfig>("kind = \"s3\"\nbucket = \"b\"\nbogus = 1").is_err());
         let c = parse("kind = \"gcs\"\nbucket = \"bkt\"\nregion = \"x\"\naccount = \"a\"");
-        let keys: Vec<String> = c
-            .validate("storage")
-            .expect_err("invalid")
-            .into_iter()
-            .map(|p| p.key)
-            .collect();
+        let keys: Vec<String> = c.validate("storage").expect_err("invalid").into_iter().map(|p| p.key).collect();
         assert_eq!(keys, ["storage.region", "storage.account"]);
         let c = parse("kind = \"azure\"");
-        let keys: Vec<String> = c
-            .validate("storage")
-            .expect_err("invalid")
-            .into_iter()
-            .map(|p| p.key)
-            .collect();
+        let keys: Vec<String> = c.validate("storage").expect_err("invalid").into_iter().map(|p| p.key).collect();
         assert_eq!(keys, ["storage.account", "storage.container"]);
     }
 }

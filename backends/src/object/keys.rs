@@ -13,9 +13,7 @@ pub(crate) struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Keys {
-            root: Path::from(prefix),
-        }
+        Keys { root: Path::from(prefix) }
     }
 
     fn join(&self, rel: &str) -> Path {
@@ -27,9 +25,8 @@ impl Keys {
     }
 
     /// The parts of `path` below `base`, if it is below.
-    pub fn rel<'a>(&self, base: &Path, path: &'a Path) -> Option<Vec<String>> {
-        path.prefix_match(base)
-            .map(|it| it.map(|p| p.as_ref().to_owned()).collect())
+    pub fn rel(&self, base: &Path, path: &Path) -> Option<Vec<String>> {
+        path.prefix_match(base).map(|it| it.map(|p| p.as_ref().to_owned()).collect())
     }
 
     pub fn blobs_root(&self) -> Path {
@@ -76,10 +73,7 @@ impl Keys {
     }
 
     pub fn manifest(&self, repo: &RepoName, d: &Digest) -> Path {
-        self.repo(
-            repo,
-            &format!("_manifests/{}/{}", d.algorithm().as_str(), d.hex()),
-        )
+        self.repo(repo, &format!("_manifests/{}/{}", d.algorithm().as_str(), d.hex()))
     }
 
     pub fn tags_dir(&self, repo: &RepoName) -> Path {
@@ -91,32 +85,26 @@ impl Keys {
     }
 
     pub fn link(&self, repo: &RepoName, d: &Digest) -> Path {
-        self.repo(
-            repo,
-            &format!("_links/{}/{}", d.algorithm().as_str(), d.hex()),
-        )
+        self.repo(repo, &format!("_links/{}/{}", d.algorithm().as_str(), d.hex()))
     }
 
     pub fn referrers_dir(&self, repo: &RepoName, subject: &Digest) -> Path {
-        self.repo(
-            repo,
-            &format!(
-                "_referrers/{}/{}",
-                subject.algorithm().as_str(),
-                subject.hex()
-            ),
-        )
+        self.repo(repo, &format!("_referrers/{}/{}", subject.algorithm().as_str(), subject.hex()))
     }
 
+    /// One referrer record. The referrer is named by its algorithm and the
+    /// first 32 hex digits (128 bits) of its digest, keeping keys short
+    /// enough for filesystem-backed servers (s3s-fs fails above ~164
+    /// bytes); the object holds the full descriptor.
     pub fn referrer(&self, repo: &RepoName, subject: &Digest, referrer: &Digest) -> Path {
+        let short = referrer.hex().get(..32).unwrap_or(referrer.hex());
         self.repo(
             repo,
             &format!(
-                "_referrers/{}/{}/{}/{}",
+                "_referrers/{}/{}/{}-{short}",
                 subject.algorithm().as_str(),
                 subject.hex(),
                 referrer.algorithm().as_str(),
-                referrer.hex()
             ),
         )
     }

@@ -56,10 +56,7 @@ pub(crate) struct TailPiece {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn from_ms(ms: u64) -> SystemTime {
@@ -109,16 +106,12 @@ impl ObjectStorage {
             Err(e) => return Err(map_err(e)),
         };
         let bytes = got.bytes().await.map_err(map_err)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| StorageError::Backend(format!("corrupt upload session: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| StorageError::Backend(format!("corrupt upload session: {e}")))
     }
 
     async fn save_session(&self, id: &str, s: &Session) -> Result<(), StorageError> {
         let body = serde_json::to_vec(s).map_err(|e| StorageError::Backend(e.to_string()))?;
-        self.store
-            .put(&self.keys.upload_session(id), PutPayload::from(body))
-            .await
-            .map_err(map_err)?;
+        self.store.put(&self.keys.upload_session(id), PutPayload::from(body)).await.map_err(map_err)?;
         Ok(())
     }
 
@@ -139,17 +132,10 @@ impl ObjectStorage {
         let key = self.keys.upload_session(&id);
         // Create-only where the store supports it; ids are random, so a store
         // that ignores the condition (Garage) is still safe.
-        match self
-            .store
-            .put_opts(&key, PutPayload::from(body.clone()), PutMode::Create.into())
-            .await
-        {
+        match self.store.put_opts(&key, PutPayload::from(body.clone()), PutMode::Create.into()).await {
             Ok(_) => {}
             Err(object_store::Error::NotImplemented { .. }) => {
-                self.store
-                    .put(&key, PutPayload::from(body))
-                    .await
-                    .map_err(map_err)?;
+                self.store.put(&key, PutPayload::from(body)).await.map_err(map_err)?;
             }
             Err(e) => return Err(map_err(e)),
         }
@@ -192,25 +178,15 @@ impl ObjectStorage {
             let mp = mp.ok_or(StorageError::NotSupported(
                 "chunked uploads larger than one part need a store with multipart uploads",
             ))?;
-            mp.put_part(&path, &upload_id, idx, PutPayload::from(data))
-                .await
-                .map_err(map_err)
+            mp.put_part(&path, &upload_id, idx, PutPayload::from(data)).await.map_err(map_err)
         })
     }
 
     /// Appends `body` to session `id` at `offset`; see `Storage::upload_append`.
-    pub(crate) async fn append(
-        &self,
-        id: &str,
-        offset: u64,
-        mut body: ByteStream,
-    ) -> Result<u64, StorageError> {
+    pub(crate) async fn append(&self, id: &str, offset: u64, mut body: ByteStream) -> Result<u64, StorageError> {
         let mut sess = self.load_session(id).await?;
         if offset != sess.size {
-            return Err(StorageError::OffsetMismatch {
-                expected: sess.size,
-                got: offset,
-            });
+            return Err(StorageError::OffsetMismatch { expected: sess.size, got: offset });
         }
         let part_size = self.part_size;
         let mut hasher = load_hasher(&sess.sha256)?;
@@ -243,9 +219,7 @@ impl ObjectStorage {
                     d.freeze()
                 };
                 if next_idx >= MAX_PARTS {
-                    return Err(StorageError::Backend(
-                        "upload exceeds the store's part count limit".into(),
-                    ));
+                    return Err(StorageError::Backend("upload exceeds the store's part count limit".into()));
                 }
                 if sess.multipart.is_none() {
                     // Record the multipart upload before any part goes up,
@@ -253,22 +227,11 @@ impl ObjectStorage {
                     let mp = self.multipart.as_ref().ok_or(StorageError::NotSupported(
                         "chunked uploads larger than one part need a store with multipart uploads",
                     ))?;
-                    let upload_id = mp
-                        .create_multipart(&self.keys.upload_data(id))
-                        .await
-                        .map_err(map_err)?;
-                    sess.multipart = Some(MultipartState {
-                        upload_id,
-                        parts: Vec::new(),
-                        bytes: 0,
-                    });
+                    let upload_id = mp.create_multipart(&self.keys.upload_data(id)).await.map_err(map_err)?;
+                    sess.multipart = Some(MultipartState { upload_id, parts: Vec::new(), bytes: 0 });
                     self.save_session(id, &sess).await?;
                 }
-                let upload_id = sess
-                    .multipart
-                    .as_ref()
-                    .map(|m| m.upload_id.clone())
-                    .unwrap_or_default();
+                let upload_id = sess.multipart.as_ref().map(|m| m.upload_id.clone()).unwrap_or_default();
                 new_part_bytes += data.len() as u64;
                 in_flight.push_back(self.part_future(id, &upload_id, next_idx, data));
                 next_idx += 1;
@@ -284,19 +247,9 @@ impl ObjectStorage {
         }
         let mut tail = old_tail;
         if !buf.is_empty() {
-            let name = format!(
-                "{:020}-{}",
-                sess.size + received - buf.len() as u64,
-                uuid::Uuid::new_v4().simple()
-            );
+            let name = format!("{:020}-{}", sess.size + received - buf.len() as u64, uuid::Uuid::new_v4().simple());
             let len = buf.len() as u64;
-            self.store
-                .put(
-                    &self.keys.upload_tail(id, &name),
-                    PutPayload::from(buf.freeze()),
-                )
-                .await
-                .map_err(map_err)?;
+            self.store.put(&self.keys.upload_tail(id, &name), PutPayload::from(buf.freeze())).await.map_err(map_err)?;
             tail.push(TailPiece { name, len });
         }
         if let Some(m) = sess.multipart.as_mut() {
@@ -309,8 +262,7 @@ impl ObjectStorage {
         sess.updated_ms = now_ms();
         self.save_session(id, &sess).await?;
         for p in absorbed {
-            self.delete_quietly(&self.keys.upload_tail(id, &p.name))
-                .await;
+            self.delete_quietly(&self.keys.upload_tail(id, &p.name)).await;
         }
         Ok(sess.size)
     }
@@ -322,10 +274,7 @@ impl ObjectStorage {
         let sha256 = DigestHasher::Sha256(load_hasher(&sess.sha256)?).finish();
         if digest.algorithm() == Algorithm::Sha256 && &sha256 != digest {
             self.abort(id).await?;
-            return Err(StorageError::DigestMismatch {
-                expected: digest.clone(),
-                actual: sha256,
-            });
+            return Err(StorageError::DigestMismatch { expected: digest.clone(), actual: sha256 });
         }
         let target = self.keys.blob(digest);
         let tail = self.read_tail(id, &sess.tail).await?.freeze();
@@ -333,9 +282,7 @@ impl ObjectStorage {
             None => {
                 if let Some(m) = &sess.multipart {
                     if let Some(mp) = &self.multipart {
-                        let _ = mp
-                            .abort_multipart(&self.keys.upload_data(id), &m.upload_id)
-                            .await;
+                        let _ = mp.abort_multipart(&self.keys.upload_data(id), &m.upload_id).await;
                     }
                 }
                 if digest.algorithm() != Algorithm::Sha256 {
@@ -344,39 +291,23 @@ impl ObjectStorage {
                     let actual = h.finish();
                     if &actual != digest {
                         self.abort(id).await?;
-                        return Err(StorageError::DigestMismatch {
-                            expected: digest.clone(),
-                            actual,
-                        });
+                        return Err(StorageError::DigestMismatch { expected: digest.clone(), actual });
                     }
                 }
-                self.store
-                    .put(&target, PutPayload::from(tail))
-                    .await
-                    .map_err(map_err)?;
+                self.store.put(&target, PutPayload::from(tail)).await.map_err(map_err)?;
             }
             Some(m) => {
                 let mp = self.multipart.as_ref().ok_or(StorageError::NotSupported(
                     "chunked uploads larger than one part need a store with multipart uploads",
                 ))?;
                 let data = self.keys.upload_data(id);
-                let mut parts: Vec<PartId> = m
-                    .parts
-                    .iter()
-                    .map(|c| PartId {
-                        content_id: c.clone(),
-                    })
-                    .collect();
+                let mut parts: Vec<PartId> = m.parts.iter().map(|c| PartId { content_id: c.clone() }).collect();
                 if !tail.is_empty() {
                     parts.push(
-                        mp.put_part(&data, &m.upload_id, parts.len(), PutPayload::from(tail))
-                            .await
-                            .map_err(map_err)?,
+                        mp.put_part(&data, &m.upload_id, parts.len(), PutPayload::from(tail)).await.map_err(map_err)?,
                     );
                 }
-                mp.complete_multipart(&data, &m.upload_id, parts)
-                    .await
-                    .map_err(map_err)?;
+                mp.complete_multipart(&data, &m.upload_id, parts).await.map_err(map_err)?;
                 let staged = self.store.head(&data).await.map_err(map_err)?.size;
                 if staged != sess.size {
                     self.abort(id).await?;
@@ -391,10 +322,7 @@ impl ObjectStorage {
                     let actual = self.hash_object(&data, digest.algorithm()).await?;
                     if &actual != digest {
                         self.abort(id).await?;
-                        return Err(StorageError::DigestMismatch {
-                            expected: digest.clone(),
-                            actual,
-                        });
+                        return Err(StorageError::DigestMismatch { expected: digest.clone(), actual });
                     }
                 }
                 if self.head_size(&target).await?.is_none() {
@@ -421,10 +349,7 @@ impl ObjectStorage {
     pub(crate) async fn abort(&self, id: &str) -> Result<(), StorageError> {
         let sess = self.load_session(id).await?;
         if let (Some(m), Some(mp)) = (&sess.multipart, &self.multipart) {
-            match mp
-                .abort_multipart(&self.keys.upload_data(id), &m.upload_id)
-                .await
-            {
+            match mp.abort_multipart(&self.keys.upload_data(id), &m.upload_id).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
                     tracing::warn!(upload = id, error = %e, "aborting multipart upload failed")
@@ -455,11 +380,7 @@ impl ObjectStorage {
     /// All sessions in the bucket.
     pub(crate) async fn sessions(&self) -> Result<Vec<UploadInfo>, StorageError> {
         let root = self.keys.uploads_root();
-        let listed = self
-            .store
-            .list_with_delimiter(Some(&root))
-            .await
-            .map_err(map_err)?;
+        let listed = self.store.list_with_delimiter(Some(&root)).await.map_err(map_err)?;
         let mut out = Vec::new();
         for dir in listed.common_prefixes {
             let Some(id) = dir.filename().map(str::to_owned) else {
@@ -531,17 +452,11 @@ impl ObjectStorage {
         drop(in_flight);
         let verdict = result.and_then(|()| {
             if let Some(e) = expected_size.filter(|e| *e != size) {
-                return Err(StorageError::SizeMismatch {
-                    expected: e,
-                    actual: size,
-                });
+                return Err(StorageError::SizeMismatch { expected: e, actual: size });
             }
             let actual = hasher.finish();
             if &actual != digest {
-                return Err(StorageError::DigestMismatch {
-                    expected: digest.clone(),
-                    actual,
-                });
+                return Err(StorageError::DigestMismatch { expected: digest.clone(), actual });
             }
             Ok(())
         });
@@ -554,17 +469,12 @@ impl ObjectStorage {
             }
             (Err(e), None) => Err(e),
             (Ok(()), None) => {
-                self.store
-                    .put(&target, PutPayload::from(buf.freeze()))
-                    .await
-                    .map_err(map_err)?;
+                self.store.put(&target, PutPayload::from(buf.freeze())).await.map_err(map_err)?;
                 Ok(size)
             }
             (Ok(()), Some(mut up)) => {
                 if !buf.is_empty() {
-                    up.put_part(PutPayload::from(buf.freeze()))
-                        .await
-                        .map_err(map_err)?;
+                    up.put_part(PutPayload::from(buf.freeze())).await.map_err(map_err)?;
                 }
                 up.complete().await.map_err(map_err)?;
                 Ok(size)

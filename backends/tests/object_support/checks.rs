@@ -34,11 +34,7 @@ fn repo(s: &str) -> RepoName {
 /// Objects under `<prefix>/<rel>` in the raw store.
 pub async fn keys_under(store: &Arc<dyn ObjectStore>, prefix: &str, rel: &str) -> Vec<String> {
     let p = Path::from(format!("{prefix}/{rel}"));
-    let metas: Vec<_> = store
-        .list(Some(&p))
-        .try_collect()
-        .await
-        .expect("list raw store");
+    let metas: Vec<_> = store.list(Some(&p)).try_collect().await.expect("list raw store");
     metas.into_iter().map(|m| m.location.to_string()).collect()
 }
 
@@ -53,52 +49,27 @@ pub async fn coalesces_small_chunks(s: &ObjectStorage, prefix: &str) {
     let mut off = 0u64;
     for piece in body.chunks(700 * 1024) {
         let piece = body.slice_ref(piece);
-        off = s
-            .upload_append(&info.id, off, chunked(piece, 64 * 1024))
-            .await
-            .expect("append small chunk");
+        off = s.upload_append(&info.id, off, chunked(piece, 64 * 1024)).await.expect("append small chunk");
         assert_eq!(s.upload_info(&info.id).await.expect("info").size, off);
     }
     assert_eq!(off, body.len() as u64);
-    assert_eq!(
-        s.blob_size(&d).await.expect("stat"),
-        None,
-        "invisible before commit"
-    );
+    assert_eq!(s.blob_size(&d).await.expect("stat"), None, "invisible before commit");
     let staged = keys_under(s.object_store(), prefix, "blobs").await;
-    assert!(
-        staged.is_empty(),
-        "nothing under blobs/ before commit: {staged:?}"
-    );
-    assert_eq!(
-        s.upload_commit(&info.id, &d).await.expect("commit"),
-        body.len() as u64
-    );
-    assert_eq!(
-        read_all(s.blob_read(&d, None).await.expect("read")).await,
-        body.to_vec(),
-        "committed bytes exact"
-    );
+    assert!(staged.is_empty(), "nothing under blobs/ before commit: {staged:?}");
+    assert_eq!(s.upload_commit(&info.id, &d).await.expect("commit"), body.len() as u64);
+    assert_eq!(read_all(s.blob_read(&d, None).await.expect("read")).await, body.to_vec(), "committed bytes exact");
     let left = keys_under(s.object_store(), prefix, &format!("uploads/{}", info.id)).await;
     assert!(left.is_empty(), "commit removes session objects: {left:?}");
 
     // A multi-part session with a wrong digest ends and publishes nothing.
     let info = s.upload_start(&r).await.expect("start");
     let body = data(6 * 1024 * 1024, 8);
-    s.upload_append(&info.id, 0, chunked(body.clone(), 1 << 20))
-        .await
-        .expect("append");
+    s.upload_append(&info.id, 0, chunked(body.clone(), 1 << 20)).await.expect("append");
     let wrong = Digest::sha256_of(b"not it");
     let res = s.upload_commit(&info.id, &wrong).await;
-    assert!(
-        matches!(res, Err(StorageError::DigestMismatch { .. })),
-        "{res:?}"
-    );
+    assert!(matches!(res, Err(StorageError::DigestMismatch { .. })), "{res:?}");
     assert_eq!(s.blob_size(&wrong).await.expect("stat"), None);
-    assert!(matches!(
-        s.upload_info(&info.id).await,
-        Err(StorageError::UploadUnknown)
-    ));
+    assert!(matches!(s.upload_info(&info.id).await, Err(StorageError::UploadUnknown)));
 }
 
 /// A chunked upload started on replica `a` continues and commits on `b`.
@@ -109,42 +80,17 @@ pub async fn upload_continues_on_another_replica(a: &ObjectStorage, b: &ObjectSt
     let info = a.upload_start(&r).await.expect("start on A");
     let cut1 = 3 * 1024 * 1024;
     let cut2 = 7 * 1024 * 1024 + 11;
-    let off = a
-        .upload_append(&info.id, 0, chunked(body.slice(..cut1), 256 * 1024))
-        .await
-        .expect("append on A");
+    let off = a.upload_append(&info.id, 0, chunked(body.slice(..cut1), 256 * 1024)).await.expect("append on A");
     let seen = b.upload_info(&info.id).await.expect("B sees the session");
     assert_eq!(seen.size, off);
     assert_eq!(seen.repo, r);
-    assert!(
-        b.upload_list()
-            .await
-            .expect("list")
-            .iter()
-            .any(|u| u.id == info.id),
-        "B lists the session"
-    );
-    let off = b
-        .upload_append(&info.id, off, chunked(body.slice(cut1..cut2), 512 * 1024))
-        .await
-        .expect("append on B");
-    let off = a
-        .upload_append(&info.id, off, chunked(body.slice(cut2..), 1 << 20))
-        .await
-        .expect("append on A again");
+    assert!(b.upload_list().await.expect("list").iter().any(|u| u.id == info.id), "B lists the session");
+    let off = b.upload_append(&info.id, off, chunked(body.slice(cut1..cut2), 512 * 1024)).await.expect("append on B");
+    let off = a.upload_append(&info.id, off, chunked(body.slice(cut2..), 1 << 20)).await.expect("append on A again");
     assert_eq!(off, body.len() as u64);
-    assert_eq!(
-        b.upload_commit(&info.id, &d).await.expect("commit on B"),
-        body.len() as u64
-    );
-    assert_eq!(
-        a.blob_size(&d).await.expect("stat on A"),
-        Some(body.len() as u64)
-    );
-    assert_eq!(
-        read_all(a.blob_read(&d, None).await.expect("read on A")).await,
-        body.to_vec()
-    );
+    assert_eq!(b.upload_commit(&info.id, &d).await.expect("commit on B"), body.len() as u64);
+    assert_eq!(a.blob_size(&d).await.expect("stat on A"), Some(body.len() as u64));
+    assert_eq!(read_all(a.blob_read(&d, None).await.expect("read on A")).await, body.to_vec());
 }
 
 /// Concurrent tag writes from two replicas end with one consistent value.
@@ -158,20 +104,14 @@ pub async fn concurrent_tag_writes_are_consistent(a: &ObjectStorage, b: &ObjectS
         s.manifest_put(
             &r,
             &d,
-            &StoredManifest {
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                bytes,
-            },
+            &StoredManifest { media_type: "application/vnd.oci.image.manifest.v1+json".into(), bytes },
         )
         .await
         .expect("manifest");
         digests.push(d);
     }
     for _ in 0..10 {
-        let (x, y) = tokio::join!(
-            a.tag_put(&r, &t, &digests[0]),
-            b.tag_put(&r, &t, &digests[1])
-        );
+        let (x, y) = tokio::join!(a.tag_put(&r, &t, &digests[0]), b.tag_put(&r, &t, &digests[1]));
         x.expect("tag on A");
         y.expect("tag on B");
         let ga = a.tag_get(&r, &t).await.expect("get on A").expect("tagged");
@@ -179,24 +119,15 @@ pub async fn concurrent_tag_writes_are_consistent(a: &ObjectStorage, b: &ObjectS
         assert_eq!(ga, gb, "replicas agree");
         assert!(digests.contains(&ga), "tag holds one of the written values");
     }
-    assert_eq!(
-        a.tag_list(&r).await.expect("tags"),
-        Some(vec!["race".to_owned()])
-    );
+    assert_eq!(a.tag_list(&r).await.expect("tags"), Some(vec!["race".to_owned()]));
 }
 
 /// An aborted upload leaves no objects and its multipart upload is gone.
-pub async fn abort_leaves_no_parts(
-    s: &ObjectStorage,
-    multipart: &Arc<dyn MultipartStore>,
-    prefix: &str,
-) {
+pub async fn abort_leaves_no_parts(s: &ObjectStorage, multipart: &Arc<dyn MultipartStore>, prefix: &str) {
     let r = repo("obj/abort");
     let info = s.upload_start(&r).await.expect("start");
     let body = data(6 * 1024 * 1024 + 100, 11);
-    s.upload_append(&info.id, 0, chunked(body, 1 << 20))
-        .await
-        .expect("append");
+    s.upload_append(&info.id, 0, chunked(body, 1 << 20)).await.expect("append");
     let session_key = Path::from(format!("{prefix}/uploads/{}/session.json", info.id));
     let raw = s
         .object_store()
@@ -207,37 +138,19 @@ pub async fn abort_leaves_no_parts(
         .await
         .expect("session bytes");
     let session: serde_json::Value = serde_json::from_slice(&raw).expect("session json");
-    let upload_id = session["multipart"]["upload_id"]
-        .as_str()
-        .expect("a multipart upload was started")
-        .to_owned();
-    assert_eq!(
-        session["multipart"]["parts"].as_array().map(Vec::len),
-        Some(1),
-        "one full part uploaded: {session}"
-    );
+    let upload_id = session["multipart"]["upload_id"].as_str().expect("a multipart upload was started").to_owned();
+    assert_eq!(session["multipart"]["parts"].as_array().map(Vec::len), Some(1), "one full part uploaded: {session}");
     assert!(
-        !keys_under(
-            s.object_store(),
-            prefix,
-            &format!("uploads/{}/tail", info.id)
-        )
-        .await
-        .is_empty(),
+        !keys_under(s.object_store(), prefix, &format!("uploads/{}/tail", info.id)).await.is_empty(),
         "the sub-part tail is in the bucket"
     );
     s.upload_abort(&info.id).await.expect("abort");
     let left = keys_under(s.object_store(), prefix, &format!("uploads/{}", info.id)).await;
     assert!(left.is_empty(), "abort removes every object: {left:?}");
     let data_key = Path::from(format!("{prefix}/uploads/{}/data", info.id));
-    let late = multipart
-        .put_part(&data_key, &upload_id, 3, PutPayload::from_static(b"late"))
-        .await;
+    let late = multipart.put_part(&data_key, &upload_id, 3, PutPayload::from_static(b"late")).await;
     assert!(late.is_err(), "the multipart upload was aborted");
-    assert!(matches!(
-        s.upload_info(&info.id).await,
-        Err(StorageError::UploadUnknown)
-    ));
+    assert!(matches!(s.upload_info(&info.id).await, Err(StorageError::UploadUnknown)));
 }
 
 /// A sha512 commit digest is verified by re-reading the staged bytes.
@@ -249,17 +162,9 @@ pub async fn sha512_commit(s: &ObjectStorage) {
         h.update(&body);
         let d = h.finish();
         let info = s.upload_start(&r).await.expect("start");
-        s.upload_append(&info.id, 0, chunked(body.clone(), 1 << 20))
-            .await
-            .expect("append");
-        assert_eq!(
-            s.upload_commit(&info.id, &d).await.expect("commit"),
-            len as u64
-        );
-        assert_eq!(
-            read_all(s.blob_read(&d, None).await.expect("read")).await,
-            body.to_vec()
-        );
+        s.upload_append(&info.id, 0, chunked(body.clone(), 1 << 20)).await.expect("append");
+        assert_eq!(s.upload_commit(&info.id, &d).await.expect("commit"), len as u64);
+        assert_eq!(read_all(s.blob_read(&d, None).await.expect("read")).await, body.to_vec());
     }
 }
 
@@ -268,25 +173,15 @@ pub async fn sha512_commit(s: &ObjectStorage) {
 pub async fn large_blob_write(s: &ObjectStorage) {
     let body = data(12 * 1024 * 1024 + 7, 17);
     let wrong = Digest::sha256_of(b"wrong");
-    let res = s
-        .blob_write(&wrong, chunked(body.clone(), 1 << 20), None)
-        .await;
-    assert!(
-        matches!(res, Err(StorageError::DigestMismatch { .. })),
-        "{res:?}"
-    );
+    let res = s.blob_write(&wrong, chunked(body.clone(), 1 << 20), None).await;
+    assert!(matches!(res, Err(StorageError::DigestMismatch { .. })), "{res:?}");
     assert_eq!(s.blob_size(&wrong).await.expect("stat"), None);
     let d = Digest::sha256_of(&body);
     assert_eq!(
-        s.blob_write(&d, chunked(body.clone(), 300_000), Some(body.len() as u64))
-            .await
-            .expect("write"),
+        s.blob_write(&d, chunked(body.clone(), 300_000), Some(body.len() as u64)).await.expect("write"),
         body.len() as u64
     );
-    assert_eq!(
-        read_all(s.blob_read(&d, None).await.expect("read")).await,
-        body.to_vec()
-    );
+    assert_eq!(read_all(s.blob_read(&d, None).await.expect("read")).await, body.to_vec());
 }
 
 /// Runs every object-specific check on two replicas of one bucket.

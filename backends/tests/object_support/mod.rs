@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod checks;
+pub mod stream;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -19,9 +20,7 @@ use cove_backends::object::{ObjectStorage, ObjectStorageConfig};
 
 /// Where the peer binaries live.
 pub fn peers_bin() -> PathBuf {
-    std::env::var_os("COVE_PEERS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/cove-peers/bin"))
+    std::env::var_os("COVE_PEERS_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/cove-peers/bin"))
 }
 
 fn require(bin: &str, script: &str) -> PathBuf {
@@ -35,10 +34,7 @@ fn require(bin: &str, script: &str) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
 fn wait_listening(port: u16, child: &mut Child, what: &str) {
@@ -64,13 +60,18 @@ pub struct S3Peer {
     pub access_key: String,
     pub secret_key: String,
     pub region: String,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for S3Peer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::env::var_os("COVE_KEEP_PEER_DIR").is_some() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("kept peer dir {}", d.keep().display());
+            }
+        }
     }
 }
 
@@ -106,6 +107,9 @@ impl S3Peer {
     pub fn s3s_fs() -> S3Peer {
         let bin = require("s3s-fs", "install-s3s-fs.sh");
         let dir = tempfile::tempdir().expect("tempdir");
+        if std::env::var_os("COVE_KEEP_PEER_DIR").is_some() {
+            eprintln!("s3s-fs dir: {}", dir.path().display());
+        }
         let bucket = "cove".to_owned();
         std::fs::create_dir_all(dir.path().join(&bucket)).expect("bucket dir");
         let port = free_port();
@@ -114,8 +118,9 @@ impl S3Peer {
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", ak, "--secret-key", sk])
             .arg(dir.path())
+            .env("RUST_LOG", "s3s_fs=debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("s3s-fs.log")).expect("log"))
             .spawn()
             .expect("spawn s3s-fs");
         wait_listening(port, &mut child, "s3s-fs");
@@ -126,7 +131,7 @@ impl S3Peer {
             access_key: ak.into(),
             secret_key: sk.into(),
             region: "us-east-1".into(),
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
@@ -177,20 +182,12 @@ api_bind_addr = "127.0.0.1:{admin_port}"
         let garage = |args: &[&str]| -> String {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                let out = Command::new(&bin)
-                    .arg("-c")
-                    .arg(&cfg)
-                    .args(args)
-                    .output()
-                    .expect("run garage cli");
+                let out = Command::new(&bin).arg("-c").arg(&cfg).args(args).output().expect("run garage cli");
                 if out.status.success() {
                     return String::from_utf8_lossy(&out.stdout).into_owned();
                 }
                 if Instant::now() > deadline {
-                    panic!(
-                        "garage {args:?} failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
+                    panic!("garage {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -200,25 +197,10 @@ api_bind_addr = "127.0.0.1:{admin_port}"
         garage(&["layout", "assign", "-z", "dc1", "-c", "1G", &node_id]);
         garage(&["layout", "apply", "--version", "1"]);
         garage(&["bucket", "create", "cove"]);
-        let key_id = format!(
-            "GK{}",
-            (0..12)
-                .map(|_| format!("{:02x}", rand_byte()))
-                .collect::<String>()
-        );
+        let key_id = format!("GK{}", (0..12).map(|_| format!("{:02x}", rand_byte())).collect::<String>());
         let key_secret: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
-        garage(&[
-            "key",
-            "import",
-            "--yes",
-            "-n",
-            "cove-test",
-            &key_id,
-            &key_secret,
-        ]);
-        garage(&[
-            "bucket", "allow", "--read", "--write", "--owner", "cove", "--key", &key_id,
-        ]);
+        garage(&["key", "import", "--yes", "-n", "cove-test", &key_id, &key_secret]);
+        garage(&["bucket", "allow", "--read", "--write", "--owner", "cove", "--key", &key_id]);
         wait_listening(s3_port, &mut child, "garage s3 api");
         S3Peer {
             child,
@@ -227,11 +209,28 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             access_key: key_id,
             secret_key: key_secret,
             region: "garage".into(),
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 }
 
 fn rand_byte() -> u8 {
     uuid::Uuid::new_v4().as_bytes()[0]
+}
+
+impl S3Peer {
+    /// A raw object_store S3 client on this server (for inspecting the
+    /// bucket and its multipart uploads).
+    pub fn raw_s3(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_endpoint(&self.endpoint)
+            .with_region(&self.region)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .with_access_key_id(&self.access_key)
+            .with_secret_access_key(&self.secret_key)
+            .build()
+            .expect("raw s3 client")
+    }
 }
