@@ -719,7 +719,7 @@ fn follow(flight: Arc<Inflight>, start: u64, end: Option<u64>) -> ByteStream {
                     }
                 }
                 let want = ((limit - st.pos) as usize).min(st.buf.len());
-                let Some(file) = st.file.as_mut() else { return None };
+                let file = st.file.as_mut()?;
                 match file.read(&mut st.buf[..want]).await {
                     Ok(0) => {}
                     Ok(n) => {
