@@ -61,7 +61,9 @@ pub async fn run(app: Arc<App>, listener: TcpListener, upload_ttl: Duration, shu
     let expiry = {
         let registry = app.registry.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(600));
+            // Sweep at least twice per TTL so a session never outlives it by much.
+            let period = (upload_ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
+            let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
                 match registry.expire_uploads(upload_ttl).await {
