@@ -1478,3 +1478,136 @@ async fn sigterm_shuts_down_gracefully() {
     let status = status.expect("cove did not exit within 15 s of SIGTERM");
     assert!(status.success(), "SIGTERM exit status {status}; logs:\n{}", s.logs_tail(2000));
 }
+
+// ---------------------------------------------------------------------------
+// Content-Type handling and concurrency
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn manifest_media_type_from_body_or_header() {
+    let s = Server::start().await;
+    let img = Image::random(1);
+    s.push_blob("mt", &img.config).await;
+    s.push_blob("mt", &img.layers[0]).await;
+    // No Content-Type: the body's mediaType decides.
+    let r = s.req("PUT", "/v2/mt/manifests/nohdr").body(img.manifest.clone()).send().await.expect("PUT");
+    assert_eq!(r.status(), 201, "manifest PUT without Content-Type");
+    assert_manifest_served(&s, "mt", "nohdr", OCI_MANIFEST, &img.manifest).await;
+    // No mediaType in the body: the Content-Type decides.
+    let mut v: serde_json::Value = serde_json::from_slice(&img.manifest).expect("json");
+    v.as_object_mut().expect("object").remove("mediaType");
+    let bare = serde_json::to_vec(&v).expect("json");
+    let r = s.put_manifest("mt", "bare", OCI_MANIFEST, &bare).await;
+    assert_eq!(r.status(), 201, "manifest without mediaType");
+    assert_manifest_served(&s, "mt", "bare", OCI_MANIFEST, &bare).await;
+}
+
+#[tokio::test]
+async fn concurrent_chunks_at_the_same_offset_do_not_interleave() {
+    let s = Server::start().await;
+    for round in 0..5 {
+        let url = s.start_upload("race").await;
+        let a = random_bytes(2 << 20);
+        let b = random_bytes(2 << 20);
+        let send = |data: Vec<u8>| {
+            let req = s
+                .req("PATCH", &url)
+                .header("content-type", "application/octet-stream")
+                .header("content-range", format!("0-{}", data.len() - 1))
+                .body(data);
+            async move { req.send().await.expect("PATCH").status().as_u16() }
+        };
+        let (sa, sb) = tokio::join!(send(a.clone()), send(b.clone()));
+        let mut statuses = [sa, sb];
+        statuses.sort();
+        assert!(
+            statuses == [202, 416] || statuses == [202, 409] || statuses == [202, 400],
+            "round {round}: two PATCHes at offset 0 gave {statuses:?}; exactly one may win"
+        );
+        let r = s.req("GET", &url).send().await.expect("status");
+        assert_eq!(header(&r, "range"), format!("0-{}", a.len() - 1), "round {round}");
+        let winner = if sa == 202 { &a } else { &b };
+        let r =
+            s.req("PUT", &with_query(&url, &format!("digest={}", sha256_digest(winner)))).send().await.expect("PUT");
+        assert_eq!(r.status(), 201, "round {round}: the session must hold exactly the winning chunk");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_uploads_of_one_blob_and_tag_updates_stay_consistent() {
+    let s = Server::start().await;
+    let data = random_bytes(8 << 20);
+    let digest = sha256_digest(&data);
+    let pushes = (0..4).map(|i| {
+        let repo = format!("same/r{}", i % 2);
+        let data = data.clone();
+        let digest = digest.clone();
+        let s = &s;
+        async move {
+            let r = s
+                .req("POST", &format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
+                .header("content-type", "application/octet-stream")
+                .body(data)
+                .send()
+                .await
+                .expect("POST");
+            r.status().as_u16()
+        }
+    });
+    let statuses = futures::future::join_all(pushes).await;
+    assert!(statuses.iter().all(|s| *s == 201), "concurrent pushes of one blob: {statuses:?}");
+    for repo in ["same/r0", "same/r1"] {
+        let body = s.get(&format!("/v2/{repo}/blobs/{digest}")).await.bytes().await.expect("body");
+        assert!(body[..] == data[..], "{repo}: blob differs");
+    }
+    assert_eq!(assert_blobs_verified(&s.data_dir), 1, "one file per digest");
+
+    // Racing tag updates: the tag ends on one of the manifests, and what GET
+    // serves matches its Docker-Content-Digest.
+    let imgs: Vec<Image> = (0..6).map(|_| Image::random(0)).collect();
+    for img in &imgs {
+        s.push_blob("same/r0", &img.config).await;
+    }
+    let puts = imgs.iter().map(|img| s.put_manifest("same/r0", "racy", OCI_MANIFEST, &img.manifest));
+    for r in futures::future::join_all(puts).await {
+        assert_eq!(r.status(), 201);
+    }
+    let r = s.get("/v2/same/r0/manifests/racy").await;
+    assert_eq!(r.status(), 200);
+    let d = header(&r, "docker-content-digest");
+    let body = r.bytes().await.expect("body");
+    assert_eq!(sha256_digest(&body), d, "served bytes do not match Docker-Content-Digest");
+    assert!(imgs.iter().any(|i| i.digest == d), "tag points at a manifest never pushed to it");
+}
+
+#[tokio::test]
+async fn upload_sessions_cannot_be_used_through_another_repository() {
+    let s = Server::start().await;
+    let url = s.start_upload("owner/repo").await;
+    let intruder = url.replace("/v2/owner/repo/", "/v2/intruder/");
+    assert_ne!(intruder, url);
+    let data = random_bytes(100);
+    let r = s
+        .req("PATCH", &intruder)
+        .header("content-type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .expect("PATCH");
+    assert_error(r, 404, "BLOB_UPLOAD_UNKNOWN", "PATCH through another repo").await;
+    let r = s
+        .req("PUT", &with_query(&intruder, &format!("digest={}", sha256_digest(&data))))
+        .body(data.clone())
+        .send()
+        .await
+        .expect("PUT");
+    assert_error(r, 404, "BLOB_UPLOAD_UNKNOWN", "PUT through another repo").await;
+    let r = s.req("DELETE", &intruder).send().await.expect("DELETE");
+    assert_error(r, 404, "BLOB_UPLOAD_UNKNOWN", "DELETE through another repo").await;
+    assert_eq!(s.head(&format!("/v2/intruder/blobs/{}", sha256_digest(&data))).await.status(), 404);
+    // The owner's session is intact.
+    let r = s.req("GET", &url).send().await.expect("status");
+    assert_eq!(r.status(), 204);
+    let range = header(&r, "range");
+    assert!(range == "0-0" || range.is_empty(), "intruder changed the session: {range}");
+}

@@ -327,3 +327,42 @@ async fn big_blob_push_and_pull_in_flat_memory() {
         "monolithic push/pull raised the server's peak RSS to {mono_peak} KiB (limit {RSS_LIMIT_KIB})"
     );
 }
+
+#[tokio::test]
+async fn stale_upload_sessions_expire() {
+    let opts = ServerOptions { config: Some("[storage]\nupload_ttl = \"1s\"\n".into()), ..Default::default() };
+    let mut s = Server::start_with(opts).await;
+    let url = s.start_upload("stale").await;
+    let r = s
+        .req("PATCH", &url)
+        .header("content-type", "application/octet-stream")
+        .body(random_bytes(1000))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(r.status(), 202);
+    let path = s.resolve(&header(&r, "location")).trim_start_matches(&s.base).to_owned();
+    assert!(!files_under(&s.data_dir.join("uploads")).is_empty(), "session files under uploads/");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Expiry runs at start (and periodically): the idle session is removed.
+    s.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s.get(&path).await;
+        if r.status() == 404 {
+            assert_error(r, 404, "BLOB_UPLOAD_UNKNOWN", "expired session").await;
+            break;
+        }
+        assert!(Instant::now() < deadline, "an upload idle past upload_ttl was not expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        files_under(&s.data_dir.join("uploads")).is_empty(),
+        "expired session left files: {:?}",
+        files_under(&s.data_dir.join("uploads"))
+    );
+    // A fresh session is unaffected.
+    let url = s.start_upload("stale").await;
+    let r = s.req("GET", &url).send().await.expect("status");
+    assert_eq!(r.status(), 204);
+}

@@ -272,6 +272,14 @@ impl Server {
             }
             if let Ok(r) = client.get(&url).send().await {
                 if r.status() == 200 {
+                    // Another test's server could own this port if ours lost a
+                    // bind race: make sure our process is the one alive.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    if let Some(child) = self.child.as_mut() {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            return Err(format!("cove exited with {status}"));
+                        }
+                    }
                     return Ok(());
                 }
             }
