@@ -1391,10 +1391,35 @@ async fn config_file_sets_listen_and_root_and_layout_matches_readme() {
     let logs = s.logs();
     let json_lines: Vec<serde_json::Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(!json_lines.is_empty(), "log_format = json gave no JSON lines:\n{logs}");
-    assert!(
-        json_lines.iter().any(|v| v.to_string().contains("/v2/lay/out/manifests/t")),
-        "no JSON request log for the manifest PUT:\n{logs}"
-    );
+    let line = json_lines
+        .iter()
+        .find(|v| v.to_string().contains("/v2/lay/out/manifests/t"))
+        .unwrap_or_else(|| panic!("no JSON request log for the manifest PUT:\n{logs}"));
+    fn keys(v: &serde_json::Value, out: &mut Vec<String>) {
+        if let Some(o) = v.as_object() {
+            for (k, v) in o {
+                out.push(k.to_ascii_lowercase());
+                keys(v, out);
+            }
+        }
+    }
+    let mut names = Vec::new();
+    keys(line, &mut names);
+    // The issue asks for a request id, method, path, status, bytes and duration.
+    for want in ["id", "method", "path", "status", "bytes", "duration"] {
+        assert!(names.iter().any(|k| k.contains(want)), "request log has no {want} field: {line}");
+    }
+    fn status_of(v: &serde_json::Value) -> Option<String> {
+        let o = v.as_object()?;
+        o.iter().find_map(|(k, v)| {
+            if k.to_ascii_lowercase().contains("status") {
+                Some(v.to_string().trim_matches('"').to_owned())
+            } else {
+                status_of(v)
+            }
+        })
+    }
+    assert_eq!(status_of(line).as_deref(), Some("201"), "request log status: {line}");
 }
 
 #[tokio::test]
@@ -1610,4 +1635,45 @@ async fn upload_sessions_cannot_be_used_through_another_repository() {
     assert_eq!(r.status(), 204);
     let range = header(&r, "range");
     assert!(range == "0-0" || range.is_empty(), "intruder changed the session: {range}");
+}
+
+#[tokio::test]
+async fn default_data_dir_is_data_under_the_working_directory() {
+    let s = Server::start_with(ServerOptions { omit_data_dir: true, ..Default::default() }).await;
+    let data = random_bytes(500);
+    let digest = s.push_blob("defaults", &data).await;
+    let hex = digest.trim_start_matches("sha256:");
+    let blob = s.tmp.path().join("data/blobs/sha256").join(&hex[..2]).join(hex);
+    assert!(blob.is_file(), "without --data-dir the blob should be at {}", blob.display());
+}
+
+#[tokio::test]
+async fn default_listen_address_is_port_5050() {
+    // Only meaningful when 5050 is free here; otherwise say so loudly.
+    if std::net::TcpListener::bind("0.0.0.0:5050").is_err() {
+        panic!("port 5050 is in use on this machine, so `cove serve`'s default listen address cannot be tested");
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut child = std::process::Command::new(cove_bin())
+        .arg("serve")
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cove");
+    let client = http_client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ok = loop {
+        if let Ok(r) = client.get("http://127.0.0.1:5050/v2/").send().await {
+            break r.status() == 200 && header(&r, "docker-distribution-api-version") == "registry/2.0";
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "`cove serve` with no flags did not answer on 0.0.0.0:5050");
+    assert!(tmp.path().join("data").is_dir(), "`cove serve` with no flags did not create ./data");
 }

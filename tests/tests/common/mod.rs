@@ -149,6 +149,9 @@ pub struct ServerOptions {
     /// Pass `--listen`/`--data-dir` flags (default true). When false, the
     /// config file must provide them.
     pub no_flags: bool,
+    /// Omit `--data-dir`: the server runs in the temp dir, whose `data/`
+    /// is then the default data directory.
+    pub omit_data_dir: bool,
     /// Extra command-line arguments after `serve`.
     pub extra_args: Vec<String>,
 }
@@ -233,8 +236,12 @@ impl Server {
                 cmd.arg("--config").arg(&path);
             }
             if !self.opts.no_flags {
-                cmd.arg("--listen").arg(self.addr.to_string()).arg("--data-dir").arg(&self.data_dir);
+                cmd.arg("--listen").arg(self.addr.to_string());
+                if !self.opts.omit_data_dir {
+                    cmd.arg("--data-dir").arg(&self.data_dir);
+                }
             }
+            cmd.current_dir(self.tmp.path());
             cmd.args(&self.opts.extra_args);
             let log =
                 std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open log file");
