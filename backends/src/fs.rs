@@ -59,9 +59,7 @@ use std::sync::{Arc, Mutex};
 use cove_core::digest::Algorithm;
 use cove_core::manifest::Descriptor;
 use cove_core::storage::{StoredManifest, UploadInfo};
-use cove_core::{
-    ByteRange, ByteStream, Digest, DigestHasher, RepoName, Storage, StorageError, Tag,
-};
+use cove_core::{ByteRange, ByteStream, Digest, DigestHasher, RepoName, Storage, StorageError, Tag};
 
 use atomic::TempFile;
 
@@ -88,9 +86,7 @@ struct Inner {
 
 impl std::fmt::Debug for FsStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsStorage")
-            .field("root", &self.inner.root)
-            .finish()
+        f.debug_struct("FsStorage").field("root", &self.inner.root).finish()
     }
 }
 
@@ -139,9 +135,7 @@ impl FsStorage {
         if removed > 0 {
             tracing::info!(removed, "removed leftover temp files");
         }
-        Ok(FsStorage {
-            inner: Arc::new(inner),
-        })
+        Ok(FsStorage { inner: Arc::new(inner) })
     }
 
     /// The root directory.
@@ -165,10 +159,7 @@ impl FsStorage {
 impl Inner {
     fn blob_path(&self, d: &Digest) -> PathBuf {
         let hex = d.hex();
-        self.blobs
-            .join(d.algorithm().as_str())
-            .join(&hex[..2])
-            .join(hex)
+        self.blobs.join(d.algorithm().as_str()).join(&hex[..2]).join(hex)
     }
 
     fn repo_dir(&self, repo: &RepoName) -> PathBuf {
@@ -178,10 +169,7 @@ impl Inner {
     }
 
     fn manifest_path(&self, repo: &RepoName, d: &Digest) -> PathBuf {
-        self.repo_dir(repo)
-            .join("_manifests")
-            .join(d.algorithm().as_str())
-            .join(d.hex())
+        self.repo_dir(repo).join("_manifests").join(d.algorithm().as_str()).join(d.hex())
     }
 
     fn tag_path(&self, repo: &RepoName, tag: &Tag) -> PathBuf {
@@ -189,17 +177,11 @@ impl Inner {
     }
 
     fn link_path(&self, repo: &RepoName, d: &Digest) -> PathBuf {
-        self.repo_dir(repo)
-            .join("_links")
-            .join(d.algorithm().as_str())
-            .join(d.hex())
+        self.repo_dir(repo).join("_links").join(d.algorithm().as_str()).join(d.hex())
     }
 
     fn referrer_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
-        self.repo_dir(repo)
-            .join("_referrers")
-            .join(subject.algorithm().as_str())
-            .join(subject.hex())
+        self.repo_dir(repo).join("_referrers").join(subject.algorithm().as_str()).join(subject.hex())
     }
 }
 
@@ -227,19 +209,11 @@ fn verify(
     expected_size: Option<u64>,
 ) -> Result<(), StorageError> {
     if let Some(expected) = expected_size.filter(|e| *e != size) {
-        return Err(StorageError::SizeMismatch {
-            expected,
-            actual: size,
-        });
+        return Err(StorageError::SizeMismatch { expected, actual: size });
     }
-    let actual = hasher
-        .ok_or_else(|| StorageError::Backend("hasher lost".into()))?
-        .finish();
+    let actual = hasher.ok_or_else(|| StorageError::Backend("hasher lost".into()))?.finish();
     if actual != *digest {
-        return Err(StorageError::DigestMismatch {
-            expected: digest.clone(),
-            actual,
-        });
+        return Err(StorageError::DigestMismatch { expected: digest.clone(), actual });
     }
     Ok(())
 }
@@ -254,10 +228,7 @@ impl Storage for FsStorage {
         self.run(|inner| {
             for dir in [&inner.blobs, &inner.uploads, &inner.repos] {
                 if !fs::metadata(dir)?.is_dir() {
-                    return Err(StorageError::Backend(format!(
-                        "{} is not a directory",
-                        dir.display()
-                    )));
+                    return Err(StorageError::Backend(format!("{} is not a directory", dir.display())));
                 }
             }
             let mut t = TempFile::create(&inner.tmp)?;
@@ -273,23 +244,16 @@ impl Storage for FsStorage {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
         let d = digest.clone();
         self.run(move |inner| {
-            Ok(not_found_as_none(fs::metadata(inner.blob_path(&d)))?
-                .filter(|m| m.is_file())
-                .map(|m| m.len()))
+            Ok(not_found_as_none(fs::metadata(inner.blob_path(&d)))?.filter(|m| m.is_file()).map(|m| m.len()))
         })
         .await
     }
 
-    async fn blob_read(
-        &self,
-        digest: &Digest,
-        range: Option<ByteRange>,
-    ) -> Result<ByteStream, StorageError> {
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
         let d = digest.clone();
         let (file, size) = self
             .run(move |inner| {
-                let f = not_found_as_none(fs::File::open(inner.blob_path(&d)))?
-                    .ok_or(StorageError::NotFound)?;
+                let f = not_found_as_none(fs::File::open(inner.blob_path(&d)))?.ok_or(StorageError::NotFound)?;
                 let size = f.metadata()?.len();
                 Ok((f, size))
             })
@@ -298,10 +262,7 @@ impl Storage for FsStorage {
             None => (0, size),
             Some(r) if r.end < size && r.start <= r.end => (r.start, r.len()),
             Some(r) => {
-                return Err(StorageError::Backend(format!(
-                    "range {}-{} outside blob of {size} bytes",
-                    r.start, r.end
-                )))
+                return Err(StorageError::Backend(format!("range {}-{} outside blob of {size} bytes", r.start, r.end)))
             }
         };
         Ok(pipe::read_stream(file, start, len))
@@ -316,31 +277,15 @@ impl Storage for FsStorage {
         let hasher = DigestHasher::new(digest.algorithm());
         if self.blob_size(digest).await?.is_some() {
             // Already stored: verify the body without writing it again.
-            let out = pipe::pump(
-                body,
-                Some(hasher),
-                None::<fn() -> io::Result<io::Sink>>,
-                (),
-                expected_size,
-            )
-            .await;
+            let out = pipe::pump(body, Some(hasher), None::<fn() -> io::Result<io::Sink>>, (), expected_size).await;
             out.result?;
             verify(out.size, out.hasher, digest, expected_size)?;
             return Ok(out.size);
         }
         let tmp = self.inner.tmp.clone();
-        let out = pipe::pump(
-            body,
-            Some(hasher),
-            Some(move || TempFile::create(&tmp)),
-            (),
-            expected_size,
-        )
-        .await;
+        let out = pipe::pump(body, Some(hasher), Some(move || TempFile::create(&tmp)), (), expected_size).await;
         let size = out.size;
-        let checked = out
-            .result
-            .and_then(|()| verify(size, out.hasher, digest, expected_size));
+        let checked = out.result.and_then(|()| verify(size, out.hasher, digest, expected_size));
         let writer = out.writer;
         let d = digest.clone();
         // Persist, or drop (remove) the temp file, on a blocking thread.
@@ -359,8 +304,7 @@ impl Storage for FsStorage {
 
     async fn blob_delete(&self, digest: &Digest) -> Result<bool, StorageError> {
         let d = digest.clone();
-        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.blob_path(&d))?))
-            .await
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.blob_path(&d))?)).await
     }
 
     async fn blob_list(&self) -> Result<Vec<Digest>, StorageError> {
@@ -389,8 +333,7 @@ impl Storage for FsStorage {
 
     async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<(), StorageError> {
         let (r, d) = (repo.clone(), digest.clone());
-        self.run(move |inner| Ok(atomic::touch(&inner.link_path(&r, &d))?))
-            .await
+        self.run(move |inner| Ok(atomic::touch(&inner.link_path(&r, &d))?)).await
     }
 
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
@@ -404,8 +347,7 @@ impl Storage for FsStorage {
 
     async fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
         let (r, d) = (repo.clone(), digest.clone());
-        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.link_path(&r, &d))?))
-            .await
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.link_path(&r, &d))?)).await
     }
 
     // ---- uploads -----------------------------------------------------------
@@ -418,12 +360,7 @@ impl Storage for FsStorage {
         self.session_info(id).await
     }
 
-    async fn upload_append(
-        &self,
-        id: &str,
-        offset: u64,
-        body: ByteStream,
-    ) -> Result<u64, StorageError> {
+    async fn upload_append(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
         self.append_session(id, offset, body).await
     }
 
@@ -450,55 +387,32 @@ impl Storage for FsStorage {
         self.put_manifest(repo, digest, manifest).await
     }
 
-    async fn manifest_get(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<StoredManifest>, StorageError> {
+    async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>, StorageError> {
         self.get_manifest(repo, digest).await
     }
 
-    async fn manifest_delete(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<bool, StorageError> {
+    async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
         let (r, d) = (repo.clone(), digest.clone());
-        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.manifest_path(&r, &d))?))
-            .await
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.manifest_path(&r, &d))?)).await
     }
 
     async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError> {
         let r = repo.clone();
-        self.run(move |inner| meta::manifest_digests(&inner.repo_dir(&r), false))
-            .await
+        self.run(move |inner| meta::manifest_digests(&inner.repo_dir(&r), false)).await
     }
 
     async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StorageError> {
         self.get_tag(repo, tag).await
     }
 
-    async fn tag_put(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-        digest: &Digest,
-    ) -> Result<(), StorageError> {
+    async fn tag_put(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<(), StorageError> {
         let (r, t, d) = (repo.clone(), tag.clone(), digest.to_string());
-        self.run(move |inner| {
-            Ok(atomic::write_atomic(
-                &inner.tmp,
-                &inner.tag_path(&r, &t),
-                &[d.as_bytes()],
-            )?)
-        })
-        .await
+        self.run(move |inner| Ok(atomic::write_atomic(&inner.tmp, &inner.tag_path(&r, &t), &[d.as_bytes()])?)).await
     }
 
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
         let (r, t) = (repo.clone(), tag.clone());
-        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.tag_path(&r, &t))?))
-            .await
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.tag_path(&r, &t))?)).await
     }
 
     async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
@@ -518,28 +432,17 @@ impl Storage for FsStorage {
         self.put_referrer(repo, subject, descriptor).await
     }
 
-    async fn referrer_delete(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-        referrer: &Digest,
-    ) -> Result<(), StorageError> {
+    async fn referrer_delete(&self, repo: &RepoName, subject: &Digest, referrer: &Digest) -> Result<(), StorageError> {
         let (r, s, d) = (repo.clone(), subject.clone(), referrer.clone());
         self.run(move |inner| {
-            let path = inner
-                .referrer_dir(&r, &s)
-                .join(meta::referrer_file_name(&d));
+            let path = inner.referrer_dir(&r, &s).join(meta::referrer_file_name(&d));
             atomic::remove_if_exists(&path)?;
             Ok(())
         })
         .await
     }
 
-    async fn referrers(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-    ) -> Result<Vec<Descriptor>, StorageError> {
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
         self.list_referrers(repo, subject).await
     }
 }

@@ -8,8 +8,6 @@ async fn fs_storage_passes_conformance() {
     let store = FsStorage::open(dir.path()).expect("open");
     cove_core::conformance::run_all(&store).await;
     // Nothing is left behind in tmp/ by any of the checks.
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
-        .expect("tmp")
-        .collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).expect("tmp").collect();
     assert!(leftovers.is_empty(), "tmp/ not empty: {leftovers:?}");
 }

@@ -16,15 +16,8 @@ impl TempFile {
     /// Creates a new, uniquely named, empty temp file in `tmp_dir`.
     pub(crate) fn create(tmp_dir: &Path) -> io::Result<TempFile> {
         let path = tmp_dir.join(uuid::Uuid::new_v4().simple().to_string());
-        let file = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(TempFile {
-            file: Some(file),
-            path,
-        })
+        let file = OpenOptions::new().write(true).read(true).create_new(true).open(&path)?;
+        Ok(TempFile { file: Some(file), path })
     }
 
     /// Flushes the data to disk and renames the file to `dest` (creating its
@@ -38,6 +31,12 @@ impl TempFile {
         // Renamed: nothing left to clean up.
         self.path = PathBuf::new();
         Ok(())
+    }
+}
+
+impl super::pipe::FileSink for TempFile {
+    fn as_file(&self) -> Option<&File> {
+        self.file.as_ref()
     }
 }
 
@@ -113,13 +112,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Creates an empty file at `path` if absent (creating parent directories).
 /// Creating an empty file is atomic by itself: no temp file is needed.
 pub(crate) fn touch(path: &Path) -> io::Result<()> {
-    let open = || {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-    };
+    let open = || OpenOptions::new().write(true).create(true).truncate(false).open(path);
     match open() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(parent) = path.parent() {

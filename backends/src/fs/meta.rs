@@ -26,10 +26,7 @@ fn parse_referrer_file_name(name: &str) -> Option<Digest> {
 
 /// The manifest digests of the repository at `repo_dir`, sorted. With
 /// `first_only`, stops at the first one found (an existence check).
-pub(super) fn manifest_digests(
-    repo_dir: &Path,
-    first_only: bool,
-) -> Result<Vec<Digest>, StorageError> {
+pub(super) fn manifest_digests(repo_dir: &Path, first_only: bool) -> Result<Vec<Digest>, StorageError> {
     let dir = repo_dir.join(MANIFESTS);
     let mut out = Vec::new();
     for alg_name in atomic::list_names(&dir)? {
@@ -69,15 +66,9 @@ pub(super) fn walk_repos(repos: &Path) -> Result<Vec<RepoName>, StorageError> {
                 continue;
             }
             let path = dir.join(&child);
-            let is_dir = std::fs::symlink_metadata(&path)
-                .map(|m| m.is_dir())
-                .unwrap_or(false);
+            let is_dir = std::fs::symlink_metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
             if is_dir {
-                let child_name = if name.is_empty() {
-                    child
-                } else {
-                    format!("{name}/{child}")
-                };
+                let child_name = if name.is_empty() { child } else { format!("{name}/{child}") };
                 stack.push((path, child_name));
             }
         }
@@ -94,9 +85,7 @@ impl FsStorage {
         manifest: &StoredManifest,
     ) -> Result<(), StorageError> {
         if manifest.media_type.contains(['\n', '\r']) {
-            return Err(StorageError::Backend(
-                "manifest media type contains a line break".into(),
-            ));
+            return Err(StorageError::Backend("manifest media type contains a line break".into()));
         }
         let (r, d, m) = (repo.clone(), digest.clone(), manifest.clone());
         self.run(move |inner| {
@@ -127,19 +116,12 @@ impl FsStorage {
             let media_type = std::str::from_utf8(&raw[..nl])
                 .map_err(|_| StorageError::Backend(format!("manifest file of {d} is corrupt")))?
                 .to_owned();
-            Ok(Some(StoredManifest {
-                media_type,
-                bytes: raw.slice(nl + 1..),
-            }))
+            Ok(Some(StoredManifest { media_type, bytes: raw.slice(nl + 1..) }))
         })
         .await
     }
 
-    pub(super) async fn get_tag(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-    ) -> Result<Option<Digest>, StorageError> {
+    pub(super) async fn get_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StorageError> {
         let (r, t) = (repo.clone(), tag.clone());
         self.run(move |inner| {
             let Some(raw) = atomic::read_if_exists(&inner.tag_path(&r, &t))? else {
@@ -155,17 +137,12 @@ impl FsStorage {
         .await
     }
 
-    pub(super) async fn list_tags(
-        &self,
-        repo: &RepoName,
-    ) -> Result<Option<Vec<String>>, StorageError> {
+    pub(super) async fn list_tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
         let r = repo.clone();
         self.run(move |inner| {
             let dir = inner.repo_dir(&r);
-            let mut tags: Vec<String> = atomic::list_names(&dir.join(TAGS))?
-                .into_iter()
-                .filter(|t| t.parse::<Tag>().is_ok())
-                .collect();
+            let mut tags: Vec<String> =
+                atomic::list_names(&dir.join(TAGS))?.into_iter().filter(|t| t.parse::<Tag>().is_ok()).collect();
             if tags.is_empty() && manifest_digests(&dir, true)?.is_empty() {
                 return Ok(None);
             }
@@ -181,13 +158,9 @@ impl FsStorage {
         subject: &Digest,
         descriptor: &Descriptor,
     ) -> Result<(), StorageError> {
-        let json = serde_json::to_vec(descriptor)
-            .map_err(|e| StorageError::Backend(format!("encoding referrer: {e}")))?;
-        let (r, s, name) = (
-            repo.clone(),
-            subject.clone(),
-            referrer_file_name(&descriptor.digest),
-        );
+        let json =
+            serde_json::to_vec(descriptor).map_err(|e| StorageError::Backend(format!("encoding referrer: {e}")))?;
+        let (r, s, name) = (repo.clone(), subject.clone(), referrer_file_name(&descriptor.digest));
         self.run(move |inner| {
             let dest = inner.referrer_dir(&r, &s).join(name);
             Ok(atomic::write_atomic(&inner.tmp, &dest, &[&json])?)

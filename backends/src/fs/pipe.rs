@@ -48,7 +48,7 @@ pub(crate) async fn pump<W, T, F>(
     limit: Option<u64>,
 ) -> Pumped<W, T>
 where
-    W: Write + Send + 'static,
+    W: FileSink,
     T: Send + 'static,
     F: FnOnce() -> io::Result<W> + Send + 'static,
 {
@@ -65,10 +65,7 @@ where
         };
         size += chunk.len() as u64;
         if let Some(l) = limit.filter(|l| size > *l) {
-            break Some(StorageError::SizeMismatch {
-                expected: l,
-                actual: size,
-            });
+            break Some(StorageError::SizeMismatch { expected: l, actual: size });
         }
         let batch = if buf.is_empty() && chunk.len() >= BATCH {
             chunk
@@ -118,23 +115,11 @@ where
                         (Some(w), r)
                     }
                 };
-                Pumped {
-                    size: 0,
-                    hasher,
-                    writer,
-                    token: Some(token),
-                    result,
-                }
+                Pumped { size: 0, hasher, writer, token: Some(token), result }
             });
             match job.await {
                 Ok(p) => p,
-                Err(e) => Pumped {
-                    size: 0,
-                    hasher: None,
-                    writer: None,
-                    token: None,
-                    result: Err(join_error(e)),
-                },
+                Err(e) => Pumped { size: 0, hasher: None, writer: None, token: None, result: Err(join_error(e)) },
             }
         }
         (None, pending) => Pumped {
@@ -156,6 +141,79 @@ fn join_error(e: tokio::task::JoinError) -> StorageError {
     StorageError::Backend(format!("blocking task failed: {e}"))
 }
 
+/// Something the pipeline writes to; `as_file` exposes the file (if any)
+/// for background flushing.
+pub(crate) trait FileSink: Write + Send + 'static {
+    fn as_file(&self) -> Option<&File>;
+}
+
+impl FileSink for File {
+    fn as_file(&self) -> Option<&File> {
+        Some(self)
+    }
+}
+
+impl FileSink for io::Sink {
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}
+
+/// Start a background flush after this many bytes were written since the
+/// last one started.
+const FLUSH_EVERY: usize = 32 * 1024 * 1024;
+
+/// Flushes written data to disk on a helper thread while writing goes on,
+/// so the final fsync of a large blob only waits for the tail rather than
+/// the whole file. Portable: a plain `sync_data` on a duplicated handle.
+#[derive(Default)]
+struct Flusher {
+    since: usize,
+    running: Option<std::thread::JoinHandle<io::Result<()>>>,
+    failed: Option<io::Error>,
+}
+
+impl Flusher {
+    fn wrote(&mut self, file: Option<&File>, n: usize) {
+        self.since += n;
+        if self.since < FLUSH_EVERY {
+            return;
+        }
+        let Some(file) = file else { return };
+        if let Some(h) = self.running.take_if(|h| h.is_finished()) {
+            self.collect(h);
+        }
+        if self.running.is_some() {
+            return;
+        }
+        let Ok(dup) = file.try_clone() else { return };
+        self.since = 0;
+        let spawned = std::thread::Builder::new().name("cove-fs-flush".into()).spawn(move || dup.sync_data());
+        if let Ok(h) = spawned {
+            self.running = Some(h);
+        }
+    }
+
+    fn collect(&mut self, h: std::thread::JoinHandle<io::Result<()>>) {
+        let r = h.join().unwrap_or_else(|_| Err(io::Error::other("flush thread panicked")));
+        if let Err(e) = r {
+            // Kept: the error may not be reported again to a later fsync
+            // on the same open file.
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        if let Some(h) = self.running.take() {
+            self.collect(h);
+        }
+        match self.failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
 type WriterResult<W, T> = (Option<W>, T, io::Result<()>);
 
 /// The hashing and writing threads of one [`pump`].
@@ -170,7 +228,7 @@ struct Workers<W, T> {
 
 impl<W, T> Workers<W, T>
 where
-    W: Write + Send + 'static,
+    W: FileSink,
     T: Send + 'static,
 {
     fn start<F>(hasher: Option<DigestHasher>, open: Option<F>, token: T) -> Self
@@ -198,24 +256,21 @@ where
                         Ok(w) => w,
                         Err(e) => return (None, token, Err(e)),
                     };
+                    let mut flusher = Flusher::default();
                     while let Some(b) = rx.blocking_recv() {
                         if let Err(e) = w.write_all(&b) {
                             return (Some(w), token, Err(e));
                         }
+                        flusher.wrote(w.as_file(), b.len());
                     }
-                    (Some(w), token, Ok(()))
+                    let r = flusher.finish();
+                    (Some(w), token, r)
                 });
                 (Some(tx), Some(job), None)
             }
             None => (None, None, Some(token)),
         };
-        Workers {
-            hash_tx,
-            hash_job,
-            write_tx,
-            write_job,
-            token,
-        }
+        Workers { hash_tx, hash_job, write_tx, write_job, token }
     }
 
     /// Hands a batch to both threads; false if one of them has stopped.
@@ -256,13 +311,7 @@ where
                 Err(e) => result = result.and(Err(join_error(e))),
             }
         }
-        Pumped {
-            size: 0,
-            hasher,
-            writer,
-            token,
-            result,
-        }
+        Pumped { size: 0, hasher, writer, token, result }
     }
 }
 
@@ -314,11 +363,7 @@ fn read_exact_at(file: &File, off: u64, n: u64) -> io::Result<Bytes> {
 
 /// Hashes the first `len` bytes of `file` (the re-hash path of an upload
 /// whose running hasher was lost in a restart).
-pub(crate) fn hash_file(
-    file: &File,
-    len: u64,
-    mut hasher: DigestHasher,
-) -> io::Result<DigestHasher> {
+pub(crate) fn hash_file(file: &File, len: u64, mut hasher: DigestHasher) -> io::Result<DigestHasher> {
     let mut off = 0u64;
     while off < len {
         let n = (BATCH as u64).min(len - off);

@@ -34,10 +34,7 @@ struct State {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 fn from_ms(ms: u64) -> SystemTime {
@@ -46,10 +43,8 @@ fn from_ms(ms: u64) -> SystemTime {
 
 impl State {
     fn info(&self, id: &str) -> Result<UploadInfo, StorageError> {
-        let repo: RepoName = self
-            .repo
-            .parse()
-            .map_err(|_| StorageError::Backend(format!("upload {id} has a corrupt state")))?;
+        let repo: RepoName =
+            self.repo.parse().map_err(|_| StorageError::Backend(format!("upload {id} has a corrupt state")))?;
         Ok(UploadInfo {
             id: id.to_owned(),
             repo,
@@ -72,17 +67,41 @@ impl Inner {
 
     fn read_state(&self, dir: &Path) -> Result<State, StorageError> {
         let raw = atomic::read_if_exists(&dir.join(STATE))?.ok_or(StorageError::UploadUnknown)?;
-        serde_json::from_slice(&raw).map_err(|e| {
-            StorageError::Backend(format!(
-                "upload state {} is corrupt: {e}",
-                dir.join(STATE).display()
-            ))
-        })
+        serde_json::from_slice(&raw)
+            .map_err(|e| StorageError::Backend(format!("upload state {} is corrupt: {e}", dir.join(STATE).display())))
+    }
+
+    /// The state of a session whose `data` holds at least `size` bytes. A
+    /// session whose data went missing or shrank (power loss before the
+    /// data reached the disk) cannot be resumed: it is removed and reported
+    /// unknown, so the client starts over.
+    fn read_checked_state(&self, dir: &Path) -> Result<State, StorageError> {
+        let state = self.read_state(dir)?;
+        let len = match fs::metadata(dir.join(DATA)) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        if len.is_none_or(|l| l < state.size) {
+            tracing::warn!(
+                upload = %dir.display(),
+                recorded = state.size,
+                on_disk = ?len,
+                "upload data shorter than recorded; dropping the session"
+            );
+            match fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Err(StorageError::UploadUnknown);
+        }
+        Ok(state)
     }
 
     fn write_state(&self, dir: &Path, state: &State) -> Result<(), StorageError> {
-        let json = serde_json::to_vec(state)
-            .map_err(|e| StorageError::Backend(format!("encoding upload state: {e}")))?;
+        let json =
+            serde_json::to_vec(state).map_err(|e| StorageError::Backend(format!("encoding upload state: {e}")))?;
         Ok(atomic::write_atomic(&self.tmp, &dir.join(STATE), &[&json])?)
     }
 
@@ -119,12 +138,7 @@ impl FsStorage {
     pub(super) async fn start_session(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
-        let state = State {
-            repo: repo.to_string(),
-            size: 0,
-            started: now,
-            updated: now,
-        };
+        let state = State { repo: repo.to_string(), size: 0, started: now, updated: now };
         let (id2, st) = (id.clone(), state.clone());
         self.run(move |inner| {
             let dir = inner.session_dir(&id2)?;
@@ -134,8 +148,7 @@ impl FsStorage {
             inner.write_state(&dir, &st)
         })
         .await?;
-        *self.inner.session_lock(&id).lock().await =
-            Some((0, DigestHasher::new(Algorithm::Sha256)));
+        *self.inner.session_lock(&id).lock().await = Some((0, DigestHasher::new(Algorithm::Sha256)));
         state.info(&id)
     }
 
@@ -168,17 +181,12 @@ impl FsStorage {
         .await
     }
 
-    pub(super) async fn append_session(
-        &self,
-        id: &str,
-        offset: u64,
-        body: ByteStream,
-    ) -> Result<u64, StorageError> {
+    pub(super) async fn append_session(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
         let dir = self.inner.session_dir(id)?;
         let lock = self.inner.session_lock(id);
         let guard = lock.lock_owned().await;
         let d = dir.clone();
-        let state = match self.run(move |inner| inner.read_state(&d)).await {
+        let state = match self.run(move |inner| inner.read_checked_state(&d)).await {
             Err(StorageError::UploadUnknown) => {
                 drop(guard);
                 self.inner.forget_session(id);
@@ -187,10 +195,7 @@ impl FsStorage {
             other => other?,
         };
         if offset != state.size {
-            return Err(StorageError::OffsetMismatch {
-                expected: state.size,
-                got: offset,
-            });
+            return Err(StorageError::OffsetMismatch { expected: state.size, got: offset });
         }
         let old = state.size;
         // Keep hashing only if the in-memory hasher covers exactly `old` bytes.
@@ -200,14 +205,7 @@ impl FsStorage {
             _ => None,
         };
         let data = dir.join(DATA);
-        let out = pipe::pump(
-            body,
-            hasher,
-            Some(move || open_data_at(&data, old)),
-            guard,
-            None,
-        )
-        .await;
+        let out = pipe::pump(body, hasher, Some(move || open_data_at(&data, old)), guard, None).await;
         // Finish (or roll back) on a blocking thread still holding the lock,
         // so a cancelled request cannot interleave with the next append.
         self.run(move |inner| {
@@ -228,15 +226,11 @@ impl FsStorage {
             if out.size == 0 {
                 return Ok(old);
             }
-            if let Some(f) = &out.writer {
-                f.sync_data()?;
-            }
+            // No fsync of `data` here (it is flushed in the background and
+            // at commit): after a power loss `data` may be shorter than
+            // `size`, and the session is then dropped as unknown.
             let new_size = old + out.size;
-            let new_state = State {
-                size: new_size,
-                updated: now_ms(),
-                ..state
-            };
+            let new_state = State { size: new_size, updated: now_ms(), ..state };
             inner.write_state(&dir, &new_state)?;
             *guard = out.hasher.map(|h| (new_size, h));
             Ok(new_size)
@@ -244,11 +238,7 @@ impl FsStorage {
         .await
     }
 
-    pub(super) async fn commit_session(
-        &self,
-        id: &str,
-        digest: &Digest,
-    ) -> Result<u64, StorageError> {
+    pub(super) async fn commit_session(&self, id: &str, digest: &Digest) -> Result<u64, StorageError> {
         let dir = self.inner.session_dir(id)?;
         let lock = self.inner.session_lock(id);
         let mut guard = lock.lock_owned().await;
@@ -256,24 +246,15 @@ impl FsStorage {
         let d = digest.clone();
         let result = self
             .run(move |inner| {
-                let state = inner.read_state(&dir)?;
+                let state = inner.read_checked_state(&dir)?;
                 let size = state.size;
                 let data = dir.join(DATA);
                 let f = match OpenOptions::new().read(true).write(true).open(&data) {
                     Ok(f) => f,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(StorageError::UploadUnknown)
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StorageError::UploadUnknown),
                     Err(e) => return Err(e.into()),
                 };
-                let len = f.metadata()?.len();
-                if len < size {
-                    return Err(StorageError::Backend(format!(
-                        "upload {} holds {len} bytes, fewer than the recorded {size}",
-                        dir.display()
-                    )));
-                }
-                if len > size {
+                if f.metadata()?.len() > size {
                     f.set_len(size)?;
                 }
                 let hasher = match mem {
