@@ -171,12 +171,15 @@ async fn serve_conn(mut stream: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec
     let mut first = lines.next().unwrap_or_default().split(' ');
     let method = first.next().unwrap_or_default().to_owned();
     let target = first.next().unwrap_or_default().to_owned();
-    let headers =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
     let req = Request { method, target, headers };
     reqs.lock().expect("lock").push(req.clone());
     let reply = handler(&req);
-    let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\nContent-Length: {}\r\n", reply.status, reply.body.len());
+    let mut head =
+        format!("HTTP/1.1 {} X\r\nConnection: close\r\nContent-Length: {}\r\n", reply.status, reply.body.len());
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -253,13 +256,12 @@ pub fn serve(content: &SharedContent, req: &Request) -> Reply {
         return Reply::new(200, "{}").header("Content-Type", "application/json");
     }
     if let Some((_, reference)) = path.rsplit_once("/manifests/") {
-        let digest = if reference.starts_with("sha256:") {
-            Some(reference.to_owned())
-        } else {
-            c.tags.get(reference).cloned()
-        };
+        let digest =
+            if reference.starts_with("sha256:") { Some(reference.to_owned()) } else { c.tags.get(reference).cloned() };
         return match digest.and_then(|d| c.manifests.get(&d).map(|m| (d, m.clone()))) {
-            Some((d, (mt, bytes))) => Reply::new(200, bytes).header("Content-Type", mt).header("Docker-Content-Digest", d),
+            Some((d, (mt, bytes))) => {
+                Reply::new(200, bytes).header("Content-Type", mt).header("Docker-Content-Digest", d)
+            }
             None => Reply::error(404, "MANIFEST_UNKNOWN"),
         };
     }
@@ -277,4 +279,11 @@ pub fn serve(content: &SharedContent, req: &Request) -> Reply {
 /// The blob digest a request path names, if it is a blob request.
 pub fn blob_of(req: &Request) -> Option<&str> {
     req.path().rsplit_once("/blobs/").map(|(_, d)| d)
+}
+
+/// A well-behaved blob reply for `bytes` (to which a fault can be applied).
+pub fn blob_reply(bytes: &Bytes, digest: &str) -> Reply {
+    Reply::new(200, bytes.clone())
+        .header("Content-Type", "application/octet-stream")
+        .header("Docker-Content-Digest", digest)
 }
