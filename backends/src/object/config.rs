@@ -282,6 +282,7 @@ impl ObjectStorageConfig {
         match self.kind {
             ObjectKind::S3 => {
                 let mut b = AmazonS3Builder::from_env()
+                    .with_client_options(client_options())
                     .with_bucket_name(nonempty(&self.bucket).unwrap_or_default())
                     .with_allow_http(self.allow_http);
                 if let Some(r) = nonempty(&self.region) {
@@ -303,8 +304,9 @@ impl ObjectStorageConfig {
                 Ok(BuiltStore { store: s3.clone(), multipart: Some(s3) })
             }
             ObjectKind::Gcs => {
-                let mut b =
-                    GoogleCloudStorageBuilder::from_env().with_bucket_name(nonempty(&self.bucket).unwrap_or_default());
+                let mut b = GoogleCloudStorageBuilder::from_env()
+                    .with_client_options(client_options())
+                    .with_bucket_name(nonempty(&self.bucket).unwrap_or_default());
                 if let Some(p) = nonempty(&self.service_account_path) {
                     b = b.with_service_account_path(p);
                 }
@@ -313,6 +315,7 @@ impl ObjectStorageConfig {
             }
             ObjectKind::Azure => {
                 let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_client_options(client_options())
                     .with_account(nonempty(&self.account).unwrap_or_default())
                     .with_container_name(nonempty(&self.container).unwrap_or_default())
                     .with_allow_http(self.allow_http);
@@ -327,6 +330,12 @@ impl ObjectStorageConfig {
             }
         }
     }
+}
+
+/// No overall request timeout (object_store's default of 30 s would cut off
+/// streaming reads of large blobs); connecting still times out after 5 s.
+fn client_options() -> object_store::ClientOptions {
+    object_store::ClientOptions::new().with_timeout_disabled().with_connect_timeout(std::time::Duration::from_secs(5))
 }
 
 fn valid_bucket(b: &str) -> bool {
