@@ -400,8 +400,14 @@ impl Registry {
         Ok(paginate(tags, n, last))
     }
 
-    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page> {
-        let repos = self.storage.repo_list().await?.into_iter().map(|r| r.to_string()).collect();
+    /// One page of the repositories for which `visible` holds.
+    pub async fn catalog(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+        visible: impl Fn(&RepoName) -> bool,
+    ) -> Result<Page> {
+        let repos = self.storage.repo_list().await?.into_iter().filter(|r| visible(r)).map(|r| r.to_string()).collect();
         Ok(paginate(repos, n, last))
     }
 

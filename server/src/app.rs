@@ -14,11 +14,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 
+use cove_auth::AuthService;
 use cove_core::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
 use cove_core::registry::Page;
-use cove_core::{
-    AccessPolicy, Action, AuthRequest, Authenticator, Digest, ErrorCode, Reference, Registry, RegistryError, RepoName,
-};
+use cove_core::{Action, AuthRequest, Digest, ErrorCode, Reference, Registry, RegistryError, RepoName};
 
 use crate::body::{self, Body};
 use crate::routes::Endpoint;
@@ -39,8 +38,9 @@ const MAX_PAGE: usize = 10_000;
 /// Shared state of the HTTP application.
 pub struct App {
     pub registry: Registry,
-    pub auth: Arc<dyn Authenticator>,
-    pub policy: Arc<dyn AccessPolicy>,
+    /// Authentication and the access policy: consulted once per request,
+    /// before any handler runs.
+    pub auth: Arc<AuthService>,
     /// `server.public_url` without a trailing slash.
     pub public_url: Option<String>,
     request_ids: AtomicU64,
@@ -53,16 +53,10 @@ struct Ctx {
 }
 
 impl App {
-    pub fn new(
-        registry: Registry,
-        auth: Arc<dyn Authenticator>,
-        policy: Arc<dyn AccessPolicy>,
-        public_url: Option<String>,
-    ) -> App {
+    pub fn new(registry: Registry, auth: Arc<AuthService>, public_url: Option<String>) -> App {
         App {
             registry,
             auth,
-            policy,
             public_url,
             request_ids: AtomicU64::new(0),
             id_prefix: uuid::Uuid::new_v4().as_fields().0,
@@ -106,6 +100,9 @@ impl App {
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, RegistryError> {
+        if req.uri().path() == "/token" {
+            return self.token(&req, peer).await;
+        }
         let endpoint = Endpoint::parse(req.uri().path())
             .ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, "no such API endpoint").with_status(404))?;
         let query = Query::parse(req.uri().query());
@@ -113,12 +110,16 @@ impl App {
             Some(n) => Some(self.registry.resolve_name(n, query.get("ns"))?),
             None => None,
         };
-        let action = match *req.method() {
-            Method::GET | Method::HEAD => Action::Pull,
-            Method::DELETE => Action::Delete,
+        let action = match (&endpoint, req.method()) {
+            // Every upload operation, even a status GET, is part of a push.
+            (Endpoint::UploadStart { .. } | Endpoint::Upload { .. }, _) => Action::Push,
+            (_, &Method::GET | &Method::HEAD) => Action::Pull,
+            (_, &Method::DELETE) => Action::Delete,
             _ => Action::Push,
         };
-        self.authorize(req.headers(), peer, repo.as_ref(), action).await?;
+        let need = repo.as_ref().map(|r| (r, action));
+        let fwd = forwarded_for(req.headers());
+        let identity = self.auth.authorize(&auth_request(req.headers(), peer, fwd.as_deref()), need).await?;
         let method = req.method().clone();
         match (endpoint, repo) {
             (Endpoint::Base, _) => match method {
@@ -128,7 +129,9 @@ impl App {
             (Endpoint::Catalog, _) => match method {
                 Method::GET => {
                     let (n, last) = query.page()?;
-                    let page = self.registry.catalog(n, last.as_deref()).await?;
+                    let auth = &self.auth;
+                    let page =
+                        self.registry.catalog(n, last.as_deref(), |r| auth.visible_in_catalog(&identity, r)).await?;
                     Ok(page_response("repositories", None, page, n))
                 }
                 _ => Err(method_not_allowed()),
@@ -176,32 +179,20 @@ impl App {
         }
     }
 
-    /// The one place where access is decided, before any handler runs.
-    async fn authorize(
-        &self,
-        headers: &HeaderMap,
-        peer: SocketAddr,
-        repo: Option<&RepoName>,
-        action: Action,
-    ) -> Result<(), RegistryError> {
-        let request = AuthRequest {
-            peer: peer.ip(),
-            authorization: headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
-            forwarded_for: headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-        };
-        let identity = self.auth.authenticate(&request).await?;
-        if let Some(repo) = repo {
-            if !self.policy.allows(&identity, action, repo) {
-                return Err(match (&identity, self.auth.challenge()) {
-                    (cove_core::Identity::Anonymous, Some(c)) => {
-                        RegistryError::new(ErrorCode::Unauthorized, "authentication required")
-                            .with_header("WWW-Authenticate", c)
-                    }
-                    _ => RegistryError::denied(format!("{} on {repo} is not allowed", action.as_str())),
-                });
-            }
+    /// `GET /token`: the Docker token endpoint for CLIs that log in with
+    /// credentials and then use short-lived registry-issued tokens.
+    async fn token(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, RegistryError> {
+        if req.method() != Method::GET {
+            return Err(method_not_allowed());
         }
-        Ok(())
+        let fwd = forwarded_for(req.headers());
+        let t = self
+            .auth
+            .token(req.uri().query().unwrap_or(""), &auth_request(req.headers(), peer, fwd.as_deref()))
+            .await?;
+        let mut resp = json_response(StatusCode::OK, Bytes::from(t.to_json().to_string()));
+        set(resp.headers_mut(), http::header::CACHE_CONTROL, "no-store");
+        Ok(resp)
     }
 
     async fn manifest(
@@ -313,7 +304,8 @@ impl App {
             if let Some(from) = query.get("from") {
                 let from = self.registry.resolve_name(from, query.get("ns"))?;
                 // Mounting reads the source: the caller must be allowed to pull it.
-                let pull_ok = self.authorize(req.headers(), peer, Some(&from), Action::Pull).await.is_ok();
+                let fwd = forwarded_for(req.headers());
+                let pull_ok = self.auth.may_mount_from(&auth_request(req.headers(), peer, fwd.as_deref()), &from).await;
                 if pull_ok && self.registry.mount_blob(&repo, &digest, &from).await? {
                     return Ok(blob_created(&base, &repo, &digest));
                 }
@@ -397,6 +389,23 @@ impl App {
             _ => String::new(),
         }
     }
+}
+
+/// What the authenticator may see of a request. A non-UTF-8 `Authorization`
+/// header is passed as empty so it is refused as malformed, not ignored.
+/// `forwarded` is [`forwarded_for`] of the same headers.
+fn auth_request<'a>(headers: &'a HeaderMap, peer: SocketAddr, forwarded: Option<&'a str>) -> AuthRequest<'a> {
+    AuthRequest {
+        peer: peer.ip(),
+        authorization: headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("")),
+        forwarded_for: forwarded,
+    }
+}
+
+/// Every `X-Forwarded-For` header, joined in order (proxies may send several).
+fn forwarded_for(headers: &HeaderMap) -> Option<String> {
+    let parts: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 fn valid_host(h: &str) -> bool {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cove_auth::{AccessRule, AuthConfig};
 use cove_upstreams::{resolve_upstreams, ResolvedUpstream, UpstreamConfig};
 use serde::Deserialize;
 
@@ -19,6 +20,10 @@ pub struct Config {
     /// `[upstreams."HOST"]` tables: the pull-through cache's upstreams,
     /// merged over the docker.io, ghcr.io and quay.io presets.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[auth]`: who may reach Cove (network trust by default).
+    pub auth: AuthConfig,
+    /// `[[access]]` rules by repository pattern.
+    pub access: Vec<AccessRule>,
 }
 
 /// `[server]`
@@ -157,6 +162,7 @@ impl Config {
             problems.extend(errors.iter().map(|e| e.to_string()));
             Vec::new()
         });
+        problems.extend(cove_auth::config::validate(&self.auth, &self.access).iter().map(|p| p.to_string()));
         let mut self_hosts = Vec::new();
         for (i, h) in self.server.hostnames.iter().enumerate() {
             let h = h.trim().to_ascii_lowercase();

@@ -12,9 +12,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use cove_auth::NetworkAuthenticator;
+use cove_auth::AuthService;
 use cove_backends::FsStorage;
-use cove_core::auth::AllowAll;
 use cove_core::cache::{PullThrough, UpstreamRoute};
 use cove_core::{Registry, Upstream};
 use cove_upstreams::OciUpstream;
@@ -29,6 +28,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot open storage at {path}: {source}")]
     Storage { path: String, source: cove_core::StorageError },
+    #[error("cannot set up authentication: {0}")]
+    Auth(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
 }
@@ -53,7 +54,11 @@ pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App
             .map_err(|e| StartError::Storage { path: spool.display().to_string(), source: e.into() })?;
         registry = registry.with_cache(cache);
     }
-    Ok(Arc::new(App::new(registry, Arc::new(NetworkAuthenticator), Arc::new(AllowAll), validated.public_url.clone())))
+    let upstream_hosts: Vec<String> = validated.upstreams.iter().map(|u| u.host.clone()).collect();
+    let auth = AuthService::from_config(&config.auth, &config.access, &upstream_hosts, validated.public_url.as_deref())
+        .await
+        .map_err(|e| StartError::Auth(e.to_string()))?;
+    Ok(Arc::new(App::new(registry, Arc::new(auth), validated.public_url.clone())))
 }
 
 /// Runs the server on `listener` until `shutdown` resolves.
