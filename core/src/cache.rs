@@ -80,11 +80,34 @@ pub struct PullThrough {
     spool_dir: PathBuf,
     fresh: Mutex<HashMap<(RepoName, Tag), Instant>>,
     inflight: Arc<InflightMap>,
+    manifest_flights: ManifestFlights,
     counters: Mutex<HashMap<String, CacheCounters>>,
     spool_seq: std::sync::atomic::AtomicU64,
 }
 
 type InflightMap = Mutex<HashMap<(String, Digest), Arc<Inflight>>>;
+
+/// The outcome of one manifest resolution, shared with every request that
+/// waited for it.
+type ManifestOutcome = Result<(ManifestResponse, CacheStatus)>;
+
+/// In-flight manifest resolutions by (repository, reference): concurrent
+/// misses and revalidations of one manifest share one upstream round trip
+/// (Docker Hub counts manifest GETs against its pull limit).
+type ManifestFlights = Mutex<HashMap<(RepoName, String), Arc<watch::Sender<Option<ManifestOutcome>>>>>;
+
+/// Removes a manifest flight from the map when its leader finishes or is
+/// cancelled (a cancelled leader's followers then retry).
+struct ManifestFlightGuard<'a> {
+    flights: &'a ManifestFlights,
+    key: (RepoName, String),
+}
+
+impl Drop for ManifestFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
 
 /// Where a repository's content comes from.
 pub enum Route<'a> {
@@ -106,6 +129,7 @@ impl PullThrough {
             spool_dir,
             fresh: Mutex::new(HashMap::new()),
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            manifest_flights: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
             spool_seq: std::sync::atomic::AtomicU64::new(0),
         })
@@ -187,7 +211,7 @@ impl PullThrough {
         reference: &Reference,
     ) -> Result<(ManifestResponse, CacheStatus)> {
         let started = Instant::now();
-        let result = self.manifest_inner(storage, route, remote, repo, reference).await;
+        let result = self.manifest_coalesced(storage, route, remote, repo, reference).await;
         match &result {
             Ok((_, status)) => {
                 self.count(&route.host, |c| match status {
@@ -202,6 +226,50 @@ impl PullThrough {
             Err(e) => tracing::info!(upstream = %route.host, %repo, %reference, error = %e, "manifest not served"),
         }
         result
+    }
+
+    /// Runs [`Self::manifest_inner`] once for all concurrent requests of
+    /// the same manifest: the first one leads, the others wait for its
+    /// outcome (and take over if it is cancelled).
+    async fn manifest_coalesced(
+        &self,
+        storage: &Arc<dyn Storage>,
+        route: &UpstreamRoute,
+        remote: &RepoName,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> ManifestOutcome {
+        let key = (repo.clone(), reference.to_string());
+        loop {
+            let role = {
+                let mut flights = self.manifest_flights.lock().unwrap_or_else(|p| p.into_inner());
+                match flights.get(&key) {
+                    Some(tx) => Err(tx.subscribe()),
+                    None => {
+                        let tx = Arc::new(watch::channel(None).0);
+                        flights.insert(key.clone(), tx.clone());
+                        Ok(tx)
+                    }
+                }
+            };
+            match role {
+                Ok(tx) => {
+                    let _guard = ManifestFlightGuard { flights: &self.manifest_flights, key };
+                    let outcome = self.manifest_inner(storage, route, remote, repo, reference).await;
+                    tx.send_replace(Some(outcome.clone()));
+                    return outcome;
+                }
+                Err(mut rx) => loop {
+                    if let Some(outcome) = rx.borrow_and_update().clone() {
+                        return outcome;
+                    }
+                    if rx.changed().await.is_err() {
+                        // The leader was cancelled before an outcome: retry.
+                        break;
+                    }
+                },
+            }
+        }
     }
 
     async fn manifest_inner(
