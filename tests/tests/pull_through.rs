@@ -753,6 +753,56 @@ async fn coalescing_one_upstream_get_for_20_clients_and_background_completion() 
     assert_eq!(up.count("GET", &d3), 1, "ranged readers joined the one fetch:\n{}", up.log());
 }
 
+/// 20 concurrent pulls of one uncached tag (and of one uncached manifest
+/// digest) cost one upstream round trip, not 20: Docker Hub counts manifest
+/// GETs against the pull limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_concurrent_manifest_misses() {
+    let (img, other) = (Image::random(1), Image::random(1));
+    let content = Content::shared();
+    {
+        let mut c = content.lock().expect("lock");
+        c.add_image("v1", &img);
+        c.add_image("o1", &other);
+    }
+    let c2 = content.clone();
+    let up = FaultServer::start(move |req| {
+        let r = fault::serve(&c2, req);
+        // A slow upstream: every client arrives while the first is waiting.
+        if req.path().contains("/manifests/") {
+            r.delay(Duration::from_millis(300))
+        } else {
+            r
+        }
+    })
+    .await;
+    let cove = start_cove(&[table("docker.io", up.url(), "")]).await;
+    for (path, digest) in [
+        ("/v2/docker.io/library/app/manifests/v1".to_owned(), img.digest.clone()),
+        (format!("/v2/docker.io/library/other/manifests/{}", other.digest), other.digest.clone()),
+    ] {
+        let clients: Vec<_> = (0..20)
+            .map(|_| {
+                let req = cove.req("GET", &path).header("accept", ACCEPT_ALL);
+                tokio::spawn(async move {
+                    let r = req.send().await.expect("GET");
+                    (r.status().as_u16(), header(&r, "docker-content-digest"))
+                })
+            })
+            .collect();
+        for c in clients {
+            assert_eq!(c.await.expect("task"), (200, digest.clone()), "{path}");
+        }
+    }
+    let (heads, gets) = (up.count("HEAD", "/manifests/"), up.count("GET", "/manifests/"));
+    assert_eq!(
+        (heads, gets),
+        (1, 2),
+        "20 concurrent tag pulls → 1 HEAD + 1 GET; 20 concurrent digest pulls → 1 GET:\n{}",
+        up.log()
+    );
+}
+
 // ---------------------------------------------------------------- 7. containerd
 
 /// containerd pulls `docker.io/library/app:v1` with Cove as its mirror

@@ -67,12 +67,14 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub mode: BodyMode,
+    /// Wait this long before sending anything.
+    pub delay: Duration,
 }
 
 impl Reply {
     /// `status` with `body`, sent whole.
     pub fn new(status: u16, body: impl Into<Bytes>) -> Reply {
-        Reply { status, headers: Vec::new(), body: body.into(), mode: BodyMode::Full }
+        Reply { status, headers: Vec::new(), body: body.into(), mode: BodyMode::Full, delay: Duration::ZERO }
     }
 
     /// Adds a header.
@@ -84,6 +86,12 @@ impl Reply {
     /// Sets how the body is sent.
     pub fn mode(mut self, mode: BodyMode) -> Reply {
         self.mode = mode;
+        self
+    }
+
+    /// Delays the whole reply.
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = d;
         self
     }
 
@@ -178,6 +186,7 @@ async fn serve_conn(mut stream: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec
     let req = Request { method, target, headers };
     reqs.lock().expect("lock").push(req.clone());
     let reply = handler(&req);
+    tokio::time::sleep(reply.delay).await;
     let mut head =
         format!("HTTP/1.1 {} X\r\nConnection: close\r\nContent-Length: {}\r\n", reply.status, reply.body.len());
     for (k, v) in &reply.headers {
