@@ -429,11 +429,15 @@ impl PullThrough {
         if let Some(size) = storage.blob_size(digest).await? {
             // Stored for another repository: serve it here only if upstream
             // confirms this repository has it (no cross-repository leaks).
-            route
-                .upstream
-                .head_blob(remote, digest)
-                .await
-                .map_err(|e| self.upstream_failed(route, e, RegistryError::blob_unknown(digest)))?;
+            // A fetch for this repository that just committed and is about
+            // to link it needs no confirmation.
+            if !self.inflight_for_repo(&route.host, digest, repo) {
+                route
+                    .upstream
+                    .head_blob(remote, digest)
+                    .await
+                    .map_err(|e| self.upstream_failed(route, e, RegistryError::blob_unknown(digest)))?;
+            }
             storage.blob_link(repo, digest).await?;
             self.count(&route.host, |c| c.hits += 1);
             return local_blob(storage, digest, size, range, head).await.map(|b| (b, CacheStatus::Hit));
@@ -482,6 +486,13 @@ impl PullThrough {
         let end = range.map(|r| r.end + 1).or(size);
         let body = follow(flight, start, end);
         Ok((BlobResponse { size, range, body }, CacheStatus::Miss))
+    }
+
+    /// Whether an upstream fetch of `digest` for `repo` is in flight (or
+    /// committed and not yet linked).
+    fn inflight_for_repo(&self, host: &str, digest: &Digest, repo: &RepoName) -> bool {
+        let flight = self.inflight.lock().ok().and_then(|m| m.get(&(host.to_owned(), digest.clone())).cloned());
+        flight.is_some_and(|f| f.repos.lock().map(|r| r.contains(repo)).unwrap_or(false))
     }
 
     async fn inflight_size(&self, host: &str, digest: &Digest) -> Option<u64> {
