@@ -1325,6 +1325,12 @@ async fn client_mistakes_never_cause_500() {
         ("POST", "/v2/robust/blobs/uploads/?mount=&from=".into()),
         ("GET", "/v2/robust/referrers/sha256:".into()),
         ("GET", "/v2/robust/referrers/sha512:abc".into()),
+        ("GET", format!("/v2/{}/manifests/t", "a/".repeat(4000) + "a")),
+        ("GET", format!("/v2/robust/tags/list?n=1&last={}", "z".repeat(10_000))),
+        ("GET", format!("/v2/robust/manifests/{}", "t".repeat(10_000))),
+        ("GET", format!("/v2/robust/blobs/sha256:{}", "a".repeat(10_000))),
+        ("GET", "/v2/robust/tags/list?n=18446744073709551615".into()),
+        ("GET", "/v2/_catalog?n=18446744073709551615&last=zzz".into()),
     ];
     for (method, path) in &requests {
         let r = s.req(method, path).send().await.expect("request");
@@ -1676,4 +1682,29 @@ async fn default_listen_address_is_port_5050() {
     let _ = child.wait();
     assert!(ok, "`cove serve` with no flags did not answer on 0.0.0.0:5050");
     assert!(tmp.path().join("data").is_dir(), "`cove serve` with no flags did not create ./data");
+}
+
+#[tokio::test]
+async fn deleted_blobs_and_foreign_layers_in_manifests() {
+    let s = Server::start().await;
+    let img = Image::random(1);
+    s.push_blob("gone", &img.config).await;
+    let layer = s.push_blob("gone", &img.layers[0]).await;
+    assert_eq!(s.delete(&format!("/v2/gone/blobs/{layer}")).await.status(), 202);
+    let r = s.put_manifest("gone", "t", OCI_MANIFEST, &img.manifest).await;
+    assert_error(r, 400, "MANIFEST_BLOB_UNKNOWN", "manifest naming a deleted blob").await;
+
+    // A non-distributable layer with `urls` need not be in the registry.
+    let foreign = random_bytes(100);
+    let mut v: serde_json::Value = serde_json::from_slice(&img.manifest).expect("json");
+    v["layers"] = json!([{
+        "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "digest": sha256_digest(&foreign),
+        "size": foreign.len(),
+        "urls": ["https://example.com/layer.tar.gz"],
+    }]);
+    let m = serde_json::to_vec(&v).expect("json");
+    let r = s.put_manifest("gone", "foreign", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), 201, "foreign layer with urls");
+    assert_manifest_served(&s, "gone", "foreign", OCI_MANIFEST, &m).await;
 }

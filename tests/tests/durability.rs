@@ -371,3 +371,38 @@ async fn stale_upload_sessions_expire() {
     let r = s.req("GET", &url).send().await.expect("status");
     assert_eq!(r.status(), 204);
 }
+
+#[tokio::test]
+async fn everything_survives_a_graceful_restart() {
+    let mut s = Server::start().await;
+    let img = s.push_image("keep/app", "v1", 2).await;
+    s.push_image("keep/other", "latest", 1).await;
+    let empty = b"{}".to_vec();
+    s.push_blob("keep/app", &empty).await;
+    let subject = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": img.digest, "size": img.manifest.len()});
+    let sig = oci_manifest(&empty, &[], Some(subject), Some("application/vnd.example.sig"));
+    let sig_digest = sha256_digest(&sig);
+    assert_eq!(s.put_manifest("keep/app", &sig_digest, OCI_MANIFEST, &sig).await.status(), 201);
+
+    let status = s.terminate(Duration::from_secs(15)).expect("no exit after SIGTERM");
+    assert!(status.success(), "SIGTERM exit {status}");
+    s.restart().await;
+
+    let r = s.get("/v2/keep/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), OCI_MANIFEST);
+    assert_eq!(r.bytes().await.expect("body")[..], img.manifest[..]);
+    for l in &img.layers {
+        let body = s.get(&format!("/v2/keep/app/blobs/{}", sha256_digest(l))).await.bytes().await.expect("blob");
+        assert!(body[..] == l[..], "layer lost or changed across a restart");
+    }
+    let v = json(s.get("/v2/_catalog").await).await;
+    assert_eq!(v["repositories"], serde_json::json!(["keep/app", "keep/other"]));
+    let v = json(s.get("/v2/keep/app/tags/list").await).await;
+    assert_eq!(v["tags"], serde_json::json!(["v1"]));
+    let v = json(s.get(&format!("/v2/keep/app/referrers/{}", img.digest)).await).await;
+    let list = v["manifests"].as_array().expect("manifests");
+    assert_eq!(list.len(), 1, "referrers after restart: {v}");
+    assert_eq!(list[0]["digest"], serde_json::json!(sig_digest));
+    assert_eq!(list[0]["artifactType"], "application/vnd.example.sig");
+}
