@@ -224,8 +224,28 @@ async fn podman_builds_pushes_and_pulls_back_a_scratch_image() {
     let manifest = r.bytes().await.expect("manifest");
     assert_eq!(sha256_digest(&manifest), pushed);
 
+    // The same image as a Docker schema 2 manifest, under another tag.
+    let docker_image = format!("{}/podman/scratch:docker", host(&s));
+    let docker_digest_file = podman.dir.path().join("docker.digest");
+    run(podman
+        .cmd()
+        .args(["push", "--tls-verify=false", "--format", "v2s2", "--digestfile"])
+        .arg(&docker_digest_file)
+        .arg(&image)
+        .arg(format!("docker://{docker_image}")));
+    let docker_digest = std::fs::read_to_string(&docker_digest_file).expect("digest file").trim().to_owned();
+    let r = s.manifest("GET", "podman/scratch", "docker").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), DOCKER_MANIFEST, "podman --format v2s2 pushed a Docker manifest");
+    assert_eq!(header(&r, "docker-content-digest"), docker_digest);
+    assert_eq!(sha256_digest(&r.bytes().await.expect("body")), docker_digest);
+
     // Remove it locally, pull it back.
     run(podman.cmd().args(["rmi", "-f", &image]));
+    run(podman.cmd().args(["pull", "--tls-verify=false", &docker_image]));
+    let pulled = run(podman.cmd().args(["image", "inspect", "--format", "{{.Digest}}", &docker_image]));
+    assert_eq!(pulled.trim(), docker_digest, "pulled Docker-format digest differs");
+    run(podman.cmd().args(["rmi", "-f", &docker_image]));
     let out = run(podman.cmd().args(["images", "-q"]));
     assert!(out.trim().is_empty(), "image still present after rmi: {out}");
     run(podman.cmd().args(["pull", "--tls-verify=false", &image]));
