@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cove_auth::{AccessRule, AuthConfig};
+use cove_backends::object::ObjectStorageConfig;
 use cove_upstreams::{resolve_upstreams, ResolvedUpstream, UpstreamConfig};
 use serde::Deserialize;
 
@@ -63,28 +64,95 @@ pub enum LogFormat {
 }
 
 /// `[storage]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+///
+/// `kind`, `root` and `upload_ttl` apply to every backend; the object-store
+/// kinds take the keys of [`ObjectStorageConfig`] (bucket, endpoint, …) in
+/// the same table.
+#[derive(Debug, Clone)]
 pub struct StorageConfig {
-    /// Backend: `filesystem` (default).
+    /// Backend: `filesystem` (default), `s3`, `gcs` or `azure`.
     pub kind: StorageKind,
-    /// Data directory of the filesystem backend. Default `./data`.
+    /// Data directory: all data for `filesystem`; for object stores, only
+    /// local scratch space (in-flight upstream downloads). Default `./data`.
     pub root: PathBuf,
     /// Upload sessions idle for longer than this are removed. Default `24h`.
     pub upload_ttl: String,
+    /// The object-store settings when `kind` is `s3`, `gcs` or `azure`.
+    pub object: Option<ObjectStorageConfig>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { kind: StorageKind::Filesystem, root: PathBuf::from("./data"), upload_ttl: "24h".into() }
+        StorageConfig {
+            kind: StorageKind::Filesystem,
+            root: PathBuf::from("./data"),
+            upload_ttl: "24h".into(),
+            object: None,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// A short description for logs: `filesystem ./data`, `s3 bucket cove`.
+    pub fn describe(&self) -> String {
+        match &self.object {
+            Some(o) => {
+                format!("{} {}", o.kind.as_str(), o.bucket.as_deref().or(o.container.as_deref()).unwrap_or("(unnamed)"))
+            }
+            None => format!("filesystem {}", self.root.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StorageConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let mut cfg = StorageConfig::default();
+        if let Some(v) = table.remove("root") {
+            cfg.root = PathBuf::from(v.as_str().ok_or_else(|| D::Error::custom("storage.root must be a string"))?);
+        }
+        if let Some(v) = table.remove("upload_ttl") {
+            cfg.upload_ttl = v
+                .as_str()
+                .ok_or_else(|| D::Error::custom("storage.upload_ttl must be a string like \"24h\""))?
+                .to_owned();
+        }
+        let kind = match table.get("kind") {
+            None => "filesystem",
+            Some(v) => v.as_str().ok_or_else(|| D::Error::custom("storage.kind must be a string"))?,
+        };
+        match kind {
+            "filesystem" => {
+                table.remove("kind");
+                if let Some(key) = table.keys().next() {
+                    return Err(D::Error::custom(format!(
+                        "unknown key storage.{key} for kind = \"filesystem\" (expected kind, root, upload_ttl)"
+                    )));
+                }
+            }
+            "s3" | "gcs" | "azure" => {
+                cfg.kind = StorageKind::Object;
+                let object: ObjectStorageConfig =
+                    table.try_into().map_err(|e| D::Error::custom(format!("in [storage]: {e}")))?;
+                cfg.object = Some(object);
+            }
+            other => {
+                return Err(D::Error::custom(format!(
+                    "storage.kind = {other:?} is not one of \"filesystem\", \"s3\", \"gcs\", \"azure\""
+                )))
+            }
+        }
+        Ok(cfg)
     }
 }
 
 /// Storage backend kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageKind {
     Filesystem,
+    /// `s3`, `gcs` or `azure`: see [`StorageConfig::object`].
+    Object,
 }
 
 /// A configuration that failed to load or validate.
@@ -158,6 +226,11 @@ impl Config {
         if self.storage.root.as_os_str().is_empty() {
             problems.push("storage.root: must not be empty".into());
         }
+        if let Some(object) = &self.storage.object {
+            if let Err(found) = object.validate("storage") {
+                problems.extend(found.iter().map(|p| p.to_string()));
+            }
+        }
         let upstreams = resolve_upstreams(&self.upstreams).unwrap_or_else(|errors| {
             problems.extend(errors.iter().map(|e| e.to_string()));
             Vec::new()
@@ -223,6 +296,22 @@ mod tests {
         assert!(e.contains("upstreams.\"registry.k8s.io\""), "{e} names the upstream");
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("5 parsecs").is_err());
+        let c = Config::parse(
+            "[storage]\nkind = \"s3\"\nbucket = \"cove\"\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\nupload_ttl = \"1h\"\n",
+        )
+        .expect("s3 storage parses");
+        assert_eq!(c.storage.kind, StorageKind::Object);
+        assert_eq!(c.storage.describe(), "s3 cove");
+        c.validate().expect("s3 config valid");
+        let e = Config::parse("[storage]\nbucket = \"b\"\n").expect_err("bucket on filesystem");
+        assert!(e.contains("storage.bucket"), "{e}");
+        let e = Config::parse("[storage]\nkind = \"s3\"\nbukket = \"b\"\n").expect_err("typo");
+        assert!(e.contains("bukket"), "{e}");
+        let e = Config::parse("[storage]\nkind = \"floppy\"\n").expect_err("kind");
+        assert!(e.contains("floppy"), "{e}");
+        let c = Config::parse("[storage]\nkind = \"s3\"\n").expect("parses");
+        let e = c.validate().expect_err("no bucket").to_string();
+        assert!(e.contains("storage.bucket"), "{e}");
         assert_eq!(url_host("https://Cove.example:5050/x").as_deref(), Some("cove.example:5050"));
     }
 }

@@ -95,7 +95,7 @@ fn main() -> ExitCode {
                     Err(e) => return fail(&e),
                 };
                 let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                tracing::info!(listen = %addr, storage = %cfg.storage.root.display(), "cove is serving");
+                tracing::info!(listen = %addr, storage = %cfg.storage.describe(), "cove is serving");
                 serve::run(app, listener, validated.upload_ttl, serve::shutdown_signal()).await;
                 ExitCode::SUCCESS
             })
@@ -138,7 +138,7 @@ fn main() -> ExitCode {
             };
             match cfg.validate() {
                 Ok(v) => {
-                    println!("configuration is valid: listen {}, storage {}", v.listen, cfg.storage.root.display());
+                    println!("configuration is valid: listen {}, storage {}", v.listen, cfg.storage.describe());
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),

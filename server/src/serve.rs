@@ -13,13 +13,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use cove_auth::AuthService;
-use cove_backends::FsStorage;
+use cove_backends::{FsStorage, ObjectStorage};
 use cove_core::cache::{PullThrough, UpstreamRoute};
 use cove_core::{Registry, Upstream};
 use cove_upstreams::OciUpstream;
 
 use crate::app::App;
-use crate::config::{Config, ConfigError, Validated};
+use crate::config::{Config, ConfigError, StorageKind, Validated};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot open storage at {path}: {source}")]
     Storage { path: String, source: cove_core::StorageError },
+    #[error("cannot open object storage: {0}")]
+    Object(String),
     #[error("cannot set up authentication: {0}")]
     Auth(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -37,9 +39,7 @@ pub enum StartError {
 /// Builds the application (storage, authenticator, policy) from the config.
 pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App>, StartError> {
     let root = config.storage.root.clone();
-    let storage = FsStorage::open(root.clone())
-        .map_err(|source| StartError::Storage { path: root.display().to_string(), source })?;
-    let storage: Arc<dyn cove_core::Storage> = Arc::new(storage);
+    let storage = open_storage(config)?;
     let mut registry = Registry::new(storage);
     if !validated.upstreams.is_empty() {
         let clients = OciUpstream::build_all(&validated.upstreams).map_err(|errors| {
@@ -59,6 +59,22 @@ pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App
         .await
         .map_err(|e| StartError::Auth(e.to_string()))?;
     Ok(Arc::new(App::new(registry, Arc::new(auth), validated.public_url.clone())))
+}
+
+/// Opens the configured storage backend.
+pub fn open_storage(config: &Config) -> Result<Arc<dyn cove_core::Storage>, StartError> {
+    match (config.storage.kind, &config.storage.object) {
+        (StorageKind::Object, Some(object)) => {
+            let storage = ObjectStorage::from_config(object).map_err(|e| StartError::Object(e.to_string()))?;
+            Ok(Arc::new(storage))
+        }
+        _ => {
+            let root = &config.storage.root;
+            let storage = FsStorage::open(root.clone())
+                .map_err(|source| StartError::Storage { path: root.display().to_string(), source })?;
+            Ok(Arc::new(storage))
+        }
+    }
 }
 
 /// Runs the server on `listener` until `shutdown` resolves.
