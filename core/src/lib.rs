@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod copy;
 pub mod digest;
 pub mod error;
 pub mod manifest;

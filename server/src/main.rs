@@ -36,10 +36,30 @@ enum Command {
         #[command(subcommand)]
         runtime: MirrorRuntime,
     },
+    /// Storage maintenance.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
     /// Check a configuration file and print the effective settings.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Copy every repository, manifest, tag, referrer and blob from the
+    /// storage of one config to that of another (e.g. filesystem to S3).
+    /// Digests are verified; run it again to resume an interrupted copy.
+    Copy {
+        /// Config file whose [storage] is the source.
+        #[arg(long)]
+        from: PathBuf,
+        /// Config file whose [storage] is the destination.
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -130,6 +150,70 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
             }
+        }
+        Command::Storage { command: StorageCommand::Copy { from, to } } => {
+            init_logging(LogFormat::Text);
+            let load = |p: &PathBuf| Config::load(p).and_then(|c| c.validate().map(|_| c));
+            let (src_cfg, dst_cfg) = match (load(&from), load(&to)) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => return fail(&e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            runtime.block_on(async move {
+                let (src, dst) = match (serve::open_storage(&src_cfg), serve::open_storage(&dst_cfg)) {
+                    (Ok(a), Ok(b)) => (a, b),
+                    (Err(e), _) | (_, Err(e)) => return fail(&e),
+                };
+                eprintln!("copying {} -> {}", src_cfg.storage.describe(), dst_cfg.storage.describe());
+                let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let mut last = std::time::Instant::now();
+                let mut progress = |p: &cove_core::copy::CopyProgress<'_>| {
+                    if tty && last.elapsed().as_millis() < 100 && p.repo_index < p.repo_count {
+                        return;
+                    }
+                    last = std::time::Instant::now();
+                    let line = format!(
+                        "[{}/{}] {}: {} blobs copied ({:.1} MiB), {} present, {} manifests",
+                        p.repo_index,
+                        p.repo_count,
+                        p.repository,
+                        p.stats.blobs_copied,
+                        p.stats.bytes_copied as f64 / 1048576.0,
+                        p.stats.blobs_present,
+                        p.stats.manifests_copied + p.stats.manifests_present
+                    );
+                    if tty {
+                        eprint!("\r\x1b[2K{line}");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                };
+                match cove_core::copy::copy_all(src.as_ref(), dst.as_ref(), &mut progress).await {
+                    Ok(s) => {
+                        if tty {
+                            eprintln!();
+                        }
+                        println!(
+                            "copied {} repositories: {} manifests copied ({} already present), {} blobs copied \
+                             ({:.1} MiB, {} already present, {} not in the source), {} tags, {} referrers",
+                            s.repositories,
+                            s.manifests_copied,
+                            s.manifests_present,
+                            s.blobs_copied,
+                            s.bytes_copied as f64 / 1048576.0,
+                            s.blobs_present,
+                            s.blobs_missing_in_source,
+                            s.tags,
+                            s.referrers
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&format!("copy failed (run the same command again to resume): {e}")),
+                }
+            })
         }
         Command::CheckConfig { config } => {
             let cfg = match Config::load(&config) {
