@@ -4,7 +4,8 @@
 #   2. checks formatting (cargo fmt --check) and lints (clippy -D warnings),
 #   3. builds a release `cove` (the end-to-end tests run against it: a 2 GiB
 #      push/pull with unoptimised SHA-256 would take minutes),
-#   4. runs every test of the workspace (`cargo test --workspace`), with
+#   4. runs every test of the workspace (`cargo test --workspace
+#      --no-fail-fast`: every test binary runs, all failures are listed), with
 #      COVE_BIN pointing at that release binary.
 # Every step runs even if an earlier check failed (except when the build
 # fails); the script exits non-zero if anything failed and says what.
@@ -49,7 +50,7 @@ if [ -z "${COVE_BIN:-}" ]; then
 fi
 echo "==> tests run against COVE_BIN=$COVE_BIN"
 rm -f "$target_dir/cove-e2e-report.txt"
-step test cargo test --workspace
+step test cargo test --workspace --no-fail-fast
 
 if [ -f "$target_dir/cove-e2e-report.txt" ]; then
   echo
