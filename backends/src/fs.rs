@@ -63,9 +63,21 @@ use cove_core::{ByteRange, ByteStream, Digest, DigestHasher, RepoName, Storage, 
 
 use atomic::TempFile;
 
-/// The in-memory part of an upload session: the SHA-256 state of the bytes
-/// received so far and how many there were (`None` after a restart).
-type SessionMem = Option<(u64, DigestHasher)>;
+/// The in-memory part of an upload session.
+#[derive(Default)]
+struct SessionMem {
+    /// The SHA-256 state of the bytes received so far and how many there
+    /// were (`None` after a restart).
+    hashed: Option<(u64, DigestHasher)>,
+    /// Background flushing of `data`, kept across appends.
+    flusher: pipe::Flusher,
+}
+
+impl pipe::HasFlusher for tokio::sync::OwnedMutexGuard<SessionMem> {
+    fn flusher(&mut self) -> &mut pipe::Flusher {
+        &mut self.flusher
+    }
+}
 
 /// A [`Storage`] on a local (or network) filesystem. See the module
 /// documentation for the layout and guarantees.
@@ -277,20 +289,36 @@ impl Storage for FsStorage {
         let hasher = DigestHasher::new(digest.algorithm());
         if self.blob_size(digest).await?.is_some() {
             // Already stored: verify the body without writing it again.
-            let out = pipe::pump(body, Some(hasher), None::<fn() -> io::Result<io::Sink>>, (), expected_size).await;
+            let out = pipe::pump(
+                body,
+                Some(hasher),
+                None::<fn() -> io::Result<io::Sink>>,
+                pipe::Flusher::default(),
+                expected_size,
+            )
+            .await;
             out.result?;
             verify(out.size, out.hasher, digest, expected_size)?;
             return Ok(out.size);
         }
         let tmp = self.inner.tmp.clone();
-        let out = pipe::pump(body, Some(hasher), Some(move || TempFile::create(&tmp)), (), expected_size).await;
+        let out = pipe::pump(
+            body,
+            Some(hasher),
+            Some(move || TempFile::create(&tmp)),
+            pipe::Flusher::default(),
+            expected_size,
+        )
+        .await;
         let size = out.size;
         let checked = out.result.and_then(|()| verify(size, out.hasher, digest, expected_size));
-        let writer = out.writer;
+        let (writer, flusher) = (out.writer, out.token);
         let d = digest.clone();
         // Persist, or drop (remove) the temp file, on a blocking thread.
         self.run(move |inner| {
+            let flushed = flusher.map(pipe::Flusher::finish).unwrap_or(Ok(()));
             checked?;
+            flushed?;
             let tmp = writer.ok_or_else(|| StorageError::Backend("temp file lost".into()))?;
             let dest = inner.blob_path(&d);
             tmp.persist(&dest)?;

@@ -23,9 +23,17 @@ impl TempFile {
     /// Flushes the data to disk and renames the file to `dest` (creating its
     /// parent directories). The rename is atomic: readers see the old `dest`
     /// or the whole new one.
-    pub(crate) fn persist(mut self, dest: &Path) -> io::Result<()> {
+    pub(crate) fn persist(self, dest: &Path) -> io::Result<()> {
+        self.persist_with(dest, true)
+    }
+
+    /// [`TempFile::persist`], optionally without the fsync (the rename is
+    /// still atomic for readers and for a process crash, not a power loss).
+    pub(crate) fn persist_with(mut self, dest: &Path, fsync: bool) -> io::Result<()> {
         if let Some(f) = self.file.take() {
-            f.sync_all()?;
+            if fsync {
+                f.sync_all()?;
+            }
         }
         rename_into(&self.path, dest)?;
         // Renamed: nothing left to clean up.
@@ -88,11 +96,16 @@ pub(crate) fn rename_into(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Writes `parts` to `dest` atomically: temp file in `tmp_dir`, fsync, rename.
 pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    write_atomic_with(tmp_dir, dest, parts, true)
+}
+
+/// [`write_atomic`], optionally without the fsync.
+pub(crate) fn write_atomic_with(tmp_dir: &Path, dest: &Path, parts: &[&[u8]], fsync: bool) -> io::Result<()> {
     let mut tmp = TempFile::create(tmp_dir)?;
     for p in parts {
         tmp.write_all(p)?;
     }
-    tmp.persist(dest)
+    tmp.persist_with(dest, fsync)
 }
 
 /// Makes a rename or create inside `dir` durable. A no-op where directories

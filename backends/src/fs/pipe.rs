@@ -49,7 +49,7 @@ pub(crate) async fn pump<W, T, F>(
 ) -> Pumped<W, T>
 where
     W: FileSink,
-    T: Send + 'static,
+    T: HasFlusher,
     F: FnOnce() -> io::Result<W> + Send + 'static,
 {
     let mut size = 0u64;
@@ -159,6 +159,18 @@ impl FileSink for io::Sink {
     }
 }
 
+/// The token of a [`pump`]: carries the [`Flusher`] of the file written,
+/// which may outlive one pump (an upload session's appends share one).
+pub(crate) trait HasFlusher: Send + 'static {
+    fn flusher(&mut self) -> &mut Flusher;
+}
+
+impl HasFlusher for Flusher {
+    fn flusher(&mut self) -> &mut Flusher {
+        self
+    }
+}
+
 /// Start a background flush after this many bytes were written since the
 /// last one started.
 const FLUSH_EVERY: usize = 32 * 1024 * 1024;
@@ -167,7 +179,7 @@ const FLUSH_EVERY: usize = 32 * 1024 * 1024;
 /// so the final fsync of a large blob only waits for the tail rather than
 /// the whole file. Portable: a plain `sync_data` on a duplicated handle.
 #[derive(Default)]
-struct Flusher {
+pub(crate) struct Flusher {
     since: usize,
     running: Option<std::thread::JoinHandle<io::Result<()>>>,
     failed: Option<io::Error>,
@@ -203,7 +215,8 @@ impl Flusher {
         }
     }
 
-    fn finish(mut self) -> io::Result<()> {
+    /// Waits for the running flush; fails if any background flush failed.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
         if let Some(h) = self.running.take() {
             self.collect(h);
         }
@@ -229,7 +242,7 @@ struct Workers<W, T> {
 impl<W, T> Workers<W, T>
 where
     W: FileSink,
-    T: Send + 'static,
+    T: HasFlusher,
 {
     fn start<F>(hasher: Option<DigestHasher>, open: Option<F>, token: T) -> Self
     where
@@ -256,15 +269,14 @@ where
                         Ok(w) => w,
                         Err(e) => return (None, token, Err(e)),
                     };
-                    let mut flusher = Flusher::default();
+                    let mut token = token;
                     while let Some(b) = rx.blocking_recv() {
                         if let Err(e) = w.write_all(&b) {
                             return (Some(w), token, Err(e));
                         }
-                        flusher.wrote(w.as_file(), b.len());
+                        token.flusher().wrote(w.as_file(), b.len());
                     }
-                    let r = flusher.finish();
-                    (Some(w), token, r)
+                    (Some(w), token, Ok(()))
                 });
                 (Some(tx), Some(job), None)
             }

@@ -67,8 +67,20 @@ impl Inner {
 
     fn read_state(&self, dir: &Path) -> Result<State, StorageError> {
         let raw = atomic::read_if_exists(&dir.join(STATE))?.ok_or(StorageError::UploadUnknown)?;
-        serde_json::from_slice(&raw)
-            .map_err(|e| StorageError::Backend(format!("upload state {} is corrupt: {e}", dir.join(STATE).display())))
+        match serde_json::from_slice(&raw) {
+            Ok(state) => Ok(state),
+            Err(e) => {
+                // Only a power loss can do this (state is replaced by
+                // rename): the session cannot be trusted, so it ends.
+                tracing::warn!(upload = %dir.display(), error = %e, "unreadable upload state; dropping the session");
+                match fs::remove_dir_all(dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Err(StorageError::UploadUnknown)
+            }
+        }
     }
 
     /// The state of a session whose `data` holds at least `size` bytes. A
@@ -99,10 +111,14 @@ impl Inner {
         Ok(state)
     }
 
-    fn write_state(&self, dir: &Path, state: &State) -> Result<(), StorageError> {
+    /// Replaces `state.json` atomically. Appends skip the fsync: an fsync
+    /// per chunk costs a journal commit that waits for the chunk's data;
+    /// after a power loss the state may be older (the client resumes from
+    /// the `Range` it is told) and the blob is verified at commit anyway.
+    fn write_state(&self, dir: &Path, state: &State, fsync: bool) -> Result<(), StorageError> {
         let json =
             serde_json::to_vec(state).map_err(|e| StorageError::Backend(format!("encoding upload state: {e}")))?;
-        Ok(atomic::write_atomic(&self.tmp, &dir.join(STATE), &[&json])?)
+        Ok(atomic::write_atomic_with(&self.tmp, &dir.join(STATE), &[&json], fsync)?)
     }
 
     fn session_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<SessionMem>> {
@@ -145,10 +161,11 @@ impl FsStorage {
             fs::create_dir(&dir)?;
             File::create(dir.join(DATA))?;
             // state.json last: its presence is what makes the session exist.
-            inner.write_state(&dir, &st)
+            inner.write_state(&dir, &st, true)
         })
         .await?;
-        *self.inner.session_lock(&id).lock().await = Some((0, DigestHasher::new(Algorithm::Sha256)));
+        *self.inner.session_lock(&id).lock().await =
+            SessionMem { hashed: Some((0, DigestHasher::new(Algorithm::Sha256))), flusher: pipe::Flusher::default() };
         state.info(&id)
     }
 
@@ -199,7 +216,7 @@ impl FsStorage {
         }
         let old = state.size;
         // Keep hashing only if the in-memory hasher covers exactly `old` bytes.
-        let hasher = match &*guard {
+        let hasher = match &guard.hashed {
             Some((n, h)) if *n == old => Some(h.clone()),
             _ if old == 0 => Some(DigestHasher::new(Algorithm::Sha256)),
             _ => None,
@@ -231,8 +248,8 @@ impl FsStorage {
             // `size`, and the session is then dropped as unknown.
             let new_size = old + out.size;
             let new_state = State { size: new_size, updated: now_ms(), ..state };
-            inner.write_state(&dir, &new_state)?;
-            *guard = out.hasher.map(|h| (new_size, h));
+            inner.write_state(&dir, &new_state, false)?;
+            guard.hashed = out.hasher.map(|h| (new_size, h));
             Ok(new_size)
         })
         .await
@@ -242,11 +259,23 @@ impl FsStorage {
         let dir = self.inner.session_dir(id)?;
         let lock = self.inner.session_lock(id);
         let mut guard = lock.lock_owned().await;
-        let mem = guard.take();
+        let mem = guard.hashed.take();
+        let flusher = std::mem::take(&mut guard.flusher);
         let d = digest.clone();
         let result = self
             .run(move |inner| {
                 let state = inner.read_checked_state(&dir)?;
+                let end = || match fs::remove_dir_all(&dir) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                };
+                // A failed background flush means the bytes may not be on
+                // disk (and a later fsync may not report it): end the session.
+                if let Err(e) = flusher.finish() {
+                    end()?;
+                    return Err(StorageError::Io(e));
+                }
                 let size = state.size;
                 let data = dir.join(DATA);
                 let f = match OpenOptions::new().read(true).write(true).open(&data) {
@@ -263,11 +292,6 @@ impl FsStorage {
                         tracing::debug!(upload = %dir.display(), "re-hashing upload data at commit");
                         pipe::hash_file(&f, size, DigestHasher::new(d.algorithm()))?
                     }
-                };
-                let end = || match fs::remove_dir_all(&dir) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(e),
                 };
                 if let Err(e) = verify(size, Some(hasher), &d, None) {
                     drop(f);
