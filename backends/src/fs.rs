@@ -185,7 +185,7 @@ impl Inner {
     }
 
     fn tag_path(&self, repo: &RepoName, tag: &Tag) -> PathBuf {
-        self.repo_dir(repo).join("_tags").join(tag.as_str())
+        self.repo_dir(repo).join("_tags").join(meta::tag_file_name(tag))
     }
 
     fn link_path(&self, repo: &RepoName, d: &Digest) -> PathBuf {

@@ -201,6 +201,12 @@ pub async fn manifests_and_tags(store: &dyn Storage) {
     store.tag_put(&r, &tag("v1"), &d2).await.expect("retag");
     assert_eq!(store.tag_get(&r, &tag("v1")).await.expect("tag get"), Some(d2.clone()), "retag replaces");
     assert_eq!(store.tag_list(&r).await.expect("tags"), Some(vec!["latest".into(), "v1".into()]));
+    // Tags differing only in case are distinct (also on case-insensitive filesystems).
+    store.tag_put(&r, &tag("V1"), &d).await.expect("tag V1");
+    assert_eq!(store.tag_get(&r, &tag("v1")).await.expect("tag get"), Some(d2.clone()), "v1 kept beside V1");
+    assert_eq!(store.tag_get(&r, &tag("V1")).await.expect("tag get"), Some(d.clone()));
+    assert_eq!(store.tag_list(&r).await.expect("tags"), Some(vec!["V1".into(), "latest".into(), "v1".into()]));
+    assert!(store.tag_delete(&r, &tag("V1")).await.expect("del V1"));
     let mut listed = store.manifest_list(&r).await.expect("list");
     listed.sort();
     let mut want = vec![d.clone(), d2.clone()];

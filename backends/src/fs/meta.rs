@@ -141,8 +141,11 @@ impl FsStorage {
         let r = repo.clone();
         self.run(move |inner| {
             let dir = inner.repo_dir(&r);
-            let mut tags: Vec<String> =
-                atomic::list_names(&dir.join(TAGS))?.into_iter().filter(|t| t.parse::<Tag>().is_ok()).collect();
+            let mut tags: Vec<String> = atomic::list_names(&dir.join(TAGS))?
+                .into_iter()
+                .map(|name| tag_from_file_name(&name))
+                .filter(|t| t.parse::<Tag>().is_ok())
+                .collect();
             if tags.is_empty() && manifest_digests(&dir, true)?.is_empty() {
                 return Ok(None);
             }
@@ -197,4 +200,37 @@ impl FsStorage {
         })
         .await
     }
+}
+
+/// The file name of a tag. Upper-case letters are written as `^` + the
+/// lower-case letter (`^` cannot occur in a tag), so tags that differ only in
+/// case stay distinct on case-insensitive filesystems (macOS by default).
+pub(super) fn tag_file_name(tag: &Tag) -> String {
+    let mut out = String::with_capacity(tag.as_str().len());
+    for c in tag.as_str().chars() {
+        if c.is_ascii_uppercase() {
+            out.push('^');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The inverse of [`tag_file_name`].
+fn tag_from_file_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '^' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
