@@ -28,6 +28,10 @@ use crate::registry::{BlobResponse, ManifestResponse};
 use crate::storage::{ByteStream, Storage, StoredManifest};
 use crate::upstream::{Upstream, UpstreamError};
 
+/// After an upstream fails (down, timing out, 5xx, 429), cached tags are
+/// served stale for this long without asking it again.
+const UPSTREAM_DOWN_BACKOFF: Duration = Duration::from_secs(10);
+
 /// How a response was served, sent to clients in the `X-Cove-Cache` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -79,6 +83,9 @@ pub struct PullThrough {
     self_hosts: Vec<String>,
     spool_dir: PathBuf,
     fresh: Mutex<HashMap<(RepoName, Tag), Instant>>,
+    /// Upstreams that just failed, until when: cached tags are served stale
+    /// without retrying them meanwhile.
+    down_until: Mutex<HashMap<String, Instant>>,
     inflight: Arc<InflightMap>,
     manifest_flights: ManifestFlights,
     counters: Mutex<HashMap<String, CacheCounters>>,
@@ -128,6 +135,7 @@ impl PullThrough {
             self_hosts: self_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
             spool_dir,
             fresh: Mutex::new(HashMap::new()),
+            down_until: Mutex::new(HashMap::new()),
             inflight: Arc::new(Mutex::new(HashMap::new())),
             manifest_flights: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
@@ -142,6 +150,12 @@ impl PullThrough {
     /// A snapshot of the per-upstream counters.
     pub fn counters(&self) -> HashMap<String, CacheCounters> {
         self.counters.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Digests with an upstream fetch in flight (garbage collection keeps
+    /// them; metrics count them). Added for operations (issue 7).
+    pub fn inflight_digests(&self) -> Vec<Digest> {
+        self.inflight.lock().map(|m| m.keys().map(|(_, d)| d.clone()).collect()).unwrap_or_default()
     }
 
     fn count(&self, host: &str, f: impl FnOnce(&mut CacheCounters)) {
@@ -193,6 +207,16 @@ impl PullThrough {
             .ok()
             .and_then(|f| f.get(&(repo.clone(), tag.clone())).map(|t| t.elapsed() < ttl))
             .unwrap_or(false)
+    }
+
+    fn is_down(&self, host: &str) -> bool {
+        self.down_until.lock().ok().and_then(|d| d.get(host).map(|until| Instant::now() < *until)).unwrap_or(false)
+    }
+
+    fn mark_down(&self, host: &str) {
+        if let Ok(mut d) = self.down_until.lock() {
+            d.insert(host.to_owned(), Instant::now() + UPSTREAM_DOWN_BACKOFF);
+        }
     }
 
     fn mark_fresh(&self, repo: &RepoName, tag: &Tag) {
@@ -298,6 +322,11 @@ impl PullThrough {
             if self.is_fresh(repo, tag, route.tag_ttl) {
                 return Ok((m.clone(), CacheStatus::Hit));
             }
+            if self.is_down(&route.host) {
+                // Upstream failed moments ago: do not make every client wait
+                // for its retries again.
+                return Ok((m.clone(), CacheStatus::Stale));
+            }
         }
         let head = match route.upstream.head_manifest(remote, reference).await {
             Ok(h) => Ok(h.digest),
@@ -310,6 +339,9 @@ impl PullThrough {
         };
         match head {
             Ok(digest) => {
+                if let Ok(mut d) = self.down_until.lock() {
+                    d.remove(&route.host);
+                }
                 if let Some(m) = local.filter(|m| m.digest == digest) {
                     self.mark_fresh(repo, tag);
                     return Ok((m, CacheStatus::Revalidated));
@@ -328,6 +360,9 @@ impl PullThrough {
                     c.upstream_errors += 1;
                     c.last_error = Some(e.to_string());
                 });
+                if matches!(e, UpstreamError::Unavailable(_) | UpstreamError::TooManyRequests { .. }) {
+                    self.mark_down(&route.host);
+                }
                 match local {
                     Some(m) => {
                         tracing::warn!(upstream = %route.host, %repo, %tag, error = %e, "upstream failed; serving cached manifest (stale)");
@@ -424,6 +459,7 @@ impl PullThrough {
     ) -> Result<(BlobResponse, CacheStatus)> {
         if storage.blob_linked(repo, digest).await? {
             let size = storage.blob_size(digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))?;
+            self.count(&route.host, |c| c.hits += 1); // issue 7: local blob hits were not counted
             return local_blob(storage, digest, size, range, head).await.map(|b| (b, CacheStatus::Hit));
         }
         if let Some(size) = storage.blob_size(digest).await? {
