@@ -8,9 +8,11 @@ pub mod cache;
 pub mod copy;
 pub mod digest;
 pub mod error;
+pub mod gc; // operations (issue 7): online garbage collection
 pub mod manifest;
 pub mod name;
 pub mod registry;
+pub mod scrub; // operations (issue 7): digest verification of stored objects
 pub mod storage;
 pub mod upstream;
 

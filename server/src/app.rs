@@ -45,6 +45,8 @@ pub struct App {
     pub public_url: Option<String>,
     request_ids: AtomicU64,
     id_prefix: u32,
+    /// Operations state (metrics, GC, health); set once by `ops::install`.
+    pub ops: std::sync::OnceLock<Arc<crate::ops::Ops>>,
 }
 
 /// Per-request context for logs.
@@ -60,6 +62,7 @@ impl App {
             public_url,
             request_ids: AtomicU64::new(0),
             id_prefix: uuid::Uuid::new_v4().as_fields().0,
+            ops: std::sync::OnceLock::new(),
         }
     }
 
@@ -71,6 +74,7 @@ impl App {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let is_head = method == Method::HEAD;
+        let request_bytes = crate::ops::declared_length(req.headers()); // ops hook (issue 7): metrics
         let mut resp = match self.route(req, peer).await {
             Ok(r) => r,
             Err(e) => {
@@ -96,12 +100,17 @@ impl App {
             duration_ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
             "request"
         );
-        resp
+        // ops hook (issue 7): metrics
+        crate::ops::record(&self, &method, &path, request_bytes, start.elapsed(), resp)
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, RegistryError> {
         if req.uri().path() == "/token" {
             return self.token(&req, peer).await;
+        }
+        // ops hook (issue 7): /healthz, /readyz, /metrics, /admin/*
+        if let Some(resp) = crate::ops::route(self, &req, peer).await {
+            return resp;
         }
         let endpoint = Endpoint::parse(req.uri().path())
             .ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, "no such API endpoint").with_status(404))?;

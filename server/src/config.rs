@@ -25,6 +25,11 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[[access]]` rules by repository pattern.
     pub access: Vec<AccessRule>,
+    // ---- operations (issue 7): see crate::ops for keys and defaults ----
+    /// `[gc]`: online garbage collection.
+    pub gc: crate::ops::GcConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: crate::ops::MetricsConfig,
 }
 
 /// `[server]`
@@ -236,6 +241,7 @@ impl Config {
             Vec::new()
         });
         problems.extend(cove_auth::config::validate(&self.auth, &self.access).iter().map(|p| p.to_string()));
+        problems.extend(crate::ops::validate(self)); // operations (issue 7): [gc], [metrics]
         let mut self_hosts = Vec::new();
         for (i, h) in self.server.hostnames.iter().enumerate() {
             let h = h.trim().to_ascii_lowercase();

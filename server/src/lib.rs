@@ -4,6 +4,8 @@
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod metrics; // operations (issue 7)
 pub mod mirror;
+pub mod ops; // operations (issue 7)
 pub mod routes;
 pub mod serve;

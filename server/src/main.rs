@@ -41,6 +41,9 @@ enum Command {
         #[command(subcommand)]
         command: StorageCommand,
     },
+    // operations (issue 7): `cove gc`, `cove scrub`, `cove status`
+    #[command(flatten)]
+    Ops(cove_server::ops::OpsCommand),
     /// Check a configuration file and print the effective settings.
     CheckConfig {
         #[arg(long, short)]
@@ -214,6 +217,10 @@ fn main() -> ExitCode {
                     Err(e) => fail(&format!("copy failed (run the same command again to resume): {e}")),
                 }
             })
+        }
+        Command::Ops(cmd) => {
+            init_logging(LogFormat::Text);
+            cove_server::ops::run_command(cmd)
         }
         Command::CheckConfig { config } => {
             let cfg = match Config::load(&config) {

@@ -40,6 +40,7 @@ pub enum StartError {
 pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App>, StartError> {
     let root = config.storage.root.clone();
     let storage = open_storage(config)?;
+    let (storage, gc_guard) = crate::ops::guard_storage(storage); // ops hook (issue 7): online GC
     let mut registry = Registry::new(storage);
     if !validated.upstreams.is_empty() {
         let clients = OciUpstream::build_all(&validated.upstreams).map_err(|errors| {
@@ -58,7 +59,9 @@ pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App
     let auth = AuthService::from_config(&config.auth, &config.access, &upstream_hosts, validated.public_url.as_deref())
         .await
         .map_err(|e| StartError::Auth(e.to_string()))?;
-    Ok(Arc::new(App::new(registry, Arc::new(auth), validated.public_url.clone())))
+    let app = Arc::new(App::new(registry, Arc::new(auth), validated.public_url.clone()));
+    crate::ops::install(&app, config, gc_guard); // ops hook (issue 7): metrics, GC schedule
+    Ok(app)
 }
 
 /// Opens the configured storage backend.

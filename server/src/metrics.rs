@@ -1,0 +1,284 @@
+//! Prometheus metrics, rendered on `GET /metrics` in the Prometheus text
+//! format (0.0.4). The registry is owned by the application (no global
+//! recorder), so several servers in one process do not share counters.
+//!
+//! Request metrics are recorded once per request in [`App::handle`]; the
+//! pull-through cache's per-upstream counters, in-flight uploads and fetches
+//! are read when the metrics are scraped.
+//!
+//! [`App::handle`]: crate::app::App::handle
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry as PromRegistry;
+
+use cove_core::cache::CacheCounters;
+use cove_core::gc::GcReport;
+
+use crate::body::Body;
+
+/// The `Content-Type` of the rendered metrics.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    upstream: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Every metric Cove exports.
+pub struct Metrics {
+    registry: PromRegistry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    bytes_in: Family<EndpointLabels, Counter>,
+    bytes_out: Family<EndpointLabels, Counter>,
+    cache: Family<CacheLabels, Counter>,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+    uploads_in_progress: Gauge,
+    fetches_in_flight: Gauge,
+    gc_runs: Family<ResultLabels, Counter>,
+    gc_blobs_removed: Counter,
+    gc_bytes_freed: Counter,
+    gc_manifests_removed: Counter,
+    gc_uploads_removed: Counter,
+    gc_last_success: Gauge,
+    storage_blobs: Gauge,
+    retention_blobs_evicted: Counter,
+    retention_bytes_evicted: Counter,
+    /// Serialises scrapes (cache counters are synchronised by difference).
+    scrape: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = PromRegistry::with_prefix("cove");
+        let m = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            cache: Family::default(),
+            upstream_errors: Family::default(),
+            uploads_in_progress: Gauge::default(),
+            fetches_in_flight: Gauge::default(),
+            gc_runs: Family::default(),
+            gc_blobs_removed: Counter::default(),
+            gc_bytes_freed: Counter::default(),
+            gc_manifests_removed: Counter::default(),
+            gc_uploads_removed: Counter::default(),
+            gc_last_success: Gauge::default(),
+            storage_blobs: Gauge::default(),
+            retention_blobs_evicted: Counter::default(),
+            retention_bytes_evicted: Counter::default(),
+            scrape: Mutex::new(()),
+            registry: PromRegistry::default(),
+        };
+        let r = &mut registry;
+        r.register("http_requests", "HTTP requests by endpoint, method and status", m.requests.clone());
+        r.register(
+            "http_request_duration_seconds",
+            "Time from request to response headers, by endpoint",
+            m.latency.clone(),
+        );
+        r.register(
+            "http_request_bytes",
+            "Request body bytes by endpoint (as declared by Content-Length)",
+            m.bytes_in.clone(),
+        );
+        r.register("http_response_bytes", "Response body bytes sent, by endpoint", m.bytes_out.clone());
+        r.register(
+            "cache_requests",
+            "Pull-through manifest and blob requests by upstream and result (hit, miss, revalidated, stale)",
+            m.cache.clone(),
+        );
+        r.register("upstream_errors", "Failed upstream requests by upstream", m.upstream_errors.clone());
+        r.register("uploads_in_progress", "Open upload sessions", m.uploads_in_progress.clone());
+        r.register("upstream_fetches_in_flight", "Blob fetches from upstreams in flight", m.fetches_in_flight.clone());
+        r.register("gc_runs", "Garbage collection runs by result", m.gc_runs.clone());
+        r.register("gc_blobs_removed", "Blobs removed by garbage collection", m.gc_blobs_removed.clone());
+        r.register("gc_bytes_freed", "Bytes freed by garbage collection", m.gc_bytes_freed.clone());
+        r.register(
+            "gc_manifests_removed",
+            "Untagged manifests removed by garbage collection",
+            m.gc_manifests_removed.clone(),
+        );
+        r.register(
+            "gc_uploads_removed",
+            "Expired upload sessions removed by garbage collection",
+            m.gc_uploads_removed.clone(),
+        );
+        r.register(
+            "gc_last_success_timestamp_seconds",
+            "Unix time of the last successful garbage collection",
+            m.gc_last_success.clone(),
+        );
+        r.register("storage_blobs", "Committed blobs seen by the last garbage collection", m.storage_blobs.clone());
+        r.register("retention_blobs_evicted", "Cached blobs evicted by retention", m.retention_blobs_evicted.clone());
+        r.register("retention_bytes_evicted", "Cached bytes evicted by retention", m.retention_bytes_evicted.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Records one finished request (up to its response headers) and wraps
+    /// the response body so the bytes actually sent are counted.
+    pub fn record_request(
+        &self,
+        endpoint: &'static str,
+        method: &str,
+        status: u16,
+        request_bytes: Option<u64>,
+        elapsed: Duration,
+        body: Body,
+    ) -> Body {
+        let ep = EndpointLabels { endpoint };
+        self.requests.get_or_create(&RequestLabels { endpoint, method: method.to_owned(), status }).inc();
+        self.latency.get_or_create(&ep).observe(elapsed.as_secs_f64());
+        if let Some(n) = request_bytes {
+            self.bytes_in.get_or_create(&ep).inc_by(n);
+        }
+        let counter = self.bytes_out.get_or_create(&ep).clone();
+        CountedBody { inner: body, counter }.boxed_unsync()
+    }
+
+    /// Records a garbage collection run.
+    pub fn record_gc(&self, result: Result<&GcReport, ()>) {
+        match result {
+            Ok(r) => {
+                self.gc_runs.get_or_create(&ResultLabels { result: if r.dry_run { "dry_run" } else { "ok" } }).inc();
+                if !r.dry_run {
+                    self.gc_blobs_removed.inc_by(r.blobs_removed.len() as u64);
+                    self.gc_bytes_freed.inc_by(r.bytes_freed);
+                    self.gc_manifests_removed.inc_by(r.manifests_removed.len() as u64);
+                    self.gc_uploads_removed.inc_by(r.uploads_removed.len() as u64);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0);
+                    self.gc_last_success.set(now);
+                    self.storage_blobs.set((r.blobs - r.blobs_removed.len()) as i64);
+                }
+            }
+            Err(()) => {
+                self.gc_runs.get_or_create(&ResultLabels { result: "error" }).inc();
+            }
+        }
+    }
+
+    /// Records blobs evicted by cache retention.
+    pub fn record_eviction(&self, blobs: u64, bytes: u64) {
+        self.retention_blobs_evicted.inc_by(blobs);
+        self.retention_bytes_evicted.inc_by(bytes);
+    }
+
+    /// Renders every metric, after updating the sampled ones.
+    pub fn render(
+        &self,
+        cache: &std::collections::HashMap<String, CacheCounters>,
+        uploads: Option<usize>,
+        fetches: usize,
+    ) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        for (host, c) in cache {
+            for (result, value) in
+                [("hit", c.hits), ("miss", c.misses), ("revalidated", c.revalidated), ("stale", c.stale)]
+            {
+                sync_counter(&self.cache.get_or_create(&CacheLabels { upstream: host.clone(), result }), value);
+            }
+            sync_counter(
+                &self.upstream_errors.get_or_create(&UpstreamLabels { upstream: host.clone() }),
+                c.upstream_errors,
+            );
+        }
+        if let Some(n) = uploads {
+            self.uploads_in_progress.set(n as i64);
+        }
+        self.fetches_in_flight.set(fetches as i64);
+        let mut out = String::new();
+        if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).is_err() {
+            tracing::warn!("metrics could not be rendered");
+        }
+        out
+    }
+}
+
+/// Brings a counter up to a monotonic total kept elsewhere.
+fn sync_counter(c: &Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+/// A response body that counts the data bytes it yields.
+struct CountedBody {
+    inner: Body,
+    counter: Counter,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.counter.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
