@@ -171,10 +171,22 @@ async fn cache_metrics_per_upstream() {
     assert_eq!(header(&cache.manifest("GET", repo, "v1").await, "x-cove-cache"), "miss");
     assert_eq!(header(&cache.manifest("GET", repo, "v1").await, "x-cove-cache"), "hit");
     let layer = sha256_digest(&img.layers[0]);
+    let link = cache
+        .data_dir
+        .join("repositories/upstream.test/lib/app/_links/sha256")
+        .join(layer.trim_start_matches("sha256:"));
     for expect in ["miss", "hit"] {
         let r = cache.get(&format!("/v2/{repo}/blobs/{layer}")).await;
         assert_eq!(header(&r, "x-cove-cache"), expect);
         assert_eq!(sha256_digest(&r.bytes().await.expect("blob")), layer);
+        // The fetch commits and links the blob just after the last byte went
+        // out; until then a second GET joins the fetch (a miss).
+        for _ in 0..200 {
+            if link.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(header(&cache.manifest("GET", repo, "v1").await, "x-cove-cache"), "revalidated");
