@@ -73,6 +73,8 @@ impl App {
         let ctx = Ctx { id: format!("{:08x}{:08x}", self.id_prefix, n) };
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        // containerd's mirror namespace, so logs show which upstream a request meant.
+        let ns = req.uri().query().and_then(|q| Query::parse(Some(q)).get("ns").map(str::to_owned));
         let is_head = method == Method::HEAD;
         let request_bytes = crate::ops::declared_length(req.headers()); // ops hook (issue 7): metrics
         let mut resp = match self.route(req, peer).await {
@@ -95,6 +97,7 @@ impl App {
             peer = %peer.ip(),
             %method,
             %path,
+            ns = ns.as_deref().unwrap_or(""),
             status = resp.status().as_u16(),
             bytes,
             duration_ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),

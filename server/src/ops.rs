@@ -31,9 +31,11 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GcConfig {
-    /// Run garbage collection on a schedule. Default `true`. Set `false`
-    /// when several Cove processes share one storage.
-    pub enabled: bool,
+    /// Run garbage collection on a schedule. Default: `true` on the
+    /// filesystem backend, `false` on object storage, where several replicas
+    /// may share the bucket and one replica cannot see another's in-flight
+    /// pushes. Enable it on exactly one replica (or when only one runs).
+    pub enabled: Option<bool>,
     /// Time between scheduled runs. Default `"24h"`.
     pub interval: String,
     /// Nothing written or linked more recently than this is removed (and
@@ -46,7 +48,7 @@ pub struct GcConfig {
 
 impl Default for GcConfig {
     fn default() -> Self {
-        GcConfig { enabled: true, interval: "24h".into(), grace: "1h".into(), untagged: false }
+        GcConfig { enabled: None, interval: "24h".into(), grace: "1h".into(), untagged: false }
     }
 }
 
@@ -92,7 +94,7 @@ impl GcSettings {
     /// Reads the settings of a config that passed [`validate`].
     pub fn from_config(config: &Config) -> GcSettings {
         GcSettings {
-            enabled: config.gc.enabled,
+            enabled: config.gc.enabled.unwrap_or(config.storage.kind == crate::config::StorageKind::Filesystem),
             interval: parse_duration(&config.gc.interval).unwrap_or(Duration::from_secs(86400)),
             grace: parse_duration(&config.gc.grace).unwrap_or(Duration::from_secs(3600)),
             untagged: config.gc.untagged,
