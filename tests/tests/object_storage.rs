@@ -8,8 +8,10 @@
 //! - two replicas on one bucket (s3s-fs and Garage): push through A, pull
 //!   through B; a chunked upload started on A and finished on B; concurrent
 //!   pushes of one tag; SIGKILL of a replica mid-upload;
-//! - `cove storage copy` from a filesystem data dir to s3s-fs, rerun,
-//!   interrupted and resumed;
+//! - an upload session abandoned by a killed replica is expired by another
+//!   (its objects and its multipart upload);
+//! - `cove storage copy` from a filesystem data dir to s3s-fs, interrupted
+//!   inside a big blob (`COVE_COPY_BIG_MIB`, default 200), resumed, rerun;
 //! - start-up errors of `[storage]` settings;
 //! - throughput and peak RSS of a big blob, object store vs filesystem
 //!   (`COVE_OBJECT_BENCH_MIB`, default 256; `COVE_OBJECT_BENCH_GARAGE=1`
@@ -335,6 +337,15 @@ async fn push_on_one_pull_on_other(a: &Server, b: &Server) {
     for name in ["multi/app", "multi/other"] {
         assert!(repos.contains(&serde_json::json!(name)), "B: catalog {catalog} lacks {name}");
     }
+    // A blob pushed on A mounts into another repository on B.
+    let layer = sha256_digest(&img.layers[0]);
+    let r = b
+        .req("POST", &format!("/v2/multi/mounted/blobs/uploads/?mount={layer}&from=multi/app"))
+        .send()
+        .await
+        .expect("mount");
+    assert_eq!(r.status(), 201, "B: cross-repository mount of a blob pushed on A");
+    assert_blob(a, "multi/mounted", &img.layers[0]).await;
     // A tag moved on B is seen by A; a manifest deleted on B is gone on A.
     let r = b.put_manifest("multi/app", "v2", OCI_MANIFEST, &other.manifest).await;
     assert_eq!(r.status(), 400, "B: manifest whose blobs multi/app lacks");
@@ -398,8 +409,17 @@ async fn concurrent_tag_pushes_stay_consistent(a: &Server, b: &Server, label: &s
     let repo = "multi/race";
     let mut wins = [0usize; 2];
     for round in 0..10 {
-        let ia = Image::random(2);
-        let ib = Image::random(2);
+        // Odd rounds: both images share a 6 MiB base layer (more than a part),
+        // committed by both replicas at once.
+        let (ia, ib) = if round % 2 == 0 {
+            (Image::random(2), Image::random(2))
+        } else {
+            let base = random_bytes(6 * MIB + round);
+            (
+                Image::from_layers(vec![base.clone(), random_bytes(2000)]),
+                Image::from_layers(vec![base, random_bytes(3000)]),
+            )
+        };
         if round % 2 == 0 {
             // Blobs first, then both manifest PUTs at the same moment.
             for l in std::iter::once(&ia.config).chain(&ia.layers) {
