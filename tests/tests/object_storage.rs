@@ -284,6 +284,11 @@ async fn skopeo_push_and_pull_through_cove_on_s3s_fs() {
     for l in &img.layers {
         assert!(oci_layout_blob(&dst, &sha256_digest(l)) == *l, "layer {} differs", sha256_digest(l));
     }
+    // A Cove on another prefix of the same bucket is a separate registry.
+    let other =
+        Server::start_with(ServerOptions { config: Some(s3_config(&peer, "other")), ..Default::default() }).await;
+    assert_eq!(json(other.get("/v2/_catalog").await).await["repositories"], serde_json::json!([]));
+    assert_eq!(other.manifest("HEAD", "s3/app", "v1").await.status(), 404, "prefixes are isolated");
     let out = run(skopeo().args(["inspect", "--tls-verify=false", &format!("docker://{}/s3/app:v1", b.addr)]));
     let v: serde_json::Value = serde_json::from_str(&out).expect("inspect json");
     assert_eq!(v["Digest"], serde_json::json!(img.digest), "inspect: {v}");
@@ -337,6 +342,27 @@ async fn push_on_one_pull_on_other(a: &Server, b: &Server) {
     for name in ["multi/app", "multi/other"] {
         assert!(repos.contains(&serde_json::json!(name)), "B: catalog {catalog} lacks {name}");
     }
+    // A single-request upload (POST ?digest= with the body) larger than a
+    // part, on A; B serves it, also by range.
+    let mono = random_bytes(11 * MIB + 99);
+    let d = sha256_digest(&mono);
+    let r = a
+        .req("POST", &format!("/v2/multi/app/blobs/uploads/?digest={d}"))
+        .header("content-type", "application/octet-stream")
+        .body(mono.clone())
+        .send()
+        .await
+        .expect("POST blob");
+    assert_eq!(r.status(), 201, "A: single-request upload");
+    assert_blob(b, "multi/app", &mono).await;
+    let r = b
+        .req("GET", &format!("/v2/multi/app/blobs/{d}"))
+        .header("range", "bytes=5242000-6000000")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 206, "B: ranged blob GET");
+    assert!(r.bytes().await.expect("body")[..] == mono[5_242_000..=6_000_000], "B: ranged bytes differ");
     // A blob pushed on A mounts into another repository on B.
     let layer = sha256_digest(&img.layers[0]);
     let r = b
@@ -776,6 +802,24 @@ async fn storage_copy_moves_a_filesystem_registry_to_s3s_fs() {
     let listed: Vec<&str> =
         refs["manifests"].as_array().expect("referrers").iter().filter_map(|m| m["digest"].as_str()).collect();
     assert_eq!(listed, vec![sig_digest.as_str()], "referrers of tool1: {refs}");
+    // And back: bucket -> a fresh filesystem data dir serves the same.
+    let back = work.path().join("back.toml");
+    let back_root = work.path().join("back-data");
+    std::fs::write(&back, format!("[storage]\nroot = {:?}\n", back_root.display().to_string())).expect("write");
+    let out = storage_copy(&to, &back);
+    let reverse = parse_summary(&out);
+    assert_eq!((reverse.repositories, reverse.manifests_copied), (4, 6), "{out}");
+    let fs_back = Server::start_with(ServerOptions {
+        config: Some(format!("[storage]\nroot = {:?}\n", back_root.display().to_string())),
+        no_flags: false,
+        omit_data_dir: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(served(&fs_back).await, expected, "bucket -> filesystem copy serves something else");
+    let r = fs_back.get(&format!("/v2/mmm/big/blobs/{big_digest}")).await;
+    assert_eq!(verify_stream_equals(r, &big, 0).await, big.total, "big blob copied back");
+    assert_eq!(assert_blobs_verified(&back_root), assert_blobs_verified(&fs.data_dir), "blob files copied back");
     // The copy also verified the bytes: a skopeo pull of the big image works.
     let dst = work.path().join("pulled");
     run(skopeo().args([
