@@ -40,6 +40,17 @@ pub enum StartError {
 pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App>, StartError> {
     let root = config.storage.root.clone();
     let storage = open_storage(config)?;
+    if config.storage.object.is_some() {
+        // Fail at start, not on the first request, when the bucket is
+        // unreachable, missing or refuses the credentials.
+        storage.check().await.map_err(|e| {
+            StartError::Object(format!(
+                "cannot write to {} (check storage.endpoint, storage.bucket, storage.region and the credentials, \
+                 storage.access_key_id/storage.secret_access_key or the environment): {e}",
+                config.storage.describe()
+            ))
+        })?;
+    }
     let (storage, gc_guard) = crate::ops::guard_storage(storage); // ops hook (issue 7): online GC
     let mut registry = Registry::new(storage);
     if !validated.upstreams.is_empty() {
