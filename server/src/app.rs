@@ -76,6 +76,8 @@ impl App {
         // containerd's mirror namespace, so logs show which upstream a request meant.
         let ns = req.uri().query().and_then(|q| Query::parse(Some(q)).get("ns").map(str::to_owned));
         let is_head = method == Method::HEAD;
+        // Which credentials came (never their value): shows the token flow at work.
+        let auth_scheme = auth_scheme(req.headers());
         let request_bytes = crate::ops::declared_length(req.headers()); // ops hook (issue 7): metrics
         let mut resp = match self.route(req, peer).await {
             Ok(r) => r,
@@ -98,6 +100,7 @@ impl App {
             %method,
             %path,
             ns = ns.as_deref().unwrap_or(""),
+            auth = auth_scheme,
             status = resp.status().as_u16(),
             bytes,
             duration_ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
@@ -411,6 +414,22 @@ fn auth_request<'a>(headers: &'a HeaderMap, peer: SocketAddr, forwarded: Option<
         peer: peer.ip(),
         authorization: headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("")),
         forwarded_for: forwarded,
+    }
+}
+
+/// The scheme of the `Authorization` header for the request log: `none`,
+/// `basic`, `bearer` or `other`. Never the credentials themselves.
+fn auth_scheme(headers: &HeaderMap) -> &'static str {
+    let Some(v) = headers.get(http::header::AUTHORIZATION) else {
+        return "none";
+    };
+    let scheme = v.as_bytes().split(|b| *b == b' ').next().unwrap_or_default();
+    if scheme.eq_ignore_ascii_case(b"basic") {
+        "basic"
+    } else if scheme.eq_ignore_ascii_case(b"bearer") {
+        "bearer"
+    } else {
+        "other"
     }
 }
 
