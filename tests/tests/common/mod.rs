@@ -278,7 +278,10 @@ impl Server {
                 }
             }
             if let Ok(r) = client.get(&url).send().await {
-                if r.status() == 200 {
+                // A server with authentication answers 401/403 when ready.
+                if matches!(r.status().as_u16(), 200 | 401 | 403)
+                    && r.headers().contains_key("docker-distribution-api-version")
+                {
                     // Another test's server could own this port if ours lost a
                     // bind race: make sure our process is the one alive.
                     tokio::time::sleep(Duration::from_millis(30)).await;
