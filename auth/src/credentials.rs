@@ -29,33 +29,7 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// A secret string: `Debug` and `Display` print `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret itself; do not log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use cove_core::Secret;
 
 /// The largest `Authorization` header accepted (OIDC tokens can be a few KiB).
 pub const MAX_AUTHORIZATION_LEN: usize = 16 * 1024;
@@ -80,12 +54,12 @@ impl Credentials {
             if user.is_empty() {
                 return Err(malformed("Basic credentials have an empty user name"));
             }
-            Ok(Credentials::Basic { user: user.to_owned(), password: Secret(password.to_owned()) })
+            Ok(Credentials::Basic { user: user.to_owned(), password: Secret::new(password) })
         } else if scheme.eq_ignore_ascii_case("bearer") {
             if rest.is_empty() || rest.contains(char::is_whitespace) {
                 return Err(malformed("malformed Bearer token"));
             }
-            Ok(Credentials::Bearer(Secret(rest.to_owned())))
+            Ok(Credentials::Bearer(Secret::new(rest)))
         } else {
             Err(malformed("unsupported Authorization scheme"))
         }

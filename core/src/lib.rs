@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod name;
 pub mod registry;
 pub mod scrub; // operations (issue 7): digest verification of stored objects
+pub mod secret;
 pub mod storage;
 pub mod upstream;
 
@@ -24,5 +25,6 @@ pub use digest::{Algorithm, Digest, DigestHasher};
 pub use error::{ErrorCode, RegistryError, Result};
 pub use name::{Reference, RepoName, Tag};
 pub use registry::Registry;
+pub use secret::Secret;
 pub use storage::{ByteRange, ByteStream, Storage, StorageError};
 pub use upstream::Upstream;
