@@ -1,0 +1,243 @@
+//! Starting the two registries and reading their CPU time and memory.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::BenchError;
+
+/// Which registry a server is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Cove,
+    Distribution,
+}
+
+impl Kind {
+    /// Short name used in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Cove => "cove",
+            Kind::Distribution => "distribution",
+        }
+    }
+}
+
+/// Paths of the two server binaries.
+#[derive(Clone)]
+pub struct Binaries {
+    pub cove: PathBuf,
+    pub registry: PathBuf,
+}
+
+/// A running registry process.
+pub struct Server {
+    pub pid: u32,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    /// Starts `kind` with its storage in `dir` (created), its config and log
+    /// next to it, and waits until `GET /v2/` answers 200. Returns the server
+    /// and the time from spawn to the first 200.
+    pub fn start(kind: Kind, bins: &Binaries, dir: &Path, cove_extra: &str) -> Result<(Server, Duration), BenchError> {
+        let storage = dir.join("storage");
+        std::fs::create_dir_all(&storage)?;
+        let addr = free_port()?;
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let mut cmd = match kind {
+            Kind::Cove => {
+                let config = dir.join("cove.toml");
+                std::fs::write(&config, cove_extra)?;
+                let mut c = Command::new(&bins.cove);
+                c.arg("serve").arg("--listen").arg(addr.to_string()).arg("--data-dir").arg(&storage);
+                c.arg("--config").arg(&config);
+                c
+            }
+            Kind::Distribution => {
+                let config = dir.join("config.yml");
+                std::fs::write(&config, distribution_config(&storage, addr))?;
+                let mut c = Command::new(&bins.registry);
+                c.arg("serve").arg(&config);
+                c
+            }
+        };
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let start = Instant::now();
+        let child = cmd.spawn().map_err(|e| BenchError::Setup(format!("cannot start {}: {e}", kind.name())))?;
+        let pid = child.id();
+        let mut server = Server { pid, addr, child };
+        let deadline = start + Duration::from_secs(60);
+        loop {
+            if probe_v2(addr) {
+                return Ok((server, start.elapsed()));
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(BenchError::Setup(format!(
+                    "{} exited during start-up ({status}); see {}",
+                    kind.name(),
+                    dir.join("server.log").display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Setup(format!("{} did not answer /v2/ within 60 s", kind.name())));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the process (SIGKILL: both keep their data consistent on disk).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The distribution config: filesystem storage, in-memory blob descriptor
+/// cache and access log as in Debian's default `config.yml`.
+fn distribution_config(storage: &Path, addr: SocketAddr) -> String {
+    format!(
+        "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  \
+         filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+        storage.display()
+    )
+}
+
+/// A loopback address with a port nobody listens on right now.
+pub fn free_port() -> Result<SocketAddr, BenchError> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// One `GET /v2/` on a fresh connection: true on a 200.
+fn probe_v2(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && &buf[9..12] == b"200"
+}
+
+/// CPU seconds (user + system) a process has used so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    if cfg!(target_os = "linux") {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may contain spaces) start at field 3.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = f.get(11)?.parse().ok()?;
+        let stime: f64 = f.get(12)?.parse().ok()?;
+        Some((utime + stime) / clock_ticks())
+    } else {
+        ps_fields(pid).map(|(_, cpu)| cpu)
+    }
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Current resident set in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    if cfg!(target_os = "linux") {
+        status_kib(pid, "VmRSS:")
+    } else {
+        ps_fields(pid).map(|(rss, _)| rss)
+    }
+}
+
+/// Peak resident set in KiB since the last [`reset_peak`] (Linux); elsewhere
+/// the current RSS.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    if cfg!(target_os = "linux") {
+        status_kib(pid, "VmHWM:")
+    } else {
+        rss_kib(pid)
+    }
+}
+
+/// Resets the peak RSS counter of `pid` (Linux `clear_refs`); no-op elsewhere.
+pub fn reset_peak(pid: u32) {
+    if cfg!(target_os = "linux") {
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `ps` fallback (macOS): RSS in KiB and CPU seconds.
+fn ps_fields(pid: u32) -> Option<(u64, f64)> {
+    let out = Command::new("ps").args(["-o", "rss=", "-o", "time=", "-p", &pid.to_string()]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace();
+    let rss = it.next()?.parse().ok()?;
+    let time = it.next()?;
+    // [[dd-]hh:]mm:ss.cc
+    let (days, clock) = match time.split_once('-') {
+        Some((d, c)) => (d.parse::<f64>().ok()?, c),
+        None => (0.0, time),
+    };
+    let mut secs = 0.0;
+    for part in clock.split(':') {
+        secs = secs * 60.0 + part.parse::<f64>().ok()?;
+    }
+    Some((rss, days * 86400.0 + secs))
+}
+
+/// CPU and peak memory of one server over one measured run.
+pub struct Meter {
+    pid: u32,
+    cpu0: Option<f64>,
+}
+
+/// What a [`Meter`] saw.
+pub struct Usage {
+    pub cpu_secs: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl Meter {
+    /// Resets the peak RSS and reads the CPU time.
+    pub fn start(pid: u32) -> Meter {
+        reset_peak(pid);
+        Meter { pid, cpu0: cpu_seconds(pid) }
+    }
+
+    /// CPU used since [`Meter::start`] and the peak RSS meanwhile.
+    pub fn finish(&self) -> Usage {
+        let cpu = match (self.cpu0, cpu_seconds(self.pid)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        Usage { cpu_secs: cpu, peak_rss_mib: peak_rss_kib(self.pid).map(|k| k as f64 / 1024.0) }
+    }
+}
