@@ -19,6 +19,9 @@
 
 mod auth_support;
 mod common;
+#[allow(dead_code)] // only start/ctr are used here
+#[path = "pull_through_support/containerd.rs"]
+mod containerd;
 #[allow(dead_code)] // only the server and replies are used here
 #[path = "pull_through_support/fault.rs"]
 mod fault;
@@ -696,6 +699,72 @@ async fn failed_logins_are_rate_limited_per_source() {
     assert_no_secrets("server log", &s.logs(), &[ALICE_PW.into(), alice]);
 }
 
+#[tokio::test]
+async fn htpasswd_file_changes_apply_without_restart_and_weak_hashes_are_refused() {
+    let _g = EXCLUSIVE.read().await;
+    let cfg = htpasswd_config("htpasswd_reload_interval = \"200ms\"", "");
+    let s = AuthServer::start(&cove_bin(), &cfg, &[("htpasswd", htpasswd_file(4))], &[]).await;
+    let c = s.client();
+    let file = s.tmp.path().join("htpasswd");
+    let status = |auth: String| {
+        let c = c.clone();
+        async move { c.get("/v2/myorg/app/tags/list", Some(&auth)).await.status }
+    };
+    assert_eq!(status(basic("alice", ALICE_PW)).await, 404, "alice logs in (and is cached)");
+    // Replace the file atomically: alice gets a new password, dave appears.
+    let new_pw = "alice-New-Pw-55aa";
+    let content = format!("{}\n{}\n", bcrypt_line("alice", new_pw, 4), sha_crypt_line("dave", "dave-Pw-1234", 512));
+    std::fs::write(s.tmp.path().join("htpasswd.new"), content).expect("write");
+    std::fs::rename(s.tmp.path().join("htpasswd.new"), &file).expect("rename");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(basic("dave", "dave-Pw-1234")).await != 404 {
+        assert!(Instant::now() < deadline, "the new htpasswd file was not picked up within 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(basic("alice", ALICE_PW)).await, 401, "the old (cached) password stops working");
+    assert_eq!(status(basic("alice", new_pw)).await, 404, "the new password works");
+    assert_eq!(status(basic("bob", BOB_PW)).await, 401, "a removed user is refused");
+    // An invalid file (a weak hash) is refused and the previous users stay.
+    std::fs::write(
+        &file,
+        format!("{}\ncarol:$apr1$abcdefgh$0123456789abcdefghijkl\n", bcrypt_line("alice", new_pw, 4)),
+    )
+    .expect("write");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(status(basic("dave", "dave-Pw-1234")).await, 404, "invalid file: previous users kept");
+    assert!(s.logs().contains("$apr1$") || s.logs().contains("MD5"), "the refusal is logged");
+    assert_no_secrets("server log", &s.logs(), &[ALICE_PW.into(), new_pw.into(), "dave-Pw-1234".into()]);
+
+    // At start-up, a weak scheme stops the server with a message naming the user and line.
+    for (line, scheme) in [
+        ("carol:$apr1$abcdefgh$0123456789abcdefghijkl", "MD5"),
+        ("carol:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "SHA"),
+        ("carol:plaintext-password", "plain"),
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("htpasswd"), format!("{}\n{line}\n", bcrypt_line("alice", ALICE_PW, 4)))
+            .expect("write");
+        let cfg = htpasswd_config("", "")
+            .replace("@DIR@", &dir.path().display().to_string())
+            .replace("@LISTEN@", "127.0.0.1:1");
+        std::fs::write(dir.path().join("cove.toml"), cfg).expect("write");
+        let out = Command::new(cove_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.path().join("cove.toml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", common::free_port()))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("run cove");
+        let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{scheme}: start-up must fail:\n{err}");
+        assert!(err.contains("carol") && err.contains("line 2"), "{scheme}: the error names user and line:\n{err}");
+        assert!(!err.contains("plaintext-password"), "{scheme}: the refused secret is not printed");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Real clients
 // ---------------------------------------------------------------------------
@@ -921,6 +990,38 @@ async fn skopeo_and_podman_log_in_through_the_token_flow() {
     assert!(!s.logs().contains("Bearer ey"), "no bearer token in the log");
 }
 
+#[tokio::test]
+async fn containerd_pulls_with_credentials_through_the_token_flow() {
+    let _g = EXCLUSIVE.read().await;
+    let s = AuthServer::start(&cove_bin(), &htpasswd_config("", ""), &[("htpasswd", htpasswd_file(4))], &[]).await;
+    let work = tempfile::tempdir().expect("tmp");
+    let img = Image::from_layers(vec![tar_layer(work.path(), "ctr")]);
+    push_image(&s.client(), Some(&basic("alice", ALICE_PW)), "myorg/ctr", &img).await;
+    let ctd = containerd::Containerd::start();
+    let reference = format!("{}/myorg/ctr:v1", s.host());
+    let pull = |user: &str| {
+        ctd.ctr(&["images", "pull", "--plain-http", "--snapshotter", "native", "--user", user, &reference])
+    };
+    let out = pull(&format!("alice:{}", "wrong-Pw-789"));
+    assert!(!out.status.success(), "containerd with a wrong password must fail");
+    let out = pull(&format!("bob:{BOB_PW}"));
+    assert!(out.status.success(), "ctr pull as bob: {}", String::from_utf8_lossy(&out.stderr));
+    let out = ctd.ctr(&["images", "ls", "-q"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&reference), "image listed");
+    let log = request_log(&s.logs());
+    assert!(
+        log.iter().any(|(m, p, st, _)| m == "GET" && p == "/token" && *st == 200),
+        "containerd used /token:\n{log:?}"
+    );
+    // containerd first tries the OAuth2 POST form (405 here) and falls back to GET.
+    let token_reqs: Vec<_> = log.iter().filter(|(_, p, _, _)| p == "/token").collect();
+    eprintln!("containerd token requests: {token_reqs:?}");
+    let manifest_gets: Vec<_> =
+        log.iter().filter(|(m, p, st, _)| m == "GET" && p.contains("/manifests/") && *st == 200).collect();
+    assert!(!manifest_gets.is_empty() && manifest_gets.iter().all(|(_, _, _, a)| a == "bearer"), "{manifest_gets:?}");
+    assert_no_secrets("server log", &s.logs(), &[BOB_PW.into(), "wrong-Pw-789".into(), basic("bob", BOB_PW)]);
+}
+
 // ---------------------------------------------------------------------------
 // OIDC
 // ---------------------------------------------------------------------------
@@ -1071,6 +1172,24 @@ async fn oidc_tokens_from_a_loopback_issuer() {
     );
     let r = c.get("/token?service=cove", Some(&basic("ci", &expired))).await;
     assert_eq!(r.status, 401, "expired JWT at the token endpoint: {}", r.body);
+
+    // A real client logging in with the JWT as password (docker login -p "$JWT").
+    let work = tempfile::tempdir().expect("tmp");
+    let src = work.path().join("src");
+    let img = Image::random(1);
+    write_oci_layout(&src, &img, "v1");
+    run(skopeo()
+        .args(["copy", "--dest-tls-verify=false", "--preserve-digests", "--dest-creds", &format!("ci:{builder}")])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(format!("docker://{}/ci/skopeo:v1", s.host())));
+    let r = c.get("/v2/ci/skopeo/manifests/v1", Some(&builder_h)).await;
+    assert_eq!(r.header("docker-content-digest"), img.digest, "skopeo pushed with an OIDC token");
+    run_fail(
+        skopeo()
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", &format!("ci:{expired}")])
+            .arg(format!("oci:{}:v1", src.display()))
+            .arg(format!("docker://{}/ci/skopeo:v2", s.host())),
+    );
 
     // Key rotation: the issuer replaces key-1 by an RSA key-2. A token with
     // the new kid makes Cove refetch the JWKS (at most every 1 s) and pass.
