@@ -275,6 +275,26 @@ impl AuthService {
         Err(RegistryError::denied(denied_msg()))
     }
 
+    /// Authorizes `GET /v2/_catalog`: authentication as for `GET /v2/`, and a
+    /// registry token must carry the `registry:catalog:*` scope (which the
+    /// token endpoint grants only to authenticated identities, or to everyone
+    /// on an open registry), so an anonymous token cannot list repositories.
+    /// Challenges ask for that scope. The caller filters the list with
+    /// [`AuthService::visible_in_catalog`].
+    pub async fn authorize_catalog(&self, req: &AuthRequest<'_>) -> Result<Identity, RegistryError> {
+        let scopes = [Scope::Catalog];
+        let (_, caller) = self.identify(req, &scopes).await?;
+        match caller {
+            Caller::NoCredentials if self.authenticator.challenge().is_some() => {
+                Err(self.unauthorized("authentication required", &scopes, None))
+            }
+            Caller::Token(t) if self.authenticator.challenge().is_some() && !t.scopes.contains(&Scope::Catalog) => {
+                Err(self.unauthorized("token does not grant the catalog", &scopes, Some("insufficient_scope")))
+            }
+            caller => Ok(caller.identity().clone()),
+        }
+    }
+
     /// True if the caller may pull `source` (for a cross-repository mount,
     /// after `authorize(target, Push)` succeeded). On `false` the server
     /// should fall back to a plain upload session (202), as the spec says.

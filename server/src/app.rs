@@ -134,7 +134,12 @@ impl App {
         };
         let need = repo.as_ref().map(|r| (r, action));
         let fwd = forwarded_for(req.headers());
-        let identity = self.auth.authorize(&auth_request(req.headers(), peer, fwd.as_deref()), need).await?;
+        let areq = auth_request(req.headers(), peer, fwd.as_deref());
+        let identity = match endpoint {
+            // Listing repositories needs the catalog scope, not just any token.
+            Endpoint::Catalog => self.auth.authorize_catalog(&areq).await?,
+            _ => self.auth.authorize(&areq, need).await?,
+        };
         let method = req.method().clone();
         match (endpoint, repo) {
             (Endpoint::Base, _) => match method {
