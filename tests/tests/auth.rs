@@ -540,8 +540,24 @@ async fn matrix_htpasswd_basic_and_registry_tokens() {
             (r.status, serde_json::from_str::<serde_json::Value>(&r.body).unwrap_or_default())
         }
     };
-    let (st, _) = catalog(None).await;
-    assert_eq!(st, 401, "anonymous catalog needs a login");
+    let r = c.get("/v2/_catalog", None).await;
+    assert_eq!(r.status, 401, "anonymous catalog needs a login");
+    let ch = parse_challenge(&r.header("www-authenticate"));
+    assert_eq!((ch.get("realm"), ch.get("scope")), (Some(realm.as_str()), Some("registry:catalog:*")), "{ch:?}");
+    // Registry tokens list the catalog only with the catalog scope, which an
+    // anonymous caller cannot get; alice's repository-only token is not enough.
+    let (anon_cat, anon_cat_access) = registry_token(&c, None, &["registry:catalog:*".into()]).await;
+    assert!(!anon_cat_access.to_string().contains("catalog"), "anonymous gets no catalog scope: {anon_cat_access}");
+    for (who, tok) in [("anonymous token", &anon_cat), ("alice's repository token", &scoped)] {
+        let r = c.get("/v2/_catalog", Some(&format!("Bearer {tok}"))).await;
+        assert_eq!(r.status, 401, "{who} on the catalog: {}", r.body);
+        let ch = parse_challenge(&r.header("www-authenticate"));
+        assert_eq!(
+            (ch.get("scope"), ch.get("error")),
+            (Some("registry:catalog:*"), Some("insufficient_scope")),
+            "{who}: {ch:?}"
+        );
+    }
     for (user, hdr) in [("alice", &alice), ("bob", &bob)] {
         let (st, v) = catalog(Some(hdr.clone())).await;
         assert_eq!(st, 200, "{user} catalog: {v}");
