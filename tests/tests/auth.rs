@@ -781,6 +781,40 @@ async fn htpasswd_file_changes_apply_without_restart_and_weak_hashes_are_refused
     }
 }
 
+#[tokio::test]
+async fn registry_tokens_expire_and_do_not_survive_a_key_change() {
+    let _g = EXCLUSIVE.read().await;
+    let cfg = htpasswd_config("[auth.token]\nlifetime = \"1s\"", "");
+    let s = AuthServer::start(&cove_bin(), &cfg, &[("htpasswd", htpasswd_file(4))], &[]).await;
+    let c = s.client();
+    let alice = basic("alice", ALICE_PW);
+    let (tok, _) = registry_token(&c, Some(&alice), &["repository:myorg/app:pull,push".into()]).await;
+    let claims = b64url_json(tok.split('.').nth(1).expect("payload"));
+    let (iat, exp) = (claims["iat"].as_u64().unwrap_or(0), claims["exp"].as_u64().unwrap_or(0));
+    assert!(exp > iat && exp - iat <= 1, "lifetime 1s: iat {iat} exp {exp}");
+    let bearer = format!("Bearer {tok}");
+    assert_eq!(c.send("POST", "/v2/myorg/app/blobs/uploads/", Some(&bearer), &[], None).await.status, 202);
+    // Past exp plus the verifier's few seconds of clock leeway.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let r = loop {
+        let r = c.send("POST", "/v2/myorg/app/blobs/uploads/", Some(&bearer), &[], None).await;
+        if r.status != 202 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(r.status, 401, "expired registry token: {}", r.body);
+    assert!(now() >= exp, "refused only after exp");
+    let ch = parse_challenge(&r.header("www-authenticate"));
+    assert_eq!(ch.get("error"), Some("invalid_token"), "{ch:?}");
+    // A token signed by another instance (its own random key) is not accepted here.
+    let other = AuthServer::start(&cove_bin(), &cfg, &[("htpasswd", htpasswd_file(4))], &[]).await;
+    let (foreign, _) = registry_token(&other.client(), Some(&alice), &["repository:myorg/app:pull,push".into()]).await;
+    let r = c.send("POST", "/v2/myorg/app/blobs/uploads/", Some(&format!("Bearer {foreign}")), &[], None).await;
+    assert_eq!(r.status, 401, "another instance's token: {}", r.body);
+    assert_no_secrets("server log", &s.logs(), &[ALICE_PW.into(), alice, tok, foreign]);
+}
+
 // ---------------------------------------------------------------------------
 // Real clients
 // ---------------------------------------------------------------------------
