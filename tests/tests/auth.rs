@@ -852,6 +852,13 @@ impl Podman {
         self.dir.path().join("auth.json")
     }
 
+    /// `podman … SUBCOMMAND --authfile <tempdir>/auth.json`.
+    fn auth(&self, sub: &str) -> Command {
+        let mut c = self.cmd();
+        c.arg(sub).arg("--authfile").arg(self.authfile());
+        c
+    }
+
     fn cmd(&self) -> Command {
         let d = self.dir.path();
         let mut c = Command::new(&self.bin);
@@ -863,7 +870,7 @@ impl Podman {
             .arg(d.join("tmp"))
             .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
             .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
-            .env("REGISTRY_AUTH_FILE", self.authfile())
+            .env_remove("REGISTRY_AUTH_FILE")
             .env("TMPDIR", d);
         c
     }
@@ -994,32 +1001,32 @@ async fn skopeo_and_podman_log_in_through_the_token_flow() {
 
     // podman login (wrong password refused), then push and pull with the auth file.
     let podman = Podman::new();
-    let mut login = podman.cmd();
-    login.args(["login", "--tls-verify=false", "-u", "alice", "-p", "wrong-Pw-456", &host]);
+    let mut login = podman.auth("login");
+    login.args(["--tls-verify=false", "-u", "alice", "-p", "wrong-Pw-456", &host]);
     let out = run_fail(&mut login);
     let lower = out.to_lowercase();
     assert!(
         lower.contains("invalid username/password") || lower.contains("unauthorized") || out.contains("401"),
         "podman login wrong password: {out}"
     );
-    run(podman.cmd().args(["login", "--tls-verify=false", "-u", "alice", "-p", ALICE_PW, &host]));
+    run(podman.auth("login").args(["--tls-verify=false", "-u", "alice", "-p", ALICE_PW, &host]));
     let authfile = std::fs::read_to_string(podman.authfile()).expect("podman wrote its auth file");
     assert!(authfile.contains(&host), "auth file names the registry: {authfile}");
     let image = format!("{host}/myorg/app:v1");
-    run(podman.cmd().args(["pull", "--tls-verify=false", &image]));
+    run(podman.auth("pull").args(["--tls-verify=false", &image]));
     let pushed = format!("{host}/myorg/podman:v2");
     run(podman.cmd().args(["tag", &image, &pushed]));
     let digest_file = podman.dir.path().join("digest");
-    run(podman.cmd().args(["push", "--tls-verify=false", "--digestfile"]).arg(&digest_file).arg(&pushed));
+    run(podman.auth("push").args(["--tls-verify=false", "--digestfile"]).arg(&digest_file).arg(&pushed));
     let digest = std::fs::read_to_string(&digest_file).expect("digest file");
     let r = s.client().get("/v2/myorg/podman/manifests/v2", Some(&basic("alice", ALICE_PW))).await;
     assert_eq!(r.status, 200, "podman's push landed");
     assert_eq!(r.header("docker-content-digest"), digest.trim());
     run(podman.cmd().args(["rmi", "-a", "-f"]));
-    run(podman.cmd().args(["pull", "--tls-verify=false", &pushed]));
+    run(podman.auth("pull").args(["--tls-verify=false", &pushed]));
     // Logged out, podman is refused.
-    run(podman.cmd().args(["logout", &host]));
-    let out = run_fail(podman.cmd().args(["push", "--tls-verify=false", &pushed]));
+    run(podman.auth("logout").arg(&host));
+    let out = run_fail(podman.auth("push").args(["--tls-verify=false", &pushed]));
     assert!(out.to_lowercase().contains("unauthorized") || out.contains("401"), "push after logout: {out}");
     let log = request_log(&s.logs());
     assert!(
