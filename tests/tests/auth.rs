@@ -335,7 +335,8 @@ fn htpasswd_model(user: Option<&str>, repo: &str, action: &str) -> bool {
         // myorg/**: alice everything; any authenticated user pulls.
         "myorg" => user == Some("alice") || (user.is_some() && action == "pull"),
         // public/*: anyone pulls; alice pushes.
-        "public" => action == "pull" || (user == Some("alice") && action == "push"),
+        // (`*` is one component: public/team/app falls to the default.)
+        "public" if repo.split('/').count() == 2 => action == "pull" || (user == Some("alice") && action == "push"),
         // private/**: alice pulls and pushes.
         "private" => user == Some("alice") && action != "delete",
         // bob/**: bob everything.
@@ -410,7 +411,7 @@ async fn matrix_htpasswd_basic_and_registry_tokens() {
 
     // Content: alice pushes to every local repository of the matrix.
     let mut repos = Vec::new();
-    for name in ["myorg/team/app", "public/app", "private/app", "misc/app"] {
+    for name in ["myorg/team/app", "public/app", "private/app", "misc/app", "public/team/app"] {
         let img = Image::random(1);
         push_image(&c, Some(&alice), name, &img).await;
         repos.push(MatrixRepo { name: name.into(), image: img, upstream: false });
@@ -619,7 +620,7 @@ async fn matrix_htpasswd_basic_and_registry_tokens() {
     let mut all = secrets.clone();
     all.push(bob_cat);
     assert_no_secrets("server log", &s.logs(), &all);
-    report(&format!("auth matrix [htpasswd]: {cells} cells (11 identities x 6 repositories x 6 actions) as expected"));
+    report(&format!("auth matrix [htpasswd]: {cells} cells (11 identities x 7 repositories x 6 actions) as expected"));
 }
 
 // ---- network ---------------------------------------------------------------
