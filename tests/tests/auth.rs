@@ -1280,6 +1280,25 @@ async fn oidc_tokens_from_a_loopback_issuer() {
     report(&format!("auth matrix [oidc]: {cells} cells (11 identities x 4 repositories x 6 actions) as expected"));
 }
 
+#[tokio::test]
+async fn oidc_issuer_down_is_503_not_a_login_failure() {
+    let _g = EXCLUSIVE.read().await;
+    // An issuer URL where nothing listens (keys are fetched lazily, so Cove starts).
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let cfg = oidc_config(&dead, "").replace("max_failures = 0", "max_failures = 2");
+    let s = AuthServer::start(&cove_bin(), &cfg, &[], &[]).await;
+    let c = s.client();
+    let token = SigningKey::ec("key-1").sign(&claims(&dead, "ci-bot@example.org", &["builders"]));
+    for i in 0..4 {
+        let r = c.get("/v2/ci/app/tags/list", Some(&format!("Bearer {token}"))).await;
+        assert_eq!(r.status, 503, "attempt {i}: the issuer is down, credentials are not wrong: {}", r.body);
+        assert!(r.codes().iter().any(|c| c == "UNAVAILABLE"), "{}", r.body);
+    }
+    // Anonymous access still works where the policy allows it.
+    assert_eq!(c.get("/v2/public/app/tags/list", None).await.status, 404);
+    assert_no_secrets("server log", &s.logs(), &[token]);
+}
+
 // ---------------------------------------------------------------------------
 // Trusted networks and proxies
 // ---------------------------------------------------------------------------
