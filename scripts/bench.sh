@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Benchmarks Cove against the CNCF distribution registry on this machine:
+# installs docker-registry when missing (Debian/Ubuntu, needs root or sudo),
+# builds the release binaries, and runs the harness (bench/, cove-bench).
+#
+#   scripts/bench.sh --short          # under 5 minutes
+#   scripts/bench.sh                  # full: more pairs, 1 GiB blobs in the GET mix
+#   scripts/bench.sh --only push,blob-get --dir /srv/bench --keep
+#
+# Arguments go to cove-bench (see `cove-bench --help`). The table goes to
+# stdout, progress to stderr; the exit code is 1 when any answer was wrong.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+registry=/usr/bin/docker-registry
+if [ ! -x "$registry" ]; then
+  if command -v docker-registry >/dev/null 2>&1; then
+    registry=$(command -v docker-registry)
+  elif command -v apt-get >/dev/null 2>&1; then
+    echo "bench: installing docker-registry (CNCF distribution)" >&2
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq docker-registry >/dev/null
+    # The package starts a system service on :5000; the harness does not need it.
+    if command -v systemctl >/dev/null 2>&1; then
+      "${sudo_cmd[@]}" systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
+  else
+    echo "bench: docker-registry (CNCF distribution 2.x) is missing; install it and pass --registry PATH" >&2
+    exit 2
+  fi
+fi
+
+echo "bench: building release binaries (cove, cove-bench)" >&2
+cargo build --release --locked -p cove-server --bin cove -p cove-bench >&2
+
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+exec "$target_dir/release/cove-bench" --cove "$target_dir/release/cove" --registry "$registry" "$@"
