@@ -176,6 +176,24 @@ struct CacheEntry {
     generation: u64,
 }
 
+/// A request's share of an in-flight verification; the last one out
+/// (including a cancelled request) removes the map entry.
+struct Flight<'a> {
+    map: &'a Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<bool>>>>,
+    digest: [u8; 32],
+    cell: Arc<tokio::sync::OnceCell<bool>>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and this request hold it: nobody else is waiting.
+        if Arc::strong_count(&self.cell) == 2 && m.get(&self.digest).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) {
+            m.remove(&self.digest);
+        }
+    }
+}
+
 /// Verifies HTTP Basic credentials against an htpasswd file.
 pub struct HtpasswdAuthenticator {
     path: PathBuf,
@@ -184,6 +202,9 @@ pub struct HtpasswdAuthenticator {
     stamp: tokio::sync::Mutex<FileStamp>,
     cache: Mutex<HashMap<String, CacheEntry>>,
     cache_salt: [u8; 32],
+    /// Verifications in progress by cache digest (single flight): concurrent
+    /// requests with the same credentials share one bcrypt run's result.
+    inflight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<bool>>>>,
     /// Verified against for unknown users so their timing matches known ones.
     dummy_hash: String,
 }
@@ -241,6 +262,7 @@ impl HtpasswdAuthenticator {
             stamp: tokio::sync::Mutex::new(stamp),
             cache: Mutex::new(HashMap::new()),
             cache_salt,
+            inflight: Mutex::new(HashMap::new()),
             dummy_hash,
         })
     }
@@ -346,6 +368,30 @@ impl HtpasswdAuthenticator {
         if self.cache_hit(user, &digest, generation) {
             return Ok(true);
         }
+        // Single flight when caching: the concurrent requests of a parallel
+        // pull share the first one's verification instead of each running it.
+        let flight = (!self.opts.cache_ttl.is_zero()).then(|| {
+            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            Flight { map: &self.inflight, digest, cell: m.entry(digest).or_default().clone() }
+        });
+        match &flight {
+            Some(f) => f
+                .cell
+                .get_or_try_init(|| self.verify_uncached(user, password, &users, digest, generation))
+                .await
+                .copied(),
+            None => self.verify_uncached(user, password, &users, digest, generation).await,
+        }
+    }
+
+    async fn verify_uncached(
+        &self,
+        user: &str,
+        password: &str,
+        users: &HtpasswdUsers,
+        digest: [u8; 32],
+        generation: u64,
+    ) -> Result<bool, RegistryError> {
         let (hash, known) = match users.users.get(user) {
             Some(h) => (h.clone(), true),
             None => (Hash::Bcrypt(self.dummy_hash.clone()), false),
@@ -426,5 +472,31 @@ mod tests {
         assert!(problems[2].contains("line 5") && problems[2].contains("DES"));
         assert!(problems[3].contains("line 6") && problems[3].contains("plaintext"));
         assert!(problems.iter().all(|p| !p.contains("hunter2")));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_verifications_share_one_run_and_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, format!("alice:{}\n", bcrypt::hash("pw-alice", 4).unwrap())).unwrap();
+        let a = Arc::new(HtpasswdAuthenticator::open(&path, HtpasswdOptions::default()).await.unwrap());
+        let run = |pw: &'static str| {
+            let a = a.clone();
+            tokio::spawn(async move { a.verify("alice", pw).await.unwrap() })
+        };
+        let good: Vec<_> = (0..16).map(|_| run("pw-alice")).collect();
+        let bad: Vec<_> = (0..8).map(|_| run("wrong")).collect();
+        for t in good {
+            assert!(t.await.unwrap());
+        }
+        for t in bad {
+            assert!(!t.await.unwrap());
+        }
+        // A cancelled verification does not leave its entry either.
+        let v = a.verify("alice", "another-wrong");
+        let _ = tokio::time::timeout(Duration::from_micros(1), v).await;
+        assert!(a.inflight.lock().unwrap().is_empty(), "in-flight entries are removed");
+        assert!(!a.verify("alice", "wrong").await.unwrap(), "a failure is not remembered as success");
+        assert!(a.verify("alice", "pw-alice").await.unwrap());
     }
 }
