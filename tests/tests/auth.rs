@@ -1430,6 +1430,29 @@ async fn htpasswd_latency_overhead_with_and_without_the_cache() {
     assert_eq!(http.get(&url).header("authorization", &alice).send().await.expect("GET").status(), 200);
     let second = t.elapsed().as_secs_f64() * 1000.0;
 
+    // A burst of 30 concurrent requests of one user (a parallel 30-layer pull
+    // with Basic credentials) on a cold cache, then again warm.
+    let burst = |url: String| {
+        let (http, alice) = (http.clone(), alice.clone());
+        async move {
+            let t = Instant::now();
+            let reqs = (0..30).map(|_| {
+                let (http, url, alice) = (http.clone(), url.clone(), alice.clone());
+                tokio::spawn(
+                    async move { http.get(&url).header("authorization", &alice).send().await.map(|r| r.status()) },
+                )
+            });
+            for r in futures::future::join_all(reqs).await {
+                assert_eq!(r.expect("task").expect("GET").as_u16(), 200);
+            }
+            t.elapsed().as_secs_f64() * 1000.0
+        }
+    };
+    let s2 = AuthServer::start(&bin, &htpasswd_config("", ""), &[("htpasswd", file.clone())], &[]).await;
+    let cold = burst(format!("{}/v2/", s2.base)).await;
+    let warm = burst(format!("{}/v2/", s2.base)).await;
+    drop(s2);
+
     let base = results[0].1;
     report(&format!(
         "htpasswd auth latency ({which} binary {}, bcrypt cost 10, {N} sequential HEAD blob requests, keep-alive):",
@@ -1442,6 +1465,13 @@ async fn htpasswd_latency_overhead_with_and_without_the_cache() {
         ));
     }
     report(&format!("  first request of a user {first:.3} ms, the next one {second:.3} ms (cache on)"));
+    report(&format!(
+        "  30 concurrent requests of one user: {cold:.1} ms on a cold cache, {warm:.1} ms warm \
+         (concurrent misses share one verification)"
+    ));
+    assert!(warm < cold, "a warm cache makes the burst cheaper: cold {cold} ms, warm {warm} ms");
+    // Without single flight each of the 30 would run bcrypt (~30 x first).
+    assert!(cold < 5.0 * first, "a cold burst pays about one verification: {cold:.1} ms vs first {first:.1} ms");
     let (on, off) = (results[1].1, results[2].1);
     assert!(off > on, "without the cache every request pays bcrypt: off {off} ms vs on {on} ms");
     assert!(
