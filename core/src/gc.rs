@@ -335,6 +335,11 @@ pub struct GcReport {
     pub repositories: usize,
     pub manifests: usize,
     pub blobs: usize,
+    /// Bytes of the distinct blobs still referenced by manifests after the
+    /// run (from the manifests' descriptors; blobs kept only because they
+    /// are recent are not included).
+    #[serde(default)]
+    pub bytes_referenced: u64,
     /// Blobs removed (or that would be), with their sizes.
     pub blobs_removed: Vec<(String, u64)>,
     pub bytes_freed: u64,
@@ -360,7 +365,8 @@ pub enum GcError {
 
 struct RepoManifest {
     digest: Digest,
-    refs_blobs: Vec<Digest>,
+    /// Config and layers, with the sizes their descriptors give.
+    refs_blobs: Vec<(Digest, u64)>,
     children: Vec<Digest>,
     has_subject: bool,
 }
@@ -396,7 +402,7 @@ pub async fn collect(
                 reason: e.message.clone(),
             })?;
             manifests.push(RepoManifest {
-                refs_blobs: p.config.iter().chain(&p.layers).map(|d| d.digest.clone()).collect(),
+                refs_blobs: p.config.iter().chain(&p.layers).map(|d| (d.digest.clone(), d.size)).collect(),
                 children: p.manifests.iter().map(|d| d.digest.clone()).collect(),
                 has_subject: p.subject.is_some(),
                 digest,
@@ -446,7 +452,7 @@ pub async fn collect(
         }
     }
 
-    let mut referenced: HashSet<Digest> = HashSet::new();
+    let mut referenced: HashMap<Digest, u64> = HashMap::new();
     for (repo, (manifests, _)) in &per_repo {
         for m in manifests {
             if !removed_manifests.contains(&(repo.clone(), m.digest.clone())) {
@@ -459,7 +465,8 @@ pub async fn collect(
     let blobs = storage.blob_list().await?;
     report.blobs = blobs.len();
     for digest in blobs {
-        if referenced.contains(&digest) {
+        if let Some(size) = referenced.get(&digest) {
+            report.bytes_referenced += size;
             continue;
         }
         if protect(&digest) {

@@ -69,4 +69,9 @@ pub trait Upstream: Send + Sync + 'static {
 
     /// Lists the tags of a repository.
     async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, UpstreamError>;
+
+    /// Checks that the upstream answers as a registry (`GET /v2/` returns
+    /// 200 or an authentication challenge), without retries. For status
+    /// reports; says nothing about whether a given repository is readable.
+    async fn ping(&self) -> Result<(), UpstreamError>;
 }

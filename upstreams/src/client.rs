@@ -539,6 +539,25 @@ impl Upstream for OciUpstream {
         }
         Err(UpstreamError::Invalid(format!("tag list has more than {MAX_TAG_PAGES} pages")))
     }
+
+    async fn ping(&self) -> Result<(), UpstreamError> {
+        let url = Url::parse(&format!("{}/v2/", self.base.as_str().trim_end_matches('/')))
+            .map_err(|e| UpstreamError::Invalid(format!("bad request URL: {e}")))?;
+        let resp = match self.send_once(&Method::GET, &url, None, None).await {
+            Ok(r) => r,
+            Err(Failure::Fatal(e) | Failure::Retry(e) | Failure::RetryAfter(e, _)) => return Err(e),
+        };
+        // A registry answers /v2/ with 200, or 401 and a challenge.
+        match resp.status() {
+            s if s.is_success() || s == StatusCode::UNAUTHORIZED => Ok(()),
+            s => match status_failure(s, resp.headers()) {
+                Failure::Fatal(UpstreamError::NotFound) => {
+                    Err(UpstreamError::Invalid(format!("{} answered {s} on /v2/: not a registry", self.host)))
+                }
+                Failure::Fatal(e) | Failure::Retry(e) | Failure::RetryAfter(e, _) => Err(e),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
