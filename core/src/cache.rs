@@ -79,8 +79,9 @@ pub struct CacheCounters {
 
 /// The pull-through cache state shared by all requests.
 pub struct PullThrough {
-    routes: Vec<UpstreamRoute>,
-    self_hosts: Vec<String>,
+    /// Swapped as a whole by [`PullThrough::set_routes`] (config reload).
+    routes: std::sync::RwLock<Vec<UpstreamRoute>>,
+    self_hosts: std::sync::RwLock<Vec<String>>,
     spool_dir: PathBuf,
     fresh: Mutex<HashMap<(RepoName, Tag), Instant>>,
     /// Upstreams that just failed, until when: cached tags are served stale
@@ -116,10 +117,11 @@ impl Drop for ManifestFlightGuard<'_> {
     }
 }
 
-/// Where a repository's content comes from.
-pub enum Route<'a> {
+/// Where a repository's content comes from. The route is a snapshot: a
+/// request keeps the upstream it started with across a config reload.
+pub enum Route {
     Private,
-    Cached { route: &'a UpstreamRoute, remote: RepoName },
+    Cached { route: UpstreamRoute, remote: RepoName },
 }
 
 impl PullThrough {
@@ -131,8 +133,8 @@ impl PullThrough {
         }
         std::fs::create_dir_all(&spool_dir)?;
         Ok(PullThrough {
-            routes,
-            self_hosts: self_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+            routes: std::sync::RwLock::new(routes),
+            self_hosts: std::sync::RwLock::new(self_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect()),
             spool_dir,
             fresh: Mutex::new(HashMap::new()),
             down_until: Mutex::new(HashMap::new()),
@@ -143,8 +145,30 @@ impl PullThrough {
         })
     }
 
-    pub fn routes(&self) -> &[UpstreamRoute] {
-        &self.routes
+    /// A snapshot of the configured upstream routes.
+    pub fn routes(&self) -> Vec<UpstreamRoute> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the upstream routes (config reload). Requests already routed
+    /// keep their snapshot; tag freshness, in-flight fetches and counters of
+    /// hosts that remain are kept. A removed host's freshness and back-off
+    /// are forgotten, so re-adding it asks upstream again.
+    pub fn set_routes(&self, routes: Vec<UpstreamRoute>) {
+        let keep: std::collections::HashSet<String> = routes.iter().map(|r| r.host.clone()).collect();
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
+        if let Ok(mut d) = self.down_until.lock() {
+            d.retain(|host, _| keep.contains(host));
+        }
+        if let Ok(mut f) = self.fresh.lock() {
+            f.retain(|(repo, _), _| keep.contains(repo.first_component()));
+        }
+    }
+
+    /// Replaces the host names that mean Cove itself in `ns=` (config reload).
+    pub fn set_self_hosts(&self, self_hosts: Vec<String>) {
+        *self.self_hosts.write().unwrap_or_else(|p| p.into_inner()) =
+            self_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
     }
 
     /// A snapshot of the per-upstream counters.
@@ -164,8 +188,8 @@ impl PullThrough {
         }
     }
 
-    fn route_for_host(&self, host: &str) -> Option<&UpstreamRoute> {
-        self.routes.iter().find(|r| r.host == host)
+    fn route_for_host(&self, host: &str) -> Option<UpstreamRoute> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).iter().find(|r| r.host == host).cloned()
     }
 
     /// Maps a path name and containerd's optional `ns` to the repository name
@@ -175,7 +199,7 @@ impl PullThrough {
         let repo: RepoName = name.parse()?;
         let full = match ns.map(|n| n.trim().to_ascii_lowercase()) {
             None => repo,
-            Some(ns) if self.self_hosts.contains(&ns) => repo,
+            Some(ns) if self.self_hosts.read().unwrap_or_else(|p| p.into_inner()).contains(&ns) => repo,
             Some(ns) if self.route_for_host(&ns).is_some() => repo.with_prefix(&ns)?,
             Some(ns) => {
                 return Err(RegistryError::new(
@@ -188,7 +212,7 @@ impl PullThrough {
     }
 
     /// Where `repo`'s content comes from.
-    pub fn route(&self, repo: &RepoName) -> Route<'_> {
+    pub fn route(&self, repo: &RepoName) -> Route {
         let host = repo.first_component();
         match (self.route_for_host(host), repo.strip_first_component()) {
             (Some(route), Some(remote)) => Route::Cached { route, remote },

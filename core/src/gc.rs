@@ -128,6 +128,24 @@ impl GcGuard {
         Some(Claim { guard: self.clone(), digest: digest.clone() })
     }
 
+    /// Claims every digest of `digests` for deletion by a run that started
+    /// at `t0`, or none when any is not collectable (used by retention,
+    /// issue 7). Writers of them wait until the returned value is dropped.
+    pub fn claim_all(self: &Arc<Self>, digests: &[Digest], t0: Instant, grace: Duration) -> Option<Claims> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        if digests.iter().any(|d| !self.collectable(&st, d, t0, grace, now)) {
+            return None;
+        }
+        let mut unique: Vec<Digest> = digests.to_vec();
+        unique.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        unique.dedup();
+        for d in &unique {
+            st.deleting.insert(d.clone());
+        }
+        Some(Claims { guard: self.clone(), digests: unique })
+    }
+
     /// Whether `digest` would be claimed now (dry runs).
     fn would_claim(&self, digest: &Digest, t0: Instant, grace: Duration) -> bool {
         let st = self.lock();
@@ -178,6 +196,23 @@ struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         self.guard.lock().deleting.remove(&self.digest);
+        self.guard.released.notify_waiters();
+    }
+}
+
+/// Digests claimed by [`GcGuard::claim_all`]; released when dropped.
+pub struct Claims {
+    guard: Arc<GcGuard>,
+    digests: Vec<Digest>,
+}
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        let mut st = self.guard.lock();
+        for d in &self.digests {
+            st.deleting.remove(d);
+        }
+        drop(st);
         self.guard.released.notify_waiters();
     }
 }
@@ -238,6 +273,10 @@ impl Storage for GuardedStorage {
         self.inner.blob_link(repo, digest).await
     }
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
+        // Waits out a deletion in progress (retention, issue 7): a reader
+        // then either sees the blob gone or touches it before any claim, so
+        // a blob found linked is not deleted under the read that follows.
+        let _pin = self.guard.pin(vec![digest.clone()]).await;
         let linked = self.inner.blob_linked(repo, digest).await?;
         if linked {
             // The engine checks links right before storing a manifest that

@@ -92,7 +92,7 @@ impl Registry {
         }
     }
 
-    fn cached_route(&self, repo: &RepoName) -> Option<(&PullThrough, &UpstreamRoute, RepoName)> {
+    fn cached_route(&self, repo: &RepoName) -> Option<(&PullThrough, UpstreamRoute, RepoName)> {
         let cache = self.cache.as_deref()?;
         match cache.route(repo) {
             Route::Cached { route, remote } => Some((cache, route, remote)),
@@ -120,7 +120,7 @@ impl Registry {
     /// Resolves a reference to a stored manifest.
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(ManifestResponse, Cache)> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
-            let (m, status) = cache.manifest(&self.storage, route, &remote, repo, reference).await?;
+            let (m, status) = cache.manifest(&self.storage, &route, &remote, repo, reference).await?;
             return Ok((m, Some(status)));
         }
         let digest = match reference {
@@ -241,7 +241,7 @@ impl Registry {
         head: bool,
     ) -> Result<(BlobResponse, Cache)> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
-            let (b, status) = cache.blob(&self.storage, route, &remote, repo, digest, range, head).await?;
+            let (b, status) = cache.blob(&self.storage, &route, &remote, repo, digest, range, head).await?;
             return Ok((b, Some(status)));
         }
         let size = self.private_blob_size(repo, digest).await?;
@@ -389,7 +389,7 @@ impl Registry {
 
     pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<Page> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
-            let tags = cache.tags(&self.storage, route, &remote, repo).await?;
+            let tags = cache.tags(&self.storage, &route, &remote, repo).await?;
             return Ok(paginate(tags, n, last));
         }
         let tags = self

@@ -39,14 +39,19 @@ const MAX_PAGE: usize = 10_000;
 pub struct App {
     pub registry: Registry,
     /// Authentication and the access policy: consulted once per request,
-    /// before any handler runs.
-    pub auth: Arc<AuthService>,
+    /// before any handler runs. Swapped whole by a config reload; a request
+    /// takes one snapshot ([`App::auth`]) and never sees a mix.
+    auth: std::sync::RwLock<Arc<AuthService>>,
     /// `server.public_url` without a trailing slash.
     pub public_url: Option<String>,
     request_ids: AtomicU64,
     id_prefix: u32,
     /// Operations state (metrics, GC, health); set once by `ops::install`.
     pub ops: std::sync::OnceLock<Arc<crate::ops::Ops>>,
+    /// Config reload (SIGHUP, `POST /admin/reload`); set once at start.
+    pub reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
+    /// Whether Cove terminates TLS itself: absolute URLs use `https`.
+    pub tls: bool,
 }
 
 /// Per-request context for logs.
@@ -58,12 +63,25 @@ impl App {
     pub fn new(registry: Registry, auth: Arc<AuthService>, public_url: Option<String>) -> App {
         App {
             registry,
-            auth,
+            auth: std::sync::RwLock::new(auth),
             public_url,
             request_ids: AtomicU64::new(0),
             id_prefix: uuid::Uuid::new_v4().as_fields().0,
             ops: std::sync::OnceLock::new(),
+            reloader: std::sync::OnceLock::new(),
+            tls: false,
         }
+    }
+
+    /// The authentication service in effect now (one snapshot per request).
+    pub fn auth(&self) -> Arc<AuthService> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the authentication service (config reload). Requests that
+    /// already took a snapshot finish with the old one.
+    pub fn set_auth(&self, auth: Arc<AuthService>) {
+        *self.auth.write().unwrap_or_else(|p| p.into_inner()) = auth;
     }
 
     /// Handles one request; never fails (errors become responses).
@@ -135,10 +153,11 @@ impl App {
         let need = repo.as_ref().map(|r| (r, action));
         let fwd = forwarded_for(req.headers());
         let areq = auth_request(req.headers(), peer, fwd.as_deref());
+        let auth = self.auth();
         let identity = match endpoint {
             // Listing repositories needs the catalog scope, not just any token.
-            Endpoint::Catalog => self.auth.authorize_catalog(&areq).await?,
-            _ => self.auth.authorize(&areq, need).await?,
+            Endpoint::Catalog => auth.authorize_catalog(&areq).await?,
+            _ => auth.authorize(&areq, need).await?,
         };
         let method = req.method().clone();
         match (endpoint, repo) {
@@ -149,7 +168,6 @@ impl App {
             (Endpoint::Catalog, _) => match method {
                 Method::GET => {
                     let (n, last) = query.page()?;
-                    let auth = &self.auth;
                     let page =
                         self.registry.catalog(n, last.as_deref(), |r| auth.visible_in_catalog(&identity, r)).await?;
                     Ok(page_response("repositories", None, page, n))
@@ -179,7 +197,7 @@ impl App {
                 }
             }
             (Endpoint::UploadStart { .. }, Some(repo)) => match method {
-                Method::POST => self.start_upload(req, peer, repo, &query).await,
+                Method::POST => self.start_upload(req, peer, repo, &query, &auth).await,
                 _ => Err(method_not_allowed()),
             },
             (Endpoint::Upload { id, .. }, Some(repo)) => self.upload(req, method, repo, &id, &query).await,
@@ -207,7 +225,7 @@ impl App {
         }
         let fwd = forwarded_for(req.headers());
         let t = self
-            .auth
+            .auth()
             .token(req.uri().query().unwrap_or(""), &auth_request(req.headers(), peer, fwd.as_deref()))
             .await?;
         let mut resp = json_response(StatusCode::OK, Bytes::from(t.to_json().to_string()));
@@ -317,6 +335,7 @@ impl App {
         peer: SocketAddr,
         repo: RepoName,
         query: &Query,
+        auth: &AuthService,
     ) -> Result<Response<Body>, RegistryError> {
         let base = self.base_url(req.headers());
         if let Some(mount) = query.get("mount") {
@@ -325,7 +344,7 @@ impl App {
                 let from = self.registry.resolve_name(from, query.get("ns"))?;
                 // Mounting reads the source: the caller must be allowed to pull it.
                 let fwd = forwarded_for(req.headers());
-                let pull_ok = self.auth.may_mount_from(&auth_request(req.headers(), peer, fwd.as_deref()), &from).await;
+                let pull_ok = auth.may_mount_from(&auth_request(req.headers(), peer, fwd.as_deref()), &from).await;
                 if pull_ok && self.registry.mount_blob(&repo, &digest, &from).await? {
                     return Ok(blob_created(&base, &repo, &digest));
                 }
@@ -406,6 +425,8 @@ impl App {
             (Some(proto), Some(host)) if matches!(proto, "http" | "https") && valid_host(host) => {
                 format!("{proto}://{host}")
             }
+            // TLS terminated here: the client reached us over https.
+            (None, Some(host)) if self.tls && valid_host(host) => format!("https://{host}"),
             _ => String::new(),
         }
     }

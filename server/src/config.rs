@@ -47,6 +47,12 @@ pub struct ServerConfig {
     /// Host names Cove answers to besides `public_url`'s host: containerd's
     /// `ns=<one of these>` means Cove's own private repositories. Default none.
     pub hostnames: Vec<String>,
+    /// TLS (issue 7): PEM certificate chain (leaf first). Set with `tls_key`
+    /// to serve HTTPS (HTTP/2 and HTTP/1.1); both files are re-read when
+    /// they change. Default: none (plain HTTP).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: PEM private key (PKCS#8, PKCS#1 or SEC1) matching `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +62,8 @@ impl Default for ServerConfig {
             public_url: None,
             log_format: LogFormat::Text,
             hostnames: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -242,6 +250,18 @@ impl Config {
         });
         problems.extend(cove_auth::config::validate(&self.auth, &self.access).iter().map(|p| p.to_string()));
         problems.extend(crate::ops::validate(self)); // operations (issue 7): [gc], [metrics]
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => problems.push("server.tls_key: must be set with server.tls_cert".into()),
+            (None, Some(_)) => problems.push("server.tls_cert: must be set with server.tls_key".into()),
+            (Some(c), Some(k)) => {
+                for (key, p) in [("server.tls_cert", c), ("server.tls_key", k)] {
+                    if p.as_os_str().is_empty() {
+                        problems.push(format!("{key}: must not be empty"));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
         let mut self_hosts = Vec::new();
         for (i, h) in self.server.hostnames.iter().enumerate() {
             let h = h.trim().to_ascii_lowercase();

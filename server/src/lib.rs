@@ -7,5 +7,7 @@ pub mod config;
 pub mod metrics; // operations (issue 7)
 pub mod mirror;
 pub mod ops; // operations (issue 7)
+pub mod reload; // operations (issue 7): config reload
 pub mod routes;
 pub mod serve;
+pub mod tls; // operations (issue 7): TLS termination

@@ -44,6 +44,16 @@ enum Command {
     // operations (issue 7): `cove gc`, `cove scrub`, `cove status`
     #[command(flatten)]
     Ops(cove_server::ops::OpsCommand),
+    /// Ask the running server to reload its configuration file (the same as
+    /// `kill -HUP`): prints what changed, or why the file was rejected.
+    Reload {
+        /// The configuration file (for the listen address and TLS).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The running server's address (default: server.listen on loopback).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
     /// Check a configuration file and print the effective settings.
     CheckConfig {
         #[arg(long, short)]
@@ -86,6 +96,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen, data_dir } => {
+            let config_path = config.clone();
+            let overrides = (listen.clone(), data_dir.clone());
             let mut cfg = match config {
                 Some(path) => match Config::load(&path) {
                     Ok(c) => c,
@@ -109,17 +121,42 @@ fn main() -> ExitCode {
                     Ok(v) => v,
                     Err(e) => return fail(&e),
                 };
+                let tls = match serve::open_tls(&cfg) {
+                    Ok(t) => t,
+                    Err(e) => return fail(&e),
+                };
                 let app = match serve::build_app(&cfg, &validated).await {
                     Ok(a) => a,
                     Err(e) => return fail(&e),
+                };
+                // config reload (issue 7): SIGHUP and POST /admin/reload
+                let reloader = cove_server::reload::Reloader::new(
+                    config_path.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                    overrides.0,
+                    overrides.1,
+                    &cfg,
+                    tls.clone(),
+                );
+                let _ = app.reloader.set(std::sync::Arc::new(reloader));
+                cove_server::reload::spawn_signal_handler(app.clone());
+                let tls_config = match &tls {
+                    Some(store) => {
+                        store.watch();
+                        match store.server_config() {
+                            Ok(c) => Some(c),
+                            Err(e) => return fail(&e),
+                        }
+                    }
+                    None => None,
                 };
                 let listener = match serve::bind(&validated).await {
                     Ok(l) => l,
                     Err(e) => return fail(&e),
                 };
                 let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                tracing::info!(listen = %addr, storage = %cfg.storage.describe(), "cove is serving");
-                serve::run(app, listener, validated.upload_ttl, serve::shutdown_signal()).await;
+                let scheme = if tls_config.is_some() { "https" } else { "http" };
+                tracing::info!(listen = %addr, scheme, storage = %cfg.storage.describe(), "cove is serving");
+                serve::run(app, listener, validated.upload_ttl, tls_config, serve::shutdown_signal()).await;
                 ExitCode::SUCCESS
             })
         }
@@ -222,6 +259,7 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text);
             cove_server::ops::run_command(cmd)
         }
+        Command::Reload { config, addr } => cove_server::reload::run_command(config, addr),
         Command::CheckConfig { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,

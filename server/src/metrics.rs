@@ -84,6 +84,8 @@ pub struct Metrics {
     storage_blobs: Gauge,
     retention_blobs_evicted: Counter,
     retention_bytes_evicted: Counter,
+    config_reloads: Family<ResultLabels, Counter>,
+    config_last_reload_success: Gauge,
     /// Serialises scrapes (cache counters are synchronised by difference).
     scrape: Mutex<()>,
 }
@@ -116,6 +118,8 @@ impl Metrics {
             storage_blobs: Gauge::default(),
             retention_blobs_evicted: Counter::default(),
             retention_bytes_evicted: Counter::default(),
+            config_reloads: Family::default(),
+            config_last_reload_success: Gauge::default(),
             scrape: Mutex::new(()),
             registry: PromRegistry::default(),
         };
@@ -161,6 +165,12 @@ impl Metrics {
         r.register("storage_blobs", "Committed blobs seen by the last garbage collection", m.storage_blobs.clone());
         r.register("retention_blobs_evicted", "Cached blobs evicted by retention", m.retention_blobs_evicted.clone());
         r.register("retention_bytes_evicted", "Cached bytes evicted by retention", m.retention_bytes_evicted.clone());
+        r.register("config_reloads", "Configuration reloads by result (ok, error)", m.config_reloads.clone());
+        r.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration reload",
+            m.config_last_reload_success.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -206,6 +216,18 @@ impl Metrics {
             Err(()) => {
                 self.gc_runs.get_or_create(&ResultLabels { result: "error" }).inc();
             }
+        }
+    }
+
+    /// Records a configuration reload (SIGHUP or `POST /admin/reload`).
+    pub fn record_reload(&self, ok: bool) {
+        self.config_reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            self.config_last_reload_success.set(now);
         }
     }
 

@@ -111,7 +111,7 @@ impl GcSettings {
 pub struct Ops {
     pub metrics: Metrics,
     pub guard: Arc<GcGuard>,
-    metrics_enabled: bool,
+    metrics_enabled: std::sync::atomic::AtomicBool,
     gc: Mutex<GcSettings>,
     quarantine_dir: PathBuf,
     started: SystemTime,
@@ -131,7 +131,7 @@ pub fn install(app: &Arc<App>, config: &Config, guard: Arc<GcGuard>) {
     let ops = Arc::new(Ops {
         metrics: Metrics::new(),
         guard,
-        metrics_enabled: config.metrics.enabled,
+        metrics_enabled: std::sync::atomic::AtomicBool::new(config.metrics.enabled),
         gc: Mutex::new(settings.clone()),
         quarantine_dir: config.storage.root.join("quarantine"),
         started: SystemTime::now(),
@@ -141,7 +141,8 @@ pub fn install(app: &Arc<App>, config: &Config, guard: Arc<GcGuard>) {
         tracing::warn!("operations state installed twice; keeping the first");
         return;
     }
-    if settings.enabled {
+    // Always scheduled: each run checks `[gc] enabled`, which a reload may change.
+    {
         let registry = app.registry.clone();
         tokio::spawn(async move {
             loop {
@@ -161,6 +162,16 @@ pub fn install(app: &Arc<App>, config: &Config, guard: Arc<GcGuard>) {
 impl Ops {
     fn gc_settings(&self) -> GcSettings {
         self.gc.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the GC settings (config reload); the next scheduled run uses them.
+    pub fn set_gc_settings(&self, settings: GcSettings) {
+        *self.gc.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+
+    /// Turns `GET /metrics` on or off (config reload).
+    pub fn set_metrics_enabled(&self, on: bool) {
+        self.metrics_enabled.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs one garbage collection over the registry's storage.
@@ -278,7 +289,7 @@ pub async fn route(
         }),
         "/metrics" if get => {
             let ops = app.ops.get()?;
-            if !ops.metrics_enabled {
+            if !ops.metrics_enabled.load(std::sync::atomic::Ordering::Relaxed) {
                 return None;
             }
             let counters = app.registry.cache().map(|c| c.counters()).unwrap_or_default();
@@ -314,6 +325,7 @@ pub async fn route(
                         Err(e) => Err(RegistryError::internal(format!("scrub failed: {e}"))),
                     }
                 }
+                ("/admin/reload", &Method::POST) => Ok(crate::reload::admin(app).await), // config reload
                 ("/admin/status", &Method::GET) => Ok(json(StatusCode::OK, &ops.status(&app.registry))),
                 _ => Err(RegistryError::new(ErrorCode::NameUnknown, "no such admin endpoint").with_status(404)),
             }

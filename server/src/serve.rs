@@ -1,5 +1,6 @@
 //! Builds the application from a validated configuration and runs the HTTP
-//! server until SIGINT/SIGTERM, then shuts down gracefully.
+//! (or HTTPS, with `[server] tls_cert`/`tls_key`) server until SIGINT/SIGTERM,
+//! then shuts down gracefully.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,6 +35,8 @@ pub enum StartError {
     Auth(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Builds the application (storage, authenticator, policy) from the config.
@@ -52,25 +55,24 @@ pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App
         })?;
     }
     let (storage, gc_guard) = crate::ops::guard_storage(storage); // ops hook (issue 7): online GC
-    let mut registry = Registry::new(storage);
-    if !validated.upstreams.is_empty() {
-        let clients = OciUpstream::build_all(&validated.upstreams).map_err(|errors| {
-            StartError::Config(ConfigError::Invalid(errors.iter().map(|e| e.to_string()).collect()))
-        })?;
-        let routes = clients
-            .into_iter()
-            .map(|u| UpstreamRoute { host: u.host().to_owned(), tag_ttl: u.tag_ttl(), upstream: u })
-            .collect();
-        let spool = root.join("spool");
-        let cache = PullThrough::new(routes, validated.self_hosts.clone(), spool.clone())
-            .map_err(|e| StartError::Storage { path: spool.display().to_string(), source: e.into() })?;
-        registry = registry.with_cache(cache);
-    }
+                                                                  // Always a pull-through cache, even with no upstream: a config reload may add one.
+    let clients = OciUpstream::build_all(&validated.upstreams)
+        .map_err(|errors| StartError::Config(ConfigError::Invalid(errors.iter().map(|e| e.to_string()).collect())))?;
+    let routes = clients
+        .into_iter()
+        .map(|u| UpstreamRoute { host: u.host().to_owned(), tag_ttl: u.tag_ttl(), upstream: u })
+        .collect();
+    let spool = root.join("spool");
+    let cache = PullThrough::new(routes, validated.self_hosts.clone(), spool.clone())
+        .map_err(|e| StartError::Storage { path: spool.display().to_string(), source: e.into() })?;
+    let registry = Registry::new(storage).with_cache(cache);
     let upstream_hosts: Vec<String> = validated.upstreams.iter().map(|u| u.host.clone()).collect();
     let auth = AuthService::from_config(&config.auth, &config.access, &upstream_hosts, validated.public_url.as_deref())
         .await
         .map_err(|e| StartError::Auth(e.to_string()))?;
-    let app = Arc::new(App::new(registry, Arc::new(auth), validated.public_url.clone()));
+    let mut app = App::new(registry, Arc::new(auth), validated.public_url.clone());
+    app.tls = config.server.tls_cert.is_some();
+    let app = Arc::new(app);
     crate::ops::install(&app, config, gc_guard); // ops hook (issue 7): metrics, GC schedule
     Ok(app)
 }
@@ -91,8 +93,28 @@ pub fn open_storage(config: &Config) -> Result<Arc<dyn cove_core::Storage>, Star
     }
 }
 
-/// Runs the server on `listener` until `shutdown` resolves.
-pub async fn run(app: Arc<App>, listener: TcpListener, upload_ttl: Duration, shutdown: impl Future<Output = ()>) {
+/// Loads `[server] tls_cert`/`tls_key` when set: fails, naming the key, when
+/// a file is unreadable, does not parse, or the key does not match.
+pub fn open_tls(config: &Config) -> Result<Option<Arc<crate::tls::CertStore>>, StartError> {
+    match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::CertStore::open(cert, key)?)),
+        _ => Ok(None),
+    }
+}
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the server on `listener` until `shutdown` resolves; with `tls`, every
+/// connection is TLS (ALPN h2, http/1.1).
+pub async fn run(
+    app: Arc<App>,
+    listener: TcpListener,
+    upload_ttl: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let expiry = {
         let registry = app.registry.clone();
         tokio::spawn(async move {
@@ -129,13 +151,41 @@ pub async fn run(app: Arc<App>, listener: TcpListener, upload_ttl: Duration, shu
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                match &acceptor {
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        // The handshake runs in the connection's task, so a
+                        // slow client never holds up the accept loop.
+                        let accept = acceptor.accept(stream);
+                        let watcher = graceful.watcher();
+                        let builder = builder.clone();
+                        tokio::spawn(async move {
+                            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(peer = %peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).into_owned();
+                            if let Err(e) = watcher.watch(conn).await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }

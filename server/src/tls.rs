@@ -1,0 +1,272 @@
+//! TLS termination (issue 7): `[server] tls_cert` and `tls_key` name PEM
+//! files. The pair is checked at start (readable, parses, key matches the
+//! certificate) and re-read when either file changes (polled every
+//! [`POLL_INTERVAL`]) and on a config reload. New connections get the new
+//! certificate; open ones keep theirs. A bad new pair is logged and the
+//! running one kept.
+//!
+//! rustls runs on aws-lc-rs, the provider reqwest already uses here, so no
+//! second crypto library is linked.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// How often the certificate and key files are checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A certificate/key pair that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("server.tls_cert: cannot read {path}: {source}")]
+    ReadCert { path: PathBuf, source: std::io::Error },
+    #[error("server.tls_cert: {path} holds no PEM certificate ({reason})")]
+    NoCert { path: PathBuf, reason: String },
+    #[error("server.tls_key: cannot read {path}: {source}")]
+    ReadKey { path: PathBuf, source: std::io::Error },
+    #[error("server.tls_key: {path} holds no PEM private key ({reason})")]
+    NoKey { path: PathBuf, reason: String },
+    #[error("server.tls_key: {path} is not a usable private key: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("server.tls_key: {key} does not match the certificate in server.tls_cert {cert}")]
+    Mismatch { key: PathBuf, cert: PathBuf },
+    #[error("server.tls_cert: {path}: {reason}")]
+    BadCert { path: PathBuf, reason: String },
+    #[error("TLS setup failed: {0}")]
+    Setup(String),
+}
+
+/// The crypto provider Cove's TLS uses (the same as reqwest's).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Reads and checks a certificate chain and its private key.
+pub fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::ReadCert { path: cert.to_owned(), source })?;
+    let key_pem = std::fs::read(key).map_err(|source| TlsError::ReadKey { path: key.to_owned(), source })?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::NoCert { path: cert.to_owned(), reason: e.to_string() })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCert { path: cert.to_owned(), reason: "no CERTIFICATE block".into() });
+    }
+    let der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| TlsError::NoKey { path: key.to_owned(), reason: e.to_string() })?;
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsError::BadKey { path: key.to_owned(), reason: e.to_string() })?;
+    let pair = CertifiedKey::new(chain, signing);
+    match pair.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(pair),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(TlsError::Mismatch { key: key.to_owned(), cert: cert.to_owned() })
+        }
+        Err(e) => Err(TlsError::BadCert { path: cert.to_owned(), reason: e.to_string() }),
+    }
+}
+
+/// Size and modification time of a file: a change means "read it again".
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The serving certificate, swapped when the files change.
+pub struct CertStore {
+    provider: Arc<CryptoProvider>,
+    paths: Mutex<(PathBuf, PathBuf)>,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamps: Mutex<(Stamp, Stamp)>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore").field("paths", &*self.paths.lock().unwrap_or_else(|p| p.into_inner())).finish()
+    }
+}
+
+impl CertStore {
+    /// Loads the pair; fails (naming the key) when it cannot be used.
+    pub fn open(cert: &Path, key: &Path) -> Result<Arc<CertStore>, TlsError> {
+        let provider = provider();
+        let stamps = (stamp(cert), stamp(key));
+        let pair = load_pair(cert, key, &provider)?;
+        Ok(Arc::new(CertStore {
+            provider,
+            paths: Mutex::new((cert.to_owned(), key.to_owned())),
+            current: RwLock::new(Arc::new(pair)),
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    /// The certificate and key file paths in use.
+    pub fn paths(&self) -> (PathBuf, PathBuf) {
+        self.paths.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads `cert`/`key` and serves them to new connections from now on;
+    /// on error keeps the current pair (and paths) and says why.
+    pub fn reload_from(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let stamps = (stamp(cert), stamp(key));
+        let result = load_pair(cert, key, &self.provider);
+        // Remember what was looked at, so a bad pair is reported once, not
+        // on every poll, and a later fix is noticed.
+        *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) = stamps;
+        let pair = result?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
+        *self.paths.lock().unwrap_or_else(|p| p.into_inner()) = (cert.to_owned(), key.to_owned());
+        Ok(())
+    }
+
+    /// Reloads when either file changed since it was last read. Returns
+    /// `None` when nothing changed.
+    pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let (cert, key) = self.paths();
+        let now = (stamp(&cert), stamp(&key));
+        if *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) == now {
+            return None;
+        }
+        Some(self.reload_from(&cert, &key))
+    }
+
+    /// The rustls server configuration: this store as the certificate
+    /// resolver, ALPN `h2` then `http/1.1`.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Setup(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// Polls the files every [`POLL_INTERVAL`] for the life of the process.
+    pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let s = store.clone();
+                let outcome = tokio::task::spawn_blocking(move || s.reload_if_changed()).await.ok().flatten();
+                log_outcome(outcome, "file change");
+            }
+        })
+    }
+}
+
+/// Logs the result of a certificate reload.
+pub fn log_outcome(outcome: Option<Result<(), TlsError>>, trigger: &str) {
+    match outcome {
+        None => {}
+        Some(Ok(())) => tracing::info!(trigger, "TLS certificate reloaded; new connections use it"),
+        Some(Err(e)) => {
+            tracing::error!(trigger, error = %e, "TLS certificate not reloaded; keeping the previous one")
+        }
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// Trusts exactly the certificates of one PEM file (the server's own
+/// `tls_cert`), whatever name they carry: the CLI talks to its own server on
+/// loopback, where the certificate's names rarely include 127.0.0.1.
+#[derive(Debug)]
+struct PinnedCert {
+    certs: Vec<CertificateDer<'static>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("the server's certificate is not the one in server.tls_cert".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Like [`crate::ops::admin_request`], over TLS to a server whose
+/// certificate is the one in `cert_file` (for the CLI on the same host).
+pub async fn admin_request_tls(
+    addr: std::net::SocketAddr,
+    cert_file: &Path,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let pem = std::fs::read(cert_file)?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| invalid(e.to_string()))?;
+    let provider = provider();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCert { certs, provider }))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut s = connector.connect(name, tcp).await?;
+    let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    // A peer closing without close_notify still delivered the response.
+    if let Err(e) = s.read_to_end(&mut buf).await {
+        if buf.is_empty() {
+            return Err(e);
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
