@@ -12,6 +12,7 @@ pub mod gc; // operations (issue 7): online garbage collection
 pub mod manifest;
 pub mod name;
 pub mod registry;
+pub mod retention; // operations (issue 7): cache and tag retention
 pub mod scrub; // operations (issue 7): digest verification of stored objects
 pub mod secret;
 pub mod storage;

@@ -66,11 +66,34 @@ pub struct ReferrersResponse {
 pub struct Registry {
     storage: Arc<dyn Storage>,
     cache: Option<Arc<PullThrough>>,
+    /// Pull/push times for retention (issue 7); shared by clones, set once.
+    activity: Arc<std::sync::OnceLock<Arc<crate::retention::ActivityLog>>>,
 }
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Registry { storage, cache: None }
+        Registry { storage, cache: None, activity: Arc::default() }
+    }
+
+    /// Starts recording manifest pulls and tag pushes in `log` (retention,
+    /// issue 7). Only the first call has an effect.
+    pub fn set_activity(&self, log: Arc<crate::retention::ActivityLog>) {
+        let _ = self.activity.set(log);
+    }
+
+    /// The activity log, once set.
+    pub fn activity(&self) -> Option<&Arc<crate::retention::ActivityLog>> {
+        self.activity.get()
+    }
+
+    fn record_pull(&self, repo: &RepoName, reference: &Reference, digest: &Digest) {
+        if let Some(log) = self.activity.get() {
+            let tag = match reference {
+                Reference::Tag(t) => Some(t),
+                Reference::Digest(_) => None,
+            };
+            log.record_pull(repo, tag, digest);
+        }
     }
 
     /// Adds the pull-through cache for the configured upstreams.
@@ -121,6 +144,7 @@ impl Registry {
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(ManifestResponse, Cache)> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
             let (m, status) = cache.manifest(&self.storage, &route, &remote, repo, reference).await?;
+            self.record_pull(repo, reference, &m.digest);
             return Ok((m, Some(status)));
         }
         let digest = match reference {
@@ -134,6 +158,7 @@ impl Registry {
             .manifest_get(repo, &digest)
             .await?
             .ok_or_else(|| RegistryError::manifest_unknown(reference))?;
+        self.record_pull(repo, reference, &digest);
         Ok((ManifestResponse { digest, media_type: stored.media_type, bytes: stored.bytes }, None))
     }
 
@@ -182,6 +207,9 @@ impl Registry {
         }
         if let Reference::Tag(tag) = reference {
             self.storage.tag_put(repo, tag, &digest).await?;
+            if let Some(log) = self.activity.get() {
+                log.record_push(repo, tag);
+            }
         }
         Ok(PutManifestResult { digest, subject })
     }
