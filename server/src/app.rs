@@ -128,7 +128,13 @@ impl App {
         crate::ops::record(&self, &method, &path, request_bytes, start.elapsed(), resp)
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, RegistryError> {
+    async fn route(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, RegistryError> {
+        // HTTP/2 carries the host in `:authority`, not `Host`: absolute URLs need it.
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
         if req.uri().path() == "/token" {
             return self.token(&req, peer).await;
         }

@@ -294,7 +294,7 @@ impl Reloader {
             report.changed.push("metrics".into());
         }
         if get(&running.table, &["retention"]) != get(&effective_table, &["retention"]) {
-            // TODO(lead): call crate::retention::reload(app, &effective) once server/src/retention.rs is in lib.rs.
+            // TODO(lead): call crate::retention::reload(app, &effective) once server/src/retention.rs is committed.
             report.changed.push("retention".into());
         }
         if let Some((store, cert, key)) = new_tls {

@@ -180,9 +180,10 @@ async fn start_tls(dir: &Path, cert: &Path, key: &Path) -> TlsCove {
     }
 }
 
-/// The certificate the server presents to a new connection.
-async fn presented_cert(client: &reqwest::Client, port: u16) -> Vec<u8> {
-    let r = client.get(format!("https://localhost:{port}/v2/")).send().await.expect("GET /v2/ over https");
+/// The certificate the server presents to a new connection (a new client:
+/// an HTTP/2 connection would otherwise be reused).
+async fn presented_cert(ca: &Path, port: u16) -> Vec<u8> {
+    let r = tls_client(ca).get(format!("https://localhost:{port}/v2/")).send().await.expect("GET /v2/ over https");
     assert_eq!(r.status(), 200);
     r.extensions()
         .get::<reqwest::tls::TlsInfo>()
@@ -203,7 +204,7 @@ async fn https_push_pull_http2_and_certificate_rotation() {
     // HTTP/2 negotiated over ALPN; plain HTTP is not served.
     let r = client.get(format!("https://localhost:{}/v2/", cove.port)).send().await.expect("GET");
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
-    assert_eq!(presented_cert(&client, cove.port).await, der_of(&cert));
+    assert_eq!(presented_cert(&dir.join("ca.crt"), cove.port).await, der_of(&cert));
     let plain = http_client().get(format!("http://127.0.0.1:{}/v2/", cove.port)).send().await;
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true), "plain http must not work");
 
@@ -249,7 +250,7 @@ async fn https_push_pull_http2_and_certificate_rotation() {
     std::fs::rename(dir.join("key.tmp"), &key).expect("replace key");
     let started = Instant::now();
     loop {
-        if presented_cert(&client, cove.port).await == expected {
+        if presented_cert(&dir.join("ca.crt"), cove.port).await == expected {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(15), "rotated certificate not served");
@@ -273,7 +274,7 @@ async fn https_push_pull_http2_and_certificate_rotation() {
         assert!(Instant::now() < deadline, "bad pair not reported:\n{log}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(presented_cert(&client, cove.port).await, expected, "previous certificate kept");
+    assert_eq!(presented_cert(&dir.join("ca.crt"), cove.port).await, expected, "previous certificate kept");
 }
 
 fn cove_alive(c: &TlsCove) -> bool {
