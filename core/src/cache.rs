@@ -74,7 +74,35 @@ pub struct CacheCounters {
     pub revalidated: u64,
     pub stale: u64,
     pub upstream_errors: u64,
+    /// Upstream answers of 429 Too Many Requests (part of `upstream_errors`).
+    pub rate_limited: u64,
+    /// The last upstream failure and when it happened.
     pub last_error: Option<String>,
+    pub last_error_at: Option<std::time::SystemTime>,
+    /// Blob bytes served from the cache without asking upstream for them.
+    pub bytes_saved: u64,
+    /// Blob bytes fetched from upstream, verified and cached.
+    pub bytes_fetched: u64,
+}
+
+type Counters = Arc<Mutex<HashMap<String, CacheCounters>>>;
+
+/// Counts one failed upstream request of `host` (a 404 is not a failure).
+fn note_failure(counters: &Counters, host: &str, e: &UpstreamError) {
+    if matches!(e, UpstreamError::NotFound) {
+        return;
+    }
+    note_failure_message(counters, host, e.to_string(), matches!(e, UpstreamError::TooManyRequests { .. }));
+}
+
+fn note_failure_message(counters: &Counters, host: &str, message: String, rate_limited: bool) {
+    if let Ok(mut c) = counters.lock() {
+        let c = c.entry(host.to_owned()).or_default();
+        c.upstream_errors += 1;
+        c.rate_limited += u64::from(rate_limited);
+        c.last_error = Some(message);
+        c.last_error_at = Some(std::time::SystemTime::now());
+    }
 }
 
 /// The pull-through cache state shared by all requests.
@@ -89,7 +117,7 @@ pub struct PullThrough {
     down_until: Mutex<HashMap<String, Instant>>,
     inflight: Arc<InflightMap>,
     manifest_flights: ManifestFlights,
-    counters: Mutex<HashMap<String, CacheCounters>>,
+    counters: Counters,
     spool_seq: std::sync::atomic::AtomicU64,
 }
 
@@ -140,7 +168,7 @@ impl PullThrough {
             down_until: Mutex::new(HashMap::new()),
             inflight: Arc::new(Mutex::new(HashMap::new())),
             manifest_flights: Mutex::new(HashMap::new()),
-            counters: Mutex::new(HashMap::new()),
+            counters: Arc::new(Mutex::new(HashMap::new())),
             spool_seq: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -180,6 +208,15 @@ impl PullThrough {
     /// them; metrics count them). Added for operations (issue 7).
     pub fn inflight_digests(&self) -> Vec<Digest> {
         self.inflight.lock().map(|m| m.keys().map(|(_, d)| d.clone()).collect()).unwrap_or_default()
+    }
+
+    /// Counts a blob served from the cache (and, for a GET, its bytes as saved).
+    fn count_hit(&self, host: &str, b: &BlobResponse, head: bool) {
+        let served = if head { 0 } else { b.range.map_or(b.size.unwrap_or(0), |r| r.len()) };
+        self.count(host, |c| {
+            c.hits += 1;
+            c.bytes_saved += served;
+        });
     }
 
     fn count(&self, host: &str, f: impl FnOnce(&mut CacheCounters)) {
@@ -380,10 +417,7 @@ impl PullThrough {
             }
             Err(UpstreamError::NotFound) => Err(RegistryError::manifest_unknown(reference)),
             Err(e) => {
-                self.count(&route.host, |c| {
-                    c.upstream_errors += 1;
-                    c.last_error = Some(e.to_string());
-                });
+                note_failure(&self.counters, &route.host, &e);
                 if matches!(e, UpstreamError::Unavailable(_) | UpstreamError::TooManyRequests { .. }) {
                     self.mark_down(&route.host);
                 }
@@ -417,10 +451,7 @@ impl PullThrough {
         h.update(&bytes);
         let actual = h.finish();
         if &actual != digest {
-            self.count(&route.host, |c| {
-                c.upstream_errors += 1;
-                c.last_error = Some(format!("manifest digest mismatch for {digest}"));
-            });
+            note_failure_message(&self.counters, &route.host, format!("manifest digest mismatch for {digest}"), false);
             return Err(RegistryError::new(
                 ErrorCode::UpstreamUnavailable,
                 format!("upstream {} sent a manifest whose digest is {actual}, not {digest}; not cached", route.host),
@@ -433,12 +464,7 @@ impl PullThrough {
     }
 
     fn upstream_failed(&self, route: &UpstreamRoute, e: UpstreamError, not_found: RegistryError) -> RegistryError {
-        if !matches!(e, UpstreamError::NotFound) {
-            self.count(&route.host, |c| {
-                c.upstream_errors += 1;
-                c.last_error = Some(e.to_string());
-            });
-        }
+        note_failure(&self.counters, &route.host, &e);
         upstream_error(e, not_found)
     }
 
@@ -483,8 +509,9 @@ impl PullThrough {
     ) -> Result<(BlobResponse, CacheStatus)> {
         if storage.blob_linked(repo, digest).await? {
             let size = storage.blob_size(digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))?;
-            self.count(&route.host, |c| c.hits += 1); // issue 7: local blob hits were not counted
-            return local_blob(storage, digest, size, range, head).await.map(|b| (b, CacheStatus::Hit));
+            let b = local_blob(storage, digest, size, range, head).await?;
+            self.count_hit(&route.host, &b, head);
+            return Ok((b, CacheStatus::Hit));
         }
         if let Some(size) = storage.blob_size(digest).await? {
             // Stored for another repository: serve it here only if upstream
@@ -499,8 +526,9 @@ impl PullThrough {
                     .map_err(|e| self.upstream_failed(route, e, RegistryError::blob_unknown(digest)))?;
             }
             storage.blob_link(repo, digest).await?;
-            self.count(&route.host, |c| c.hits += 1);
-            return local_blob(storage, digest, size, range, head).await.map(|b| (b, CacheStatus::Hit));
+            let b = local_blob(storage, digest, size, range, head).await?;
+            self.count_hit(&route.host, &b, head);
+            return Ok((b, CacheStatus::Hit));
         }
         if head {
             if let Some(size) = self.inflight_size(&route.host, digest).await {
@@ -593,6 +621,7 @@ impl PullThrough {
             remote: remote.clone(),
             digest: digest.clone(),
             flight: flight.clone(),
+            counters: self.counters.clone(),
         };
         let inflight = self.inflight.clone();
         tokio::spawn(async move {
@@ -701,6 +730,7 @@ struct FetchTask {
     remote: RepoName,
     digest: Digest,
     flight: Arc<Inflight>,
+    counters: Counters,
 }
 
 impl FetchTask {
@@ -708,11 +738,23 @@ impl FetchTask {
         let started = Instant::now();
         match self.fetch().await {
             Ok(size) => {
+                if let Ok(mut c) = self.counters.lock() {
+                    c.entry(self.host.clone()).or_default().bytes_fetched += size;
+                }
                 tracing::info!(upstream = %self.host, digest = %self.digest, bytes = size,
                     ms = started.elapsed().as_millis() as u64, "blob fetched, verified and cached");
             }
             Err(e) => {
                 tracing::warn!(upstream = %self.host, digest = %self.digest, error = %e, "blob fetch failed; nothing cached");
+                // Upstream's fault (not a 404, not a local I/O failure): counted.
+                if !matches!(e.code, ErrorCode::BlobUnknown | ErrorCode::Internal) {
+                    note_failure_message(
+                        &self.counters,
+                        &self.host,
+                        e.message.clone(),
+                        e.code == ErrorCode::TooManyRequests,
+                    );
+                }
                 self.flight.state.send_replace(FetchState::Failed(e));
             }
         }
