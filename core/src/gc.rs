@@ -138,7 +138,7 @@ impl GcGuard {
             return None;
         }
         let mut unique: Vec<Digest> = digests.to_vec();
-        unique.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        unique.sort_by_key(|d| d.to_string());
         unique.dedup();
         for d in &unique {
             st.deleting.insert(d.clone());
@@ -156,6 +156,12 @@ impl GcGuard {
     fn prune(&self, grace: Duration) {
         let now = Instant::now();
         self.lock().touched.retain(|_, t| now.duration_since(*t) <= grace);
+    }
+
+    /// Holds off every other collection (and retention run, issue 7) until
+    /// the returned guard is dropped; pass it to [`collect_locked`].
+    pub async fn lock_runs(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.run_lock.lock().await
     }
 
     /// How many digests are tracked (touched or pinned), for metrics.
@@ -419,7 +425,19 @@ pub async fn collect(
     protect: &(dyn Fn(&Digest) -> bool + Send + Sync),
     opts: &GcOptions,
 ) -> Result<GcReport, GcError> {
-    let _running = guard.run_lock.lock().await;
+    let running = guard.run_lock.lock().await;
+    collect_locked(storage, guard, protect, opts, &running).await
+}
+
+/// [`collect`] for a caller already holding [`GcGuard::lock_runs`] (retention
+/// runs its blob sweep inside its own exclusive run).
+pub async fn collect_locked(
+    storage: &dyn Storage,
+    guard: &Arc<GcGuard>,
+    protect: &(dyn Fn(&Digest) -> bool + Send + Sync),
+    opts: &GcOptions,
+    _running: &tokio::sync::MutexGuard<'_, ()>,
+) -> Result<GcReport, GcError> {
     let started = Instant::now();
     guard.prune(opts.grace);
     let t0 = Instant::now();

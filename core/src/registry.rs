@@ -143,7 +143,16 @@ impl Registry {
     /// Resolves a reference to a stored manifest.
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(ManifestResponse, Cache)> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
-            let (m, status) = cache.manifest(&self.storage, &route, &remote, repo, reference).await?;
+            let (m, status) = match cache.manifest(&self.storage, &route, &remote, repo, reference).await {
+                // Storage said "not found" mid-way: retention evicted the
+                // manifest between two steps (issue 7). Once more: it is now
+                // fetched from upstream again.
+                Err(e) if e.code == ErrorCode::BlobUnknown && self.activity.get().is_some() => {
+                    tracing::debug!(%repo, %reference, error = %e, "cached manifest vanished mid-request; retrying");
+                    cache.manifest(&self.storage, &route, &remote, repo, reference).await?
+                }
+                other => other?,
+            };
             self.record_pull(repo, reference, &m.digest);
             return Ok((m, Some(status)));
         }

@@ -566,7 +566,7 @@ pub async fn run(
             } else {
                 continue;
             };
-            if idle <= grace_ms || root.blobs.iter().any(|b| protect(b)) {
+            if idle <= grace_ms || root.blobs.iter().any(protect) {
                 report.kept_in_use += 1;
                 continue;
             }

@@ -30,6 +30,9 @@ pub struct Config {
     pub gc: crate::ops::GcConfig,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: crate::ops::MetricsConfig,
+    /// `[retention]`: cache retention per upstream, tag retention per
+    /// repository pattern (see crate::retention).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 /// `[server]`
@@ -250,6 +253,8 @@ impl Config {
         });
         problems.extend(cove_auth::config::validate(&self.auth, &self.access).iter().map(|p| p.to_string()));
         problems.extend(crate::ops::validate(self)); // operations (issue 7): [gc], [metrics]
+        let upstream_hosts: Vec<String> = upstreams.iter().map(|u| u.host.clone()).collect();
+        problems.extend(crate::retention::validate(self, &upstream_hosts)); // issue 7: [retention]
         match (&self.server.tls_cert, &self.server.tls_key) {
             (Some(_), None) => problems.push("server.tls_key: must be set with server.tls_cert".into()),
             (None, Some(_)) => problems.push("server.tls_cert: must be set with server.tls_key".into()),

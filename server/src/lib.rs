@@ -8,6 +8,7 @@ pub mod metrics; // operations (issue 7)
 pub mod mirror;
 pub mod ops; // operations (issue 7)
 pub mod reload; // operations (issue 7): config reload
+pub mod retention; // operations (issue 7): cache and tag retention
 pub mod routes;
 pub mod serve;
 pub mod tls; // operations (issue 7): TLS termination

@@ -156,7 +156,8 @@ fn main() -> ExitCode {
                 let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 let scheme = if tls_config.is_some() { "https" } else { "http" };
                 tracing::info!(listen = %addr, scheme, storage = %cfg.storage.describe(), "cove is serving");
-                serve::run(app, listener, validated.upload_ttl, tls_config, serve::shutdown_signal()).await;
+                serve::run(app.clone(), listener, validated.upload_ttl, tls_config, serve::shutdown_signal()).await;
+                cove_server::retention::flush(&app).await; // retention (issue 7): save the activity log
                 ExitCode::SUCCESS
             })
         }

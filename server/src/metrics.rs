@@ -82,8 +82,8 @@ pub struct Metrics {
     gc_uploads_removed: Counter,
     gc_last_success: Gauge,
     storage_blobs: Gauge,
-    retention_blobs_evicted: Counter,
-    retention_bytes_evicted: Counter,
+    /// Retention runs, evictions and cache sizes (issue 7).
+    pub retention: crate::retention::RetentionMetrics,
     config_reloads: Family<ResultLabels, Counter>,
     config_last_reload_success: Gauge,
     /// Serialises scrapes (cache counters are synchronised by difference).
@@ -116,8 +116,7 @@ impl Metrics {
             gc_uploads_removed: Counter::default(),
             gc_last_success: Gauge::default(),
             storage_blobs: Gauge::default(),
-            retention_blobs_evicted: Counter::default(),
-            retention_bytes_evicted: Counter::default(),
+            retention: crate::retention::RetentionMetrics::default(),
             config_reloads: Family::default(),
             config_last_reload_success: Gauge::default(),
             scrape: Mutex::new(()),
@@ -163,8 +162,7 @@ impl Metrics {
             m.gc_last_success.clone(),
         );
         r.register("storage_blobs", "Committed blobs seen by the last garbage collection", m.storage_blobs.clone());
-        r.register("retention_blobs_evicted", "Cached blobs evicted by retention", m.retention_blobs_evicted.clone());
-        r.register("retention_bytes_evicted", "Cached bytes evicted by retention", m.retention_bytes_evicted.clone());
+        m.retention.register(r);
         r.register("config_reloads", "Configuration reloads by result (ok, error)", m.config_reloads.clone());
         r.register(
             "config_last_reload_success_timestamp_seconds",
@@ -229,12 +227,6 @@ impl Metrics {
                 .unwrap_or(0);
             self.config_last_reload_success.set(now);
         }
-    }
-
-    /// Records blobs evicted by cache retention.
-    pub fn record_eviction(&self, blobs: u64, bytes: u64) {
-        self.retention_blobs_evicted.inc_by(blobs);
-        self.retention_bytes_evicted.inc_by(bytes);
     }
 
     /// Renders every metric, after updating the sampled ones.

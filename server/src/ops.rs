@@ -116,6 +116,8 @@ pub struct Ops {
     quarantine_dir: PathBuf,
     started: SystemTime,
     last_gc: Mutex<Option<Result<GcReport, String>>>,
+    /// Retention state (issue 7), set by `retention::install`.
+    pub retention: std::sync::OnceLock<Arc<crate::retention::Retention>>,
 }
 
 /// Wraps storage so garbage collection can run while serving. Call before
@@ -136,11 +138,14 @@ pub fn install(app: &Arc<App>, config: &Config, guard: Arc<GcGuard>) {
         quarantine_dir: config.storage.root.join("quarantine"),
         started: SystemTime::now(),
         last_gc: Mutex::new(None),
+        retention: std::sync::OnceLock::new(),
     });
     if app.ops.set(ops.clone()).is_err() {
         tracing::warn!("operations state installed twice; keeping the first");
         return;
     }
+    // Retention (issue 7): activity log, schedule.
+    crate::retention::install(app, config, &ops);
     // Always scheduled: each run checks `[gc] enabled`, which a reload may change.
     {
         let registry = app.registry.clone();
@@ -326,7 +331,17 @@ pub async fn route(
                     }
                 }
                 ("/admin/reload", &Method::POST) => Ok(crate::reload::admin(app).await), // config reload
-                ("/admin/status", &Method::GET) => Ok(json(StatusCode::OK, &ops.status(&app.registry))),
+                ("/admin/retention", &Method::POST) => {
+                    match crate::retention::run(ops, &app.registry, flag("dry_run")).await {
+                        Ok(r) => Ok(json(StatusCode::OK, &serde_json::to_value(&r).unwrap_or_default())),
+                        Err(e) => Err(RegistryError::internal(format!("retention failed: {e}"))),
+                    }
+                }
+                ("/admin/status", &Method::GET) => {
+                    let mut v = ops.status(&app.registry);
+                    crate::retention::add_status(ops, &mut v); // retention (issue 7)
+                    Ok(json(StatusCode::OK, &v))
+                }
                 _ => Err(RegistryError::new(ErrorCode::NameUnknown, "no such admin endpoint").with_status(404)),
             }
         }
@@ -411,6 +426,12 @@ pub enum OpsCommand {
         #[arg(long)]
         addr: Option<SocketAddr>,
     },
+    /// Evict cached images (per-upstream max_size/max_age, least recently
+    /// pulled first) and remove tags (per-repository keep_last /
+    /// keep_pulled_within), then sweep blobs nothing references. Asks the
+    /// running server when one answers; otherwise works on the storage
+    /// directly (only with the server stopped).
+    Retention(RetentionArgs),
     /// Show a running server's upstreams (reachability, last error, hit
     /// rate) and the last garbage collection.
     Status {
@@ -419,6 +440,21 @@ pub enum OpsCommand {
         #[arg(long)]
         addr: Option<SocketAddr>,
     },
+}
+
+/// `cove retention`: evict cached images and remove tags by the
+/// `[retention]` policies (see README "Cache retention").
+#[derive(Debug, clap::Args)]
+pub struct RetentionArgs {
+    /// TOML configuration file ([retention], [upstreams], storage, listen).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// List what would be evicted or removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The running server's address (default: server.listen on loopback).
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
 }
 
 /// Runs an operations subcommand; returns the process exit code.
@@ -439,6 +475,7 @@ pub fn run_command(cmd: OpsCommand) -> std::process::ExitCode {
     let (config, addr) = match &cmd {
         OpsCommand::Gc { config, addr, .. }
         | OpsCommand::Scrub { config, addr, .. }
+        | OpsCommand::Retention(RetentionArgs { config, addr, .. })
         | OpsCommand::Status { config, addr } => match load(config) {
             Ok(c) => {
                 let a = addr.or_else(|| local_addr(&c));
@@ -456,6 +493,9 @@ pub fn run_command(cmd: OpsCommand) -> std::process::ExitCode {
             OpsCommand::Gc { dry_run, .. } => ("POST", format!("/admin/gc?dry_run={dry_run}")),
             OpsCommand::Scrub { quarantine, .. } => ("POST", format!("/admin/scrub?quarantine={quarantine}")),
             OpsCommand::Status { .. } => ("GET", "/admin/status".to_owned()),
+            OpsCommand::Retention(RetentionArgs { dry_run, .. }) => {
+                ("POST", format!("/admin/retention?dry_run={dry_run}"))
+            }
         };
         let online = match addr {
             Some(a) => match admin_request(a, method, &path).await {
@@ -477,6 +517,10 @@ pub fn run_command(cmd: OpsCommand) -> std::process::ExitCode {
                 },
                 OpsCommand::Scrub { .. } => match serde_json::from_str::<cove_core::scrub::ScrubReport>(&body) {
                     Ok(r) => print_scrub(&r),
+                    Err(e) => fail(&format!("unexpected answer from {a}: {e}")),
+                },
+                OpsCommand::Retention(_) => match serde_json::from_str::<crate::retention::RunReport>(&body) {
+                    Ok(r) => crate::retention::print_report(&r),
                     Err(e) => fail(&format!("unexpected answer from {a}: {e}")),
                 },
                 OpsCommand::Status { .. } => {
@@ -538,6 +582,12 @@ pub fn run_command(cmd: OpsCommand) -> std::process::ExitCode {
                 }
                 match result {
                     Ok(r) => print_scrub(&r),
+                    Err(e) => fail(&e),
+                }
+            }
+            OpsCommand::Retention(RetentionArgs { dry_run, .. }) => {
+                match crate::retention::run_offline(&config, storage, dry_run).await {
+                    Ok(r) => crate::retention::print_report(&r),
                     Err(e) => fail(&e),
                 }
             }
