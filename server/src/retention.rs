@@ -622,6 +622,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn validation_names_keys() {
+        let c = Config::parse(
+            "[retention]\ninterval = \"x\"\n[retention.upstreams.\"a.io\"]\nmax_size = \"1Q\"\n\
+             [retention.upstreams.\"b.io\"]\nmax_age = \"1d\"\n[[retention.tags]]\nrepository = \"a//b\"\n",
+        )
+        .expect("parses");
+        let p = validate(&c, &["a.io".to_owned()]).join("\n");
+        for key in [
+            "retention.interval",
+            "retention.upstreams.\"a.io\".max_size",
+            "retention.upstreams.\"b.io\": \"b.io\" is not a configured",
+            "retention.tags[0].repository",
+            "retention.tags[0]: set keep_last",
+        ] {
+            assert!(p.contains(key), "{p} names {key}");
+        }
+        let c = Config::parse(
+            "[retention.upstreams.\"a.io\"]\nmax_size = \"2GiB\"\nmax_age = \"30d\"\n\
+             [[retention.tags]]\nrepository = \"ci/*\"\nkeep_last = 3\n",
+        )
+        .expect("parses");
+        assert!(validate(&c, &["a.io".to_owned()]).is_empty());
+        let s = RetentionSettings::from_config(&c);
+        assert_eq!(s.upstreams.get("a.io"), Some(&(Some(2 << 30), Some(Duration::from_secs(30 * 86400)))));
+        assert_eq!(s.interval, Duration::from_secs(3600));
+        assert!(s.enabled, "on by default for the filesystem backend");
+        let opts = s.options(true);
+        assert!((opts.tags[0].matches)(&"ci/app".parse().expect("repo")));
+        assert!(!(opts.tags[0].matches)(&"ci/app/x".parse().expect("repo")));
+        assert!(Config::parse("[retention]\nbogus = 1\n").expect_err("unknown key").contains("bogus"));
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("20GiB"), Ok(20 << 30));
         assert_eq!(parse_size("500MB"), Ok(500_000_000));

@@ -242,6 +242,37 @@ async fn max_age_evicts_unpulled_images_only() {
     assert!(manifest_path(&s.data_dir, &rb, &b.digest).exists(), "b cached again");
 }
 
+/// The activity log is written at shutdown and read at start: an image
+/// last pulled before a restart keeps its age (without the log it would
+/// count as seen at the first run after the restart, and stay).
+#[tokio::test]
+async fn activity_log_survives_restart() {
+    let dist = Distribution::start(None).await;
+    let img = Image::random(1);
+    upstream_push(&dist, "lib/old", "v1", &img).await;
+    let mut s = start(&dist, AGE_CONFIG).await;
+    let repo = format!("{HOST}/lib/old");
+    pull(&s, &repo, "v1", &img).await;
+    wait_cached(&s, &img).await;
+    let log = s.data_dir.join("state").join("activity.json");
+    assert!(!log.exists(), "nothing written yet (saved every minute, at runs and at shutdown)");
+    s.terminate(Duration::from_secs(10));
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&log).expect("activity log written at shutdown"))
+            .expect("activity log is JSON");
+    let entry = saved["manifests"].as_array().expect("manifests").iter().find(|m| m["digest"] == img.digest).cloned();
+    let entry = entry.expect("the pulled manifest is in the log");
+    assert_eq!(entry["repository"], repo);
+    assert!(saved["tags"].as_array().expect("tags").iter().any(|t| t["repository"] == repo && t["tag"] == "v1"));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    s.restart().await;
+    // Past the grace period after start (nothing is removed before).
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let report = retention(&s, false).await;
+    assert_eq!(evicted_repos(&report), vec![repo.clone()], "age kept across the restart: {report}");
+    assert!(report["evicted"][0]["idle_seconds"].as_u64().expect("idle") >= 2, "{report}");
+}
+
 /// max_size evicts the least recently pulled images until the cache fits.
 #[tokio::test]
 async fn max_size_evicts_least_recently_pulled_first() {
