@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pull_through_support::distribution::{skopeo_pull, Distribution};
+use pull_through_support::distribution::{skopeo_pull, skopeo_push, Distribution, Layout};
 use pull_through_support::{blob_path, cache_status, cove_config, manifest_path, UpstreamTable};
 
 const HOST: &str = "upstream.test";
@@ -271,6 +271,50 @@ async fn activity_log_survives_restart() {
     let report = retention(&s, false).await;
     assert_eq!(evicted_repos(&report), vec![repo.clone()], "age kept across the restart: {report}");
     assert!(report["evicted"][0]["idle_seconds"].as_u64().expect("idle") >= 2, "{report}");
+}
+
+/// A multi-platform index (pushed upstream with skopeo) is one image: a
+/// recent pull of one platform manifest keeps the whole index; once idle,
+/// the index and its platform manifests go together.
+#[tokio::test]
+async fn an_index_is_evicted_with_its_platform_manifests() {
+    let dist = Distribution::start(None).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut layout = Layout::new(&tmp.path().join("oci"));
+    let idx = layout.add_index("v1", &["amd64", "arm64"], &[4096]);
+    skopeo_push(&layout.dir, "v1", &format!("{}/lib/multi:v1", dist.authority()), None);
+    let s = start(&dist, AGE_CONFIG).await;
+    let repo = format!("{HOST}/lib/multi");
+    let r = s.manifest("GET", &repo, "v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.expect("index")[..], &idx.index.bytes[..]);
+    for img in &idx.images {
+        let r = s.manifest("GET", &repo, &img.manifest.digest).await;
+        assert_eq!(r.status(), 200, "platform manifest");
+        assert_eq!(&r.bytes().await.expect("manifest")[..], &img.manifest.bytes[..]);
+        for d in img.blob_digests() {
+            let got = s.get(&format!("/v2/{repo}/blobs/{d}")).await.bytes().await.expect("blob");
+            assert_eq!(sha256_digest(&got), d);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // Only the arm64 manifest, by digest: the whole index counts as pulled.
+    assert_eq!(s.manifest("GET", &repo, &idx.images[1].manifest.digest).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = retention(&s, false).await;
+    assert_eq!(evicted_repos(&report), Vec::<String>::new(), "kept by its child's pull: {report}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let report = retention(&s, false).await;
+    assert_eq!(evicted_repos(&report), vec![repo.clone()], "{report}");
+    assert_eq!(report["evicted"][0]["digest"], idx.index.digest);
+    assert_eq!(report["evicted"][0]["manifests"], 3, "index and both platform manifests: {report}");
+    for digest in std::iter::once(&idx.index.digest).chain(idx.images.iter().map(|i| &i.manifest.digest)) {
+        assert!(!manifest_path(&s.data_dir, &repo, digest).exists(), "{digest} removed");
+    }
+    // And it comes back whole.
+    let r = s.manifest("GET", &repo, "v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.expect("index")[..], &idx.index.bytes[..]);
 }
 
 /// max_size evicts the least recently pulled images until the cache fits.
