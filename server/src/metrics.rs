@@ -73,6 +73,9 @@ pub struct Metrics {
     bytes_out: Family<EndpointLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
     upstream_errors: Family<UpstreamLabels, Counter>,
+    upstream_rate_limited: Family<UpstreamLabels, Counter>,
+    cache_bytes_saved: Family<UpstreamLabels, Counter>,
+    upstream_bytes_fetched: Family<UpstreamLabels, Counter>,
     uploads_in_progress: Gauge,
     fetches_in_flight: Gauge,
     gc_runs: Family<ResultLabels, Counter>,
@@ -82,6 +85,7 @@ pub struct Metrics {
     gc_uploads_removed: Counter,
     gc_last_success: Gauge,
     storage_blobs: Gauge,
+    storage_bytes: Gauge,
     /// Retention runs, evictions and cache sizes (issue 7).
     pub retention: crate::retention::RetentionMetrics,
     config_reloads: Family<ResultLabels, Counter>,
@@ -107,6 +111,9 @@ impl Metrics {
             bytes_out: Family::default(),
             cache: Family::default(),
             upstream_errors: Family::default(),
+            upstream_rate_limited: Family::default(),
+            cache_bytes_saved: Family::default(),
+            upstream_bytes_fetched: Family::default(),
             uploads_in_progress: Gauge::default(),
             fetches_in_flight: Gauge::default(),
             gc_runs: Family::default(),
@@ -116,6 +123,7 @@ impl Metrics {
             gc_uploads_removed: Counter::default(),
             gc_last_success: Gauge::default(),
             storage_blobs: Gauge::default(),
+            storage_bytes: Gauge::default(),
             retention: crate::retention::RetentionMetrics::default(),
             config_reloads: Family::default(),
             config_last_reload_success: Gauge::default(),
@@ -141,6 +149,21 @@ impl Metrics {
             m.cache.clone(),
         );
         r.register("upstream_errors", "Failed upstream requests by upstream", m.upstream_errors.clone());
+        r.register(
+            "upstream_rate_limited",
+            "Upstream answers of 429 Too Many Requests, by upstream",
+            m.upstream_rate_limited.clone(),
+        );
+        r.register(
+            "cache_bytes_saved",
+            "Blob bytes served from the cache without fetching them upstream, by upstream",
+            m.cache_bytes_saved.clone(),
+        );
+        r.register(
+            "upstream_bytes_fetched",
+            "Blob bytes fetched from upstream, verified and cached, by upstream",
+            m.upstream_bytes_fetched.clone(),
+        );
         r.register("uploads_in_progress", "Open upload sessions", m.uploads_in_progress.clone());
         r.register("upstream_fetches_in_flight", "Blob fetches from upstreams in flight", m.fetches_in_flight.clone());
         r.register("gc_runs", "Garbage collection runs by result", m.gc_runs.clone());
@@ -162,6 +185,11 @@ impl Metrics {
             m.gc_last_success.clone(),
         );
         r.register("storage_blobs", "Committed blobs seen by the last garbage collection", m.storage_blobs.clone());
+        r.register(
+            "storage_bytes",
+            "Bytes of the blobs referenced by manifests, as of the last garbage collection",
+            m.storage_bytes.clone(),
+        );
         m.retention.register(r);
         r.register("config_reloads", "Configuration reloads by result (ok, error)", m.config_reloads.clone());
         r.register(
@@ -209,6 +237,7 @@ impl Metrics {
                         .unwrap_or(0);
                     self.gc_last_success.set(now);
                     self.storage_blobs.set((r.blobs - r.blobs_removed.len()) as i64);
+                    self.storage_bytes.set(i64::try_from(r.bytes_referenced).unwrap_or(i64::MAX));
                 }
             }
             Err(()) => {
@@ -243,10 +272,11 @@ impl Metrics {
             {
                 sync_counter(&self.cache.get_or_create(&CacheLabels { upstream: host.clone(), result }), value);
             }
-            sync_counter(
-                &self.upstream_errors.get_or_create(&UpstreamLabels { upstream: host.clone() }),
-                c.upstream_errors,
-            );
+            let upstream = UpstreamLabels { upstream: host.clone() };
+            sync_counter(&self.upstream_errors.get_or_create(&upstream), c.upstream_errors);
+            sync_counter(&self.upstream_rate_limited.get_or_create(&upstream), c.rate_limited);
+            sync_counter(&self.cache_bytes_saved.get_or_create(&upstream), c.bytes_saved);
+            sync_counter(&self.upstream_bytes_fetched.get_or_create(&upstream), c.bytes_fetched);
         }
         if let Some(n) = uploads {
             self.uploads_in_progress.set(n as i64);

@@ -107,6 +107,9 @@ impl GcSettings {
     }
 }
 
+/// How long `cove status` waits for each upstream's `/v2/`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The operations state of a serving process.
 pub struct Ops {
     pub metrics: Metrics,
@@ -201,22 +204,44 @@ impl Ops {
         result
     }
 
-    fn status(&self, registry: &Registry) -> serde_json::Value {
+    async fn status(&self, registry: &Registry) -> serde_json::Value {
         let counters = registry.cache().map(|c| c.counters()).unwrap_or_default();
-        let upstreams: Vec<serde_json::Value> = registry
-            .cache()
-            .map(|c| c.routes().iter().map(|r| r.host.clone()).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|host| {
-                let c = counters.get(&host).cloned().unwrap_or_default();
+        let routes: Vec<cove_core::cache::UpstreamRoute> =
+            registry.cache().map(|c| c.routes().to_vec()).unwrap_or_default();
+        // Every upstream is probed at once, each for at most PROBE_TIMEOUT.
+        let probes = futures::future::join_all(routes.iter().map(|r| async move {
+            let started = std::time::Instant::now();
+            let result = match tokio::time::timeout(PROBE_TIMEOUT, r.upstream.ping()).await {
+                Ok(Ok(())) => Ok(started.elapsed()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+            };
+            result
+        }))
+        .await;
+        let upstreams: Vec<serde_json::Value> = routes
+            .iter()
+            .zip(probes)
+            .map(|(route, probe)| {
+                let host = &route.host;
+                let c = counters.get(host).cloned().unwrap_or_default();
                 let served = c.hits + c.misses + c.revalidated + c.stale;
                 let hit_rate = if served == 0 { None } else { Some((c.hits + c.revalidated) as f64 / served as f64) };
+                let last_error_at = c.last_error_at.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+                let (reachable, probe_ms, probe_error) = match probe {
+                    Ok(d) => (true, Some(d.as_millis() as u64), None),
+                    Err(e) => (false, None, Some(e)),
+                };
                 serde_json::json!({
                     "host": host,
+                    "reachable": reachable, "probe_ms": probe_ms, "probe_error": probe_error,
                     "hits": c.hits, "misses": c.misses, "revalidated": c.revalidated, "stale": c.stale,
                     "upstream_errors": c.upstream_errors,
+                    "rate_limited": c.rate_limited,
                     "last_error": c.last_error,
+                    "last_error_at": last_error_at,
+                    "bytes_saved": c.bytes_saved,
+                    "bytes_fetched": c.bytes_fetched,
                     "hit_rate": hit_rate,
                 })
             })
@@ -338,7 +363,7 @@ pub async fn route(
                     }
                 }
                 ("/admin/status", &Method::GET) => {
-                    let mut v = ops.status(&app.registry);
+                    let mut v = ops.status(&app.registry).await;
                     crate::retention::add_status(ops, &mut v); // retention (issue 7)
                     Ok(json(StatusCode::OK, &v))
                 }
@@ -387,6 +412,15 @@ pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> std::i
     Ok((status, body.to_owned()))
 }
 
+/// [`admin_request`] over TLS when the config terminates TLS (trusting
+/// exactly the configured certificate), plain HTTP otherwise.
+pub async fn cli_request(config: &Config, addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    match &config.server.tls_cert {
+        Some(cert) => crate::tls::admin_request_tls(addr, cert, method, path).await,
+        None => admin_request(addr, method, path).await,
+    }
+}
+
 /// The loopback address of the server a config describes (`0.0.0.0` and
 /// `[::]` mean this host).
 pub fn local_addr(config: &Config) -> Option<SocketAddr> {
@@ -433,12 +467,15 @@ pub enum OpsCommand {
     /// directly (only with the server stopped).
     Retention(RetentionArgs),
     /// Show a running server's upstreams (reachability, last error, hit
-    /// rate) and the last garbage collection.
+    /// rate, bytes saved) and the last garbage collection.
     Status {
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[arg(long)]
         addr: Option<SocketAddr>,
+        /// Print the server's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -476,7 +513,7 @@ pub fn run_command(cmd: OpsCommand) -> std::process::ExitCode {
         OpsCommand::Gc { config, addr, .. }
         | OpsCommand::Scrub { config, addr, .. }
         | OpsCommand::Retention(RetentionArgs { config, addr, .. })
-        | OpsCommand::Status { config, addr } => match load(config) {
+        | OpsCommand::Status { config, addr, .. } => match load(config) {
             Ok(c) => {
                 let a = addr.or_else(|| local_addr(&c));
                 (c, a)
@@ -498,7 +535,7 @@ pub fn run_command(cmd: OpsCommand) -> std::process::ExitCode {
             }
         };
         let online = match addr {
-            Some(a) => match admin_request(a, method, &path).await {
+            Some(a) => match cli_request(&config, a, method, &path).await {
                 Ok(r) => Some((a, r)),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => None,
                 Err(e) => return fail(&format!("cannot ask the server at {a}: {e}")),
@@ -523,10 +560,17 @@ pub fn run_command(cmd: OpsCommand) -> std::process::ExitCode {
                     Ok(r) => crate::retention::print_report(&r),
                     Err(e) => fail(&format!("unexpected answer from {a}: {e}")),
                 },
-                OpsCommand::Status { .. } => {
+                OpsCommand::Status { json: true, .. } => {
                     println!("{body}");
                     ExitCode::SUCCESS
                 }
+                OpsCommand::Status { json: false, .. } => match serde_json::from_str::<serde_json::Value>(&body) {
+                    Ok(v) => {
+                        print!("{}", format_status(&v));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&format!("unexpected answer from {a}: {e}")),
+                },
             };
         }
         if matches!(cmd, OpsCommand::Status { .. }) {
@@ -594,6 +638,78 @@ pub fn run_command(cmd: OpsCommand) -> std::process::ExitCode {
             OpsCommand::Status { .. } => ExitCode::FAILURE,
         }
     })
+}
+
+/// Renders `/admin/status` JSON as a summary line and one row per upstream.
+pub fn format_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "up {}s, storage {}",
+        v["uptime_seconds"].as_u64().unwrap_or(0),
+        v["storage"].as_str().unwrap_or("?")
+    );
+    match &v["last_gc"] {
+        serde_json::Value::Null => out.push_str(", no garbage collection yet"),
+        g if g["ok"].as_bool() == Some(true) => {
+            let _ = write!(
+                out,
+                ", last gc removed {} blobs ({})",
+                g["blobs_removed"].as_u64().unwrap_or(0),
+                mib(g["bytes_freed"].as_u64().unwrap_or(0))
+            );
+        }
+        g => {
+            let _ = write!(out, ", last gc failed: {}", g["error"].as_str().unwrap_or("?"));
+        }
+    }
+    out.push('\n');
+    let rows = v["upstreams"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        out.push_str("no upstreams configured\n");
+        return out;
+    }
+    let mut table = vec![[
+        "UPSTREAM", "REACHABLE", "HIT RATE", "HITS", "MISSES", "STALE", "ERRORS", "429s", "SAVED", "CACHED",
+        "LAST ERROR",
+    ]
+    .map(String::from)];
+    for u in &rows {
+        let n = |k: &str| u[k].as_u64().unwrap_or(0).to_string();
+        let reachable = match (u["reachable"].as_bool(), u["probe_ms"].as_u64()) {
+            (Some(true), Some(ms)) => format!("yes ({ms} ms)"),
+            _ => format!("NO: {}", u["probe_error"].as_str().unwrap_or("?")),
+        };
+        let hit_rate = u["hit_rate"].as_f64().map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
+        let cached = u["cache_bytes"].as_u64().map_or("-".to_owned(), mib);
+        let last_error = match (u["last_error"].as_str(), u["last_error_at"].as_str()) {
+            (Some(e), Some(at)) => format!("{at}: {e}"),
+            (Some(e), None) => e.to_owned(),
+            _ => "-".to_owned(),
+        };
+        table.push([
+            u["host"].as_str().unwrap_or("?").to_owned(),
+            reachable,
+            hit_rate,
+            n("hits"),
+            n("misses"),
+            n("stale"),
+            n("upstream_errors"),
+            n("rate_limited"),
+            mib(u["bytes_saved"].as_u64().unwrap_or(0)),
+            cached,
+            last_error,
+        ]);
+    }
+    let widths: Vec<usize> = (0..table[0].len()).map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    for row in &table {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn print_gc(r: &GcReport) -> std::process::ExitCode {

@@ -294,7 +294,7 @@ impl Reloader {
             report.changed.push("metrics".into());
         }
         if get(&running.table, &["retention"]) != get(&effective_table, &["retention"]) {
-            // TODO(lead): call crate::retention::reload(app, &effective) once server/src/retention.rs is committed.
+            crate::retention::reload(app, &effective);
             report.changed.push("retention".into());
         }
         if let Some((store, cert, key)) = new_tls {
@@ -412,12 +412,7 @@ pub fn run_command(config: Option<PathBuf>, addr: Option<SocketAddr>) -> std::pr
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    let answer = runtime.block_on(async {
-        match &cfg.server.tls_cert {
-            Some(cert) => crate::tls::admin_request_tls(addr, cert, "POST", "/admin/reload").await,
-            None => crate::ops::admin_request(addr, "POST", "/admin/reload").await,
-        }
-    });
+    let answer = runtime.block_on(crate::ops::cli_request(&cfg, addr, "POST", "/admin/reload"));
     let (status, body) = match answer {
         Ok(a) => a,
         Err(e) => return fail(&format!("cannot reach the server at {addr}: {e}")),

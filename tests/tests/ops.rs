@@ -190,6 +190,13 @@ async fn cache_metrics_per_upstream() {
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(header(&cache.manifest("GET", repo, "v1").await, "x-cove-cache"), "revalidated");
+    // While the upstream runs, status probes it as reachable.
+    let addr = cache.base.trim_start_matches("http://").to_owned();
+    let (ok, table, err) = cove(&["status", "--addr", &addr]);
+    assert!(ok, "cove status: {err}");
+    let row = table.lines().find(|l| l.starts_with("upstream.test")).unwrap_or_else(|| panic!("row in\n{table}"));
+    assert!(row.contains("yes ("), "reachable while up: {row}");
+    let upstream_addr = upstream.base.clone();
     drop(upstream);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(header(&cache.manifest("GET", repo, "v1").await, "x-cove-cache"), "stale");
@@ -200,11 +207,24 @@ async fn cache_metrics_per_upstream() {
     assert_eq!(delta(&before, &after, &c("revalidated")), 1.0);
     assert_eq!(delta(&before, &after, &c("stale")), 1.0);
     assert!(delta(&before, &after, "cove_upstream_errors_total{upstream=\"upstream.test\"}") >= 1.0);
+    // One blob GET was served from the cache; one was fetched (and cached).
+    let layer_len = img.layers[0].len() as f64;
+    assert_eq!(delta(&before, &after, "cove_cache_bytes_saved_total{upstream=\"upstream.test\"}"), layer_len);
+    assert_eq!(delta(&before, &after, "cove_upstream_bytes_fetched_total{upstream=\"upstream.test\"}"), layer_len);
+    assert_eq!(delta(&before, &after, "cove_upstream_rate_limited_total{upstream=\"upstream.test\"}"), 0.0);
     let status = json(cache.get("/admin/status").await).await;
     let up = status["upstreams"].as_array().expect("upstreams").iter().find(|u| u["host"] == "upstream.test").cloned();
     let up = up.expect("upstream.test in status");
     assert!(up["last_error"].is_string(), "{up}");
+    assert!(up["last_error_at"].is_string(), "{up}");
     assert_eq!(up["hits"], 2);
+    assert_eq!(up["bytes_saved"], img.layers[0].len());
+    assert_eq!(up["reachable"], false, "upstream stopped: {up}");
+    let (ok, table, err) = cove(&["status", "--addr", &addr]);
+    assert!(ok, "cove status: {err}");
+    let row = table.lines().find(|l| l.starts_with("upstream.test")).unwrap_or_else(|| panic!("row in\n{table}"));
+    assert!(row.contains("NO: "), "unreachable once stopped ({upstream_addr}): {row}");
+    assert!(row.contains("50.0%"), "(2 hits + 1 revalidated) of 6 answers: {row}");
 }
 
 #[tokio::test]

@@ -503,6 +503,12 @@ async fn fault_429_is_toomanyrequests_with_retry_after_or_stale() {
     let r = send(&cove, "GET", "/v2/docker.io/library/cached/manifests/v1").await;
     assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "stale".to_owned()), "429 with a cached copy");
     assert_eq!(r.bytes().await.expect("body").as_ref(), img.manifest.as_slice());
+    // Each 429 is counted (manifest, blob, then the revalidation).
+    let status: serde_json::Value = send(&cove, "GET", "/admin/status").await.json().await.expect("status JSON");
+    let up = status["upstreams"].as_array().and_then(|a| a.iter().find(|u| u["host"] == "docker.io")).cloned();
+    let up = up.expect("docker.io in status");
+    assert_eq!(up["rate_limited"], 3, "{up}");
+    assert!(up["last_error"].as_str().is_some_and(|e| e.contains("rate limit")), "{up}");
 }
 
 /// A truncated upstream body: the client's transfer fails, nothing is

@@ -239,6 +239,20 @@ async fn https_push_pull_http2_and_certificate_rotation() {
     let loc = header(&r, "location");
     assert!(loc.starts_with(&format!("https://localhost:{}/v2/tls/x/blobs/uploads/", cove.port)), "{loc}");
 
+    // The admin CLI talks TLS to the server its config describes.
+    for args in [&["status"][..], &["gc", "--dry-run"][..]] {
+        let out = Command::new(cove_bin())
+            .args(args)
+            .arg("--config")
+            .arg(dir.join("cove.toml"))
+            .env("COVE_LOG", "warn")
+            .output()
+            .expect("run cove");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "cove {args:?} over TLS: {stdout}{stderr}");
+        assert!(stderr.contains("ran by the server") || stdout.contains("storage filesystem"), "{stdout}{stderr}");
+    }
+
     // Rotation: new files replace the old ones; a new connection presents
     // the new certificate without a restart.
     let (new_cert, new_key) = make_server_cert(dir, "rotated");
