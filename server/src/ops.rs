@@ -414,7 +414,12 @@ pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> std::i
 
 /// [`admin_request`] over TLS when the config terminates TLS (trusting
 /// exactly the configured certificate), plain HTTP otherwise.
-pub async fn cli_request(config: &Config, addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+pub async fn cli_request(
+    config: &Config,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     match &config.server.tls_cert {
         Some(cert) => crate::tls::admin_request_tls(addr, cert, method, path).await,
         None => admin_request(addr, method, path).await,
@@ -672,7 +677,16 @@ pub fn format_status(v: &serde_json::Value) -> String {
         return out;
     }
     let mut table = vec![[
-        "UPSTREAM", "REACHABLE", "HIT RATE", "HITS", "MISSES", "STALE", "ERRORS", "429s", "SAVED", "CACHED",
+        "UPSTREAM",
+        "REACHABLE",
+        "HIT RATE",
+        "HITS",
+        "MISSES",
+        "STALE",
+        "ERRORS",
+        "429s",
+        "SAVED",
+        "CACHED",
         "LAST ERROR",
     ]
     .map(String::from)];
