@@ -137,10 +137,7 @@ async fn download_in_progress_survives_reloads() {
         hasher.update(&chunk);
         // Mid-download: reload twice (admin endpoint and SIGHUP) and slow down.
         if reloads == 0 && got > 4 << 20 {
-            write_config(
-                &s,
-                &config("127.0.0.0/8\", \"10.0.0.0/8", ""),
-            );
+            write_config(&s, &config("127.0.0.0/8\", \"10.0.0.0/8", ""));
             let (status, body) = reload(&s).await;
             assert_eq!(status, 200, "{body}");
             reloads += 1;
