@@ -194,3 +194,38 @@ async fn reload_adds_an_upstream() {
     let after = s.req("GET", "/v2/upstream.test/library/other/manifests/v1").send().await.expect("GET");
     assert_eq!(after.status(), 404);
 }
+
+/// `[retention]` is reloadable: a tag policy added by reload is what the
+/// next retention run applies (before the reload the same run removes nothing).
+#[tokio::test]
+async fn reload_applies_a_new_retention_policy() {
+    let base = config("127.0.0.0/8", "[gc]\ngrace = \"1s\"\ninterval = \"1h\"\n");
+    let s = Server::start_with(ServerOptions { config: Some(base.clone()), ..Default::default() }).await;
+    for i in 0..3 {
+        s.push_image("ci/app", &format!("t{i}"), 1).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the grace period
+    let run = |s: &Server| {
+        let r = s.req("POST", "/admin/retention").send();
+        async move {
+            let r = r.await.expect("POST /admin/retention");
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.expect("retention JSON")
+        }
+    };
+    let before = run(&s).await;
+    assert_eq!(before["tags_removed"].as_array().map(Vec::len), Some(0), "no policy yet: {before}");
+
+    write_config(&s, &format!("{base}[[retention.tags]]\nrepository = \"ci/*\"\nkeep_last = 1\n"));
+    let (status, body) = reload(&s).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["changed"].as_array().expect("changed").iter().any(|c| c == "retention"), "{body}");
+    let after = run(&s).await;
+    let mut removed: Vec<&str> =
+        after["tags_removed"].as_array().expect("tags_removed").iter().filter_map(|t| t.as_str()).collect();
+    removed.sort();
+    assert_eq!(removed, ["ci/app:t0", "ci/app:t1"], "{after}");
+    let tags: serde_json::Value = s.get("/v2/ci/app/tags/list").await.json().await.expect("tags");
+    assert_eq!(tags["tags"], serde_json::json!(["t2"]));
+}
