@@ -29,7 +29,7 @@ pub struct UpstreamBlob {
 pub enum UpstreamError {
     #[error("not found upstream")]
     NotFound,
-    #[error("upstream rate limit (retry after {retry_after:?})")]
+    #[error("upstream rate limit{}", .retry_after.as_ref().map(|r| format!(" (Retry-After: {r})")).unwrap_or_default())]
     TooManyRequests { retry_after: Option<String> },
     #[error("upstream denied access: {0}")]
     Unauthorized(String),

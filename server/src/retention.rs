@@ -357,7 +357,10 @@ pub fn install(app: &Arc<App>, config: &Config, ops: &Arc<Ops>) {
             // Re-read each time: a reload may change the interval.
             tokio::time::sleep(state.settings().interval).await;
             let s = state.settings();
-            if !s.enabled || (s.upstreams.is_empty() && s.tags.is_empty()) {
+            // Without policies a run still measures each upstream's cache
+            // (cove status, cove_cache_bytes) and removes nothing.
+            let upstreams = registry.cache().is_some_and(|c| !c.routes().is_empty());
+            if !s.enabled || (s.upstreams.is_empty() && s.tags.is_empty() && !upstreams) {
                 continue;
             }
             if let Err(e) = run(&ops, &registry, false).await {
@@ -410,17 +413,17 @@ pub async fn run(ops: &Ops, registry: &Registry, dry_run: bool) -> Result<RunRep
         move |d: &Digest| inflight.contains(d) || cache.as_ref().is_some_and(|c| c.inflight_digests().contains(d))
     };
     let storage = registry.storage().as_ref();
+    let mut options = settings.options(dry_run);
+    // Upstreams without a policy are measured (cache size in status and
+    // metrics), never evicted.
+    for route in cache.as_ref().map(|c| c.routes()).unwrap_or_default() {
+        if !options.upstreams.iter().any(|p| p.host == route.host) {
+            options.upstreams.push(core_retention::UpstreamPolicy { host: route.host, max_size: None, max_age: None });
+        }
+    }
     let running = ops.guard.lock_runs().await;
-    let result = core_retention::run(
-        storage,
-        &ops.guard,
-        &state.activity,
-        &state.sizes,
-        &upstream_of,
-        &protect,
-        &settings.options(dry_run),
-    )
-    .await;
+    let result =
+        core_retention::run(storage, &ops.guard, &state.activity, &state.sizes, &upstream_of, &protect, &options).await;
     let result = match result {
         Ok(r) => {
             let mut out = RunReport { retention: r, gc: None };

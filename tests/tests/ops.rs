@@ -225,6 +225,22 @@ async fn cache_metrics_per_upstream() {
     let row = table.lines().find(|l| l.starts_with("upstream.test")).unwrap_or_else(|| panic!("row in\n{table}"));
     assert!(row.contains("NO: "), "unreachable once stopped ({upstream_addr}): {row}");
     assert!(row.contains("50.0%"), "(2 hits + 1 revalidated) of 6 answers: {row}");
+    // A retention run measures every upstream's cache, policy or not, and
+    // evicts nothing without one: the manifest and the one layer fetched.
+    let r = cache.req("POST", "/admin/retention").send().await.expect("retention");
+    assert_eq!(r.status(), 200);
+    let run = json(r).await;
+    assert_eq!(run["evicted"].as_array().map(Vec::len), Some(0), "{run}");
+    let status = json(cache.get("/admin/status").await).await;
+    let up = status["upstreams"].as_array().and_then(|a| a.iter().find(|u| u["host"] == "upstream.test")).cloned();
+    let up = up.expect("upstream.test in status");
+    assert_eq!(up["cache_bytes"], img.manifest.len() + img.layers[0].len(), "{up}");
+    assert_eq!(up["cached_images"], 1, "{up}");
+    let after = scrape(&cache).await;
+    assert_eq!(
+        val(&after, "cove_cache_bytes{upstream=\"upstream.test\"}"),
+        (img.manifest.len() + img.layers[0].len()) as f64
+    );
 }
 
 #[tokio::test]
