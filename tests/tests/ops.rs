@@ -7,30 +7,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-
-/// Parses Prometheus text into `name{labels}` → value (labels as printed).
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn scrape(s: &Server) -> HashMap<String, f64> {
-    let r = s.get("/metrics").await;
-    assert_eq!(r.status(), 200, "/metrics");
-    assert!(header(&r, "content-type").starts_with("text/plain"), "content type");
-    parse_metrics(&r.text().await.expect("metrics body"))
-}
 
 fn val(m: &HashMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
@@ -43,16 +24,6 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str)
 fn blob_file(data: &Path, digest: &str) -> PathBuf {
     let hex = digest.trim_start_matches("sha256:");
     data.join("blobs").join("sha256").join(&hex[..2]).join(hex)
-}
-
-/// Runs `cove ARGS`; returns (success, stdout, stderr).
-fn cove(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cove_bin()).args(args).env("COVE_LOG", "warn").output().expect("run cove");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A config with presets disabled (nothing may reach the internet).

@@ -9,7 +9,6 @@
 mod common;
 mod pull_through_support;
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -116,31 +115,6 @@ fn evicted_repos(report: &serde_json::Value) -> Vec<String> {
     v
 }
 
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn metrics(s: &Server) -> HashMap<String, f64> {
-    let r = s.get("/metrics").await;
-    assert_eq!(r.status(), 200);
-    parse_metrics(&r.text().await.expect("metrics"))
-}
-
-fn cove(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cove_bin()).args(args).env("COVE_LOG", "warn").output().expect("run cove");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 async fn tags(s: &Server, repo: &str) -> Vec<String> {
     let r = s.get(&format!("/v2/{repo}/tags/list")).await;
     assert_eq!(r.status(), 200, "tags of {repo}");
@@ -177,7 +151,7 @@ async fn max_age_evicts_unpulled_images_only() {
     wait_cached(&s, &b).await;
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(s.manifest("GET", &ra, "v1").await.status(), 200, "a pulled again");
-    let before = metrics(&s).await;
+    let before = scrape(&s).await;
 
     let (ok, out, err) = cove(&["retention", "--dry-run", "--addr", &s.addr.to_string()]);
     assert!(ok, "dry run: {out}{err}");
@@ -217,7 +191,7 @@ async fn max_age_evicts_unpulled_images_only() {
     }
 
     // Metrics and status after the known runs (one dry, one real).
-    let after = metrics(&s).await;
+    let after = scrape(&s).await;
     let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     assert_eq!(d("cove_retention_runs_total{result=\"dry_run\"}"), 1.0);
     assert_eq!(d("cove_retention_runs_total{result=\"ok\"}"), 1.0);
@@ -353,7 +327,7 @@ async fn max_size_evicts_least_recently_pulled_first() {
     assert_eq!(up["bytes_before"], imgs.iter().map(image_bytes).sum::<u64>(), "{report}");
     assert_eq!(up["bytes"], image_bytes(&imgs[0]) + image_bytes(&imgs[2]), "{report}");
     assert_eq!(up["images"], 2);
-    let m = metrics(&s).await;
+    let m = scrape(&s).await;
     assert_eq!(
         m.get("cove_cache_bytes{upstream=\"upstream.test\"}").copied(),
         Some((image_bytes(&imgs[0]) + image_bytes(&imgs[2])) as f64)
@@ -468,7 +442,7 @@ async fn tag_retention_keep_last_and_pulled_within() {
     }
     assert_eq!(tags(&s, "other/app").await, ["o0", "o1", "o2"], "other repositories untouched");
     assert_eq!(other.len(), 3);
-    let m = metrics(&s).await;
+    let m = scrape(&s).await;
     assert_eq!(m.get("cove_retention_tags_removed_total").copied(), Some(2.0));
 }
 

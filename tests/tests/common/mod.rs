@@ -924,3 +924,32 @@ pub fn assert_blobs_verified(data_dir: &Path) -> usize {
     }
     files.len()
 }
+
+/// Parses Prometheus text into `name{labels}` → value (labels as printed).
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `GET /metrics`, checked and parsed with [`parse_metrics`].
+pub async fn scrape(s: &Server) -> std::collections::HashMap<String, f64> {
+    let r = s.get("/metrics").await;
+    assert_eq!(r.status(), 200, "/metrics");
+    assert!(header(&r, "content-type").starts_with("text/plain"), "content type");
+    parse_metrics(&r.text().await.expect("metrics body"))
+}
+
+/// Runs `cove ARGS` (quiet logs); returns (success, stdout, stderr).
+pub fn cove(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(cove_bin()).args(args).env("COVE_LOG", "warn").output().expect("run cove");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
