@@ -34,6 +34,9 @@
 //! - Pushed bytes are hashed while they stream in; a blob is renamed into
 //!   `blobs/` only if its digest (and expected size) matched. A committed
 //!   upload's `data` file is renamed into `blobs/` without being copied.
+//!   [`Storage::blob_import`] (the pull-through cache's verified spool file)
+//!   fsyncs the file and renames it into `blobs/`; only across filesystems
+//!   is it copied (through `tmp/`).
 //! - Memory stays flat: bodies move in ~1 MiB batches through bounded queues
 //!   to one hashing and one writing blocking thread; reads use 256 KiB
 //!   positional reads with one read ahead.
@@ -330,6 +333,27 @@ impl Storage for FsStorage {
         .await
     }
 
+    async fn blob_import(&self, digest: &Digest, path: &Path, size: u64) -> Result<u64, StorageError> {
+        let (d, src) = (digest.clone(), path.to_path_buf());
+        self.run(move |inner| {
+            let dest = inner.blob_path(&d);
+            if let Some(m) = not_found_as_none(fs::metadata(&dest))?.filter(|m| m.is_file()) {
+                // Already stored (content addressed): nothing to do.
+                return Ok(m.len());
+            }
+            let actual = fs::metadata(&src)?.len();
+            if actual != size {
+                return Err(StorageError::SizeMismatch { expected: size, actual });
+            }
+            atomic::import_file(&src, &inner.tmp, &dest)?;
+            if let Some(parent) = dest.parent() {
+                atomic::sync_dir(parent)?;
+            }
+            Ok(size)
+        })
+        .await
+    }
+
     async fn blob_delete(&self, digest: &Digest) -> Result<bool, StorageError> {
         let d = digest.clone();
         self.run(move |inner| Ok(atomic::remove_if_exists(&inner.blob_path(&d))?)).await
@@ -472,5 +496,66 @@ impl Storage for FsStorage {
 
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
         self.list_referrers(repo, subject).await
+    }
+}
+
+#[cfg(test)]
+mod import_tests {
+    use super::*;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// A spool beside the blobs is renamed into place (not copied): a handle
+    /// opened before the import still reads it, and nothing is left in tmp/.
+    #[tokio::test]
+    async fn import_on_the_same_filesystem_renames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStorage::open(dir.path().join("store")).expect("open");
+        let spool_dir = dir.path().join("store").join("spool");
+        fs::create_dir_all(&spool_dir).expect("spool dir");
+        let bytes = data(3_000_000);
+        let d = Digest::sha256_of(&bytes);
+        let spool = spool_dir.join("x");
+        fs::write(&spool, &bytes).expect("spool");
+        let reader = fs::File::open(&spool).expect("open spool");
+        assert_eq!(store.blob_import(&d, &spool, bytes.len() as u64).await.expect("import"), 3_000_000);
+        assert!(!spool.exists(), "the spool file was moved, not copied");
+        let blob = store.inner.blob_path(&d);
+        assert_eq!(fs::read(&blob).expect("blob"), bytes);
+        let mut again = Vec::new();
+        io::Read::read_to_end(&mut &reader, &mut again).expect("read through the old handle");
+        assert_eq!(again, bytes, "a reader's handle survives the rename");
+        assert!(atomic::list_names(&dir.path().join("store").join("tmp")).expect("tmp").is_empty());
+    }
+
+    /// Across filesystems (/dev/shm is tmpfs on Linux) the file is copied
+    /// through tmp/ and left where it was. Skipped where no second
+    /// filesystem is at hand.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn import_across_filesystems_copies() {
+        use std::os::unix::fs::MetadataExt;
+        let shm = Path::new("/dev/shm");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = match fs::metadata(shm) {
+            Ok(m) if m.is_dir() && m.dev() != fs::metadata(dir.path()).expect("stat").dev() => {
+                tempfile::tempdir_in(shm).expect("tempdir in /dev/shm")
+            }
+            _ => {
+                eprintln!("no second filesystem at /dev/shm: cross-device import not tested here");
+                return;
+            }
+        };
+        let store = FsStorage::open(dir.path()).expect("open");
+        let bytes = data(2_500_000);
+        let d = Digest::sha256_of(&bytes);
+        let spool = other.path().join("x");
+        fs::write(&spool, &bytes).expect("spool");
+        assert_eq!(store.blob_import(&d, &spool, bytes.len() as u64).await.expect("import"), 2_500_000);
+        assert_eq!(fs::read(store.inner.blob_path(&d)).expect("blob"), bytes);
+        assert_eq!(fs::read(&spool).expect("source left in place"), bytes);
+        assert!(atomic::list_names(&dir.path().join("tmp")).expect("tmp").is_empty(), "no temp file left");
     }
 }

@@ -2,23 +2,23 @@
 //! containerd's `ns=`), tag freshness and revalidation, stale-if-error, and
 //! single-flight streaming of blob misses.
 //!
-//! A blob miss starts one upstream fetch. Its bytes are hashed, appended to a
-//! local spool file and streamed into [`Storage::blob_write`] at the same
-//! time; every client asking for that blob meanwhile (the first one and any
-//! late joiner) reads the spool file as it grows. The last byte is released
+//! A blob miss starts one upstream fetch. Its bytes are hashed once and
+//! written once, to a local spool file; every client asking for that blob
+//! meanwhile (the first one and any late joiner) reads the spool file as it
+//! grows, through the fetch's open file handle. The last byte is released
 //! only after the whole blob verified against its digest, so no client ever
-//! receives a complete wrong blob, and storage commits nothing unverified.
-//! The fetch runs in its own task: a client hanging up does not stop it.
+//! receives a complete wrong blob. Only then is the spool file handed to
+//! [`Storage::blob_import`], which makes it the blob (the filesystem backend
+//! renames it into place), so storage commits nothing unverified. The fetch
+//! runs in its own task: a client hanging up does not stop it.
 
 use std::collections::HashMap;
-use std::io::SeekFrom;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::digest::{Digest, DigestHasher};
@@ -612,7 +612,7 @@ impl PullThrough {
         let n = self.spool_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let spool = self.spool_dir.join(format!("{}-{}-{n}", digest.algorithm().as_str(), digest.hex()));
         let (state, _) = watch::channel(FetchState::Starting);
-        let flight = Arc::new(Inflight { spool, state, repos: Mutex::new(vec![repo.clone()]) });
+        let flight = Arc::new(Inflight { spool, file: OnceLock::new(), state, repos: Mutex::new(vec![repo.clone()]) });
         map.insert(key.clone(), flight.clone());
         let task = FetchTask {
             storage: storage.clone(),
@@ -711,6 +711,10 @@ enum FetchState {
 /// One in-flight upstream fetch.
 struct Inflight {
     spool: PathBuf,
+    /// The spool file, opened once by the fetch task (set before the first
+    /// `Running`). Readers read it positionally through this handle, never
+    /// by path, so they keep reading after [`Storage::blob_import`] moved it.
+    file: OnceLock<Arc<std::fs::File>>,
     state: watch::Sender<FetchState>,
     /// Repositories to link the blob into once committed.
     repos: Mutex<Vec<RepoName>>,
@@ -718,7 +722,8 @@ struct Inflight {
 
 impl Drop for Inflight {
     fn drop(&mut self) {
-        // Readers hold this Arc while they read, so nobody needs the file now.
+        // Readers hold this Arc while they read, so nobody needs the file now
+        // (after a successful import it is no longer there).
         let _ = std::fs::remove_file(&self.spool);
     }
 }
@@ -767,20 +772,24 @@ impl FetchTask {
             .await
             .map_err(|e| upstream_error(e, RegistryError::blob_unknown(&self.digest)))?;
         let size = blob.size;
-        let mut spool = tokio::fs::File::create(&self.flight.spool)
-            .await
-            .map_err(|e| RegistryError::internal(format!("cannot create spool file: {e}")))?;
+        let path = self.flight.spool.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path)
+        })
+        .await
+        .map_err(|e| RegistryError::internal(format!("spool task failed: {e}")))?
+        .map_err(|e| RegistryError::internal(format!("cannot create spool file: {e}")))?;
+        let file = Arc::new(file);
+        let _ = self.flight.file.set(file.clone());
         self.flight.state.send_replace(FetchState::Running { written: 0, size });
-        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
-        let storage = self.storage.clone();
-        let digest = self.digest.clone();
-        let writer = tokio::spawn(async move {
-            let body: ByteStream =
-                Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
-            storage.blob_write(&digest, body, size).await
-        });
+
+        // One blocking thread appends to the spool and publishes progress;
+        // this task hashes meanwhile, so hashing and writing overlap.
+        let (tx, rx) = mpsc::channel::<Bytes>(SPOOL_QUEUE);
+        let flight = self.flight.clone();
+        let writer = tokio::task::spawn_blocking(move || spool_writer(&file, rx, &flight.state, size));
         let mut hasher = DigestHasher::new(self.digest.algorithm());
-        let mut written = 0u64;
+        let mut received = 0u64;
         let mut stream = blob.stream;
         let mut failure: Option<RegistryError> = None;
         while let Some(chunk) = stream.next().await {
@@ -789,53 +798,51 @@ impl FetchTask {
                 Err(e) => {
                     failure = Some(RegistryError::new(
                         ErrorCode::UpstreamUnavailable,
-                        format!("upstream body failed after {written} bytes: {e}"),
+                        format!("upstream body failed after {received} bytes: {e}"),
                     ));
                     break;
                 }
             };
-            hasher.update(&chunk);
-            if let Err(e) = spool.write_all(&chunk).await {
-                failure = Some(RegistryError::internal(format!("spool write failed: {e}")));
-                break;
-            }
-            written += chunk.len() as u64;
-            if size.is_some_and(|s| written > s) {
+            received += chunk.len() as u64;
+            if size.is_some_and(|s| received > s) {
                 failure = Some(upstream_invalid(&self.host, "sent more bytes than it announced"));
                 break;
             }
-            // Storage is best effort here: the client is served from the spool.
-            let _ = tx.send(Ok(chunk)).await;
-            self.flight.state.send_replace(FetchState::Running { written, size });
-        }
-        if failure.is_none() {
-            if let Err(e) = spool.flush().await {
-                failure = Some(RegistryError::internal(format!("spool flush failed: {e}")));
+            hasher.update(&chunk);
+            if tx.send(chunk).await.is_err() {
+                // The writer stopped: its result says why.
+                break;
             }
-        }
-        if failure.is_none() && size.is_some_and(|s| s != written) {
-            failure = Some(upstream_invalid(&self.host, &format!("ended the body after {written} bytes")));
-        }
-        if failure.is_none() {
-            let actual = hasher.finish();
-            if actual != self.digest {
-                failure = Some(upstream_invalid(
-                    &self.host,
-                    &format!("sent content with digest {actual} for {}", self.digest),
-                ));
-            }
-        }
-        if let Some(f) = failure {
-            let _ = tx.send(Err(std::io::Error::other(f.message.clone()))).await;
-            drop(tx);
-            let _ = writer.await;
-            return Err(f);
         }
         drop(tx);
-        // Verified: release the last byte to readers, then commit.
+        let written = match writer.await {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                return Err(failure.unwrap_or_else(|| RegistryError::internal(format!("spool write failed: {e}"))))
+            }
+            Err(e) => return Err(failure.unwrap_or_else(|| RegistryError::internal(format!("spool task failed: {e}")))),
+        };
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        if written != received {
+            return Err(RegistryError::internal(format!("spool holds {written} of {received} bytes")));
+        }
+        if size.is_some_and(|s| s != written) {
+            return Err(upstream_invalid(&self.host, &format!("ended the body after {written} bytes")));
+        }
+        let actual = hasher.finish();
+        if actual != self.digest {
+            return Err(upstream_invalid(
+                &self.host,
+                &format!("sent content with digest {actual} for {}", self.digest),
+            ));
+        }
+        // Verified: release the last byte to readers, then make the spool
+        // file the blob (readers keep their handle) and link it.
         self.flight.state.send_replace(FetchState::Done { size: Some(written) });
-        match writer.await {
-            Ok(Ok(_)) => {
+        match self.storage.blob_import(&self.digest, &self.flight.spool, written).await {
+            Ok(_) => {
                 let repos = self.flight.repos.lock().map(|r| r.clone()).unwrap_or_default();
                 for repo in repos {
                     if let Err(e) = self.storage.blob_link(&repo, &self.digest).await {
@@ -843,11 +850,67 @@ impl FetchTask {
                     }
                 }
             }
-            Ok(Err(e)) => tracing::warn!(digest = %self.digest, error = %e, "verified blob could not be stored"),
-            Err(e) => tracing::warn!(digest = %self.digest, error = %e, "blob store task failed"),
+            Err(e) => tracing::warn!(digest = %self.digest, error = %e, "verified blob could not be stored"),
         }
         Ok(written)
     }
+}
+
+/// How many upstream chunks may wait for the spool writer.
+const SPOOL_QUEUE: usize = 32;
+
+/// Bytes read from the spool per follower read.
+const FOLLOW_CHUNK: usize = 256 * 1024;
+
+/// Appends every chunk from `rx` to the spool `file` (on a blocking thread),
+/// publishing how many bytes are readable after each batch. Returns the
+/// bytes written once `rx` closes.
+fn spool_writer(
+    file: &std::fs::File,
+    mut rx: mpsc::Receiver<Bytes>,
+    state: &watch::Sender<FetchState>,
+    size: Option<u64>,
+) -> std::io::Result<u64> {
+    let mut written = 0u64;
+    while let Some(chunk) = rx.blocking_recv() {
+        write_all_at(file, &chunk, written)?;
+        written += chunk.len() as u64;
+        // Whatever else already waits goes out before the next progress note.
+        while let Ok(chunk) = rx.try_recv() {
+            write_all_at(file, &chunk, written)?;
+            written += chunk.len() as u64;
+        }
+        state.send_replace(FetchState::Running { written, size });
+    }
+    Ok(written)
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &std::fs::File, buf: &[u8], pos: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, pos)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &std::fs::File, mut buf: &[u8], mut pos: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, buf, pos)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, pos)
+}
+
+#[cfg(windows)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, pos)
 }
 
 fn upstream_invalid(host: &str, what: &str) -> RegistryError {
@@ -856,19 +919,25 @@ fn upstream_invalid(host: &str, what: &str) -> RegistryError {
 
 /// Reads an in-flight blob from its spool file from `start` up to `end`
 /// (exclusive; `None` = until the fetch ends), waiting for bytes as they
-/// arrive. The last byte is held back until the blob verified.
+/// arrive. The last byte is held back until the blob verified. Reads go
+/// through the fetch's open file handle (positional reads on a blocking
+/// thread), so they go on after the file was moved into storage.
 fn follow(flight: Arc<Inflight>, start: u64, end: Option<u64>) -> ByteStream {
     struct St {
         flight: Arc<Inflight>,
         rx: watch::Receiver<FetchState>,
-        file: Option<tokio::fs::File>,
         pos: u64,
         end: Option<u64>,
-        buf: Vec<u8>,
         failed: bool,
     }
+    impl St {
+        fn fail(mut self, e: std::io::Error) -> Option<(std::io::Result<Bytes>, St)> {
+            self.failed = true;
+            Some((Err(e), self))
+        }
+    }
     let rx = flight.state.subscribe();
-    let st = St { flight, rx, file: None, pos: start, end, buf: vec![0u8; 256 * 1024], failed: false };
+    let st = St { flight, rx, pos: start, end, failed: false };
     Box::pin(futures::stream::unfold(st, |mut st| async move {
         loop {
             if st.failed || st.end.is_some_and(|e| st.pos >= e) {
@@ -879,41 +948,32 @@ fn follow(flight: Arc<Inflight>, start: u64, end: Option<u64>) -> ByteStream {
                 FetchState::Starting => 0,
                 FetchState::Running { written, .. } => written.saturating_sub(1),
                 FetchState::Done { size } => size.unwrap_or(0),
-                FetchState::Failed(e) => {
-                    return Some((Err(std::io::Error::other(e.message)), {
-                        st.failed = true;
-                        st
-                    }));
-                }
+                FetchState::Failed(e) => return st.fail(std::io::Error::other(e.message)),
             };
             let limit = st.end.map_or(limit, |e| limit.min(e));
             if st.pos < limit {
-                if st.file.is_none() {
-                    match open_at(&st.flight.spool, st.pos).await {
-                        Ok(f) => st.file = Some(f),
-                        Err(e) => {
-                            return Some((Err(e), {
-                                st.failed = true;
-                                st
-                            }))
-                        }
+                let Some(file) = st.flight.file.get().cloned() else {
+                    return st.fail(std::io::Error::other("spool file missing"));
+                };
+                let want = ((limit - st.pos) as usize).min(FOLLOW_CHUNK);
+                let pos = st.pos;
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; want];
+                    let n = read_at(&file, &mut buf, pos)?;
+                    buf.truncate(n);
+                    Ok::<_, std::io::Error>(buf)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(format!("spool read task failed: {e}"))));
+                match read {
+                    Ok(buf) if buf.is_empty() => {
+                        return st.fail(std::io::Error::other("spool file shorter than announced"));
                     }
-                }
-                let want = ((limit - st.pos) as usize).min(st.buf.len());
-                let file = st.file.as_mut()?;
-                match file.read(&mut st.buf[..want]).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        st.pos += n as u64;
-                        let chunk = Bytes::copy_from_slice(&st.buf[..n]);
-                        return Some((Ok(chunk), st));
+                    Ok(buf) => {
+                        st.pos += buf.len() as u64;
+                        return Some((Ok(Bytes::from(buf)), st));
                     }
-                    Err(e) => {
-                        return Some((Err(e), {
-                            st.failed = true;
-                            st
-                        }))
-                    }
+                    Err(e) => return st.fail(e),
                 }
             }
             if matches!(state, FetchState::Done { .. }) && st.pos >= limit {
@@ -923,18 +983,9 @@ fn follow(flight: Arc<Inflight>, start: u64, end: Option<u64>) -> ByteStream {
                 // The fetch task is gone without a final state.
                 let done = matches!(*st.rx.borrow(), FetchState::Done { .. });
                 if !done {
-                    return Some((Err(std::io::Error::other("blob fetch aborted")), {
-                        st.failed = true;
-                        st
-                    }));
+                    return st.fail(std::io::Error::other("blob fetch aborted"));
                 }
             }
         }
     }))
-}
-
-async fn open_at(path: &std::path::Path, pos: u64) -> std::io::Result<tokio::fs::File> {
-    let mut f = tokio::fs::File::open(path).await?;
-    f.seek(SeekFrom::Start(pos)).await?;
-    Ok(f)
 }

@@ -53,6 +53,7 @@ pub async fn run_all(store: &dyn Storage) {
     blobs(store).await;
     blob_ranges(store).await;
     blob_verification(store).await;
+    blob_import(store).await;
     uploads(store).await;
     upload_failures(store).await;
     manifests_and_tags(store).await;
@@ -116,6 +117,52 @@ pub async fn blob_verification(store: &dyn Storage) {
     let r = store.blob_write(&d, chunked(data.clone(), 4096), Some(49_999)).await;
     assert!(r.is_err(), "size mismatch rejected");
     assert_eq!(store.blob_size(&d).await.expect("stat"), None, "size-mismatched blob invisible");
+}
+
+/// [`Storage::blob_import`]: a local file of verified bytes becomes the
+/// blob (moved or copied, never changed); a wrong size is refused with
+/// nothing visible; importing an existing blob succeeds. Uses a fresh
+/// directory under the system temp directory, removed at the end.
+pub async fn blob_import(store: &dyn Storage) {
+    let dir = std::env::temp_dir().join(format!("cove-conformance-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("import dir");
+    let data = pseudo_random(1_500_000, 6);
+    let d = Digest::sha256_of(&data);
+    let still_intact = |p: &std::path::Path| {
+        if let Ok(left) = std::fs::read(p) {
+            assert_eq!(left, data.to_vec(), "blob_import changed the file it left at {}", p.display());
+        }
+    };
+    let p = dir.join("spool-a");
+    std::fs::write(&p, &data).expect("write import file");
+    let r = store.blob_import(&d, &p, 1_499_999).await;
+    assert!(r.is_err(), "an import whose size does not match is refused: {r:?}");
+    assert_eq!(store.blob_size(&d).await.expect("stat"), None, "a refused import leaves nothing visible");
+    still_intact(&p);
+    std::fs::write(&p, &data).expect("rewrite import file");
+    assert_eq!(store.blob_import(&d, &p, 1_500_000).await.expect("import"), 1_500_000);
+    still_intact(&p);
+    let _ = std::fs::remove_file(&p);
+    assert_eq!(store.blob_size(&d).await.expect("stat"), Some(1_500_000), "imported blob visible");
+    assert_eq!(read_all(store.blob_read(&d, None).await.expect("read")).await, data.to_vec(), "imported bytes");
+    let got =
+        read_all(store.blob_read(&d, Some(ByteRange { start: 1000, end: 1_234_566 })).await.expect("range")).await;
+    assert_eq!(got, data[1000..=1_234_566].to_vec(), "ranged read of an imported blob");
+    assert!(!store.blob_linked(&repo("conf/import"), &d).await.expect("linked"), "import links nothing");
+    // Importing a blob that exists already succeeds and keeps it.
+    let p2 = dir.join("spool-b");
+    std::fs::write(&p2, &data).expect("write import file");
+    assert_eq!(store.blob_import(&d, &p2, 1_500_000).await.expect("import existing"), 1_500_000);
+    still_intact(&p2);
+    assert_eq!(read_all(store.blob_read(&d, None).await.expect("read")).await, data.to_vec(), "existing blob kept");
+    // The empty blob.
+    let e = Digest::sha256_of(b"");
+    let p3 = dir.join("spool-empty");
+    std::fs::write(&p3, b"").expect("write empty import file");
+    assert_eq!(store.blob_import(&e, &p3, 0).await.expect("import empty"), 0);
+    assert_eq!(store.blob_size(&e).await.expect("stat"), Some(0));
+    assert!(store.blob_delete(&d).await.expect("delete imported"));
+    std::fs::remove_dir_all(&dir).expect("remove import dir");
 }
 
 /// Chunked uploads: append at offset, status, commit.

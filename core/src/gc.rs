@@ -268,6 +268,10 @@ impl Storage for GuardedStorage {
         let _pin = self.guard.pin(vec![digest.clone()]).await;
         self.inner.blob_write(digest, body, size).await
     }
+    async fn blob_import(&self, digest: &Digest, path: &std::path::Path, size: u64) -> Result<u64, StorageError> {
+        let _pin = self.guard.pin(vec![digest.clone()]).await;
+        self.inner.blob_import(digest, path, size).await
+    }
     async fn blob_delete(&self, digest: &Digest) -> Result<bool, StorageError> {
         self.inner.blob_delete(digest).await
     }

@@ -1,6 +1,7 @@
 //! The [`Storage`] plugin trait: content-addressed blobs, resumable upload
 //! sessions, per-repository manifests, tags and referrers.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::time::SystemTime;
 
@@ -118,6 +119,20 @@ pub trait Storage: Send + Sync + 'static {
         expected_size: Option<u64>,
     ) -> Result<u64, StorageError>;
 
+    /// Makes the local file at `path`, which holds exactly the already
+    /// verified bytes of `digest` (`size` of them), the blob `digest`,
+    /// atomically like [`Storage::blob_write`]. The backend may move the file
+    /// away (the caller removes `path` afterwards only if it is still there)
+    /// and must not change it otherwise; a blob that already exists is
+    /// success. Returns the blob size. The default streams the file through
+    /// [`Storage::blob_write`] (one local read, verified again); backends on
+    /// a local filesystem rename it into place instead.
+    async fn blob_import(&self, digest: &Digest, path: &Path, size: u64) -> Result<u64, StorageError> {
+        let file = tokio::fs::File::open(path).await?;
+        let body: ByteStream = Box::pin(file_stream(file));
+        self.blob_write(digest, body, Some(size)).await
+    }
+
     /// Removes a committed blob. Returns whether it existed.
     async fn blob_delete(&self, digest: &Digest) -> Result<bool, StorageError>;
 
@@ -212,4 +227,22 @@ pub fn valid_upload_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase() || b == b'-')
+}
+
+/// Reads a file as a [`ByteStream`] in 1 MiB chunks (bounded memory).
+fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    futures::stream::try_unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+        while buf.len() < buf.capacity() {
+            if file.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some((buf.freeze(), file)))
+        }
+    })
 }

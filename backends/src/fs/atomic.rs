@@ -94,6 +94,32 @@ pub(crate) fn rename_into(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Makes the file at `src` durable and moves it to `dest` atomically
+/// (creating `dest`'s parent directories). Renames when `src` is on the same
+/// filesystem; across filesystems copies it to a temp file in `tmp_dir`
+/// first and renames that, leaving `src` in place. Readers see no `dest` or
+/// the whole file, never a part.
+pub(crate) fn import_file(src: &Path, tmp_dir: &Path, dest: &Path) -> io::Result<()> {
+    File::open(src)?.sync_all()?;
+    match rename_into(src, dest) {
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+            tracing::debug!(src = %src.display(), "import across filesystems: copying");
+            let mut from = File::open(src)?;
+            let mut tmp = TempFile::create(tmp_dir)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = io::Read::read(&mut from, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                tmp.write_all(&buf[..n])?;
+            }
+            tmp.persist(dest)
+        }
+        other => other,
+    }
+}
+
 /// Writes `parts` to `dest` atomically: temp file in `tmp_dir`, fsync, rename.
 pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, parts: &[&[u8]]) -> io::Result<()> {
     write_atomic_with(tmp_dir, dest, parts, true)
