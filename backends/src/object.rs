@@ -30,6 +30,9 @@
 //! otherwise it is aborted, so nothing is visible before verification.
 //! A crashed process can leave an incomplete (invisible) multipart upload
 //! there: configure the bucket's `AbortIncompleteMultipartUpload` lifecycle.
+//! [`Storage::blob_import`] (the pull-through cache's verified spool file)
+//! keeps the trait's default: the local file is streamed through that same
+//! whole-blob write (one local read, verified again; no rename is possible).
 //!
 //! # Upload sessions across replicas
 //! Everything about a chunked upload is in the bucket, so any replica can

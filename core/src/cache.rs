@@ -989,3 +989,86 @@ fn follow(flight: Arc<Inflight>, start: u64, end: Option<u64>) -> ByteStream {
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inflight(spool: PathBuf) -> (Arc<Inflight>, Arc<std::fs::File>) {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&spool).expect("spool");
+        let file = Arc::new(file);
+        let (state, _) = watch::channel(FetchState::Starting);
+        let flight = Arc::new(Inflight { spool, file: OnceLock::new(), state, repos: Mutex::new(Vec::new()) });
+        assert!(flight.file.set(file.clone()).is_ok());
+        (flight, file)
+    }
+
+    async fn read_to(stream: &mut ByteStream, got: &mut Vec<u8>, len: usize) {
+        while got.len() < len {
+            let chunk = stream.next().await.expect("more bytes").expect("no error");
+            got.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Followers read through the fetch's open handle: one that started
+    /// before the spool was moved into storage and one that starts after
+    /// both get every byte; the last byte waits for verification.
+    #[tokio::test]
+    async fn followers_keep_reading_after_the_spool_is_moved() {
+        let dir = std::env::temp_dir().join(format!("cove-follow-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let spool = dir.join("spool");
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (flight, file) = inflight(spool.clone());
+        write_all_at(&file, &data[..600_000], 0).expect("write");
+        flight.state.send_replace(FetchState::Running { written: 600_000, size: Some(1_000_000) });
+
+        let mut early = follow(flight.clone(), 0, None);
+        let mut got = Vec::new();
+        read_to(&mut early, &mut got, 599_999).await;
+        assert_eq!(got.len(), 599_999, "the last written byte is held back");
+        let waited = tokio::time::timeout(Duration::from_millis(100), early.next()).await;
+        assert!(waited.is_err(), "nothing more until more bytes arrive");
+
+        write_all_at(&file, &data[600_000..], 600_000).expect("write");
+        flight.state.send_replace(FetchState::Done { size: Some(1_000_000) });
+        let moved = dir.join("moved");
+        std::fs::rename(&spool, &moved).expect("move the spool away like blob_import");
+        assert!(!spool.exists());
+
+        let mut late = follow(flight.clone(), 500_000, Some(900_000));
+        let mut tail = Vec::new();
+        read_to(&mut late, &mut tail, 400_000).await;
+        assert!(late.next().await.is_none(), "a ranged follower ends at its end");
+        assert_eq!(tail, data[500_000..900_000].to_vec());
+
+        read_to(&mut early, &mut got, 1_000_000).await;
+        assert!(early.next().await.is_none());
+        assert_eq!(got, data);
+        drop((early, late, flight));
+        assert!(moved.exists(), "dropping the flight leaves the moved file alone");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A failed fetch ends every follower with an error after the bytes
+    /// already readable, never with a clean end; the spool is removed once
+    /// the last follower is gone.
+    #[tokio::test]
+    async fn a_failed_fetch_fails_followers_and_removes_the_spool() {
+        let dir = std::env::temp_dir().join(format!("cove-follow-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let spool = dir.join("spool");
+        let (flight, file) = inflight(spool.clone());
+        write_all_at(&file, &[7u8; 1000], 0).expect("write");
+        flight.state.send_replace(FetchState::Running { written: 1000, size: Some(5000) });
+        let mut s = follow(flight.clone(), 0, None);
+        let mut got = Vec::new();
+        read_to(&mut s, &mut got, 999).await;
+        flight.state.send_replace(FetchState::Failed(RegistryError::internal("boom")));
+        assert!(s.next().await.expect("an item").is_err(), "failure is reported, not a clean end");
+        assert!(s.next().await.is_none());
+        drop((s, flight, file));
+        assert!(!spool.exists(), "spool removed with the last reference");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
