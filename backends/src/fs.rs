@@ -8,7 +8,9 @@
 //!   tmp/<random>                                files being written; emptied at open
 //!   uploads/<id>/data                           bytes an upload session received so far
 //!   uploads/<id>/state.json                     {"repo", "size", "started", "updated"}
-//!                                               (times in Unix milliseconds)
+//!                                               (times in Unix milliseconds), written once
+//!   uploads/<id>/progress                       acknowledged size, overwritten in place by
+//!                                               each append (two checksummed slots)
 //!   repositories/<repo>/_manifests/<alg>/<hex>  media type, a newline, then the exact manifest bytes
 //!   repositories/<repo>/_tags/<tag>             the digest the tag points at (`sha256:…`)
 //!   repositories/<repo>/_links/<alg>/<hex>      empty file: <repo> may serve that blob
@@ -29,7 +31,7 @@
 //!   fsynced and renamed into place; blob commits also fsync the parent
 //!   directory. A crash leaves at most files in `tmp/` (removed at the next
 //!   open) or extra bytes at the end of an upload's `data` beyond the size in
-//!   `state.json` (cut off by the next append or commit). Links are empty
+//!   `progress` (cut off by the next append or commit). Links are empty
 //!   files, created atomically by `open(O_CREAT)`.
 //! - Pushed bytes are hashed while they stream in; a blob is renamed into
 //!   `blobs/` only if its digest (and expected size) matched. A committed

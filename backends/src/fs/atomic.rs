@@ -122,16 +122,11 @@ pub(crate) fn import_file(src: &Path, tmp_dir: &Path, dest: &Path) -> io::Result
 
 /// Writes `parts` to `dest` atomically: temp file in `tmp_dir`, fsync, rename.
 pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    write_atomic_with(tmp_dir, dest, parts, true)
-}
-
-/// [`write_atomic`], optionally without the fsync.
-pub(crate) fn write_atomic_with(tmp_dir: &Path, dest: &Path, parts: &[&[u8]], fsync: bool) -> io::Result<()> {
     let mut tmp = TempFile::create(tmp_dir)?;
     for p in parts {
         tmp.write_all(p)?;
     }
-    tmp.persist_with(dest, fsync)
+    tmp.persist(dest)
 }
 
 /// Makes a rename or create inside `dir` durable. A no-op where directories
