@@ -74,6 +74,9 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 
 pub use config::{ConfigProblem, ObjectConfigError, ObjectKind, ObjectStorageConfig, DEFAULT_PART_SIZE, MIN_PART_SIZE};
+
+/// The largest object S3's CopyObject copies in one request (5 GiB).
+pub const S3_COPY_LIMIT: u64 = 5 * 1024 * 1024 * 1024;
 use keys::{digest_from_parts, Keys};
 
 /// A [`Storage`] on an `object_store` bucket (see the module doc for the key
@@ -85,6 +88,9 @@ pub struct ObjectStorage {
     keys: Keys,
     part_size: u64,
     kind: &'static str,
+    /// Largest object a committed upload is copied server-side; larger ones
+    /// are streamed into place (S3's CopyObject stops at 5 GiB).
+    copy_limit: u64,
 }
 
 impl std::fmt::Debug for ObjectStorage {
@@ -110,7 +116,14 @@ impl ObjectStorage {
     /// Wraps a store (e.g. `InMemory` in tests). `multipart` enables chunked
     /// uploads larger than one part; `prefix` is prepended to every key.
     pub fn new(store: Arc<dyn ObjectStore>, multipart: Option<Arc<dyn MultipartStore>>, prefix: &str) -> Self {
-        ObjectStorage { store, multipart, keys: Keys::new(prefix), part_size: DEFAULT_PART_SIZE, kind: "object" }
+        ObjectStorage {
+            store,
+            multipart,
+            keys: Keys::new(prefix),
+            part_size: DEFAULT_PART_SIZE,
+            kind: "object",
+            copy_limit: u64::MAX,
+        }
     }
 
     /// Validates `cfg` purely (every problem named `storage.<key>`), then
@@ -120,10 +133,23 @@ impl ObjectStorage {
         let built = cfg.build()?;
         let mut s = ObjectStorage::new(built.store, built.multipart, &cfg.prefix());
         s.kind = cfg.kind.as_str();
+        if cfg.kind == ObjectKind::S3 {
+            // CopyObject copies at most 5 GiB; larger objects need a
+            // multipart copy, which object_store does not offer.
+            s.copy_limit = S3_COPY_LIMIT;
+        }
         if let Some(p) = cfg.part_size {
             s.part_size = p;
         }
         Ok(s)
+    }
+
+    /// Objects larger than `bytes` are streamed into place at upload commit
+    /// instead of copied server-side. Default: 5 GiB for `s3` (the
+    /// CopyObject limit), unlimited for other stores.
+    pub fn with_copy_limit(mut self, bytes: u64) -> Self {
+        self.copy_limit = bytes;
+        self
     }
 
     /// Sets the multipart part size, clamped to at least 5 MiB.

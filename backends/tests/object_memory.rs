@@ -53,3 +53,113 @@ async fn without_multipart_small_uploads_work_and_large_ones_say_unsupported() {
     assert!(matches!(res, Err(cove_core::StorageError::NotSupported(_))), "{res:?}");
     assert_eq!(s.upload_info(&info.id).await.expect("info").size, 0);
 }
+
+/// An in-memory store whose server-side copy always fails, as S3's
+/// CopyObject does above 5 GiB; counts the attempts.
+#[derive(Debug)]
+struct NoCopy {
+    inner: Arc<InMemory>,
+    copies: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Display for NoCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NoCopy({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for NoCopy {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        _from: &object_store::path::Path,
+        _to: &object_store::path::Path,
+        _options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.copies.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(object_store::Error::Generic { store: "NoCopy", source: "copy source too large".into() })
+    }
+}
+
+/// A chunked upload above the copy limit is streamed into place at commit
+/// (no server-side copy is attempted) and reads back whole; one at or under
+/// the limit is copied.
+#[tokio::test]
+async fn chunked_upload_above_the_copy_limit_is_streamed_not_copied() {
+    let mem = Arc::new(InMemory::new());
+    let no_copy = Arc::new(NoCopy { inner: mem.clone(), copies: std::sync::atomic::AtomicUsize::new(0) });
+    let store: Arc<dyn ObjectStore> = no_copy.clone();
+    let mp: Arc<dyn MultipartStore> = mem;
+    let s = ObjectStorage::new(store, Some(mp), "").with_part_size(5 << 20).with_copy_limit(8 << 20);
+    let repo: cove_core::RepoName = "obj/big".parse().expect("repo");
+    let data = object_support::checks::data(12 << 20, 7);
+    let digest = cove_core::Digest::sha256_of(&data);
+    let info = s.upload_start(&repo).await.expect("start");
+    let n = s.upload_append(&info.id, 0, cove_core::conformance::chunked(data.clone(), 1 << 20)).await.expect("append");
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(s.upload_commit(&info.id, &digest).await.expect("commit"), data.len() as u64);
+    assert_eq!(no_copy.copies.load(std::sync::atomic::Ordering::SeqCst), 0, "no server-side copy above the limit");
+    let mut body = s.blob_read(&digest, None).await.expect("read");
+    let mut got = Vec::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        got.extend_from_slice(&chunk.expect("chunk"));
+    }
+    assert_eq!(cove_core::Digest::sha256_of(&got), digest, "the blob reads back whole");
+    assert!(s.upload_info(&info.id).await.is_err(), "the session is gone");
+    let left: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(s.object_store().list(None)).await.expect("list");
+    assert!(left.iter().all(|m| !m.location.as_ref().starts_with("uploads/")), "nothing left under uploads/: {left:?}");
+
+    // Under the limit the copy is used (and here fails, as the store says).
+    let small = object_support::checks::data(6 << 20, 8);
+    let info = s.upload_start(&repo).await.expect("start");
+    s.upload_append(&info.id, 0, cove_core::conformance::chunked(small.clone(), 1 << 20)).await.expect("append");
+    let res = s.upload_commit(&info.id, &cove_core::Digest::sha256_of(&small)).await;
+    assert!(res.is_err(), "{res:?}");
+    assert_eq!(no_copy.copies.load(std::sync::atomic::Ordering::SeqCst), 1, "copied server-side under the limit");
+}

@@ -326,7 +326,31 @@ impl ObjectStorage {
                     }
                 }
                 if self.head_size(&target).await?.is_none() {
-                    self.store.copy(&data, &target).await.map_err(map_err)?;
+                    if staged <= self.copy_limit {
+                        self.store.copy(&data, &target).await.map_err(map_err)?;
+                    } else {
+                        // Too large for a server-side copy: stream it into
+                        // place (verified again on the way).
+                        tracing::info!(
+                            upload = id,
+                            bytes = staged,
+                            "upload too large to copy server-side; streaming it into place"
+                        );
+                        let body: ByteStream = Box::pin(
+                            self.store
+                                .get(&data)
+                                .await
+                                .map_err(map_err)?
+                                .into_stream()
+                                .map_err(|e| std::io::Error::other(e.to_string())),
+                        );
+                        if let Err(e) = self.write_blob(digest, body, Some(staged)).await {
+                            if matches!(e, StorageError::DigestMismatch { .. } | StorageError::SizeMismatch { .. }) {
+                                self.abort(id).await?;
+                            }
+                            return Err(e);
+                        }
+                    }
                 }
             }
         }
