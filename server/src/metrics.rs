@@ -49,14 +49,16 @@ struct CacheLabels {
     result: &'static str,
 }
 
+/// The `upstream` label (shared with the retention metrics).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabels {
-    upstream: String,
+pub(crate) struct UpstreamLabels {
+    pub upstream: String,
 }
 
+/// The `result` label (shared with the retention metrics).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
+pub(crate) struct ResultLabels {
+    pub result: &'static str,
 }
 
 fn latency_histogram() -> Histogram {

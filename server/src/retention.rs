@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use crate::metrics::{ResultLabels, UpstreamLabels};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -247,21 +247,11 @@ pub struct RunReport {
 /// Metrics of retention runs (registered with the others in `/metrics`).
 #[derive(Default)]
 pub struct RetentionMetrics {
-    runs: Family<ResultLabel, Counter>,
-    evicted_images: Family<UpstreamLabel, Counter>,
-    evicted_bytes: Family<UpstreamLabel, Counter>,
+    runs: Family<ResultLabels, Counter>,
+    evicted_images: Family<UpstreamLabels, Counter>,
+    evicted_bytes: Family<UpstreamLabels, Counter>,
     tags_removed: Counter,
-    cache_bytes: Family<UpstreamLabel, Gauge>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabel {
-    upstream: String,
+    cache_bytes: Family<UpstreamLabels, Gauge>,
 }
 
 impl RetentionMetrics {
@@ -289,24 +279,24 @@ impl RetentionMetrics {
     fn record(&self, result: &Result<RetentionReport, String>) {
         match result {
             Ok(r) if r.dry_run => {
-                self.runs.get_or_create(&ResultLabel { result: "dry_run" }).inc();
+                self.runs.get_or_create(&ResultLabels { result: "dry_run" }).inc();
             }
             Ok(r) => {
-                self.runs.get_or_create(&ResultLabel { result: "ok" }).inc();
+                self.runs.get_or_create(&ResultLabels { result: "ok" }).inc();
                 for e in &r.evicted {
-                    let l = UpstreamLabel { upstream: e.upstream.clone() };
+                    let l = UpstreamLabels { upstream: e.upstream.clone() };
                     self.evicted_images.get_or_create(&l).inc();
                     self.evicted_bytes.get_or_create(&l).inc_by(e.bytes);
                 }
                 let evicted_tags: usize = r.evicted.iter().map(|e| e.tags.len()).sum();
                 self.tags_removed.inc_by(r.tags_removed.len().saturating_sub(evicted_tags) as u64);
                 for u in &r.upstreams {
-                    let l = UpstreamLabel { upstream: u.host.clone() };
+                    let l = UpstreamLabels { upstream: u.host.clone() };
                     self.cache_bytes.get_or_create(&l).set(i64::try_from(u.bytes).unwrap_or(i64::MAX));
                 }
             }
             Err(_) => {
-                self.runs.get_or_create(&ResultLabel { result: "error" }).inc();
+                self.runs.get_or_create(&ResultLabels { result: "error" }).inc();
             }
         }
     }
