@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use auth_support::*;
 use common::{
     cove_bin, oci_layout_manifest_digest, random_name, report, require_tool, run, sha256_digest, write_oci_layout,
-    Image, OCI_MANIFEST,
+    Image, Podman, OCI_MANIFEST,
 };
 use fault::{FaultServer, Reply};
 use serde_json::json;
@@ -832,49 +832,6 @@ fn run_fail(cmd: &mut Command) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{cmd:?} should have failed:\n{text}");
     text
-}
-
-/// podman with its own storage, state and auth file, as root, without
-/// cgroups or an events journal.
-struct Podman {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-}
-
-impl Podman {
-    fn new() -> Podman {
-        let bin = require_tool("podman", "podman");
-        let dir = tempfile::Builder::new().prefix("cove-auth-podman-").tempdir().expect("tmp");
-        std::fs::write(dir.path().join("registries.conf"), "unqualified-search-registries = []\n").expect("conf");
-        Podman { dir, bin }
-    }
-
-    fn authfile(&self) -> PathBuf {
-        self.dir.path().join("auth.json")
-    }
-
-    /// `podman … SUBCOMMAND --authfile <tempdir>/auth.json`.
-    fn auth(&self, sub: &str) -> Command {
-        let mut c = self.cmd();
-        c.arg(sub).arg("--authfile").arg(self.authfile());
-        c
-    }
-
-    fn cmd(&self) -> Command {
-        let d = self.dir.path();
-        let mut c = Command::new(&self.bin);
-        c.arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("runroot"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
-            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env("TMPDIR", d);
-        c
-    }
 }
 
 /// A small uncompressed tar layer holding one random file, made by `tar`.

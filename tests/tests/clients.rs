@@ -162,39 +162,6 @@ async fn skopeo_copies_a_multi_arch_index_with_all() {
     }
 }
 
-/// podman with its own storage and state, as root, without cgroups or an
-/// events journal (what works in this sandbox).
-struct Podman {
-    dir: tempfile::TempDir,
-    bin: std::path::PathBuf,
-}
-
-impl Podman {
-    fn new() -> Podman {
-        let bin = require_tool("podman", "podman");
-        let dir = tempfile::Builder::new().prefix("cove-podman-").tempdir().expect("tmp");
-        std::fs::write(dir.path().join("registries.conf"), "unqualified-search-registries = []\n")
-            .expect("registries.conf");
-        Podman { dir, bin }
-    }
-
-    fn cmd(&self) -> Command {
-        let d = self.dir.path();
-        let mut c = Command::new(&self.bin);
-        c.arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("runroot"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
-            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
-            .env("TMPDIR", d)
-            .env_remove("REGISTRY_AUTH_FILE");
-        c
-    }
-}
-
 #[tokio::test]
 async fn podman_builds_pushes_and_pulls_back_a_scratch_image() {
     let s = Server::start().await;
