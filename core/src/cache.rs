@@ -210,6 +210,12 @@ impl PullThrough {
         self.inflight.lock().map(|m| m.keys().map(|(_, d)| d.clone()).collect()).unwrap_or_default()
     }
 
+    /// Whether an upstream fetch of `digest` is in flight (without copying
+    /// the in-flight set, as [`Self::inflight_digests`] does).
+    pub fn is_fetching(&self, digest: &Digest) -> bool {
+        self.inflight.lock().map(|m| m.keys().any(|(_, d)| d == digest)).unwrap_or(false)
+    }
+
     /// Counts a blob served from the cache (and, for a GET, its bytes as saved).
     fn count_hit(&self, host: &str, b: &BlobResponse, head: bool) {
         let served = if head { 0 } else { b.range.map_or(b.size.unwrap_or(0), |r| r.len()) };

@@ -185,13 +185,7 @@ impl Ops {
     /// Runs one garbage collection over the registry's storage.
     pub async fn run_gc(&self, registry: &Registry, dry_run: bool) -> Result<GcReport, GcError> {
         let settings = self.gc_settings();
-        let inflight: std::collections::HashSet<cove_core::Digest> =
-            registry.cache().map(|c| c.inflight_digests().into_iter().collect()).unwrap_or_default();
-        let cache = registry.cache().cloned();
-        // Fetches that start after this snapshot are pinned by the guard.
-        let protect = move |d: &cove_core::Digest| {
-            inflight.contains(d) || cache.as_ref().is_some_and(|c| c.inflight_digests().contains(d))
-        };
+        let protect = fetch_protect(registry);
         let result = gc::collect(registry.storage().as_ref(), &self.guard, &protect, &settings.options(dry_run)).await;
         self.metrics.record_gc(result.as_ref().map_err(|_| ()));
         if !dry_run {
@@ -262,6 +256,16 @@ impl Ops {
             "last_gc": last_gc,
         })
     }
+}
+
+/// What garbage collection and retention keep whatever references say:
+/// blobs with an upstream fetch in flight when the run started, or when the
+/// run looks at them (fetches that start later are pinned by the guard).
+pub fn fetch_protect(registry: &Registry) -> impl Fn(&cove_core::Digest) -> bool + Send + Sync {
+    let cache = registry.cache().cloned();
+    let snapshot: std::collections::HashSet<cove_core::Digest> =
+        cache.as_ref().map(|c| c.inflight_digests().into_iter().collect()).unwrap_or_default();
+    move |d| snapshot.contains(d) || cache.as_ref().is_some_and(|c| c.is_fetching(d))
 }
 
 /// The metrics label of a request path.

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use cove_core::gc::{self, GcError, GcOptions, GcReport};
 use cove_core::retention::{self as core_retention, ActivityLog, BlobSizes, RetentionOptions, RetentionReport};
-use cove_core::{Digest, Registry, RepoName};
+use cove_core::{Registry, RepoName};
 
 use crate::app::App;
 use crate::config::{parse_duration, Config};
@@ -396,12 +396,7 @@ pub async fn run(ops: &Ops, registry: &Registry, dry_run: bool) -> Result<RunRep
             }
         }
     };
-    let inflight: HashSet<Digest> =
-        cache.as_ref().map(|c| c.inflight_digests().into_iter().collect()).unwrap_or_default();
-    let protect = {
-        let cache = cache.clone();
-        move |d: &Digest| inflight.contains(d) || cache.as_ref().is_some_and(|c| c.inflight_digests().contains(d))
-    };
+    let protect = crate::ops::fetch_protect(registry);
     let storage = registry.storage().as_ref();
     let mut options = settings.options(dry_run);
     // Upstreams without a policy are measured (cache size in status and
