@@ -404,12 +404,33 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
 /// Sends `method path` to a running Cove at `addr` (plain HTTP/1.0 over
 /// loopback) and returns the status and body. `Err` when nothing listens.
 pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let s = tokio::net::TcpStream::connect(addr).await?;
+    exchange(s, addr, method, path, false).await
+}
+
+/// Sends one bodiless HTTP/1.0 request on `s` and reads the response to the
+/// end: (status, body). With `tolerate_unclean_close`, a read error after
+/// some bytes arrived (a TLS peer closing without close_notify) still
+/// returns what was read.
+pub(crate) async fn exchange<S>(
+    mut s: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    tolerate_unclean_close: bool,
+) -> std::io::Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
     let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
+    if let Err(e) = s.read_to_end(&mut buf).await {
+        if !tolerate_unclean_close || buf.is_empty() {
+            return Err(e);
+        }
+    }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

@@ -240,7 +240,6 @@ pub async fn admin_request_tls(
     method: &str,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     let pem = std::fs::read(cert_file)?;
     let certs: Vec<CertificateDer<'static>> =
@@ -255,18 +254,7 @@ pub async fn admin_request_tls(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut s = connector.connect(name, tcp).await?;
-    let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
+    let s = connector.connect(name, tcp).await?;
     // A peer closing without close_notify still delivered the response.
-    if let Err(e) = s.read_to_end(&mut buf).await {
-        if buf.is_empty() {
-            return Err(e);
-        }
-    }
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, body.to_owned()))
+    crate::ops::exchange(s, addr, method, path, true).await
 }
