@@ -41,6 +41,12 @@ impl AuthKind {
 pub const DEFAULT_TRUSTED_NETWORKS: &[&str] =
     &["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"];
 
+/// The default `auth.trusted_proxies`: loopback. A reverse proxy on the same
+/// host (Caddy, nginx) is the usual set-up, so the client address it
+/// forwards is what `auth.trusted_networks` judges; without this, every
+/// request through it would look local and be admitted.
+pub const DEFAULT_TRUSTED_PROXIES: &[&str] = &["127.0.0.0/8", "::1/128"];
+
 /// The `[auth]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -50,8 +56,10 @@ pub struct AuthConfig {
     /// Source networks (CIDR or single address) allowed to reach the registry
     /// at all, for every kind. Default: [`DEFAULT_TRUSTED_NETWORKS`].
     pub trusted_networks: Vec<String>,
-    /// Direct peers whose `X-Forwarded-For` is believed (e.g. a local Caddy).
-    /// Default: none, so the header is ignored.
+    /// Direct peers whose `X-Forwarded-For` / `Forwarded` headers are
+    /// believed (a reverse proxy). Default: [`DEFAULT_TRUSTED_PROXIES`]
+    /// (loopback); `[]` believes no one. Headers from any other peer can
+    /// only get a request refused (see [`crate::NetworkBoundary`]).
     pub trusted_proxies: Vec<String>,
     /// The htpasswd file (required when `kind = "htpasswd"`).
     pub htpasswd_file: Option<String>,
@@ -78,7 +86,7 @@ impl Default for AuthConfig {
         AuthConfig {
             kind: AuthKind::Network,
             trusted_networks: DEFAULT_TRUSTED_NETWORKS.iter().map(|s| (*s).to_owned()).collect(),
-            trusted_proxies: Vec::new(),
+            trusted_proxies: DEFAULT_TRUSTED_PROXIES.iter().map(|s| (*s).to_owned()).collect(),
             htpasswd_file: None,
             credential_cache_ttl: Duration::from_secs(60),
             htpasswd_reload_interval: Duration::from_secs(1),

@@ -5,7 +5,7 @@
 //! [`AuthService::authorize`] once per request, before any handler runs, and
 //! [`AuthService::token`] for `GET /token`. Underneath:
 //! - [`NetworkBoundary`]: `auth.trusted_networks` (every kind) and
-//!   `auth.trusted_proxies` for `X-Forwarded-For`;
+//!   `auth.trusted_proxies` (default loopback) for `X-Forwarded-For` and `Forwarded`;
 //! - an [`Authenticator`](cove_core::Authenticator): [`NetworkAuthenticator`]
 //!   (default, no logins), [`HtpasswdAuthenticator`], [`OidcAuthenticator`];
 //! - [`RulePolicy`]: `[[access]]` rules plus a default, as the

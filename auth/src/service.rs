@@ -142,6 +142,11 @@ impl AuthService {
         AuthService { boundary, authenticator, policy, tokens, limiter, realm: realm.map(|r| r.replace('"', "")) }
     }
 
+    /// The source-address rules (`auth.trusted_networks`, `auth.trusted_proxies`).
+    pub fn boundary(&self) -> &NetworkBoundary {
+        &self.boundary
+    }
+
     /// The authenticator's kind (`network`, `htpasswd`, `oidc`).
     pub fn kind(&self) -> &'static str {
         self.authenticator.kind()
@@ -176,7 +181,7 @@ impl AuthService {
 
     /// Boundary, rate limit, credentials → who is calling.
     async fn identify(&self, req: &AuthRequest<'_>, scopes: &[Scope]) -> Result<(IpAddr, Caller), RegistryError> {
-        let client = self.boundary.admit(req.peer, req.forwarded_for)?;
+        let client = self.boundary.admit(req.peer, req.forwarded_for, req.forwarded)?;
         let Some(header) = req.authorization else {
             return Ok((client, Caller::NoCredentials));
         };
@@ -195,7 +200,8 @@ impl AuthService {
                 TokenCheck::NotOurs => {}
             }
         }
-        let inner = AuthRequest { peer: client, authorization: req.authorization, forwarded_for: None };
+        let inner =
+            AuthRequest { peer: client, authorization: req.authorization, forwarded_for: None, forwarded: None };
         match self.authenticator.authenticate(&inner).await {
             Ok(Identity::Anonymous) => Ok((client, Caller::NoCredentials)),
             Ok(id) => Ok((client, Caller::Authenticated(id))),
@@ -320,7 +326,7 @@ impl AuthService {
                 requested.extend(v.split(' ').filter(|s| !s.is_empty()).filter_map(Scope::parse));
             }
         }
-        let client = self.boundary.admit(req.peer, req.forwarded_for)?;
+        let client = self.boundary.admit(req.peer, req.forwarded_for, req.forwarded)?;
         let identity = match req.authorization {
             None => Identity::Anonymous,
             Some(header) => {
@@ -336,7 +342,12 @@ impl AuthService {
                 match verified {
                     Some(id) => id,
                     None => {
-                        let inner = AuthRequest { peer: client, authorization: Some(header), forwarded_for: None };
+                        let inner = AuthRequest {
+                            peer: client,
+                            authorization: Some(header),
+                            forwarded_for: None,
+                            forwarded: None,
+                        };
                         match self.authenticator.authenticate(&inner).await {
                             Ok(id) => id,
                             Err(e) if e.code == ErrorCode::Unauthorized => {

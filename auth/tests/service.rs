@@ -100,9 +100,50 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies() {
     // The proxy itself is not a trusted network: without the header it is refused.
     let e = svc.authorize(&req("127.0.0.1", None, None), Some((&r, Action::Pull))).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied);
-    // From a peer that is not a proxy, the header is ignored either way.
-    ok("127.0.0.2", "8.8.8.8").await.unwrap();
+    // From a peer that is not a proxy, the header is not believed: it cannot
+    // admit an untrusted peer, and it can only refuse a trusted one (a
+    // reverse proxy missing from trusted_proxies must not open the registry).
+    ok("127.0.0.2", "100.64.1.1").await.unwrap();
+    let e = ok("127.0.0.2", "8.8.8.8").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Denied);
+    assert!(e.message.contains("auth.trusted_proxies") && e.message.contains("8.8.8.8"), "{}", e.message);
     assert_eq!(ok("8.8.8.8", "100.64.1.1").await.unwrap_err().code, ErrorCode::Denied);
+}
+
+/// With the defaults, a reverse proxy on the same host (a loopback peer) is
+/// believed: the internet client it forwards for is refused, a LAN client
+/// admitted, whichever header carries the address.
+#[tokio::test]
+async fn by_default_a_local_proxy_forwards_the_client_that_is_judged() {
+    let svc = service("", None).await;
+    let r = repo("a");
+    let check = |xff: Option<&'static str>, fwd: Option<&'static str>| {
+        let svc = &svc;
+        let r = &r;
+        async move {
+            let mut q = req("127.0.0.1", None, xff);
+            q.forwarded = fwd;
+            svc.authorize(&q, Some((r, Action::Push))).await
+        }
+    };
+    check(None, None).await.unwrap();
+    let e = check(Some("203.0.113.9"), None).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Denied);
+    assert!(e.message.contains("203.0.113.9") && e.message.contains("auth.trusted_networks"), "{}", e.message);
+    check(Some("192.168.1.20"), None).await.unwrap();
+    check(Some("100.101.102.103"), None).await.unwrap();
+    assert!(check(None, Some("for=203.0.113.9;proto=https")).await.is_err());
+    check(None, Some("for=\"[fd00::5]:443\"")).await.unwrap();
+    // A client's own Forwarded header, passed through by the proxy, cannot
+    // launder the address the proxy put in X-Forwarded-For.
+    assert!(check(Some("203.0.113.9"), Some("for=192.168.1.20")).await.is_err());
+    assert!(check(Some("::1"), Some("for=unknown")).await.is_err());
+    // `trusted_proxies = []` believes no one: the loopback peer is the client.
+    let none = service("[auth]\ntrusted_proxies = []\n", None).await;
+    let e = none.authorize(&req("127.0.0.1", None, Some("10.0.0.1")), Some((&r, Action::Pull))).await;
+    assert!(e.is_ok(), "a trusted peer forwarding for a trusted client is admitted");
+    let e = none.authorize(&req("127.0.0.1", None, Some("203.0.113.9")), Some((&r, Action::Pull))).await.unwrap_err();
+    assert!(e.message.contains("auth.trusted_proxies"), "{}", e.message);
 }
 
 // --- challenges and htpasswd through the service ----------------------------

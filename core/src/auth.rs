@@ -108,8 +108,10 @@ pub struct AuthRequest<'a> {
     pub peer: IpAddr,
     /// The `Authorization` header, if any. Never log it.
     pub authorization: Option<&'a str>,
-    /// The `X-Forwarded-For` header, if any.
+    /// Every `X-Forwarded-For` header, joined with `, ` in order, if any.
     pub forwarded_for: Option<&'a str>,
+    /// Every RFC 7239 `Forwarded` header, joined with `, ` in order, if any.
+    pub forwarded: Option<&'a str>,
 }
 
 /// Turns a request into an [`Identity`].

@@ -135,6 +135,12 @@ impl App {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }
+        // The scheme and host a client used are a reverse proxy's to say:
+        // from any other peer they are dropped before anything reads them.
+        if !self.auth().boundary().is_proxy(peer.ip()) {
+            req.headers_mut().remove("x-forwarded-proto");
+            req.headers_mut().remove("x-forwarded-host");
+        }
         if req.uri().path() == "/token" {
             return self.token(&req, peer).await;
         }
@@ -157,8 +163,8 @@ impl App {
             _ => Action::Push,
         };
         let need = repo.as_ref().map(|r| (r, action));
-        let fwd = forwarded_for(req.headers());
-        let areq = auth_request(req.headers(), peer, fwd.as_deref());
+        let fwd = Forwarding::of(req.headers());
+        let areq = auth_request(req.headers(), peer, &fwd);
         let auth = self.auth();
         let identity = match endpoint {
             // Listing repositories needs the catalog scope, not just any token.
@@ -229,11 +235,8 @@ impl App {
         if req.method() != Method::GET {
             return Err(method_not_allowed());
         }
-        let fwd = forwarded_for(req.headers());
-        let t = self
-            .auth()
-            .token(req.uri().query().unwrap_or(""), &auth_request(req.headers(), peer, fwd.as_deref()))
-            .await?;
+        let fwd = Forwarding::of(req.headers());
+        let t = self.auth().token(req.uri().query().unwrap_or(""), &auth_request(req.headers(), peer, &fwd)).await?;
         let mut resp = json_response(StatusCode::OK, Bytes::from(t.to_json().to_string()));
         set(resp.headers_mut(), http::header::CACHE_CONTROL, "no-store");
         Ok(resp)
@@ -349,8 +352,8 @@ impl App {
             if let Some(from) = query.get("from") {
                 let from = self.registry.resolve_name(from, query.get("ns"))?;
                 // Mounting reads the source: the caller must be allowed to pull it.
-                let fwd = forwarded_for(req.headers());
-                let pull_ok = auth.may_mount_from(&auth_request(req.headers(), peer, fwd.as_deref()), &from).await;
+                let fwd = Forwarding::of(req.headers());
+                let pull_ok = auth.may_mount_from(&auth_request(req.headers(), peer, &fwd), &from).await;
                 if pull_ok && self.registry.mount_blob(&repo, &digest, &from).await? {
                     return Ok(blob_created(&base, &repo, &digest));
                 }
@@ -440,12 +443,13 @@ impl App {
 
 /// What the authenticator may see of a request. A non-UTF-8 `Authorization`
 /// header is passed as empty so it is refused as malformed, not ignored.
-/// `forwarded` is [`forwarded_for`] of the same headers.
-fn auth_request<'a>(headers: &'a HeaderMap, peer: SocketAddr, forwarded: Option<&'a str>) -> AuthRequest<'a> {
+/// `forwarded` is [`Forwarding::of`] the same headers.
+fn auth_request<'a>(headers: &'a HeaderMap, peer: SocketAddr, forwarded: &'a Forwarding) -> AuthRequest<'a> {
     AuthRequest {
         peer: peer.ip(),
         authorization: headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("")),
-        forwarded_for: forwarded,
+        forwarded_for: forwarded.x_forwarded_for.as_deref(),
+        forwarded: forwarded.forwarded.as_deref(),
     }
 }
 
@@ -465,10 +469,22 @@ fn auth_scheme(headers: &HeaderMap) -> &'static str {
     }
 }
 
-/// Every `X-Forwarded-For` header, joined in order (proxies may send several).
-fn forwarded_for(headers: &HeaderMap) -> Option<String> {
-    let parts: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
-    (!parts.is_empty()).then(|| parts.join(", "))
+/// The forwarding headers of a request, each header's lines joined in order
+/// (proxies may send several). A line that is not text is kept as an
+/// unreadable entry, so it is judged (and refused) rather than skipped.
+struct Forwarding {
+    x_forwarded_for: Option<String>,
+    forwarded: Option<String>,
+}
+
+impl Forwarding {
+    fn of(headers: &HeaderMap) -> Forwarding {
+        let joined = |name: &str| {
+            let parts: Vec<&str> = headers.get_all(name).iter().map(|v| v.to_str().unwrap_or("?")).collect();
+            (!parts.is_empty()).then(|| parts.join(", "))
+        };
+        Forwarding { x_forwarded_for: joined("x-forwarded-for"), forwarded: joined("forwarded") }
+    }
 }
 
 fn valid_host(h: &str) -> bool {

@@ -7,7 +7,8 @@
 //! - `GET /metrics`: Prometheus text (unless `[metrics] enabled = false`).
 //! - `POST /admin/gc[?dry_run=true]`, `POST /admin/scrub[?quarantine=true]`,
 //!   `GET /admin/status`: JSON; only from a loopback peer without
-//!   `X-Forwarded-For` (a reverse proxy in front must not expose them).
+//!   `X-Forwarded-For` or `Forwarded` (a reverse proxy in front must not
+//!   expose them).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -335,7 +336,10 @@ pub async fn route(
         }
         p if p.starts_with("/admin/") => {
             let ops = app.ops.get()?;
-            if !peer.ip().is_loopback() || req.headers().contains_key("x-forwarded-for") {
+            if !peer.ip().is_loopback()
+                || req.headers().contains_key("x-forwarded-for")
+                || req.headers().contains_key("forwarded")
+            {
                 return Some(Err(RegistryError::new(
                     ErrorCode::Denied,
                     "admin endpoints answer only to loopback clients",

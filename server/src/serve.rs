@@ -70,11 +70,28 @@ pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App
     let auth = AuthService::from_config(&config.auth, &config.access, &upstream_hosts, validated.public_url.as_deref())
         .await
         .map_err(|e| StartError::Auth(e.to_string()))?;
+    log_network_trust(&config.auth);
     let mut app = App::new(registry, Arc::new(auth), validated.public_url.clone());
     app.tls = config.server.tls_cert.is_some();
     let app = Arc::new(app);
     crate::ops::install(&app, config, gc_guard); // ops hook (issue 7): metrics, GC schedule
     Ok(app)
+}
+
+/// Says at start who may connect and whose forwarding headers are believed,
+/// so a reverse-proxy set-up can be checked from the first log lines.
+fn log_network_trust(auth: &cove_auth::AuthConfig) {
+    let proxies = if auth.trusted_proxies.is_empty() {
+        "none (forwarding headers can only refuse a request)".to_owned()
+    } else {
+        auth.trusted_proxies.join(", ")
+    };
+    tracing::info!(
+        auth = auth.kind.as_str(),
+        trusted_networks = %auth.trusted_networks.join(", "),
+        trusted_proxies = %proxies,
+        "network trust: clients are judged by their own address; X-Forwarded-For/Forwarded believed only from trusted_proxies"
+    );
 }
 
 /// Opens the configured storage backend.

@@ -1263,7 +1263,8 @@ async fn oidc_issuer_down_is_503_not_a_login_failure() {
 #[tokio::test]
 async fn trusted_networks_and_forwarded_for() {
     let _g = EXCLUSIVE.read().await;
-    let cfg = "[auth]\nkind = \"network\"\ntrusted_networks = [\"127.0.0.1/32\"]\n";
+    // No trusted proxies: loopback peers other than 127.0.0.1 are plain clients.
+    let cfg = "[auth]\nkind = \"network\"\ntrusted_networks = [\"127.0.0.1/32\"]\ntrusted_proxies = []\n";
     let s = AuthServer::start(&cove_bin(), cfg, &[], &[]).await;
     let local = s.client();
     let other = s.client_from("127.0.0.2");

@@ -18,7 +18,7 @@ pub fn basic(user: &str, password: &str) -> String {
 }
 
 pub fn req<'a>(peer: &str, authorization: Option<&'a str>, xff: Option<&'a str>) -> AuthRequest<'a> {
-    AuthRequest { peer: peer.parse::<IpAddr>().unwrap(), authorization, forwarded_for: xff }
+    AuthRequest { peer: peer.parse::<IpAddr>().unwrap(), authorization, forwarded_for: xff, forwarded: None }
 }
 
 // ---------------------------------------------------------------------------
