@@ -41,6 +41,23 @@ pub enum UpstreamError {
     Invalid(String),
 }
 
+/// Whether an upstream answers, as its client has seen it (see the
+/// circuit breaker in `cove-upstreams`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamHealth {
+    /// False while requests fail at once because the upstream stopped
+    /// answering (no connection, no response in time).
+    pub healthy: bool,
+    /// When the current unhealthy episode began.
+    pub unhealthy_since: Option<std::time::SystemTime>,
+    /// Healthy ↔ unhealthy transitions since start.
+    pub changes: u64,
+    /// Time spent unhealthy since start, the current episode included.
+    pub unhealthy_total: std::time::Duration,
+    /// The last request that got no answer: when, and why.
+    pub last_failure: Option<(std::time::SystemTime, String)>,
+}
+
 /// A remote registry.
 ///
 /// # Contract
@@ -74,4 +91,9 @@ pub trait Upstream: Send + Sync + 'static {
     /// 200 or an authentication challenge), without retries. For status
     /// reports; says nothing about whether a given repository is readable.
     async fn ping(&self) -> Result<(), UpstreamError>;
+
+    /// Whether the upstream answers now. An implementation that fails fast
+    /// while its upstream is silent reports it here; one that cannot tell
+    /// reports healthy.
+    fn health(&self) -> UpstreamHealth;
 }

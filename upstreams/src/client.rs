@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use cove_core::upstream::{UpstreamBlob, UpstreamError, UpstreamManifest};
+use cove_core::upstream::{UpstreamBlob, UpstreamError, UpstreamHealth, UpstreamManifest};
 use cove_core::{Digest, DigestHasher, Reference, RepoName, Upstream};
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, RETRY_AFTER};
@@ -13,6 +13,7 @@ use reqwest::{Method, Response, StatusCode, Url};
 
 use crate::auth::{AuthState, Authorization};
 use crate::config::{ConfigError, ResolvedUpstream};
+use crate::health::{spawn_probe, Health};
 
 /// The manifest media types Cove asks upstreams for.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -35,8 +36,11 @@ const MAX_TAG_PAGES: usize = 1000;
 pub(crate) enum Failure {
     /// Do not retry (404, 401, protocol violation).
     Fatal(UpstreamError),
-    /// Transient (5xx, connect error, timeout): retry with backoff.
+    /// Transient answer (5xx, 408): retry with backoff.
     Retry(UpstreamError),
+    /// No answer at all (connection failed, no response headers in time,
+    /// body cut off): retry with backoff, and tell the circuit breaker.
+    Silent(UpstreamError),
     /// 429 with a `Retry-After` the upstream asked us to wait.
     RetryAfter(UpstreamError, Duration),
 }
@@ -50,13 +54,18 @@ impl From<UpstreamError> for Failure {
 /// A registry reached over the OCI Distribution API.
 ///
 /// One pooled HTTP client per upstream; bearer tokens cached per scope;
-/// idempotent requests retried with exponential backoff and jitter.
+/// idempotent requests retried with exponential backoff and jitter, all
+/// attempts of one request within one deadline; a circuit breaker
+/// ([`crate::health`]) fails requests at once while the upstream is silent.
 pub struct OciUpstream {
     host: String,
     base: Url,
     tag_ttl: Duration,
     client: reqwest::Client,
     auth: Arc<AuthState>,
+    health: Arc<Health>,
+    response_timeout: Duration,
+    request_deadline: Duration,
     retries: u32,
     backoff_base: Duration,
     backoff_max: Duration,
@@ -95,6 +104,9 @@ impl OciUpstream {
             base: upstream.url.clone(),
             tag_ttl: cfg.tag_ttl,
             auth: Arc::new(AuthState::new(credentials, upstream.url.scheme() == "https")),
+            health: Health::new(&upstream.host),
+            response_timeout: cfg.response_timeout,
+            request_deadline: cfg.request_deadline,
             client,
             retries: cfg.retries,
             backoff_base: Duration::from_millis(200),
@@ -165,29 +177,52 @@ impl OciUpstream {
     }
 
     /// Runs `attempt` up to `1 + retries` times, sleeping between transient
-    /// failures.
+    /// failures, all within `request_deadline`. Fails at once while the
+    /// circuit is open; a request that ends without any answer opens it.
     async fn retrying<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, UpstreamError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
+        let deadline = Instant::now() + self.request_deadline;
         let mut n: u32 = 0;
         loop {
-            let (err, wait) = match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Retry(e)) => {
-                    let wait = self.backoff(n);
-                    (e, wait)
+            self.health.check()?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = match tokio::time::timeout(remaining, attempt()).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::Silent(UpstreamError::Unavailable(format!(
+                    "no answer from {} within {:?} (upstreams.\"{}\".request_deadline)",
+                    self.host, self.request_deadline, self.host
+                )))),
+            };
+            let (err, wait, silent) = match outcome {
+                Ok(v) => {
+                    self.health.answered();
+                    return Ok(v);
                 }
+                Err(Failure::Fatal(e)) => {
+                    self.health.answered();
+                    return Err(e);
+                }
+                Err(Failure::Retry(e)) => (e, self.backoff(n), false),
+                Err(Failure::Silent(e)) => (e, self.backoff(n), true),
                 Err(Failure::RetryAfter(e, wait)) => {
+                    self.health.answered();
                     if wait > self.max_retry_after {
                         return Err(e);
                     }
-                    (e, wait)
+                    (e, wait, false)
                 }
             };
-            if n >= self.retries {
+            if !silent {
+                self.health.answered();
+            }
+            let out_of_time = Instant::now() + wait >= deadline;
+            if n >= self.retries || out_of_time {
+                if silent {
+                    self.went_silent(&err);
+                }
                 return Err(err);
             }
             n += 1;
@@ -197,6 +232,20 @@ impl OciUpstream {
             );
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Opens the circuit after a request got no answer, and starts the one
+    /// probe that closes it again.
+    fn went_silent(&self, err: &UpstreamError) {
+        if !self.health.silent(&err.to_string()) {
+            return;
+        }
+        let (client, timeout) = (self.client.clone(), self.response_timeout);
+        let url = format!("{}/v2/", self.base.as_str().trim_end_matches('/'));
+        spawn_probe(&self.health, move || {
+            let request = client.get(url.clone()).send();
+            async move { matches!(tokio::time::timeout(timeout, request).await, Ok(Ok(_))) }
+        });
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -249,7 +298,15 @@ impl OciUpstream {
             rb = a.apply(rb, self.auth.credentials());
         }
         let started = Instant::now();
-        let resp = rb.send().await.map_err(transport_failure)?;
+        let resp = match tokio::time::timeout(self.response_timeout, rb.send()).await {
+            Ok(r) => r.map_err(transport_failure)?,
+            Err(_) => {
+                return Err(Failure::Silent(UpstreamError::Unavailable(format!(
+                    "no response headers from {} within {:?} (upstreams.\"{}\".response_timeout)",
+                    self.host, self.response_timeout, self.host
+                ))))
+            }
+        };
         tracing::debug!(
             upstream = %self.host, %method, %url, status = resp.status().as_u16(),
             ms = started.elapsed().as_millis() as u64, "upstream response"
@@ -340,7 +397,7 @@ pub(crate) fn transport_failure(e: reqwest::Error) -> Failure {
     } else {
         "request failed"
     };
-    Failure::Retry(UpstreamError::Unavailable(format!("{kind}: {}", error_chain(&e))))
+    Failure::Silent(UpstreamError::Unavailable(format!("{kind}: {}", error_chain(&e))))
 }
 
 /// An error and its sources on one line (reqwest's Display hides causes).
@@ -435,7 +492,7 @@ pub(crate) async fn read_capped(resp: Response, cap: usize, what: &str) -> Resul
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            Failure::Retry(UpstreamError::Unavailable(format!("reading the {what} failed: {}", error_chain(&e))))
+            Failure::Silent(UpstreamError::Unavailable(format!("reading the {what} failed: {}", error_chain(&e))))
         })?;
         if buf.len() + chunk.len() > cap {
             return Err(Failure::Fatal(UpstreamError::Invalid(format!("{what} exceeds the {cap}-byte limit"))));
@@ -497,6 +554,9 @@ impl Upstream for OciUpstream {
         // handed out, a failure ends it with an error.
         let resp = self.retrying("blob GET", || async move { self.send(&Method::GET, url, None, scope).await }).await?;
         let size = resp.content_length();
+        // A body that stalls past read_timeout fails the download; it does
+        // not open the circuit (the upstream did answer, and other requests
+        // may be flowing), but it is the last failure status reports show.
         let stream = resp.bytes_stream().map(|r| r.map_err(body_io_error));
         Ok(UpstreamBlob { size, stream: Box::pin(stream) })
     }
@@ -540,12 +600,18 @@ impl Upstream for OciUpstream {
         Err(UpstreamError::Invalid(format!("tag list has more than {MAX_TAG_PAGES} pages")))
     }
 
+    fn health(&self) -> UpstreamHealth {
+        self.health.snapshot()
+    }
+
     async fn ping(&self) -> Result<(), UpstreamError> {
         let url = Url::parse(&format!("{}/v2/", self.base.as_str().trim_end_matches('/')))
             .map_err(|e| UpstreamError::Invalid(format!("bad request URL: {e}")))?;
         let resp = match self.send_once(&Method::GET, &url, None, None).await {
             Ok(r) => r,
-            Err(Failure::Fatal(e) | Failure::Retry(e) | Failure::RetryAfter(e, _)) => return Err(e),
+            Err(Failure::Fatal(e) | Failure::Retry(e) | Failure::Silent(e) | Failure::RetryAfter(e, _)) => {
+                return Err(e)
+            }
         };
         // A registry answers /v2/ with 200, or 401 and a challenge.
         match resp.status() {
@@ -554,7 +620,7 @@ impl Upstream for OciUpstream {
                 Failure::Fatal(UpstreamError::NotFound) => {
                     Err(UpstreamError::Invalid(format!("{} answered {s} on /v2/: not a registry", self.host)))
                 }
-                Failure::Fatal(e) | Failure::Retry(e) | Failure::RetryAfter(e, _) => Err(e),
+                Failure::Fatal(e) | Failure::Retry(e) | Failure::Silent(e) | Failure::RetryAfter(e, _) => Err(e),
             },
         }
     }

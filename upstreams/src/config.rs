@@ -61,13 +61,23 @@ pub struct UpstreamConfig {
     /// Verify the registry's TLS certificate. Default `true`.
     #[serde(default = "default_true")]
     pub tls_verify: bool,
-    /// Time allowed to open a connection. Default `"10s"`.
+    /// Time allowed to open a connection (TCP and TLS). Default `"3s"`.
     #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
-    /// Time allowed between two reads of a response (not a total limit, so
-    /// large blobs stream as long as bytes keep coming). Default `"60s"`.
+    /// Time allowed from sending a request to its response headers.
+    /// Default `"5s"`.
+    #[serde(default = "default_response_timeout", deserialize_with = "de_duration")]
+    pub response_timeout: Duration,
+    /// Time allowed between two reads of a response body (not a total
+    /// limit, so large blobs stream as long as bytes keep coming); a blob
+    /// download that stalls longer fails. Default `"30s"`.
     #[serde(default = "default_read_timeout", deserialize_with = "de_duration")]
     pub read_timeout: Duration,
+    /// Time allowed for all attempts of one request (token, retries,
+    /// backoff, up to the response headers; a manifest's body too), so
+    /// retries never multiply the timeouts. Default `"10s"`.
+    #[serde(default = "default_request_deadline", deserialize_with = "de_duration")]
+    pub request_deadline: Duration,
     /// Retries of an idempotent request after a transient failure (5xx,
     /// connect error, timeout). Default `3`, at most [`MAX_RETRIES`].
     #[serde(default = "default_retries")]
@@ -81,10 +91,16 @@ fn default_tag_ttl() -> Duration {
     Duration::from_secs(300)
 }
 fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
+    Duration::from_secs(3)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_read_timeout() -> Duration {
-    Duration::from_secs(60)
+    Duration::from_secs(30)
+}
+fn default_request_deadline() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_retries() -> u32 {
     3
@@ -109,7 +125,9 @@ impl Default for UpstreamConfig {
             credentials_file: None,
             tls_verify: true,
             connect_timeout: default_connect_timeout(),
+            response_timeout: default_response_timeout(),
             read_timeout: default_read_timeout(),
+            request_deadline: default_request_deadline(),
             retries: default_retries(),
         }
     }
@@ -134,7 +152,9 @@ impl fmt::Debug for UpstreamConfig {
             .field("credentials_file", &self.credentials_file)
             .field("tls_verify", &self.tls_verify)
             .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("request_deadline", &self.request_deadline)
             .field("retries", &self.retries)
             .finish()
     }
@@ -295,6 +315,18 @@ pub fn validate(host: &str, cfg: &UpstreamConfig) -> Result<Url, Vec<ConfigError
     if cfg.read_timeout.is_zero() {
         err("read_timeout", "must be greater than zero".to_owned());
     }
+    if cfg.response_timeout.is_zero() {
+        err("response_timeout", "must be greater than zero".to_owned());
+    }
+    if cfg.request_deadline < cfg.response_timeout {
+        err(
+            "request_deadline",
+            format!(
+                "must be at least response_timeout ({:?}), or no request could get an answer",
+                cfg.response_timeout
+            ),
+        );
+    }
     if cfg.retries > MAX_RETRIES {
         err("retries", format!("at most {MAX_RETRIES}"));
     }
@@ -380,8 +412,10 @@ mod tests {
         assert_eq!(r[0].url.as_str(), "https://registry-1.docker.io/");
         let c = &r[0].config;
         assert_eq!(c.tag_ttl, Duration::from_secs(300));
-        assert_eq!(c.connect_timeout, Duration::from_secs(10));
-        assert_eq!(c.read_timeout, Duration::from_secs(60));
+        assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.response_timeout, Duration::from_secs(5));
+        assert_eq!(c.read_timeout, Duration::from_secs(30));
+        assert_eq!(c.request_deadline, Duration::from_secs(10));
         assert_eq!(c.retries, 3);
         assert!(c.tls_verify && c.enabled);
     }

@@ -23,6 +23,7 @@ mod auth;
 pub mod challenge;
 mod client;
 pub mod config;
+mod health;
 
 pub use challenge::{next_link, parse_www_authenticate, Challenge};
 pub use client::{parse_retry_after, OciUpstream, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};

@@ -217,10 +217,27 @@ async fn slow_responses_time_out() {
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert_eq!(s.count("GET /v2/a/manifests/slowbody"), 2, "retried once");
 
+    // That request got no answer: the circuit is open and the next request
+    // fails at once instead of waiting again.
     let t0 = Instant::now();
-    assert!(matches!(up.head_manifest(&repo("a"), &reference("slowhead")).await, Err(UpstreamError::Unavailable(_))));
+    match up.head_manifest(&repo("a"), &reference("slowhead")).await {
+        Err(UpstreamError::Unavailable(m)) => assert!(m.contains("circuit open"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_millis(100), "{:?}", t0.elapsed());
+    assert!(!up.health().healthy);
+    assert_eq!(s.count("HEAD /v2/a/manifests/slowhead"), 0, "nothing sent while the circuit is open");
+
+    // A fresh client: response headers that do not come in time.
+    let up = upstream(&s, "retries = 1\nresponse_timeout = \"300ms\"\nrequest_deadline = \"5s\"");
+    let t0 = Instant::now();
+    match up.head_manifest(&repo("a"), &reference("slowhead")).await {
+        Err(UpstreamError::Unavailable(m)) => assert!(m.contains("response_timeout"), "{m}"),
+        other => panic!("{other:?}"),
+    }
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
 
+    let up = upstream(&s, "retries = 1\nread_timeout = \"300ms\"");
     let b = up.get_blob(&repo("a"), &digest(&sha256(b"x"))).await.expect("head is quick");
     let t0 = Instant::now();
     let e = collect(b.stream).await.expect_err("body stalls");
