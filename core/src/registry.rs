@@ -66,7 +66,8 @@ pub struct ReferrersResponse {
 pub struct Registry {
     storage: Arc<dyn Storage>,
     cache: Option<Arc<PullThrough>>,
-    /// Pull/push times for retention (issue 7); shared by clones, set once.
+    /// Pull/push times that retention judges idleness by; shared by clones,
+    /// set once.
     activity: Arc<std::sync::OnceLock<Arc<crate::retention::ActivityLog>>>,
 }
 
@@ -75,8 +76,8 @@ impl Registry {
         Registry { storage, cache: None, activity: Arc::default() }
     }
 
-    /// Starts recording manifest pulls and tag pushes in `log` (retention,
-    /// issue 7). Only the first call has an effect.
+    /// Starts recording manifest pulls and tag pushes in `log` (for
+    /// retention). Only the first call has an effect.
     pub fn set_activity(&self, log: Arc<crate::retention::ActivityLog>) {
         let _ = self.activity.set(log);
     }
@@ -146,7 +147,7 @@ impl Registry {
             let at = CachedRepo { storage: &self.storage, route: &route, remote: &remote, repo };
             let (m, status) = match cache.manifest(at, reference).await {
                 // Storage said "not found" mid-way: retention evicted the
-                // manifest between two steps (issue 7). Once more: it is now
+                // manifest between two steps. Once more: it is now
                 // fetched from upstream again.
                 Err(e) if e.code == ErrorCode::BlobUnknown && self.activity.get().is_some() => {
                     tracing::debug!(%repo, %reference, error = %e, "cached manifest vanished mid-request; retrying");
