@@ -8,12 +8,12 @@ pub mod cache;
 pub mod copy;
 pub mod digest;
 pub mod error;
-pub mod gc; // operations (issue 7): online garbage collection
+pub mod gc;
 pub mod manifest;
 pub mod name;
 pub mod registry;
-pub mod retention; // operations (issue 7): cache and tag retention
-pub mod scrub; // operations (issue 7): digest verification of stored objects
+pub mod retention;
+pub mod scrub;
 pub mod secret;
 pub mod storage;
 pub mod upstream;

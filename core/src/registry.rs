@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::cache::{CacheStatus, PullThrough, Route, UpstreamRoute};
+use crate::cache::{CacheStatus, CachedRepo, PullThrough, Route, UpstreamRoute};
 use crate::digest::{Digest, DigestHasher};
 use crate::error::{ErrorCode, RegistryError, Result};
 use crate::manifest::{parse_manifest, Descriptor, OCI_INDEX};
@@ -66,7 +66,8 @@ pub struct ReferrersResponse {
 pub struct Registry {
     storage: Arc<dyn Storage>,
     cache: Option<Arc<PullThrough>>,
-    /// Pull/push times for retention (issue 7); shared by clones, set once.
+    /// Pull/push times that retention judges idleness by; shared by clones,
+    /// set once.
     activity: Arc<std::sync::OnceLock<Arc<crate::retention::ActivityLog>>>,
 }
 
@@ -75,8 +76,8 @@ impl Registry {
         Registry { storage, cache: None, activity: Arc::default() }
     }
 
-    /// Starts recording manifest pulls and tag pushes in `log` (retention,
-    /// issue 7). Only the first call has an effect.
+    /// Starts recording manifest pulls and tag pushes in `log` (for
+    /// retention). Only the first call has an effect.
     pub fn set_activity(&self, log: Arc<crate::retention::ActivityLog>) {
         let _ = self.activity.set(log);
     }
@@ -143,13 +144,14 @@ impl Registry {
     /// Resolves a reference to a stored manifest.
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(ManifestResponse, Cache)> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
-            let (m, status) = match cache.manifest(&self.storage, &route, &remote, repo, reference).await {
+            let at = CachedRepo { storage: &self.storage, route: &route, remote: &remote, repo };
+            let (m, status) = match cache.manifest(at, reference).await {
                 // Storage said "not found" mid-way: retention evicted the
-                // manifest between two steps (issue 7). Once more: it is now
+                // manifest between two steps. Once more: it is now
                 // fetched from upstream again.
                 Err(e) if e.code == ErrorCode::BlobUnknown && self.activity.get().is_some() => {
                     tracing::debug!(%repo, %reference, error = %e, "cached manifest vanished mid-request; retrying");
-                    cache.manifest(&self.storage, &route, &remote, repo, reference).await?
+                    cache.manifest(at, reference).await?
                 }
                 other => other?,
             };
@@ -278,7 +280,8 @@ impl Registry {
         head: bool,
     ) -> Result<(BlobResponse, Cache)> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
-            let (b, status) = cache.blob(&self.storage, &route, &remote, repo, digest, range, head).await?;
+            let at = CachedRepo { storage: &self.storage, route: &route, remote: &remote, repo };
+            let (b, status) = cache.blob(at, digest, range, head).await?;
             return Ok((b, Some(status)));
         }
         let size = self.private_blob_size(repo, digest).await?;
@@ -426,7 +429,7 @@ impl Registry {
 
     pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<Page> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
-            let tags = cache.tags(&self.storage, &route, &remote, repo).await?;
+            let tags = cache.tags(CachedRepo { storage: &self.storage, route: &route, remote: &remote, repo }).await?;
             return Ok(paginate(tags, n, last));
         }
         let tags = self

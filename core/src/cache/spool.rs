@@ -1,0 +1,205 @@
+//! Reading a blob while its fetch still writes it: readers follow the spool
+//! file through the fetch's open handle, waiting for bytes as they arrive.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::fetch::{BlobFlight, FetchState};
+use crate::storage::ByteStream;
+
+/// Bytes read from the spool per follower read.
+const FOLLOW_CHUNK: usize = 256 * 1024;
+
+/// Where one reader of a spool file is.
+struct SpoolReader {
+    flight: Arc<BlobFlight>,
+    rx: watch::Receiver<FetchState>,
+    pos: u64,
+    end: Option<u64>,
+    failed: bool,
+}
+
+impl SpoolReader {
+    fn fail(mut self, e: std::io::Error) -> Option<(std::io::Result<Bytes>, SpoolReader)> {
+        self.failed = true;
+        Some((Err(e), self))
+    }
+}
+
+/// Reads an in-flight blob from its spool file from `start` up to `end`
+/// (exclusive; `None` = until the fetch ends), waiting for bytes as they
+/// arrive. The last byte is held back until the blob verified. Reads go
+/// through the fetch's open file handle (positional reads on a blocking
+/// thread), so they go on after the file was moved into storage.
+pub(crate) fn follow(flight: Arc<BlobFlight>, start: u64, end: Option<u64>) -> ByteStream {
+    let rx = flight.state.subscribe();
+    let reader = SpoolReader { flight, rx, pos: start, end, failed: false };
+    Box::pin(futures::stream::unfold(reader, |mut r| async move {
+        loop {
+            if r.failed || r.end.is_some_and(|e| r.pos >= e) {
+                return None;
+            }
+            let state = r.rx.borrow_and_update().clone();
+            let limit = match state {
+                FetchState::Starting => 0,
+                FetchState::Running { written, .. } => written.saturating_sub(1),
+                FetchState::Done { size } => size.unwrap_or(0),
+                FetchState::Failed(e) => return r.fail(std::io::Error::other(e.message)),
+            };
+            let limit = r.end.map_or(limit, |e| limit.min(e));
+            if r.pos < limit {
+                let Some(file) = r.flight.file.get().cloned() else {
+                    return r.fail(std::io::Error::other("spool file missing"));
+                };
+                let want = ((limit - r.pos) as usize).min(FOLLOW_CHUNK);
+                let pos = r.pos;
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; want];
+                    let n = read_at(&file, &mut buf, pos)?;
+                    buf.truncate(n);
+                    Ok::<_, std::io::Error>(buf)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(format!("spool read task failed: {e}"))));
+                match read {
+                    Ok(buf) if buf.is_empty() => {
+                        return r.fail(std::io::Error::other("spool file shorter than announced"));
+                    }
+                    Ok(buf) => {
+                        r.pos += buf.len() as u64;
+                        return Some((Ok(Bytes::from(buf)), r));
+                    }
+                    Err(e) => return r.fail(e),
+                }
+            }
+            if matches!(state, FetchState::Done { .. }) && r.pos >= limit {
+                return None;
+            }
+            if r.rx.changed().await.is_err() {
+                // The fetch task is gone without a final state.
+                let done = matches!(*r.rx.borrow(), FetchState::Done { .. });
+                if !done {
+                    return r.fail(std::io::Error::other("blob fetch aborted"));
+                }
+            }
+        }
+    }))
+}
+
+#[cfg(unix)]
+pub(crate) fn write_all_at(file: &std::fs::File, buf: &[u8], pos: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, pos)
+}
+
+#[cfg(windows)]
+pub(crate) fn write_all_at(file: &std::fs::File, mut buf: &[u8], mut pos: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, buf, pos)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, pos)
+}
+
+#[cfg(windows)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::error::RegistryError;
+
+    fn flight(spool: PathBuf) -> (Arc<BlobFlight>, Arc<std::fs::File>) {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&spool).expect("spool");
+        let file = Arc::new(file);
+        let flight = Arc::new(BlobFlight::new(spool, Vec::new()));
+        assert!(flight.file.set(file.clone()).is_ok());
+        (flight, file)
+    }
+
+    async fn read_to(stream: &mut ByteStream, got: &mut Vec<u8>, len: usize) {
+        while got.len() < len {
+            let chunk = stream.next().await.expect("more bytes").expect("no error");
+            got.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Followers read through the fetch's open handle: one that started
+    /// before the spool was moved into storage and one that starts after
+    /// both get every byte; the last byte waits for verification.
+    #[tokio::test]
+    async fn followers_keep_reading_after_the_spool_is_moved() {
+        let dir = std::env::temp_dir().join(format!("cove-follow-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let spool = dir.join("spool");
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (flight, file) = flight(spool.clone());
+        write_all_at(&file, &data[..600_000], 0).expect("write");
+        flight.state.send_replace(FetchState::Running { written: 600_000, size: Some(1_000_000) });
+
+        let mut early = follow(flight.clone(), 0, None);
+        let mut got = Vec::new();
+        read_to(&mut early, &mut got, 599_999).await;
+        assert_eq!(got.len(), 599_999, "the last written byte is held back");
+        let waited = tokio::time::timeout(Duration::from_millis(100), early.next()).await;
+        assert!(waited.is_err(), "nothing more until more bytes arrive");
+
+        write_all_at(&file, &data[600_000..], 600_000).expect("write");
+        flight.state.send_replace(FetchState::Done { size: Some(1_000_000) });
+        let moved = dir.join("moved");
+        std::fs::rename(&spool, &moved).expect("move the spool away like blob_import");
+        assert!(!spool.exists());
+
+        let mut late = follow(flight.clone(), 500_000, Some(900_000));
+        let mut tail = Vec::new();
+        read_to(&mut late, &mut tail, 400_000).await;
+        assert!(late.next().await.is_none(), "a ranged follower ends at its end");
+        assert_eq!(tail, data[500_000..900_000].to_vec());
+
+        read_to(&mut early, &mut got, 1_000_000).await;
+        assert!(early.next().await.is_none());
+        assert_eq!(got, data);
+        drop((early, late, flight));
+        assert!(moved.exists(), "dropping the flight leaves the moved file alone");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A failed fetch ends every follower with an error after the bytes
+    /// already readable, never with a clean end; the spool is removed once
+    /// the last follower is gone.
+    #[tokio::test]
+    async fn a_failed_fetch_fails_followers_and_removes_the_spool() {
+        let dir = std::env::temp_dir().join(format!("cove-follow-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let spool = dir.join("spool");
+        let (flight, file) = flight(spool.clone());
+        write_all_at(&file, &[7u8; 1000], 0).expect("write");
+        flight.state.send_replace(FetchState::Running { written: 1000, size: Some(5000) });
+        let mut s = follow(flight.clone(), 0, None);
+        let mut got = Vec::new();
+        read_to(&mut s, &mut got, 999).await;
+        flight.state.send_replace(FetchState::Failed(RegistryError::internal("boom")));
+        assert!(s.next().await.expect("an item").is_err(), "failure is reported, not a clean end");
+        assert!(s.next().await.is_none());
+        drop((s, flight, file));
+        assert!(!spool.exists(), "spool removed with the last reference");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,107 @@
+//! The mark phase's listing, shared by garbage collection and retention:
+//! every manifest of a repository with what it references, and its tags.
+//! Listing happens after a run's `t0`, so anything written later is
+//! protected by the guard instead.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::GcError;
+use crate::digest::Digest;
+use crate::manifest::parse_manifest;
+use crate::name::{RepoName, Tag};
+use crate::storage::Storage;
+
+/// What one stored manifest references.
+pub(crate) struct ManifestRefs {
+    /// Bytes of the manifest itself.
+    pub(crate) size: u64,
+    /// Config and layers, with the sizes their descriptors give.
+    pub(crate) blobs: Vec<(Digest, u64)>,
+    /// An index's child manifests.
+    pub(crate) children: Vec<Digest>,
+    /// The manifest this one refers to (a referrer's subject).
+    pub(crate) subject: Option<Digest>,
+}
+
+impl ManifestRefs {
+    pub(crate) fn blob_digests(&self) -> impl Iterator<Item = &Digest> {
+        self.blobs.iter().map(|(d, _)| d)
+    }
+}
+
+/// One repository as listed.
+pub(crate) struct RepoInventory {
+    /// Manifest digests in the order storage listed them.
+    pub(crate) order: Vec<Digest>,
+    pub(crate) manifests: HashMap<Digest, ManifestRefs>,
+    /// Tag → the digest it pointed at.
+    pub(crate) tags: BTreeMap<String, Digest>,
+}
+
+impl RepoInventory {
+    /// Lists `repo`. A manifest that does not parse stops the run: what it
+    /// references is unknown, so nothing may be removed.
+    pub(crate) async fn list(storage: &dyn Storage, repo: &RepoName) -> Result<RepoInventory, GcError> {
+        let mut inv = RepoInventory { order: Vec::new(), manifests: HashMap::new(), tags: BTreeMap::new() };
+        for digest in storage.manifest_list(repo).await? {
+            let Some(m) = storage.manifest_get(repo, &digest).await? else {
+                continue; // deleted meanwhile
+            };
+            let p = parse_manifest(&m.bytes, Some(&m.media_type)).map_err(|e| GcError::Unparsable {
+                repo: repo.clone(),
+                digest: digest.clone(),
+                reason: e.message.clone(),
+            })?;
+            let refs = ManifestRefs {
+                size: m.bytes.len() as u64,
+                blobs: p.config.iter().chain(&p.layers).map(|d| (d.digest.clone(), d.size)).collect(),
+                children: p.manifests.iter().map(|d| d.digest.clone()).collect(),
+                subject: p.subject.map(|s| s.digest),
+            };
+            if inv.manifests.insert(digest.clone(), refs).is_none() {
+                inv.order.push(digest);
+            }
+        }
+        for tag in storage.tag_list(repo).await?.unwrap_or_default() {
+            let Ok(t) = tag.parse::<Tag>() else { continue };
+            if let Some(d) = storage.tag_get(repo, &t).await? {
+                inv.tags.insert(tag, d);
+            }
+        }
+        Ok(inv)
+    }
+
+    /// The manifests some index of this repository lists as children.
+    pub(crate) fn children(&self) -> HashSet<&Digest> {
+        self.manifests.values().flat_map(|m| &m.children).collect()
+    }
+
+    /// `start` and everything it keeps in this repository: an index's
+    /// children (recursively) and referrers of any of them.
+    pub(crate) fn closure(&self, start: impl IntoIterator<Item = Digest>) -> HashSet<Digest> {
+        let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+        for (d, m) in &self.manifests {
+            if let Some(s) = &m.subject {
+                referrers.entry(s).or_default().push(d);
+            }
+        }
+        let mut out = HashSet::new();
+        let mut todo: Vec<Digest> = start.into_iter().collect();
+        while let Some(d) = todo.pop() {
+            let Some(m) = self.manifests.get(&d) else { continue };
+            if !out.insert(d.clone()) {
+                continue;
+            }
+            todo.extend(m.children.iter().cloned());
+            if let Some(r) = referrers.get(&d) {
+                todo.extend(r.iter().map(|d| (*d).clone()));
+            }
+        }
+        out
+    }
+
+    /// The blobs the manifests `members` reference.
+    pub(crate) fn blobs_of<'a>(&'a self, members: impl IntoIterator<Item = &'a Digest>) -> HashSet<Digest> {
+        members.into_iter().filter_map(|d| self.manifests.get(d)).flat_map(|m| m.blob_digests().cloned()).collect()
+    }
+}
