@@ -116,8 +116,8 @@ impl Registry {
         }
     }
 
-    fn cached_route(&self, repo: &RepoName) -> Option<(&PullThrough, UpstreamRoute, RepoName)> {
-        let cache = self.cache.as_deref()?;
+    fn cached_route(&self, repo: &RepoName) -> Option<(&Arc<PullThrough>, UpstreamRoute, RepoName)> {
+        let cache = self.cache.as_ref()?;
         match cache.route(repo) {
             Route::Cached { route, remote } => Some((cache, route, remote)),
             Route::Private => None,

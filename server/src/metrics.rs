@@ -80,6 +80,9 @@ pub struct Metrics {
     upstream_bytes_fetched: Family<UpstreamLabels, Counter>,
     uploads_in_progress: Gauge,
     fetches_in_flight: Gauge,
+    upstream_healthy: Family<UpstreamLabels, Gauge>,
+    upstream_health_changes: Family<UpstreamLabels, Counter>,
+    upstream_unhealthy_seconds: Family<UpstreamLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     gc_runs: Family<ResultLabels, Counter>,
     gc_blobs_removed: Counter,
     gc_bytes_freed: Counter,
@@ -118,6 +121,9 @@ impl Metrics {
             upstream_bytes_fetched: Family::default(),
             uploads_in_progress: Gauge::default(),
             fetches_in_flight: Gauge::default(),
+            upstream_healthy: Family::default(),
+            upstream_health_changes: Family::default(),
+            upstream_unhealthy_seconds: Family::default(),
             gc_runs: Family::default(),
             gc_blobs_removed: Counter::default(),
             gc_bytes_freed: Counter::default(),
@@ -168,6 +174,21 @@ impl Metrics {
         );
         r.register("uploads_in_progress", "Open upload sessions", m.uploads_in_progress.clone());
         r.register("upstream_fetches_in_flight", "Blob fetches from upstreams in flight", m.fetches_in_flight.clone());
+        r.register(
+            "upstream_healthy",
+            "1 while the upstream answers, 0 while its circuit is open (requests fail at once, cache served)",
+            m.upstream_healthy.clone(),
+        );
+        r.register(
+            "upstream_health_changes",
+            "Healthy/unhealthy transitions of an upstream",
+            m.upstream_health_changes.clone(),
+        );
+        r.register(
+            "upstream_unhealthy_seconds",
+            "Time an upstream spent unhealthy (not answering)",
+            m.upstream_unhealthy_seconds.clone(),
+        );
         r.register("gc_runs", "Garbage collection runs by result", m.gc_runs.clone());
         r.register("gc_blobs_removed", "Blobs removed by garbage collection", m.gc_blobs_removed.clone());
         r.register("gc_bytes_freed", "Bytes freed by garbage collection", m.gc_bytes_freed.clone());
@@ -266,8 +287,19 @@ impl Metrics {
         cache: &std::collections::HashMap<String, CacheCounters>,
         uploads: Option<usize>,
         fetches: usize,
+        health: &[(String, cove_core::upstream::UpstreamHealth)],
     ) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        for (host, h) in health {
+            let upstream = UpstreamLabels { upstream: host.clone() };
+            self.upstream_healthy.get_or_create(&upstream).set(i64::from(h.healthy));
+            sync_counter(&self.upstream_health_changes.get_or_create(&upstream), h.changes);
+            let secs = self.upstream_unhealthy_seconds.get_or_create(&upstream);
+            let total = h.unhealthy_total.as_secs_f64();
+            if total > secs.get() {
+                secs.inc_by(total - secs.get());
+            }
+        }
         for (host, c) in cache {
             for (result, value) in
                 [("hit", c.hits), ("miss", c.misses), ("revalidated", c.revalidated), ("stale", c.stale)]

@@ -227,9 +227,16 @@ impl Ops {
                     Ok(d) => (true, Some(d.as_millis() as u64), None),
                     Err(e) => (false, None, Some(e)),
                 };
+                let health = route.upstream.health();
+                let rfc3339 = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
                 serde_json::json!({
                     "host": host,
                     "reachable": reachable, "probe_ms": probe_ms, "probe_error": probe_error,
+                    "healthy": health.healthy,
+                    "unhealthy_since": health.unhealthy_since.map(rfc3339),
+                    "health_changes": health.changes,
+                    "unhealthy_seconds": health.unhealthy_total.as_secs(),
+                    "last_silence": health.last_failure.map(|(at, e)| format!("{}: {e}", rfc3339(at))),
                     "hits": c.hits, "misses": c.misses, "revalidated": c.revalidated, "stale": c.stale,
                     "upstream_errors": c.upstream_errors,
                     "rate_limited": c.rate_limited,
@@ -330,7 +337,12 @@ pub async fn route(
             let counters = app.registry.cache().map(|c| c.counters()).unwrap_or_default();
             let fetches = app.registry.cache().map(|c| c.inflight_digests().len()).unwrap_or(0);
             let uploads = app.registry.storage().upload_list().await.ok().map(|l| l.len());
-            let mut resp = Response::new(body::full(ops.metrics.render(&counters, uploads, fetches)));
+            let health: Vec<_> = app
+                .registry
+                .cache()
+                .map(|c| c.routes().into_iter().map(|r| (r.host, r.upstream.health())).collect())
+                .unwrap_or_default();
+            let mut resp = Response::new(body::full(ops.metrics.render(&counters, uploads, fetches, &health)));
             set_type(&mut resp, crate::metrics::CONTENT_TYPE);
             Ok(resp)
         }
@@ -721,8 +733,9 @@ pub fn format_status(v: &serde_json::Value) -> String {
     .map(String::from)];
     for u in &rows {
         let n = |k: &str| u[k].as_u64().unwrap_or(0).to_string();
-        let reachable = match (u["reachable"].as_bool(), u["probe_ms"].as_u64()) {
-            (Some(true), Some(ms)) => format!("yes ({ms} ms)"),
+        let reachable = match (u["reachable"].as_bool(), u["probe_ms"].as_u64(), u["unhealthy_since"].as_str()) {
+            (_, _, Some(since)) => format!("NO: not answering since {since}, cache only"),
+            (Some(true), Some(ms), None) => format!("yes ({ms} ms)"),
             _ => format!("NO: {}", u["probe_error"].as_str().unwrap_or("?")),
         };
         let hit_rate = u["hit_rate"].as_f64().map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));

@@ -231,7 +231,12 @@ impl Reloader {
                 .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
             let mut routes: Vec<UpstreamRoute> = clients
                 .into_iter()
-                .map(|u| UpstreamRoute { host: u.host().to_owned(), tag_ttl: u.tag_ttl(), upstream: u })
+                .map(|u| UpstreamRoute {
+                    host: u.host().to_owned(),
+                    tag_ttl: u.tag_ttl(),
+                    revalidate_wait: u.revalidate_wait(),
+                    upstream: u,
+                })
                 .collect();
             routes.extend(current.into_iter().filter(|r| new_hosts.contains(&r.host) && !modified.contains(&r.host)));
             routes.sort_by(|a, b| a.host.cmp(&b.host));

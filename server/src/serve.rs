@@ -60,7 +60,12 @@ pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App
         .map_err(|errors| StartError::Config(ConfigError::Invalid(errors.iter().map(|e| e.to_string()).collect())))?;
     let routes = clients
         .into_iter()
-        .map(|u| UpstreamRoute { host: u.host().to_owned(), tag_ttl: u.tag_ttl(), upstream: u })
+        .map(|u| UpstreamRoute {
+            host: u.host().to_owned(),
+            tag_ttl: u.tag_ttl(),
+            revalidate_wait: u.revalidate_wait(),
+            upstream: u,
+        })
         .collect();
     let spool = root.join("spool");
     let cache = PullThrough::new(routes, validated.self_hosts.clone(), spool.clone())

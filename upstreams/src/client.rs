@@ -61,6 +61,7 @@ pub struct OciUpstream {
     host: String,
     base: Url,
     tag_ttl: Duration,
+    revalidate_wait: Duration,
     client: reqwest::Client,
     auth: Arc<AuthState>,
     health: Arc<Health>,
@@ -103,6 +104,7 @@ impl OciUpstream {
             host: upstream.host.clone(),
             base: upstream.url.clone(),
             tag_ttl: cfg.tag_ttl,
+            revalidate_wait: cfg.revalidate_wait,
             auth: Arc::new(AuthState::new(credentials, upstream.url.scheme() == "https")),
             health: Health::new(&upstream.host),
             response_timeout: cfg.response_timeout,
@@ -162,6 +164,12 @@ impl OciUpstream {
     /// How long a tag from this upstream stays fresh in the cache.
     pub fn tag_ttl(&self) -> Duration {
         self.tag_ttl
+    }
+
+    /// How long a client waits for a tag's revalidation before it is served
+    /// the cached copy as stale.
+    pub fn revalidate_wait(&self) -> Duration {
+        self.revalidate_wait
     }
 
     /// Whether credentials are configured (never the credentials).

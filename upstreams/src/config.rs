@@ -47,6 +47,11 @@ pub struct UpstreamConfig {
     /// before it is revalidated. Humantime string, default `"5m"`.
     #[serde(default = "default_tag_ttl", deserialize_with = "de_duration")]
     pub tag_ttl: Duration,
+    /// How long a client waits for the revalidation of a cached tag past
+    /// `tag_ttl` before it is served the cached manifest (marked `stale`;
+    /// the revalidation finishes in the background). Default `"1500ms"`.
+    #[serde(default = "default_revalidate_wait", deserialize_with = "de_duration")]
+    pub revalidate_wait: Duration,
     /// User name for the registry's token service or Basic auth.
     #[serde(default)]
     pub username: Option<String>,
@@ -90,6 +95,9 @@ fn default_true() -> bool {
 fn default_tag_ttl() -> Duration {
     Duration::from_secs(300)
 }
+fn default_revalidate_wait() -> Duration {
+    Duration::from_millis(1500)
+}
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(3)
 }
@@ -120,6 +128,7 @@ impl Default for UpstreamConfig {
             url: None,
             enabled: true,
             tag_ttl: default_tag_ttl(),
+            revalidate_wait: default_revalidate_wait(),
             username: None,
             password: None,
             credentials_file: None,
@@ -147,6 +156,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("url", &self.url)
             .field("enabled", &self.enabled)
             .field("tag_ttl", &self.tag_ttl)
+            .field("revalidate_wait", &self.revalidate_wait)
             .field("username", &self.username)
             .field("password", &self.password)
             .field("credentials_file", &self.credentials_file)

@@ -20,7 +20,7 @@ use cove_core::upstream::{UpstreamError, UpstreamHealth};
 /// First wait before probing an upstream whose circuit opened.
 const FIRST_PROBE: Duration = Duration::from_millis(500);
 /// Longest wait between two probes.
-const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The health of one upstream, shared by its client and its probe task.
 #[derive(Debug)]

@@ -6,6 +6,10 @@ use super::PullThrough;
 use crate::error::{ErrorCode, RegistryError};
 use crate::upstream::UpstreamError;
 
+/// What a client is told to wait before retrying content that is not cached
+/// while its upstream is unavailable.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 10;
+
 /// Maps an upstream failure to what the client sees; `not_found` is the
 /// error for content upstream does not have.
 pub fn upstream_error(e: UpstreamError, not_found: RegistryError) -> RegistryError {
@@ -26,10 +30,13 @@ pub fn upstream_error(e: UpstreamError, not_found: RegistryError) -> RegistryErr
                 None => e,
             }
         }
+        // Retry-After: a client (or containerd moving to its next host)
+        // learns the outage at once; the circuit breaker probes meanwhile.
         UpstreamError::Unavailable(m) => RegistryError::new(
             ErrorCode::UpstreamUnavailable,
             format!("upstream unavailable and nothing is cached: {m}"),
-        ),
+        )
+        .with_header("Retry-After", UNAVAILABLE_RETRY_AFTER_SECS.to_string()),
         UpstreamError::Invalid(m) => {
             RegistryError::new(ErrorCode::UpstreamUnavailable, format!("upstream sent an invalid response: {m}"))
                 .with_status(502)

@@ -2,6 +2,10 @@
 //! by tag, served while younger than the upstream's `tag_ttl`, then
 //! revalidated with a HEAD (same digest: refreshed; new digest: fetched);
 //! upstream down, timing out, 5xx or 429: the cached copy (stale-if-error).
+//! A revalidation runs in its own task: the client waits for it at most the
+//! route's `revalidate_wait` and then gets the cached copy marked stale,
+//! while the revalidation finishes for the next client (stale while
+//! revalidate), so a silent upstream never holds up what is cached.
 //! Concurrent requests of one manifest share one upstream round trip.
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +31,9 @@ const UPSTREAM_DOWN_BACKOFF: Duration = Duration::from_secs(10);
 /// waited for it.
 type ManifestOutcome = Result<(ManifestResponse, CacheStatus)>;
 
+/// Where a background revalidation's outcome is awaited.
+type OutcomeReceiver = watch::Receiver<Option<ManifestOutcome>>;
+
 /// Where the leader of one manifest resolution publishes its outcome.
 type OutcomeSender = Arc<watch::Sender<Option<ManifestOutcome>>>;
 
@@ -49,6 +56,14 @@ impl Drop for ManifestFlightGuard<'_> {
     fn drop(&mut self) {
         self.flights.by_key.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
+}
+
+/// Revalidations of cached tags running in the background, by (repository,
+/// tag): a request that finds one running waits on it instead of starting
+/// another.
+#[derive(Default)]
+pub(crate) struct Revalidations {
+    by_key: Mutex<HashMap<(RepoName, Tag), OutcomeReceiver>>,
 }
 
 /// When each cached tag was last confirmed by upstream, and which
@@ -105,7 +120,11 @@ impl TagFreshness {
 
 impl PullThrough {
     /// Serves a manifest of a cached repository.
-    pub async fn manifest(&self, at: CachedRepo<'_>, reference: &Reference) -> Result<(ManifestResponse, CacheStatus)> {
+    pub async fn manifest(
+        self: &Arc<Self>,
+        at: CachedRepo<'_>,
+        reference: &Reference,
+    ) -> Result<(ManifestResponse, CacheStatus)> {
         let started = Instant::now();
         let result = self.manifest_coalesced(at, reference).await;
         let (host, repo) = (&at.route.host, at.repo);
@@ -128,7 +147,7 @@ impl PullThrough {
     /// Runs [`Self::resolve_manifest`] once for all concurrent requests of
     /// the same manifest: the first one leads, the others wait for its
     /// outcome (and take over if it is cancelled).
-    async fn manifest_coalesced(&self, at: CachedRepo<'_>, reference: &Reference) -> ManifestOutcome {
+    async fn manifest_coalesced(self: &Arc<Self>, at: CachedRepo<'_>, reference: &Reference) -> ManifestOutcome {
         let key = (at.repo.clone(), reference.to_string());
         loop {
             let role = {
@@ -163,8 +182,8 @@ impl PullThrough {
     }
 
     /// The cache policy for one manifest request (see the module docs).
-    async fn resolve_manifest(&self, at: CachedRepo<'_>, reference: &Reference) -> ManifestOutcome {
-        let CachedRepo { storage, route, remote, repo } = at;
+    async fn resolve_manifest(self: &Arc<Self>, at: CachedRepo<'_>, reference: &Reference) -> ManifestOutcome {
+        let CachedRepo { storage, route, repo, .. } = at;
         let tag = match reference {
             Reference::Digest(d) => {
                 if let Some(m) = storage.manifest_get(repo, d).await? {
@@ -183,12 +202,78 @@ impl PullThrough {
             if self.freshness.is_fresh(repo, tag, route.tag_ttl) {
                 return Ok((m.clone(), CacheStatus::Hit));
             }
-            if self.freshness.is_down(&route.host) {
-                // Upstream failed moments ago: do not make every client wait
-                // for its retries again.
+            if self.freshness.is_down(&route.host) || !route.upstream.health().healthy {
+                // Upstream failed moments ago, or is not answering: do not
+                // make every client wait for it again.
                 return Ok((m.clone(), CacheStatus::Stale));
             }
+            return Ok(self.revalidate_within(at, tag, m.clone()).await);
         }
+        self.revalidate(at, tag, None).await
+    }
+
+    /// Revalidates a cached tag in the background and waits for the
+    /// outcome at most `revalidate_wait`; then serves `cached` as stale.
+    async fn revalidate_within(
+        self: &Arc<Self>,
+        at: CachedRepo<'_>,
+        tag: &Tag,
+        cached: ManifestResponse,
+    ) -> (ManifestResponse, CacheStatus) {
+        let key = (at.repo.clone(), tag.clone());
+        let mut rx = {
+            let mut running = self.revalidations.by_key.lock().unwrap_or_else(|p| p.into_inner());
+            match running.get(&key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    running.insert(key.clone(), rx.clone());
+                    let this = Arc::clone(self);
+                    let (storage, route) = (Arc::clone(at.storage), at.route.clone());
+                    let (remote, repo, tag, cached) = (at.remote.clone(), at.repo.clone(), tag.clone(), cached.clone());
+                    tokio::spawn(async move {
+                        let at = CachedRepo { storage: &storage, route: &route, remote: &remote, repo: &repo };
+                        let outcome = this.revalidate(at, &tag, Some(cached)).await;
+                        this.revalidations.by_key.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                        tx.send_replace(Some(outcome));
+                    });
+                    rx
+                }
+            }
+        };
+        let waited = tokio::time::timeout(at.route.revalidate_wait, async {
+            loop {
+                if let Some(outcome) = rx.borrow_and_update().clone() {
+                    return Some(outcome);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match waited {
+            // A storage failure while revalidating: the cached copy still stands.
+            Ok(Some(Ok(served))) => served,
+            Ok(Some(Err(e))) => {
+                tracing::warn!(repo = %at.repo, %tag, error = %e, "revalidation failed; serving cached manifest (stale)");
+                (cached, CacheStatus::Stale)
+            }
+            Ok(None) | Err(_) => {
+                tracing::info!(upstream = %at.route.host, repo = %at.repo, %tag,
+                    wait_ms = at.route.revalidate_wait.as_millis() as u64,
+                    "revalidation still running; serving cached manifest (stale)");
+                (cached, CacheStatus::Stale)
+            }
+        }
+    }
+
+    /// Asks upstream which manifest `tag` names now: the same as `local`
+    /// (refreshed), another one (fetched, the tag moved), or no answer
+    /// (`local` served stale if there is one).
+    async fn revalidate(&self, at: CachedRepo<'_>, tag: &Tag, local: Option<ManifestResponse>) -> ManifestOutcome {
+        let CachedRepo { storage, route, remote, repo } = at;
+        let reference = &Reference::Tag(tag.clone());
         let head = match route.upstream.head_manifest(remote, reference).await {
             Ok(h) => Ok(h.digest),
             // Some registries answer HEAD without a digest: resolve with a GET.

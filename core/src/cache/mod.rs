@@ -41,7 +41,7 @@ pub use routing::{Route, UpstreamRoute};
 
 use counters::UpstreamCounters;
 use fetch::BlobFlights;
-use manifest::{ManifestFlights, TagFreshness};
+use manifest::{ManifestFlights, Revalidations, TagFreshness};
 
 /// How a response was served, sent to clients in the `X-Cove-Cache` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,7 @@ pub struct PullThrough {
     self_hosts: RwLock<Vec<String>>,
     spool_dir: PathBuf,
     freshness: TagFreshness,
+    revalidations: Revalidations,
     blob_flights: Arc<BlobFlights>,
     manifest_flights: ManifestFlights,
     counters: Arc<UpstreamCounters>,
@@ -105,6 +106,7 @@ impl PullThrough {
             self_hosts: RwLock::new(self_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect()),
             spool_dir,
             freshness: TagFreshness::default(),
+            revalidations: Revalidations::default(),
             blob_flights: Arc::default(),
             manifest_flights: ManifestFlights::default(),
             counters: Arc::default(),

@@ -18,6 +18,10 @@ pub struct UpstreamRoute {
     pub upstream: Arc<dyn Upstream>,
     /// How long a tag is served without revalidation.
     pub tag_ttl: Duration,
+    /// How long a client waits for the revalidation of a cached tag past
+    /// its TTL before it gets the cached manifest marked stale (the
+    /// revalidation goes on in the background).
+    pub revalidate_wait: Duration,
 }
 
 /// Where a repository's content comes from. The route is a snapshot: a
