@@ -19,12 +19,6 @@
 
 mod auth_support;
 mod common;
-#[allow(dead_code)] // only start/ctr are used here
-#[path = "pull_through_support/containerd.rs"]
-mod containerd;
-#[allow(dead_code)] // only the server and replies are used here
-#[path = "pull_through_support/fault.rs"]
-mod fault;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -35,7 +29,8 @@ use common::{
     cove_bin, oci_layout_manifest_digest, random_name, report, require_tool, run, sha256_digest, write_oci_layout,
     Image, Podman, OCI_MANIFEST,
 };
-use fault::{FaultServer, Reply};
+use cove_testkit::fault::{FaultServer, Reply};
+use cove_testkit::peers::containerd;
 use serde_json::json;
 
 /// The latency measurement takes this for writing; every other test for

@@ -17,13 +17,10 @@
 //!   (`COVE_OBJECT_BENCH_MIB`, default 256; `COVE_OBJECT_BENCH_GARAGE=1`
 //!   adds Garage).
 //!
-//! The S3 peers are started with the backends' helpers
-//! (backends/tests/object_support); a missing peer binary fails the test and
-//! names its install script (scripts/peers/install-*.sh).
+//! The S3 peers are cove-testkit's (`peers::s3`); a missing peer binary
+//! fails the test and names its install script (scripts/peers/install-*.sh).
 
 mod common;
-#[path = "../../backends/tests/object_support/mod.rs"]
-mod object_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -32,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::{ObjectStore as _, ObjectStoreExt as _};
-use object_support::S3Peer;
+use cove_testkit::peers::s3::S3Peer;
 
 use common::*;
 

@@ -4,14 +4,14 @@
 //! certificate rotation without restart, and bad pairs refused at start.
 
 mod common;
-mod pull_through_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pull_through_support::distribution::{skopeo, Layout};
+use cove_testkit::layout::Layout;
+use cove_testkit::peers::skopeo::skopeo;
 
 fn openssl(args: &[&str], dir: &Path) {
     let out = Command::new(require_tool("openssl", "openssl"))
