@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use cove_auth::{HtpasswdAuthenticator, HtpasswdOptions, NetworkAuthenticator, OidcAuthenticator, OidcConfig};
 use cove_testkit::oidc::*;
 use cove_testkit::suites::auth::*;
 use cove_testkit::util::{basic, now_secs};
-use cove_auth::{HtpasswdAuthenticator, HtpasswdOptions, NetworkAuthenticator, OidcAuthenticator, OidcConfig};
 
 #[tokio::test]
 async fn network_authenticator_conforms() {

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cove_auth::{AuthConfig, AuthService, HtpasswdAuthenticator, HtpasswdError, HtpasswdOptions};
+use cove_core::{Action, Authenticator, ErrorCode, RepoName};
 use cove_testkit::oidc::*;
 use cove_testkit::suites::auth::*;
 use cove_testkit::util::basic;
-use cove_auth::{AuthConfig, AuthService, HtpasswdAuthenticator, HtpasswdError, HtpasswdOptions};
-use cove_core::{Action, Authenticator, ErrorCode, RepoName};
 use sha_crypt::PasswordHasher as _;
 
 fn opts(cache: Duration) -> HtpasswdOptions {

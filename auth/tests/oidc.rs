@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use base64::Engine;
+use cove_auth::{OidcAuthenticator, OidcConfig};
+use cove_core::{Authenticator, ErrorCode, Identity, RegistryError};
 use cove_testkit::oidc::*;
 use cove_testkit::suites::auth::*;
 use cove_testkit::util::{basic, now_secs};
-use cove_auth::{OidcAuthenticator, OidcConfig};
-use cove_core::{Authenticator, ErrorCode, Identity, RegistryError};
 use serde_json::{json, Value};
 
 fn config(issuer: &str, refetch: &str) -> OidcConfig {

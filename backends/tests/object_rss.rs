@@ -3,9 +3,9 @@
 //! than the blob. Alone in its own test binary so nothing else allocates.
 
 use cove_core::{ByteStream, Storage};
-use futures::StreamExt;
 use cove_testkit::content::{generated, generated_digest, peak_rss, RssWatch};
 use cove_testkit::peers::s3::S3Peer;
+use futures::StreamExt;
 
 const MIB: u64 = 1024 * 1024;
 const BLOB: u64 = 256 * MIB;

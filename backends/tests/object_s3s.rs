@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use object_store::multipart::MultipartStore;
 use cove_testkit::peers::s3::S3Peer;
+use object_store::multipart::MultipartStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_s3s_fs() {

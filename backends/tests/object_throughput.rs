@@ -15,9 +15,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use cove_backends::object::ObjectStorage;
 use cove_core::{Algorithm, ByteStream, Digest, DigestHasher, Storage};
-use futures::StreamExt;
 use cove_testkit::content::peak_rss;
 use cove_testkit::peers::s3::S3Peer;
+use futures::StreamExt;
 
 const MIB: u64 = 1024 * 1024;
 const TOTAL: u64 = 1024 * MIB;

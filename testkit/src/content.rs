@@ -39,9 +39,6 @@ pub fn memory_of(pid: u32) -> Memory {
     Memory { peak_kib: rss, rss_kib: rss }
 }
 
-
-
-
 /// A deterministic, incompressible byte source of any size that never holds
 /// more than one chunk: chunk `i` is a fixed random block with `i` and the
 /// seed stamped at its start.

@@ -184,7 +184,12 @@ impl FakeUpstream {
         Ok(UpstreamManifest { digest, media_type, size, bytes: body.then_some(bytes) })
     }
 
-    fn blob(&self, op: &'static str, repo: &RepoName, digest: &Digest) -> Result<(Bytes, Option<Fault>), UpstreamError> {
+    fn blob(
+        &self,
+        op: &'static str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(Bytes, Option<Fault>), UpstreamError> {
         let fault = self.enter(op, repo.as_str(), &digest.to_string());
         if let Some(e) = fault.as_ref().and_then(status_error) {
             return Err(e);
@@ -234,10 +239,12 @@ fn body(bytes: Bytes, fault: Option<Fault>) -> ByteStream {
         Some(Fault::Stall(n)) => Box::pin(
             futures::stream::iter(pieces(bytes.slice(..n.min(bytes.len())), PIECE)).chain(futures::stream::pending()),
         ),
-        Some(Fault::Slow { chunk, every }) => Box::pin(futures::stream::iter(pieces(bytes, chunk)).then(move |c| async move {
-            tokio::time::sleep(every).await;
-            c
-        })),
+        Some(Fault::Slow { chunk, every }) => {
+            Box::pin(futures::stream::iter(pieces(bytes, chunk)).then(move |c| async move {
+                tokio::time::sleep(every).await;
+                c
+            }))
+        }
         _ => Box::pin(futures::stream::iter(pieces(bytes, PIECE))),
     }
 }

@@ -298,8 +298,7 @@ impl Content {
         for l in &img.layers {
             self.add_blob(l.clone());
         }
-        self.manifests
-            .insert(img.digest.clone(), (OCI_MANIFEST.to_owned(), Bytes::from(img.manifest.clone())));
+        self.manifests.insert(img.digest.clone(), (OCI_MANIFEST.to_owned(), Bytes::from(img.manifest.clone())));
         self.tags.insert(tag.to_owned(), img.digest.clone());
         img.digest.clone()
     }

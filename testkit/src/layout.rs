@@ -168,4 +168,3 @@ impl Layout {
         LayoutIndex { index, images }
     }
 }
-

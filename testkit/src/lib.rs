@@ -31,4 +31,4 @@ pub mod suites;
 pub mod token;
 pub mod util;
 
-pub use fake_upstream::{Fault, FakeUpstream};
+pub use fake_upstream::{FakeUpstream, Fault};

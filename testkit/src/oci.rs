@@ -138,4 +138,3 @@ pub fn oci_layout_blob(dir: &Path, digest: &str) -> Vec<u8> {
     let (alg, hex) = digest.split_once(':').expect("digest");
     std::fs::read(dir.join("blobs").join(alg).join(hex)).expect("read layout blob")
 }
-

@@ -117,4 +117,3 @@ pub fn hs256_token(kid: &str, secret: &[u8], claims: &serde_json::Value) -> Stri
     h.kid = Some(kid.into());
     jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_secret(secret)).expect("sign hs256")
 }
-

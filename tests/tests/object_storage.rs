@@ -28,8 +28,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use object_store::{ObjectStore as _, ObjectStoreExt as _};
 use cove_testkit::peers::s3::S3Peer;
+use object_store::{ObjectStore as _, ObjectStoreExt as _};
 
 use common::*;
 

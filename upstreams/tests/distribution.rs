@@ -4,14 +4,14 @@
 mod common;
 
 use common::upstream_from_toml;
+use cove_core::upstream::UpstreamError;
+use cove_core::Upstream;
 use cove_testkit::layout::Layout;
 use cove_testkit::oci::{OCI_INDEX, OCI_MANIFEST};
 use cove_testkit::peers::distribution::Distribution;
 use cove_testkit::peers::skopeo::skopeo_push;
 use cove_testkit::token::SigningCert;
 use cove_testkit::util::{digest, reference, repo, sha256_digest, try_read_all};
-use cove_core::upstream::UpstreamError;
-use cove_core::Upstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_upstream_method_against_distribution() {

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::upstream_from_toml;
+use cove_core::upstream::UpstreamError;
+use cove_core::Upstream;
 use cove_testkit::fault::{BodyMode, FaultServer, Reply, Request};
 use cove_testkit::oci::{OCI_INDEX, OCI_MANIFEST};
 use cove_testkit::util::{digest, free_port, random_bytes, reference, repo, sha256_digest, try_read_all};
-use cove_core::upstream::UpstreamError;
-use cove_core::Upstream;
 use cove_upstreams::OciUpstream;
 
 const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
@@ -23,7 +23,9 @@ fn upstream(server: &FaultServer, extra: &str) -> OciUpstream {
 }
 
 fn manifest_reply() -> Reply {
-    Reply::new(200, MANIFEST).header("Content-Type", OCI_MANIFEST).header("Docker-Content-Digest", sha256_digest(MANIFEST))
+    Reply::new(200, MANIFEST)
+        .header("Content-Type", OCI_MANIFEST)
+        .header("Docker-Content-Digest", sha256_digest(MANIFEST))
 }
 
 /// Fails the first `n` requests with `fail`, then answers `ok`.
@@ -112,8 +114,9 @@ async fn not_found_and_unauthorized_are_not_retried() {
 #[tokio::test]
 async fn too_many_requests() {
     // A short Retry-After is waited out.
-    let s = FaultServer::start(fail_first(1, Reply::new(429, "slow down").header("Retry-After", "1"), manifest_reply()))
-        .await;
+    let s =
+        FaultServer::start(fail_first(1, Reply::new(429, "slow down").header("Retry-After", "1"), manifest_reply()))
+            .await;
     let up = upstream(&s, "retries = 3");
     let t0 = Instant::now();
     up.get_manifest(&repo("a"), &reference("t")).await.expect("after waiting");

@@ -33,8 +33,11 @@ async fn oci_upstream_against_the_fault_registry_passes_the_fault_suite() {
     let work = tempfile::tempdir().expect("tempdir");
     let f = Fixture::build(&work.path().join("layout"), "library/suite");
     let reg = FaultRegistry::start(&f).await;
-    let up = upstream_from_toml("faulty.example", &format!("url = \"{}\"\nretries = 1\nread_timeout = \"500ms\"", reg.server.url()))
-        .with_backoff(Duration::from_millis(10), Duration::from_millis(50));
+    let up = upstream_from_toml(
+        "faulty.example",
+        &format!("url = \"{}\"\nretries = 1\nread_timeout = \"500ms\"", reg.server.url()),
+    )
+    .with_backoff(Duration::from_millis(10), Duration::from_millis(50));
     faults(&up, &f, &reg).await;
 }
 
@@ -66,8 +69,5 @@ async fn fake_upstream_counts_calls_and_fails_only_the_next_ones() {
     assert_eq!(fake.count("get_manifest"), 3);
     assert_eq!(fake.calls()[0].what, f.image_tag);
     fake.untag(f.repo.as_str(), &f.image_tag);
-    assert!(matches!(
-        fake.head_manifest(&f.repo, &tag).await,
-        Err(cove_core::upstream::UpstreamError::NotFound)
-    ));
+    assert!(matches!(fake.head_manifest(&f.repo, &tag).await, Err(cove_core::upstream::UpstreamError::NotFound)));
 }

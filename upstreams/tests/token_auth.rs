@@ -6,17 +6,20 @@ mod common;
 use std::time::Duration;
 
 use common::upstream_from_toml;
+use cove_core::upstream::UpstreamError;
+use cove_core::Upstream;
 use cove_testkit::layout::{Layout, LayoutImage};
 use cove_testkit::peers::distribution::Distribution;
 use cove_testkit::peers::skopeo::skopeo_push;
 use cove_testkit::token::{SigningCert, TokenIssuer};
 use cove_testkit::util::{digest, reference, repo, try_read_all};
-use cove_core::upstream::UpstreamError;
-use cove_core::Upstream;
 
 /// Pushes two repositories into a plain registry's storage, then serves
 /// the same storage from a token-auth registry.
-async fn token_registry(cert: &SigningCert, issuer: &TokenIssuer) -> (Distribution, LayoutImage, LayoutImage, tempfile::TempDir) {
+async fn token_registry(
+    cert: &SigningCert,
+    issuer: &TokenIssuer,
+) -> (Distribution, LayoutImage, LayoutImage, tempfile::TempDir) {
     let work = tempfile::tempdir().expect("tempdir");
     let root = work.path().join("storage");
     let mut layout = Layout::new(&work.path().join("layout"));

@@ -119,4 +119,3 @@ fn assert_no_secret_echo(err: &cove_core::RegistryError, header: &str) {
         assert!(!v.contains(secret), "error header echoes the credential");
     }
 }
-

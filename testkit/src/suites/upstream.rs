@@ -23,7 +23,7 @@ use bytes::Bytes;
 use cove_core::upstream::UpstreamError;
 use cove_core::{Reference, RepoName, Upstream};
 
-use crate::fake_upstream::{Fault, FakeUpstream};
+use crate::fake_upstream::{FakeUpstream, Fault};
 use crate::fault::{self, BodyMode, Content, FaultServer, Reply, SharedContent};
 use crate::layout::{Layout, LayoutImage, LayoutIndex};
 use crate::util::{digest, reference, repo, sha256_digest, try_read_all};

@@ -496,7 +496,6 @@ pub async fn assert_error(r: reqwest::Response, status: u16, code: &str, what: &
     v
 }
 
-
 /// Reads a response body and checks it equals `pattern[start..end)`, chunk
 /// by chunk, without holding it; returns the number of bytes read.
 pub async fn verify_stream_equals(resp: reqwest::Response, pattern: &Pattern, start: u64) -> u64 {
