@@ -6,6 +6,7 @@
 //! | [`fault`] | the misbehaving registry server (any status, truncated/slow/chunked bodies) |
 //! | [`token`] | the token issuer for distribution's `auth: token` (ES256 JWT, `x5c`) |
 //! | [`oidc`] | a loopback OIDC issuer, signing keys, forged tokens |
+//! | [`certs`] | a test CA, server certificates, self-signed pairs (openssl CLI) |
 //! | [`oci`], [`layout`] | OCI media types, images in memory, OCI layouts on disk |
 //! | [`content`] | large generated content ([`content::Pattern`]), fast SHA-256, RSS probes |
 //! | [`util`] | ports, random bytes, digests, streams, tools, parse helpers |
@@ -18,6 +19,7 @@
 //! can use it (Cargo allows that dev-dependency cycle); nothing under their
 //! `src/` does.
 
+pub mod certs;
 pub mod content;
 pub mod fake_upstream;
 pub mod fault;

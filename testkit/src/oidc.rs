@@ -2,18 +2,13 @@
 //! replaceable for rotation), signing keys made with `openssl genpkey`, and
 //! the forged tokens the tests throw at verifiers.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 
 use crate::fault::{FaultServer, Reply};
-use crate::util::{require_tool, run};
 
-/// Runs `openssl ARGS`; panics with its stderr on failure; returns stdout.
-pub fn openssl(args: &[&str]) -> String {
-    run(Command::new(require_tool("openssl", "openssl")).args(args))
-}
+pub use crate::certs::openssl;
 
 /// Serves `/.well-known/openid-configuration` and `/jwks` on loopback; the
 /// key set can be replaced (rotation).

@@ -4,15 +4,15 @@
 //! Basic credentials, when some are required).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
 
+use crate::certs::self_signed;
 use crate::fault::{FaultServer, Reply};
 use crate::peers::distribution::TokenAuth;
-use crate::util::{now_secs, require_tool, run};
+use crate::util::now_secs;
 
 /// A P-256 signing key and its self-signed certificate (openssl CLI); also
 /// usable as a server certificate for 127.0.0.1.
@@ -31,25 +31,7 @@ impl SigningCert {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = dir.path().join("key.pem");
         let cert = dir.path().join("cert.pem");
-        let mut cmd = Command::new(require_tool("openssl", "openssl"));
-        cmd.args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=cove-test-token-issuer",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert);
-        run(&mut cmd);
+        self_signed(&key, &cert, "/CN=cove-test-token-issuer");
         let pem = std::fs::read_to_string(&cert).expect("cert");
         // The PEM body is the base64 of the DER.
         let cert_der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();

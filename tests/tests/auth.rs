@@ -31,6 +31,7 @@ use common::{
 };
 use cove_testkit::fault::{FaultServer, Reply};
 use cove_testkit::peers::containerd;
+use cove_testkit::peers::skopeo::skopeo;
 use serde_json::json;
 
 /// The latency measurement takes this for writing; every other test for
@@ -814,12 +815,6 @@ async fn registry_tokens_expire_and_do_not_survive_a_key_change() {
 // ---------------------------------------------------------------------------
 // Real clients
 // ---------------------------------------------------------------------------
-
-fn skopeo() -> Command {
-    let mut c = Command::new(require_tool("skopeo", "skopeo"));
-    c.arg("--insecure-policy").env_remove("REGISTRY_AUTH_FILE");
-    c
-}
 
 /// Runs a command expected to fail; returns its combined output.
 fn run_fail(cmd: &mut Command) -> String {

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cove_testkit::peers::s3::S3Peer;
+use cove_testkit::peers::skopeo::skopeo;
 use object_store::{ObjectStore as _, ObjectStoreExt as _};
 
 use common::*;
@@ -235,13 +236,6 @@ fn manifest_for(config: &[u8], layers: &[(String, u64)]) -> Vec<u8> {
         })).collect::<Vec<_>>(),
     }))
     .expect("manifest json")
-}
-
-fn skopeo() -> Command {
-    let mut c = Command::new(require_tool("skopeo", "skopeo"));
-    c.arg("--insecure-policy");
-    c.env_remove("REGISTRY_AUTH_FILE");
-    c
 }
 
 // ---------------------------------------------------------------------------
