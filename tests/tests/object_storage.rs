@@ -184,22 +184,7 @@ fn parse_summary(stdout: &str) -> CopySummary {
 
 /// Runs `cove storage copy --from A --to B` to completion; returns stdout.
 fn storage_copy(from: &Path, to: &Path) -> String {
-    let out = Command::new(cove_bin())
-        .args(["storage", "copy", "--from"])
-        .arg(from)
-        .arg("--to")
-        .arg(to)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cove storage copy");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "cove storage copy failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    run(Command::new(cove_bin()).args(["storage", "copy", "--from"]).arg(from).arg("--to").arg(to))
 }
 
 /// Pushes `pattern` as one blob of `repo` the way docker and containerd do:

@@ -15,10 +15,16 @@ use cove_testkit::peers::skopeo::skopeo_push;
 use cove_testkit::suites::upstream::{faults, run_all, FaultRegistry, Fixture};
 use cove_testkit::FakeUpstream;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oci_upstream_against_distribution_passes_the_suite() {
+/// The suite's fixture, built in a temp dir that must outlive it.
+fn fixture() -> (tempfile::TempDir, Fixture) {
     let work = tempfile::tempdir().expect("tempdir");
     let f = Fixture::build(&work.path().join("layout"), "library/suite");
+    (work, f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_upstream_against_distribution_passes_the_suite() {
+    let (_work, f) = fixture();
     let reg = Distribution::start(None, None).await;
     for tag in [&f.image_tag, &f.index_tag] {
         skopeo_push(&f.layout.dir, tag, &format!("{}/{}:{tag}", reg.authority(), f.repo), None);
@@ -30,8 +36,7 @@ async fn oci_upstream_against_distribution_passes_the_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_upstream_against_the_fault_registry_passes_the_fault_suite() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let f = Fixture::build(&work.path().join("layout"), "library/suite");
+    let (_work, f) = fixture();
     let reg = FaultRegistry::start(&f).await;
     let up = upstream_from_toml(
         "faulty.example",
@@ -43,8 +48,7 @@ async fn oci_upstream_against_the_fault_registry_passes_the_fault_suite() {
 
 #[tokio::test]
 async fn fake_upstream_passes_the_suite() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let f = Fixture::build(&work.path().join("layout"), "library/suite");
+    let (_work, f) = fixture();
     let fake = FakeUpstream::new("docker.io");
     f.load_fake(&fake);
     assert_eq!(fake.host(), "docker.io");
@@ -54,8 +58,7 @@ async fn fake_upstream_passes_the_suite() {
 
 #[tokio::test]
 async fn fake_upstream_counts_calls_and_fails_only_the_next_ones() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let f = Fixture::build(&work.path().join("layout"), "library/suite");
+    let (_work, f) = fixture();
     let fake = FakeUpstream::new("ghcr.io");
     f.load_fake(&fake);
     fake.fail_next(2, cove_testkit::Fault::Status(503));
