@@ -1,12 +1,12 @@
 //! The shared authenticator conformance suite, run against every kind.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use cove_auth::{HtpasswdAuthenticator, HtpasswdOptions, NetworkAuthenticator, OidcAuthenticator, OidcConfig};
+use cove_testkit::oidc::*;
+use cove_testkit::suites::auth::*;
+use cove_testkit::util::{basic, now_secs};
 
 #[tokio::test]
 async fn network_authenticator_conforms() {
@@ -17,7 +17,7 @@ async fn network_authenticator_conforms() {
         bad: vec![basic("alice", "wrong")],
         challenge_scheme: None,
     };
-    run_conformance(&a, &e).await;
+    run_all(&a, &e).await;
 }
 
 #[tokio::test]
@@ -38,7 +38,7 @@ async fn htpasswd_authenticator_conforms() {
         ],
         challenge_scheme: Some("Basic"),
     };
-    run_conformance(&a, &e).await;
+    run_all(&a, &e).await;
 }
 
 #[tokio::test]
@@ -48,7 +48,7 @@ async fn oidc_authenticator_conforms() {
     issuer.set_keys(vec![key.jwk()]);
     let cfg = oidc_config(&issuer.url);
     let a = OidcAuthenticator::new(cfg, "cove").unwrap();
-    let claims = |aud: &str| serde_json::json!({"iss": issuer.url, "aud": aud, "sub": "ci-bot", "exp": now() + 300, "iat": now()});
+    let claims = |aud: &str| serde_json::json!({"iss": issuer.url, "aud": aud, "sub": "ci-bot", "exp": now_secs() + 300, "iat": now_secs()});
     let good = format!("Bearer {}", key.sign(&claims("cove")));
     let other = SigningKey::rsa("k1"); // same kid, different key: forged
     let e = Expect {
@@ -61,7 +61,7 @@ async fn oidc_authenticator_conforms() {
         ],
         challenge_scheme: Some("Bearer"),
     };
-    run_conformance(&a, &e).await;
+    run_all(&a, &e).await;
 }
 
 fn oidc_config(issuer: &str) -> OidcConfig {

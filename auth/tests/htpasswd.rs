@@ -2,14 +2,14 @@
 //! verification cache (with measured latency) and failed-login rate limiting.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use cove_auth::{AuthConfig, AuthService, HtpasswdAuthenticator, HtpasswdError, HtpasswdOptions};
 use cove_core::{Action, Authenticator, ErrorCode, RepoName};
+use cove_testkit::oidc::*;
+use cove_testkit::suites::auth::*;
+use cove_testkit::util::basic;
 use sha_crypt::PasswordHasher as _;
 
 fn opts(cache: Duration) -> HtpasswdOptions {

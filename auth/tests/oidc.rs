@@ -2,15 +2,14 @@
 //! real RS256 and ES256 signatures.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine;
-use common::*;
 use cove_auth::{OidcAuthenticator, OidcConfig};
 use cove_core::{Authenticator, ErrorCode, Identity, RegistryError};
+use cove_testkit::oidc::*;
+use cove_testkit::suites::auth::*;
+use cove_testkit::util::{basic, now_secs};
 use serde_json::{json, Value};
 
 fn config(issuer: &str, refetch: &str) -> OidcConfig {
@@ -25,7 +24,7 @@ fn config(issuer: &str, refetch: &str) -> OidcConfig {
 
 fn claims(iss: &str) -> Value {
     json!({"iss": iss, "aud": "cove", "sub": "123", "email": "ci@example.org", "roles": ["builders", "ops"],
-           "exp": now() + 300, "nbf": now() - 10, "iat": now()})
+           "exp": now_secs() + 300, "nbf": now_secs() - 10, "iat": now_secs()})
 }
 
 async fn auth(a: &OidcAuthenticator, token: &str) -> Result<Identity, RegistryError> {
@@ -55,7 +54,7 @@ async fn good_tokens_rs256_and_es256_map_claims() {
     let h = basic("ci", &ec.sign(&claims(&iss.url)));
     let id = a.authenticate(&req("127.0.0.1", Some(&h), None)).await.unwrap();
     assert_eq!(id.name(), Some("ci@example.org"));
-    assert_eq!(iss.jwks_fetches.load(Ordering::SeqCst), 1, "JWKS is cached");
+    assert_eq!(iss.jwks_fetches(), 1, "JWKS is cached");
 }
 
 #[tokio::test]
@@ -67,11 +66,11 @@ async fn bad_tokens_are_rejected() {
     let a = OidcAuthenticator::new(config(&iss.url, "10s"), "cove").unwrap();
 
     let mut c = claims(&iss.url);
-    c["exp"] = json!(now() - 120);
+    c["exp"] = json!(now_secs() - 120);
     assert_invalid(auth(&a, &rsa.sign(&c)).await, "expired");
 
     let mut c = claims(&iss.url);
-    c["nbf"] = json!(now() + 600);
+    c["nbf"] = json!(now_secs() + 600);
     assert_invalid(auth(&a, &rsa.sign(&c)).await, "not yet valid");
 
     let mut c = claims(&iss.url);
@@ -131,14 +130,14 @@ async fn rotated_key_is_accepted_after_refetch() {
     iss.set_keys(vec![old.jwk()]);
     let a = OidcAuthenticator::new(config(&iss.url, "0s"), "cove").unwrap();
     auth(&a, &old.sign(&claims(&iss.url))).await.unwrap();
-    assert_eq!(iss.jwks_fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(iss.jwks_fetches(), 1);
 
     // The issuer rotates: new key published, old one withdrawn.
     let new = SigningKey::ec("2026-b");
     iss.set_keys(vec![new.jwk()]);
     let id = auth(&a, &new.sign(&claims(&iss.url))).await.unwrap();
     assert_eq!(id.name(), Some("ci@example.org"));
-    assert_eq!(iss.jwks_fetches.load(Ordering::SeqCst), 2, "one refetch for the unknown kid");
+    assert_eq!(iss.jwks_fetches(), 2, "one refetch for the unknown kid");
     assert_invalid(auth(&a, &old.sign(&claims(&iss.url))).await, "withdrawn key");
 }
 
@@ -154,7 +153,7 @@ async fn unknown_kid_refetches_are_rate_limited() {
         let s = SigningKey { kid: format!("random-{i}"), alg: stranger.alg, key: stranger.key.clone() };
         assert_invalid(auth(&a, &s.sign(&claims(&iss.url))).await, "unknown kid");
     }
-    assert_eq!(iss.jwks_fetches.load(Ordering::SeqCst), 1, "unknown kids must not hammer the issuer");
+    assert_eq!(iss.jwks_fetches(), 1, "unknown kids must not hammer the issuer");
 }
 
 #[tokio::test]

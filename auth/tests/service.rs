@@ -2,12 +2,11 @@
 //! endpoint and scope enforcement, the policy matrix, config validation.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
 use cove_auth::config::validate;
 use cove_auth::{AccessRule, AuthConfig, AuthService, DefaultPolicy, RulePolicy};
 use cove_core::{AccessPolicy, Action, ErrorCode, Identity, RegistryError, RepoName};
+use cove_testkit::suites::auth::*;
+use cove_testkit::util::basic;
 
 fn repo(s: &str) -> RepoName {
     s.parse().unwrap()

@@ -23,15 +23,7 @@ const TOTAL: usize = 1 << 30;
 const POOL: usize = 4 << 20;
 
 fn pool() -> Bytes {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut v = Vec::with_capacity(POOL);
-    while v.len() < POOL {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    Bytes::from(v)
+    cove_testkit::util::seeded_bytes(POOL, 0x2545_F491_4F6C_DD1D)
 }
 
 /// `len` bytes cycling through `pool`, in `chunk`-sized pieces (no copies).

@@ -1,8 +1,6 @@
 //! The object backend on object_store's in-memory store (with multipart):
 //! the shared conformance suite and the object-specific checks.
 
-mod object_support;
-
 use std::sync::Arc;
 
 use cove_backends::object::ObjectStorage;
@@ -23,13 +21,13 @@ fn pair(prefix: &str) -> (ObjectStorage, ObjectStorage, Arc<dyn MultipartStore>)
 #[tokio::test]
 async fn conformance_in_memory() {
     let (a, _, _) = pair("");
-    cove_core::conformance::run_all(&a).await;
+    cove_testkit::suites::storage::run_all(&a).await;
 }
 
 #[tokio::test]
 async fn conformance_in_memory_with_prefix() {
     let (a, _, _) = pair("some/prefix");
-    cove_core::conformance::run_all(&a).await;
+    cove_testkit::suites::storage::run_all(&a).await;
     let outside: Vec<_> =
         futures::TryStreamExt::try_collect::<Vec<_>>(a.object_store().list(None)).await.expect("list");
     assert!(outside.iter().all(|m| m.location.as_ref().starts_with("some/prefix/")), "every key is under the prefix");
@@ -38,18 +36,18 @@ async fn conformance_in_memory_with_prefix() {
 #[tokio::test]
 async fn object_checks_in_memory() {
     let (a, b, mp) = pair("pfx");
-    object_support::checks::run_object_checks(&a, &b, &mp, "pfx").await;
+    cove_testkit::suites::object::run_object_checks(&a, &b, &mp, "pfx").await;
 }
 
 #[tokio::test]
 async fn without_multipart_small_uploads_work_and_large_ones_say_unsupported() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let s = ObjectStorage::new(store, None, "").with_part_size(5 << 20);
-    cove_core::conformance::run_all(&s).await;
+    cove_testkit::suites::storage::run_all(&s).await;
     let r: cove_core::RepoName = "obj/nomp".parse().expect("repo");
     let info = s.upload_start(&r).await.expect("start");
-    let big = object_support::checks::data(6 << 20, 1);
-    let res = s.upload_append(&info.id, 0, cove_core::conformance::chunked(big, 1 << 20)).await;
+    let big = cove_testkit::util::seeded_bytes(6 << 20, 1);
+    let res = s.upload_append(&info.id, 0, cove_testkit::util::chunked(big, 1 << 20)).await;
     assert!(matches!(res, Err(cove_core::StorageError::NotSupported(_))), "{res:?}");
     assert_eq!(s.upload_info(&info.id).await.expect("info").size, 0);
 }
@@ -138,10 +136,10 @@ async fn chunked_upload_above_the_copy_limit_is_streamed_not_copied() {
     let mp: Arc<dyn MultipartStore> = mem;
     let s = ObjectStorage::new(store, Some(mp), "").with_part_size(5 << 20).with_copy_limit(8 << 20);
     let repo: cove_core::RepoName = "obj/big".parse().expect("repo");
-    let data = object_support::checks::data(12 << 20, 7);
+    let data = cove_testkit::util::seeded_bytes(12 << 20, 7);
     let digest = cove_core::Digest::sha256_of(&data);
     let info = s.upload_start(&repo).await.expect("start");
-    let n = s.upload_append(&info.id, 0, cove_core::conformance::chunked(data.clone(), 1 << 20)).await.expect("append");
+    let n = s.upload_append(&info.id, 0, cove_testkit::util::chunked(data.clone(), 1 << 20)).await.expect("append");
     assert_eq!(n, data.len() as u64);
     assert_eq!(s.upload_commit(&info.id, &digest).await.expect("commit"), data.len() as u64);
     assert_eq!(no_copy.copies.load(std::sync::atomic::Ordering::SeqCst), 0, "no server-side copy above the limit");
@@ -156,9 +154,9 @@ async fn chunked_upload_above_the_copy_limit_is_streamed_not_copied() {
     assert!(left.iter().all(|m| !m.location.as_ref().starts_with("uploads/")), "nothing left under uploads/: {left:?}");
 
     // Under the limit the copy is used (and here fails, as the store says).
-    let small = object_support::checks::data(6 << 20, 8);
+    let small = cove_testkit::util::seeded_bytes(6 << 20, 8);
     let info = s.upload_start(&repo).await.expect("start");
-    s.upload_append(&info.id, 0, cove_core::conformance::chunked(small.clone(), 1 << 20)).await.expect("append");
+    s.upload_append(&info.id, 0, cove_testkit::util::chunked(small.clone(), 1 << 20)).await.expect("append");
     let res = s.upload_commit(&info.id, &cove_core::Digest::sha256_of(&small)).await;
     assert!(res.is_err(), "{res:?}");
     assert_eq!(no_copy.copies.load(std::sync::atomic::Ordering::SeqCst), 1, "copied server-side under the limit");

@@ -2,12 +2,10 @@
 //! to a real S3 server (s3s-fs): the process's peak RSS grows by far less
 //! than the blob. Alone in its own test binary so nothing else allocates.
 
-mod object_support;
-
 use cove_core::{ByteStream, Storage};
+use cove_testkit::content::{generated, generated_digest, peak_rss, RssWatch};
+use cove_testkit::peers::s3::S3Peer;
 use futures::StreamExt;
-use object_support::stream::{generated, generated_digest, RssWatch};
-use object_support::S3Peer;
 
 const MIB: u64 = 1024 * 1024;
 const BLOB: u64 = 256 * MIB;
@@ -34,12 +32,12 @@ async fn streaming_256_mib_keeps_rss_flat() {
     // Warm up the client (TLS-free, but connection pools, allocator arenas).
     s.check().await.expect("check");
     let watch = RssWatch::start();
-    let base = object_support::stream::peak_rss();
+    let base = peak_rss();
 
     // Whole-blob write.
     let n = s.blob_write(&digest, generated(BLOB, CHUNK, 0), Some(BLOB)).await.expect("blob write");
     assert_eq!(n, BLOB);
-    let after_write = object_support::stream::peak_rss();
+    let after_write = peak_rss();
 
     // Streaming read, hashed on the fly.
     let (len, got) = drain_hash(s.blob_read(&digest, None).await.expect("read")).await;
@@ -57,7 +55,7 @@ async fn streaming_256_mib_keeps_rss_flat() {
     }
     assert_eq!(off, BLOB);
     assert_eq!(s.upload_commit(&info.id, &digest).await.expect("commit"), BLOB);
-    let peak = watch.stop().max(object_support::stream::peak_rss());
+    let peak = watch.stop().max(peak_rss());
     let growth = peak.saturating_sub(base);
     eprintln!(
         "rss base {} MiB, after write {} MiB, peak {} MiB, growth {} MiB for a {} MiB blob",

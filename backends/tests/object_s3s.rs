@@ -3,19 +3,17 @@
 //! Needs /opt/cove-peers/bin/s3s-fs (scripts/peers/install-s3s-fs.sh) or
 //! `COVE_PEERS_BIN`.
 
-mod object_support;
-
 use std::sync::Arc;
 
+use cove_testkit::peers::s3::S3Peer;
 use object_store::multipart::MultipartStore;
-use object_support::S3Peer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_s3s_fs() {
     let peer = S3Peer::s3s_fs();
     let s = peer.storage("");
     cove_core::Storage::check(&s).await.expect("check");
-    cove_core::conformance::run_all(&s).await;
+    cove_testkit::suites::storage::run_all(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +22,7 @@ async fn object_checks_on_s3s_fs() {
     let a = peer.storage("reg");
     let b = peer.storage("reg");
     let mp: Arc<dyn MultipartStore> = Arc::new(peer.raw_s3());
-    object_support::checks::run_object_checks(&a, &b, &mp, "reg").await;
+    cove_testkit::suites::object::run_object_checks(&a, &b, &mp, "reg").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,24 +9,22 @@
 //! ```
 //! Each run still asserts that the bytes read back are complete and exact.
 
-mod object_support;
-
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use cove_backends::object::ObjectStorage;
 use cove_core::{Algorithm, ByteStream, Digest, DigestHasher, Storage};
+use cove_testkit::content::peak_rss;
+use cove_testkit::peers::s3::S3Peer;
 use futures::StreamExt;
-use object_support::stream::peak_rss;
-use object_support::S3Peer;
 
 const MIB: u64 = 1024 * 1024;
 const TOTAL: u64 = 1024 * MIB;
 const CHUNK: usize = (MIB as usize) + 17;
 
 fn pool() -> Vec<Bytes> {
-    (0..16u64).map(|i| object_support::checks::data(CHUNK, i + 100)).collect()
+    (0..16u64).map(|i| cove_testkit::util::seeded_bytes(CHUNK, i + 100)).collect()
 }
 
 fn body(pool: &[Bytes], total: u64) -> ByteStream {

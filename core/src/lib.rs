@@ -18,9 +18,6 @@ pub mod secret;
 pub mod storage;
 pub mod upstream;
 
-#[cfg(feature = "conformance")]
-pub mod conformance;
-
 pub use auth::{AccessPolicy, Action, AuthRequest, Authenticator, Identity, UnknownAction};
 pub use digest::{Algorithm, Digest, DigestHasher};
 pub use error::{ErrorCode, RegistryError, Result};

@@ -19,12 +19,6 @@
 
 mod auth_support;
 mod common;
-#[allow(dead_code)] // only start/ctr are used here
-#[path = "pull_through_support/containerd.rs"]
-mod containerd;
-#[allow(dead_code)] // only the server and replies are used here
-#[path = "pull_through_support/fault.rs"]
-mod fault;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -35,7 +29,9 @@ use common::{
     cove_bin, oci_layout_manifest_digest, random_name, report, require_tool, run, sha256_digest, write_oci_layout,
     Image, Podman, OCI_MANIFEST,
 };
-use fault::{FaultServer, Reply};
+use cove_testkit::fault::{FaultServer, Reply};
+use cove_testkit::peers::containerd;
+use cove_testkit::peers::skopeo::skopeo;
 use serde_json::json;
 
 /// The latency measurement takes this for writing; every other test for
@@ -819,12 +815,6 @@ async fn registry_tokens_expire_and_do_not_survive_a_key_change() {
 // ---------------------------------------------------------------------------
 // Real clients
 // ---------------------------------------------------------------------------
-
-fn skopeo() -> Command {
-    let mut c = Command::new(require_tool("skopeo", "skopeo"));
-    c.arg("--insecure-policy").env_remove("REGISTRY_AUTH_FILE");
-    c
-}
 
 /// Runs a command expected to fail; returns its combined output.
 fn run_fail(cmd: &mut Command) -> String {

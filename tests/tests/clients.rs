@@ -9,15 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-fn skopeo() -> Command {
-    let bin = require_tool("skopeo", "skopeo");
-    let mut c = Command::new(bin);
-    // No user policy or credentials may influence the test.
-    c.arg("--insecure-policy");
-    c.env_remove("REGISTRY_AUTH_FILE");
-    c
-}
+use cove_testkit::peers::skopeo::skopeo;
 
 fn host(s: &Server) -> String {
     s.addr.to_string()

@@ -17,13 +17,10 @@
 //!   (`COVE_OBJECT_BENCH_MIB`, default 256; `COVE_OBJECT_BENCH_GARAGE=1`
 //!   adds Garage).
 //!
-//! The S3 peers are started with the backends' helpers
-//! (backends/tests/object_support); a missing peer binary fails the test and
-//! names its install script (scripts/peers/install-*.sh).
+//! The S3 peers are cove-testkit's (`peers::s3`); a missing peer binary
+//! fails the test and names its install script (scripts/peers/install-*.sh).
 
 mod common;
-#[path = "../../backends/tests/object_support/mod.rs"]
-mod object_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -31,8 +28,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cove_testkit::peers::s3::S3Peer;
+use cove_testkit::peers::skopeo::skopeo;
 use object_store::{ObjectStore as _, ObjectStoreExt as _};
-use object_support::S3Peer;
 
 use common::*;
 
@@ -186,22 +184,7 @@ fn parse_summary(stdout: &str) -> CopySummary {
 
 /// Runs `cove storage copy --from A --to B` to completion; returns stdout.
 fn storage_copy(from: &Path, to: &Path) -> String {
-    let out = Command::new(cove_bin())
-        .args(["storage", "copy", "--from"])
-        .arg(from)
-        .arg("--to")
-        .arg(to)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cove storage copy");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "cove storage copy failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    run(Command::new(cove_bin()).args(["storage", "copy", "--from"]).arg(from).arg("--to").arg(to))
 }
 
 /// Pushes `pattern` as one blob of `repo` the way docker and containerd do:
@@ -238,13 +221,6 @@ fn manifest_for(config: &[u8], layers: &[(String, u64)]) -> Vec<u8> {
         })).collect::<Vec<_>>(),
     }))
     .expect("manifest json")
-}
-
-fn skopeo() -> Command {
-    let mut c = Command::new(require_tool("skopeo", "skopeo"));
-    c.arg("--insecure-policy");
-    c.env_remove("REGISTRY_AUTH_FILE");
-    c
 }
 
 // ---------------------------------------------------------------------------

@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pull_through_support::containerd::Containerd;
-use pull_through_support::distribution::{skopeo_push, Distribution, Layout};
+use cove_testkit::layout::Layout;
+use cove_testkit::peers::containerd::Containerd;
+use cove_testkit::peers::distribution::Distribution;
+use cove_testkit::peers::skopeo::skopeo_push;
 use pull_through_support::{blob_path, cache_status, cove_config, UpstreamTable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -143,7 +145,7 @@ fn ms(d: Duration) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_upstream_never_holds_up_the_cache() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let work = tempfile::tempdir().expect("tmp");
     let mut layout = Layout::new(&work.path().join("src"));
     let app = layout.add_image("v1", &[64 * 1024]);
@@ -274,7 +276,7 @@ async fn a_silent_upstream_never_holds_up_the_cache() {
 /// 503 at once and containerd moves on to its next host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_gets_cached_images_and_moves_on_for_the_rest() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let work = tempfile::tempdir().expect("tmp");
     let mut layout = Layout::new(&work.path().join("src"));
     let cached = layout.add_image("v1", &[64 * 1024]);

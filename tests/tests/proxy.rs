@@ -16,8 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pull_through_support::containerd::Containerd;
-use pull_through_support::distribution::{skopeo_pull, skopeo_push, Distribution, Layout};
+use cove_testkit::layout::Layout;
+use cove_testkit::peers::containerd::Containerd;
+use cove_testkit::peers::distribution::Distribution;
+use cove_testkit::peers::skopeo::{skopeo_pull, skopeo_push};
 use pull_through_support::{cove_config, UpstreamTable};
 
 /// A running Caddy reverse proxy on `127.0.0.1:PORT` in front of one
@@ -204,7 +206,7 @@ async fn the_client_behind_a_local_proxy_is_what_trusted_networks_judges() {
 /// upstream image with a hosts.toml mirror that points at Caddy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_push_and_pull_through_caddy() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let tables = [UpstreamTable { host: "docker.io", url: dist.url(), extra: "" }];
     let cove = Server::start_with(cove_with(&cove_config(&tables))).await;
     let caddy = Caddy::start(&cove.addr.to_string(), "");

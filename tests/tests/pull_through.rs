@@ -18,8 +18,10 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 
 use common::*;
-use pull_through_support::distribution::{skopeo_pull, skopeo_push, Distribution, Layout};
-use pull_through_support::fault::{self, BodyMode, Content, FaultServer, Reply};
+use cove_testkit::fault::{self, BodyMode, Content, FaultServer, Reply};
+use cove_testkit::layout::Layout;
+use cove_testkit::peers::distribution::Distribution;
+use cove_testkit::peers::skopeo::{skopeo_pull, skopeo_push};
 use pull_through_support::{blob_path, cache_status, start_cove, stored_manifests, UpstreamTable};
 
 // ---------------------------------------------------------------- helpers
@@ -83,7 +85,7 @@ fn ms(d: Duration) -> String {
 /// pushes into an upstream's namespace are denied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_upstream_names_ns_routing_and_denied_pushes() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let work = tempfile::tempdir().expect("tmp");
     let mut layout = Layout::new(&work.path().join("src"));
     let app = layout.add_image("v1", &[64 * 1024, 300 * 1024]);
@@ -182,7 +184,7 @@ async fn real_upstream_names_ns_routing_and_denied_pushes() {
 /// uncached blob answers from upstream without caching.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_arch_caches_each_platform_only_when_asked() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let work = tempfile::tempdir().expect("tmp");
     let mut layout = Layout::new(&work.path().join("src"));
     let idx = layout.add_index("v1", &["amd64", "arm64"], &[40 * 1024, 90 * 1024]);
@@ -240,7 +242,7 @@ async fn multi_arch_caches_each_platform_only_when_asked() {
 /// the TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_ttl_hit_then_head_revalidation_then_new_digest() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let work = tempfile::tempdir().expect("tmp");
     let mut layout = Layout::new(&work.path().join("src"));
     let v1 = layout.add_image("v1", &[20 * 1024]);
@@ -306,7 +308,7 @@ async fn tag_ttl_hit_then_head_revalidation_then_new_digest() {
 /// skopeo still pulls the cached image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_serves_cache_stale_and_fails_fast_for_the_rest() {
-    let mut dist = Distribution::start(None).await;
+    let mut dist = Distribution::start(None, None).await;
     let work = tempfile::tempdir().expect("tmp");
     let mut layout = Layout::new(&work.path().join("src"));
     let app = layout.add_image("v1", &[64 * 1024, 128 * 1024]);
@@ -371,10 +373,10 @@ async fn upstream_down_serves_cache_stale_and_fails_fast_for_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_upstream_with_configured_credentials() {
     use base64::Engine as _;
-    use pull_through_support::token::{SigningCert, TokenIssuer};
+    use cove_testkit::token::{SigningCert, TokenIssuer};
     let cert = SigningCert::generate();
-    let issuer = TokenIssuer::start(&cert, "puller", "s3cret-pw").await;
-    let dist = Distribution::start(Some(&issuer.auth_config(&cert))).await;
+    let issuer = TokenIssuer::start(&cert, Some(("puller", "s3cret-pw")), 300).await;
+    let dist = Distribution::start(None, Some(&issuer.auth_config(&cert))).await;
     let work = tempfile::tempdir().expect("tmp");
     let mut layout = Layout::new(&work.path().join("src"));
     let app = layout.add_image("v1", &[50 * 1024]);
@@ -814,8 +816,8 @@ async fn coalescing_concurrent_manifest_misses() {
 /// port so nothing can bypass Cove.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_pulls_through_cove_as_a_mirror_with_ns() {
-    use pull_through_support::containerd::Containerd;
-    let dist = Distribution::start(None).await;
+    use cove_testkit::peers::containerd::Containerd;
+    let dist = Distribution::start(None, None).await;
     let work = tempfile::tempdir().expect("tmp");
     let mut layout = Layout::new(&work.path().join("src"));
     let app = layout.add_image("v1", &[48 * 1024, 96 * 1024]);
@@ -924,7 +926,7 @@ async fn push_pattern(base: &str, repo: &str, pattern: &Pattern) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: 200 MiB transfers and 20 skopeo processes; run with --ignored"]
 async fn measure_first_pull_and_concurrent_pulls() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let cove = start_cove(&[table("docker.io", dist.url(), "")]).await;
     let build = if cove_bin().components().any(|c| c.as_os_str() == "release") { "release" } else { "debug" };
     let pattern = Pattern::new(200 << 20);

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 
 use common::*;
-use pull_through_support::distribution::{skopeo_push, Distribution, Layout};
+use cove_testkit::layout::Layout;
+use cove_testkit::peers::distribution::Distribution;
+use cove_testkit::peers::skopeo::skopeo_push;
 
 const NO_PRESETS: &str = "[upstreams.\"docker.io\"]\nenabled = false\n[upstreams.\"ghcr.io\"]\nenabled = false\n\
                           [upstreams.\"quay.io\"]\nenabled = false\n";
@@ -157,7 +159,7 @@ async fn download_in_progress_survives_reloads() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_adds_an_upstream() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let layout_dir = tempfile::tempdir().expect("tempdir");
     let mut layout = Layout::new(layout_dir.path());
     let img = layout.add_image("v1", &[300_000, 5_000]);

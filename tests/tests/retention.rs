@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pull_through_support::distribution::{skopeo_pull, skopeo_push, Distribution, Layout};
+use cove_testkit::layout::Layout;
+use cove_testkit::peers::distribution::Distribution;
+use cove_testkit::peers::skopeo::{skopeo_pull, skopeo_push};
 use pull_through_support::{blob_path, cache_status, cove_config, manifest_path, UpstreamTable};
 
 const HOST: &str = "upstream.test";
@@ -138,7 +140,7 @@ const AGE_CONFIG: &str = "\n[gc]\ngrace = \"1s\"\ninterval = \"1h\"\n[retention]
 /// from upstream (skopeo, digests preserved).
 #[tokio::test]
 async fn max_age_evicts_unpulled_images_only() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let (a, b) = (Image::random(2), Image::random(2));
     upstream_push(&dist, "lib/a", "v1", &a).await;
     upstream_push(&dist, "lib/b", "v1", &b).await;
@@ -221,7 +223,7 @@ async fn max_age_evicts_unpulled_images_only() {
 /// count as seen at the first run after the restart, and stay).
 #[tokio::test]
 async fn activity_log_survives_restart() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let img = Image::random(1);
     upstream_push(&dist, "lib/old", "v1", &img).await;
     let mut s = start(&dist, AGE_CONFIG).await;
@@ -252,7 +254,7 @@ async fn activity_log_survives_restart() {
 /// the index and its platform manifests go together.
 #[tokio::test]
 async fn an_index_is_evicted_with_its_platform_manifests() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut layout = Layout::new(&tmp.path().join("oci"));
     let idx = layout.add_index("v1", &["amd64", "arm64"], &[4096]);
@@ -294,7 +296,7 @@ async fn an_index_is_evicted_with_its_platform_manifests() {
 /// max_size evicts the least recently pulled images until the cache fits.
 #[tokio::test]
 async fn max_size_evicts_least_recently_pulled_first() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let imgs: Vec<Image> = (0..3).map(|_| Image::from_layers(vec![random_bytes(100 * 1024)])).collect();
     for (i, img) in imgs.iter().enumerate() {
         upstream_push(&dist, &format!("lib/c{i}"), "v1", img).await;
@@ -347,7 +349,7 @@ async fn max_size_evicts_least_recently_pulled_first() {
 /// the private image pulls back verified; the freed bytes exclude it.
 #[tokio::test]
 async fn shared_blob_with_private_image_stays() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let shared = random_bytes(50 * 1024);
     let cached = Image::from_layers(vec![shared.clone(), random_bytes(10 * 1024)]);
     upstream_push(&dist, "lib/shared", "v1", &cached).await;
@@ -390,7 +392,7 @@ async fn shared_blob_with_private_image_stays() {
 /// keeps it; repositories outside the pattern are untouched.
 #[tokio::test]
 async fn tag_retention_keep_last_and_pulled_within() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let s = start(
         &dist,
         "\n[gc]\ngrace = \"1s\"\ninterval = \"1h\"\n[[retention.tags]]\nrepository = \"ci/*\"\n\
@@ -511,7 +513,7 @@ async fn invalid_retention_config_is_rejected_naming_the_key() {
 /// end everything pulls back complete.
 #[tokio::test]
 async fn retention_and_gc_race_pulls_and_pushes() {
-    let dist = Distribution::start(None).await;
+    let dist = Distribution::start(None, None).await;
     let base_layer = random_bytes(32 * 1024);
     let mut cached = Vec::new();
     for i in 0..6 {

@@ -4,104 +4,15 @@
 //! certificate rotation without restart, and bad pairs refused at start.
 
 mod common;
-mod pull_through_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pull_through_support::distribution::{skopeo, Layout};
-
-fn openssl(args: &[&str], dir: &Path) {
-    let out = Command::new(require_tool("openssl", "openssl"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Makes `ca.crt`/`ca.key` in `dir`.
-fn make_ca(dir: &Path) {
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=cove-test-ca",
-        ],
-        dir,
-    );
-}
-
-/// Makes `<name>.crt`/`<name>.key` for localhost and 127.0.0.1, signed by the CA.
-fn make_server_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext file");
-    let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
-    openssl(
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            "/CN=localhost",
-        ],
-        dir,
-    );
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-        dir,
-    );
-    (dir.join(crt), dir.join(key))
-}
-
-fn der_of(pem_file: &Path) -> Vec<u8> {
-    let out =
-        Command::new("openssl").args(["x509", "-outform", "der", "-in"]).arg(pem_file).output().expect("openssl x509");
-    assert!(out.status.success());
-    out.stdout
-}
+use cove_testkit::certs::{der_of, make_ca, make_server_cert};
+use cove_testkit::layout::Layout;
+use cove_testkit::peers::skopeo::skopeo;
 
 fn tls_client(ca: &Path) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).expect("ca.crt")).expect("CA pem");

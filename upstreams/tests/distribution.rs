@@ -3,17 +3,23 @@
 
 mod common;
 
-use common::*;
+use common::upstream_from_toml;
 use cove_core::upstream::UpstreamError;
 use cove_core::Upstream;
+use cove_testkit::layout::Layout;
+use cove_testkit::oci::{OCI_INDEX, OCI_MANIFEST};
+use cove_testkit::peers::distribution::Distribution;
+use cove_testkit::peers::skopeo::skopeo_push;
+use cove_testkit::token::SigningCert;
+use cove_testkit::util::{digest, reference, repo, sha256_digest, try_read_all};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_upstream_method_against_distribution() {
     let reg = Distribution::start(None, None).await;
     let work = tempfile::tempdir().expect("tempdir");
-    let mut layout = OciLayout::new(&work.path().join("layout"));
-    let image = layout.add_image("v1", 300_000);
-    let index = layout.add_index("multi", &["amd64", "arm64"], 50_000);
+    let mut layout = Layout::new(&work.path().join("layout"));
+    let image = layout.add_image("v1", &[300_000]);
+    let index = layout.add_index("multi", &["amd64", "arm64"], &[50_000]);
     let dest = format!("{}/library/app", reg.authority());
     skopeo_push(&layout.dir, "v1", &format!("{dest}:v1"), None);
     skopeo_push(&layout.dir, "multi", &format!("{dest}:multi"), None);
@@ -64,8 +70,8 @@ async fn every_upstream_method_against_distribution() {
         assert_eq!(size, blob.bytes.len() as u64);
         let b = up.get_blob(&app, &d).await.expect("GET blob");
         assert_eq!(b.size, Some(blob.bytes.len() as u64));
-        let got = collect(b.stream).await.expect("blob body");
-        assert_eq!(sha256(&got), blob.digest);
+        let got = try_read_all(b.stream).await.expect("blob body");
+        assert_eq!(sha256_digest(&got), blob.digest);
         assert_eq!(got, blob.bytes);
     }
 
@@ -75,7 +81,7 @@ async fn every_upstream_method_against_distribution() {
     assert_eq!(tags, ["multi", "v1"]);
 
     // 404s.
-    let missing_digest = digest(&sha256(b"not pushed"));
+    let missing_digest = digest(&sha256_digest(b"not pushed"));
     assert!(matches!(up.head_manifest(&app, &reference("nope")).await, Err(UpstreamError::NotFound)));
     assert!(matches!(up.get_manifest(&app, &reference("nope")).await, Err(UpstreamError::NotFound)));
     assert!(matches!(
@@ -89,7 +95,7 @@ async fn every_upstream_method_against_distribution() {
     assert!(matches!(up.tags(&other).await, Err(UpstreamError::NotFound)));
 
     // Each HEAD reached distribution as a HEAD (no fallback GETs).
-    assert!(reg.access_count("\"HEAD /v2/library/app/manifests/v1") >= 1);
+    assert!(reg.count("\"HEAD /v2/library/app/manifests/v1") >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,8 +103,8 @@ async fn https_upstream_and_tls_verify() {
     let cert = SigningCert::generate();
     let work = tempfile::tempdir().expect("tempdir");
     let root = work.path().join("storage");
-    let mut layout = OciLayout::new(&work.path().join("layout"));
-    let image = layout.add_image("v1", 10_000);
+    let mut layout = Layout::new(&work.path().join("layout"));
+    let image = layout.add_image("v1", &[10_000]);
     {
         let open = Distribution::start(Some(&root), None).await;
         skopeo_push(&layout.dir, "v1", &format!("{}/library/app:v1", open.authority()), None);

@@ -5,18 +5,26 @@ mod common;
 
 use std::time::Duration;
 
-use common::*;
+use common::upstream_from_toml;
 use cove_core::upstream::UpstreamError;
 use cove_core::Upstream;
+use cove_testkit::layout::{Layout, LayoutImage};
+use cove_testkit::peers::distribution::Distribution;
+use cove_testkit::peers::skopeo::skopeo_push;
+use cove_testkit::token::{SigningCert, TokenIssuer};
+use cove_testkit::util::{digest, reference, repo, try_read_all};
 
 /// Pushes two repositories into a plain registry's storage, then serves
 /// the same storage from a token-auth registry.
-async fn token_registry(cert: &SigningCert, issuer: &TokenIssuer) -> (Distribution, Image, Image, tempfile::TempDir) {
+async fn token_registry(
+    cert: &SigningCert,
+    issuer: &TokenIssuer,
+) -> (Distribution, LayoutImage, LayoutImage, tempfile::TempDir) {
     let work = tempfile::tempdir().expect("tempdir");
     let root = work.path().join("storage");
-    let mut layout = OciLayout::new(&work.path().join("layout"));
-    let a = layout.add_image("a", 20_000);
-    let b = layout.add_image("b", 30_000);
+    let mut layout = Layout::new(&work.path().join("layout"));
+    let a = layout.add_image("a", &[20_000]);
+    let b = layout.add_image("b", &[30_000]);
     {
         let open = Distribution::start(Some(&root), None).await;
         skopeo_push(&layout.dir, "a", &format!("{}/library/app:a", open.authority()), None);
@@ -48,7 +56,7 @@ async fn anonymous_token_is_fetched_cached_and_used() {
     assert_eq!(h.digest.to_string(), a.manifest.digest);
     let layer = &a.layers[0];
     let blob = up.get_blob(&app, &digest(&layer.digest)).await.expect("blob");
-    assert_eq!(collect(blob.stream).await.expect("body"), layer.bytes);
+    assert_eq!(try_read_all(blob.stream).await.expect("body"), layer.bytes);
     assert_eq!(up.head_blob(&app, &digest(&layer.digest)).await.expect("HEAD blob"), layer.bytes.len() as u64);
     assert_eq!(up.tags(&app).await.expect("tags"), ["a"]);
     assert_eq!(issuer.hits(), 1, "token reused for the same scope");

@@ -1,36 +1,30 @@
 //! Shared harness for the end-to-end tests: starts the real `cove` binary on
 //! a free loopback port with its own data directory, and offers small helpers
-//! to talk the OCI distribution protocol over raw HTTP, generate content and
-//! build OCI image layouts on disk for real clients.
+//! to talk the OCI distribution protocol over raw HTTP. Content, OCI images
+//! and layouts, podman and the other helpers come from cove-testkit and are
+//! re-exported here, so `use common::*` brings what every test uses.
 //!
 //! Every test owns its server and temp directories, so tests run in parallel.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-/// An Accept header naming every manifest media type.
-pub const ACCEPT_ALL: &str = "application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.oci.image.index.v1+json, \
-    application/vnd.docker.distribution.manifest.v2+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json";
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use cove_testkit::content::{memory_of, FastSha256, Memory, Pattern};
+#[allow(unused_imports)]
+pub use cove_testkit::oci::*;
+#[allow(unused_imports)]
+pub use cove_testkit::peers::podman::Podman;
+#[allow(unused_imports)]
+pub use cove_testkit::util::{files_under, free_port, random_bytes, random_name, require_tool, run, sha256_digest};
 
 // ---------------------------------------------------------------------------
 // Locating the binary
@@ -173,12 +167,6 @@ pub struct Server {
     opts: ServerOptions,
     /// A client with no proxy, no redirects and a generous timeout.
     pub http: reqwest::Client,
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
 }
 
 /// An HTTP client for tests: no proxy (never leave loopback), no redirects.
@@ -508,398 +496,10 @@ pub async fn assert_error(r: reqwest::Response, status: u16, code: &str, what: &
     v
 }
 
-// ---------------------------------------------------------------------------
-// Content
-// ---------------------------------------------------------------------------
-
-/// `sha256:<hex>` of `data`.
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-fn seed() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    t ^ (std::process::id() as u64) << 32 ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-fn splitmix(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// `len` pseudo-random bytes, different on every call.
-pub fn random_bytes(len: usize) -> Vec<u8> {
-    let mut s = seed();
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        v.extend_from_slice(&splitmix(&mut s).to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-/// A small random lowercase name (for repositories and tags).
-pub fn random_name(prefix: &str) -> String {
-    let mut s = seed();
-    format!("{prefix}{:012x}", splitmix(&mut s) & 0xffff_ffff_ffff)
-}
-
-/// A small OCI image held in memory: config, layers and its manifest bytes.
-pub struct Image {
-    pub config: Vec<u8>,
-    pub layers: Vec<Vec<u8>>,
-    pub manifest: Vec<u8>,
-    pub digest: String,
-}
-
-impl Image {
-    /// An OCI image with `layers` random layers of 1–64 KiB and a valid config.
-    pub fn random(layers: usize) -> Image {
-        let layers: Vec<Vec<u8>> = (0..layers).map(|i| random_bytes(1024 + (i * 7919 % 64) * 1024)).collect();
-        Image::from_layers(layers)
-    }
-
-    pub fn from_layers(layers: Vec<Vec<u8>>) -> Image {
-        let diff_ids: Vec<String> = layers.iter().map(|l| sha256_digest(l)).collect();
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "created": "2026-01-01T00:00:00Z",
-            "config": {},
-            "rootfs": { "type": "layers", "diff_ids": diff_ids },
-            "history": [],
-            "nonce": random_name(""),
-        }))
-        .expect("config json");
-        let manifest = oci_manifest(&config, &layers, None, None);
-        let digest = sha256_digest(&manifest);
-        Image { config, layers, manifest, digest }
-    }
-}
-
-/// A descriptor JSON value.
-pub fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
-    serde_json::json!({
-        "mediaType": media_type,
-        "digest": sha256_digest(data),
-        "size": data.len(),
-    })
-}
-
-/// OCI image manifest bytes for `config` and `layers`, with an optional
-/// `subject` descriptor and `artifactType`.
-pub fn oci_manifest(
-    config: &[u8],
-    layers: &[Vec<u8>],
-    subject: Option<serde_json::Value>,
-    artifact_type: Option<&str>,
-) -> Vec<u8> {
-    let mut m = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": layers.iter().map(|l| descriptor(OCI_LAYER, l)).collect::<Vec<_>>(),
-    });
-    if let Some(s) = subject {
-        m["subject"] = s;
-    }
-    if let Some(a) = artifact_type {
-        m["artifactType"] = serde_json::Value::String(a.to_owned());
-    }
-    serde_json::to_vec_pretty(&m).expect("manifest json")
-}
-
-// ---------------------------------------------------------------------------
-// OCI image layouts (for skopeo)
-// ---------------------------------------------------------------------------
-
-/// Writes `img` as an OCI image layout at `dir` with `ref_name` as its
-/// `org.opencontainers.image.ref.name` annotation.
-pub fn write_oci_layout(dir: &Path, img: &Image, ref_name: &str) {
-    let blobs = dir.join("blobs").join("sha256");
-    std::fs::create_dir_all(&blobs).expect("create layout");
-    let write_blob = |data: &[u8]| {
-        let d = sha256_digest(data);
-        let hex = d.trim_start_matches("sha256:");
-        std::fs::write(blobs.join(hex), data).expect("write blob");
-    };
-    write_blob(&img.config);
-    for l in &img.layers {
-        write_blob(l);
-    }
-    write_blob(&img.manifest);
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write oci-layout");
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{
-            "mediaType": OCI_MANIFEST,
-            "digest": img.digest,
-            "size": img.manifest.len(),
-            "annotations": { "org.opencontainers.image.ref.name": ref_name },
-        }],
-    });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("index json")).expect("write index.json");
-}
-
-/// Reads an OCI layout's index.json and returns the manifest digest tagged
-/// `ref_name` (or the only one, if `ref_name` is empty).
-pub fn oci_layout_manifest_digest(dir: &Path, ref_name: &str) -> String {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("read index.json"))
-            .expect("index.json is JSON");
-    let manifests = index["manifests"].as_array().expect("manifests array");
-    let m = manifests
-        .iter()
-        .find(|m| {
-            ref_name.is_empty() || m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(ref_name)
-        })
-        .unwrap_or_else(|| panic!("no manifest {ref_name:?} in {index}"));
-    m["digest"].as_str().expect("digest").to_owned()
-}
-
-/// Reads a blob from an OCI layout.
-pub fn oci_layout_blob(dir: &Path, digest: &str) -> Vec<u8> {
-    let (alg, hex) = digest.split_once(':').expect("digest");
-    std::fs::read(dir.join("blobs").join(alg).join(hex)).expect("read layout blob")
-}
-
-// ---------------------------------------------------------------------------
-// External tools
-// ---------------------------------------------------------------------------
-
-/// Path of an external tool, or a panic naming how to install it. Tests never
-/// pass silently without the peer they exercise.
-pub fn require_tool(name: &str, package: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"]) {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "`{name}` is required by this test but is not installed. Install it with \
-         `apt-get install -y {package}` or run scripts/install-test-deps.sh"
-    );
-}
-
-/// Runs a command, panicking with its output if it fails; returns stdout.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-// ---------------------------------------------------------------------------
-// Memory
-// ---------------------------------------------------------------------------
-
-/// Memory of a process, in KiB.
-#[derive(Debug, Clone, Copy)]
-pub struct Memory {
-    /// Peak resident set size (VmHWM).
-    pub peak_kib: u64,
-    /// Current resident set size (VmRSS).
-    pub rss_kib: u64,
-}
-
-/// Reads VmHWM and VmRSS from `/proc/<pid>/status` (Linux), or asks `ps` for
-/// the current RSS elsewhere (then peak = current).
-pub fn memory_of(pid: u32) -> Memory {
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{name} missing in /proc/{pid}/status"))
-        };
-        return Memory { peak_kib: field("VmHWM:"), rss_kib: field("VmRSS:") };
-    }
-    let out = run(Command::new("ps").args(["-o", "rss=", "-p", &pid.to_string()]));
-    let rss = out.trim().parse().expect("ps rss");
-    Memory { peak_kib: rss, rss_kib: rss }
-}
-
-// ---------------------------------------------------------------------------
-// Large streamed content
-// ---------------------------------------------------------------------------
-
-/// A deterministic, incompressible byte source of any size that never holds
-/// more than one chunk: chunk `i` is a fixed random block with `i` and the
-/// seed stamped at its start.
-#[derive(Clone)]
-pub struct Pattern {
-    block: Bytes,
-    seed: u64,
-    pub total: u64,
-}
-
-impl Pattern {
-    pub const CHUNK: usize = 1 << 20;
-
-    pub fn new(total: u64) -> Pattern {
-        let seed = seed();
-        Pattern { block: Bytes::from(random_bytes(Self::CHUNK)), seed, total }
-    }
-
-    /// The bytes of chunk `i` (the last one may be short).
-    pub fn chunk(&self, i: u64) -> Bytes {
-        let start = i * Self::CHUNK as u64;
-        let len = (self.total - start).min(Self::CHUNK as u64) as usize;
-        let mut v = self.block[..len].to_vec();
-        let stamp = [i.to_le_bytes(), self.seed.to_le_bytes()].concat();
-        let n = stamp.len().min(len);
-        v[..n].copy_from_slice(&stamp[..n]);
-        Bytes::from(v)
-    }
-
-    pub fn chunks(&self) -> u64 {
-        self.total.div_ceil(Self::CHUNK as u64)
-    }
-
-    /// The bytes in `[start, end)` as a stream of chunks.
-    pub fn stream_range(
-        &self,
-        start: u64,
-        end: u64,
-    ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-        let me = self.clone();
-        let c = Self::CHUNK as u64;
-        let first = start / c;
-        let last = if end == 0 { 0 } else { end.div_ceil(c) };
-        futures::stream::iter(first..last).map(move |i| {
-            let chunk = me.chunk(i);
-            let cs = i * c;
-            let a = start.saturating_sub(cs) as usize;
-            let b = ((end - cs) as usize).min(chunk.len());
-            Ok(chunk.slice(a..b))
-        })
-    }
-
-    /// The sha256 digest of the whole content.
-    pub fn digest(&self) -> String {
-        let mut h = FastSha256::new();
-        for i in 0..self.chunks() {
-            h.update(&self.chunk(i));
-        }
-        h.finish()
-    }
-}
-
-/// SHA-256 over large content. Test binaries are built without
-/// optimisation, where the sha2 crate manages only ~10 MiB/s; `openssl dgst`
-/// (SHA-NI) is ~100× faster, so it is used when present, else sha2.
-pub struct FastSha256 {
-    child: Option<(Child, std::process::ChildStdin)>,
-    fallback: Sha256,
-}
-
-impl FastSha256 {
-    pub fn new() -> FastSha256 {
-        let child = Command::new("openssl")
-            .args(["dgst", "-sha256", "-r"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()
-            .and_then(|mut c| c.stdin.take().map(|i| (c, i)));
-        FastSha256 { child, fallback: Sha256::new() }
-    }
-
-    pub fn update(&mut self, data: &[u8]) {
-        use std::io::Write as _;
-        match &mut self.child {
-            Some((_, stdin)) => stdin.write_all(data).expect("write to openssl"),
-            None => self.fallback.update(data),
-        }
-    }
-
-    /// `sha256:<hex>`.
-    pub fn finish(self) -> String {
-        match self.child {
-            Some((child, stdin)) => {
-                drop(stdin);
-                let out = child.wait_with_output().expect("openssl output");
-                assert!(out.status.success(), "openssl dgst failed");
-                let text = String::from_utf8_lossy(&out.stdout);
-                let hex = text
-                    .split(|c: char| !c.is_ascii_hexdigit())
-                    .find(|t| t.len() == 64)
-                    .unwrap_or_else(|| panic!("no digest in openssl output {text:?}"));
-                format!("sha256:{}", hex.to_ascii_lowercase())
-            }
-            None => format!("sha256:{}", hex::encode(self.fallback.finalize())),
-        }
-    }
-}
-
-impl Default for FastSha256 {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-use futures::StreamExt as _;
-
 /// Reads a response body and checks it equals `pattern[start..end)`, chunk
 /// by chunk, without holding it; returns the number of bytes read.
 pub async fn verify_stream_equals(resp: reqwest::Response, pattern: &Pattern, start: u64) -> u64 {
-    let mut body = resp.bytes_stream();
-    let c = Pattern::CHUNK as u64;
-    let mut pos = start;
-    let mut cur: Option<(u64, Bytes)> = None;
-    while let Some(piece) = body.next().await {
-        let piece = piece.expect("body chunk");
-        let mut off = 0usize;
-        while off < piece.len() {
-            let idx = pos / c;
-            if cur.as_ref().is_none_or(|(i, _)| *i != idx) {
-                assert!(idx < pattern.chunks(), "body longer than expected");
-                cur = Some((idx, pattern.chunk(idx)));
-            }
-            let (_, expected) = cur.as_ref().expect("chunk");
-            let in_chunk = (pos - idx * c) as usize;
-            let n = (expected.len() - in_chunk).min(piece.len() - off);
-            assert!(
-                piece[off..off + n] == expected[in_chunk..in_chunk + n],
-                "content differs in bytes {pos}..{}",
-                pos + n as u64
-            );
-            off += n;
-            pos += n as u64;
-        }
-    }
-    pos - start
-}
-
-/// Every file under `dir`, recursively (empty when it does not exist).
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+    pattern.verify(resp.bytes_stream(), start).await
 }
 
 /// Checks that every file under `<data>/blobs/sha256` is named by its
@@ -952,50 +552,4 @@ pub fn cove(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// podman with its own storage, state and auth file, as root, without
-/// cgroups or an events journal (what works in this sandbox).
-pub struct Podman {
-    pub dir: tempfile::TempDir,
-    bin: PathBuf,
-}
-
-impl Podman {
-    pub fn new() -> Podman {
-        let bin = require_tool("podman", "podman");
-        let dir = tempfile::Builder::new().prefix("cove-podman-").tempdir().expect("tmp");
-        std::fs::write(dir.path().join("registries.conf"), "unqualified-search-registries = []\n")
-            .expect("registries.conf");
-        Podman { dir, bin }
-    }
-
-    /// `<tempdir>/auth.json`, the only auth file podman reads here.
-    pub fn authfile(&self) -> PathBuf {
-        self.dir.path().join("auth.json")
-    }
-
-    /// `podman … SUBCOMMAND --authfile <tempdir>/auth.json`.
-    pub fn auth(&self, sub: &str) -> Command {
-        let mut c = self.cmd();
-        c.arg(sub).arg("--authfile").arg(self.authfile());
-        c
-    }
-
-    /// `podman` with the isolated root, runroot, tmpdir and registries.conf.
-    pub fn cmd(&self) -> Command {
-        let d = self.dir.path();
-        let mut c = Command::new(&self.bin);
-        c.arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("runroot"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
-            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env("TMPDIR", d);
-        c
-    }
 }

@@ -1,22 +1,9 @@
-//! Peers for the pull-through cache tests (tests/tests/pull_through.rs):
-//!
-//! - [`distribution`]: the real CNCF distribution registry as the upstream
-//!   (access log on, to count upstream requests), OCI layouts of images with
-//!   real tar layers, skopeo push and pull.
-//! - [`fault`]: a streaming registry server that misbehaves on purpose
-//!   (5xx, 429 + Retry-After, truncated, wrong-digest and slow bodies) and
-//!   counts every request.
-//! - [`token`]: a token service for distribution's `auth: token`.
-//! - [`containerd`]: a private containerd daemon and `ctr`.
-//!
-//! Adapted from upstreams/tests/common (same ideas, copied so the two test
-//! crates can evolve separately).
+//! Cove-side helpers for the pull-through cache tests
+//! (tests/tests/pull_through.rs, retention.rs, reload.rs): Cove's config
+//! for a set of upstreams, and where the cache lands on disk. The peers
+//! themselves (distribution, the fault registry, the token issuer,
+//! containerd, skopeo) are in cove-testkit.
 #![allow(dead_code)]
-
-pub mod containerd;
-pub mod distribution;
-pub mod fault;
-pub mod token;
 
 use crate::common::{Server, ServerOptions};
 

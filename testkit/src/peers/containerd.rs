@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::require_tool;
+use crate::util::{no_proxy, require_tool};
 
 /// A running containerd; killed on drop.
 pub struct Containerd {
@@ -42,18 +42,9 @@ impl Containerd {
         std::fs::write(&cfg, config).expect("write containerd config");
         let log = d.join("containerd.log");
         let logf = std::fs::File::create(&log).expect("log");
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("dup"))
-            .stderr(logf)
-            .env_remove("http_proxy")
-            .env_remove("HTTP_PROXY")
-            .env_remove("https_proxy")
-            .env_remove("HTTPS_PROXY")
-            .spawn()
-            .expect("spawn containerd");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(&cfg).stdin(Stdio::null()).stdout(logf.try_clone().expect("dup")).stderr(logf);
+        let child = no_proxy(&mut cmd).spawn().expect("spawn containerd");
         let mut c = Containerd { child: Some(child), socket, log, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -72,17 +63,9 @@ impl Containerd {
 
     /// Runs `ctr -a SOCKET args…`.
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
-            .arg("-a")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .env_remove("http_proxy")
-            .env_remove("HTTP_PROXY")
-            .env_remove("https_proxy")
-            .env_remove("HTTPS_PROXY")
-            .output()
-            .expect("run ctr")
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a").arg(&self.socket).args(args).stdin(Stdio::null());
+        no_proxy(&mut cmd).output().expect("run ctr")
     }
 
     /// `ctr images pull --snapshotter native --hosts-dir DIR REF`.

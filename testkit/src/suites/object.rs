@@ -1,35 +1,21 @@
-//! Object-backend checks beyond the shared conformance suite. Each takes
-//! two `ObjectStorage` instances on the same bucket ("replicas") where it
-//! matters, and the raw multipart API to prove aborted uploads are gone.
+//! Object-backend checks beyond the [`crate::suites::storage`] suite, for
+//! every store the object backend runs on (memory, s3s-fs, Garage). Each
+//! takes two `ObjectStorage` instances on the same bucket ("replicas")
+//! where it matters, and the raw multipart API to prove aborted uploads are
+//! gone.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cove_backends::object::ObjectStorage;
-use cove_core::conformance::{chunked, read_all};
 use cove_core::storage::StoredManifest;
-use cove_core::{Algorithm, Digest, DigestHasher, RepoName, Storage, StorageError, Tag};
+use cove_core::{Algorithm, Digest, DigestHasher, Storage, StorageError, Tag};
 use futures::TryStreamExt;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-pub fn data(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    Bytes::from(v)
-}
-
-fn repo(s: &str) -> RepoName {
-    s.parse().expect("repo")
-}
+use crate::util::{chunked, read_all, repo, seeded_bytes};
 
 /// Objects under `<prefix>/<rel>` in the raw store.
 pub async fn keys_under(store: &Arc<dyn ObjectStore>, prefix: &str, rel: &str) -> Vec<String> {
@@ -43,7 +29,7 @@ pub async fn keys_under(store: &Arc<dyn ObjectStore>, prefix: &str, rel: &str) -
 /// committed bytes are exact.
 pub async fn coalesces_small_chunks(s: &ObjectStorage, prefix: &str) {
     let r = repo("obj/coalesce");
-    let body = data(13 * 1024 * 1024 + 12_345, 7);
+    let body = seeded_bytes(13 * 1024 * 1024 + 12_345, 7);
     let d = Digest::sha256_of(&body);
     let info = s.upload_start(&r).await.expect("start");
     let mut off = 0u64;
@@ -63,7 +49,7 @@ pub async fn coalesces_small_chunks(s: &ObjectStorage, prefix: &str) {
 
     // A multi-part session with a wrong digest ends and publishes nothing.
     let info = s.upload_start(&r).await.expect("start");
-    let body = data(6 * 1024 * 1024, 8);
+    let body = seeded_bytes(6 * 1024 * 1024, 8);
     s.upload_append(&info.id, 0, chunked(body.clone(), 1 << 20)).await.expect("append");
     let wrong = Digest::sha256_of(b"not it");
     let res = s.upload_commit(&info.id, &wrong).await;
@@ -75,7 +61,7 @@ pub async fn coalesces_small_chunks(s: &ObjectStorage, prefix: &str) {
 /// A chunked upload started on replica `a` continues and commits on `b`.
 pub async fn upload_continues_on_another_replica(a: &ObjectStorage, b: &ObjectStorage) {
     let r = repo("obj/replicas");
-    let body = data(11 * 1024 * 1024 + 3, 9);
+    let body = seeded_bytes(11 * 1024 * 1024 + 3, 9);
     let d = Digest::sha256_of(&body);
     let info = a.upload_start(&r).await.expect("start on A");
     let cut1 = 3 * 1024 * 1024;
@@ -126,7 +112,7 @@ pub async fn concurrent_tag_writes_are_consistent(a: &ObjectStorage, b: &ObjectS
 pub async fn abort_leaves_no_parts(s: &ObjectStorage, multipart: &Arc<dyn MultipartStore>, prefix: &str) {
     let r = repo("obj/abort");
     let info = s.upload_start(&r).await.expect("start");
-    let body = data(6 * 1024 * 1024 + 100, 11);
+    let body = seeded_bytes(6 * 1024 * 1024 + 100, 11);
     s.upload_append(&info.id, 0, chunked(body, 1 << 20)).await.expect("append");
     let session_key = Path::from(format!("{prefix}/uploads/{}/session.json", info.id));
     let raw = s
@@ -157,7 +143,7 @@ pub async fn abort_leaves_no_parts(s: &ObjectStorage, multipart: &Arc<dyn Multip
 pub async fn sha512_commit(s: &ObjectStorage) {
     let r = repo("obj/sha512");
     for len in [100_000usize, 6 * 1024 * 1024 + 5] {
-        let body = data(len, 13);
+        let body = seeded_bytes(len, 13);
         let mut h = DigestHasher::new(Algorithm::Sha512);
         h.update(&body);
         let d = h.finish();
@@ -171,7 +157,7 @@ pub async fn sha512_commit(s: &ObjectStorage) {
 /// A whole-blob write larger than a part (multipart onto the blob key)
 /// with a wrong digest publishes nothing; with the right one, exact bytes.
 pub async fn large_blob_write(s: &ObjectStorage) {
-    let body = data(12 * 1024 * 1024 + 7, 17);
+    let body = seeded_bytes(12 * 1024 * 1024 + 7, 17);
     let wrong = Digest::sha256_of(b"wrong");
     let res = s.blob_write(&wrong, chunked(body.clone(), 1 << 20), None).await;
     assert!(matches!(res, Err(StorageError::DigestMismatch { .. })), "{res:?}");

@@ -1,56 +1,17 @@
-//! Shared helpers for the object-storage tests: real S3 servers (s3s-fs,
-//! Garage) started on free loopback ports in temp dirs, and the
-//! object-specific checks every store runs.
+//! Real S3 servers for the object backend: s3s-fs (enforces S3's part-size
+//! rules) and a single-node Garage (a distributed store that ignores
+//! conditional writes), each on free loopback ports in a temp dir.
 //!
-//! Peer binaries are looked up in `$COVE_PEERS_BIN` (default
-//! `/opt/cove-peers/bin`); a missing binary fails the test and names the
-//! script that installs it.
+//! Their binaries are looked up in [`crate::util::peers_bin`]; a missing one
+//! fails the test and names the script that installs it
+//! (scripts/peers/install-*.sh).
 
-#![allow(dead_code)]
-
-pub mod checks;
-pub mod stream;
-
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cove_backends::object::{ObjectStorage, ObjectStorageConfig};
 
-/// Where the peer binaries live.
-pub fn peers_bin() -> PathBuf {
-    std::env::var_os("COVE_PEERS_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/cove-peers/bin"))
-}
-
-fn require(bin: &str, script: &str) -> PathBuf {
-    let p = peers_bin().join(bin);
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/peers/{script} (or set COVE_PEERS_BIN to the directory holding `{bin}`)",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
-}
-
-fn wait_listening(port: u16, child: &mut Child, what: &str) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what} did not listen on {addr} within 30 s");
-}
+use crate::util::{free_port, require_peer, wait_listening};
 
 /// A running S3 server that is killed on drop.
 pub struct S3Peer {
@@ -105,7 +66,7 @@ impl S3Peer {
 
     /// Starts s3s-fs on a free port with a bucket directory `cove`.
     pub fn s3s_fs() -> S3Peer {
-        let bin = require("s3s-fs", "install-s3s-fs.sh");
+        let bin = require_peer("s3s-fs", "install-s3s-fs.sh");
         let dir = tempfile::tempdir().expect("tempdir");
         if std::env::var_os("COVE_KEEP_PEER_DIR").is_some() {
             eprintln!("s3s-fs dir: {}", dir.path().display());
@@ -123,7 +84,7 @@ impl S3Peer {
             .stderr(std::fs::File::create(dir.path().join("s3s-fs.log")).expect("log"))
             .spawn()
             .expect("spawn s3s-fs");
-        wait_listening(port, &mut child, "s3s-fs");
+        wait_listening(port, &mut child, "s3s-fs", None, Duration::from_secs(30));
         S3Peer {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -139,7 +100,7 @@ impl S3Peer {
     /// ports, assigns and applies its layout, creates bucket `cove` and
     /// imports a key allowed on it.
     pub fn garage() -> S3Peer {
-        let bin = require("garage", "install-garage.sh");
+        let bin = require_peer("garage", "install-garage.sh");
         let dir = tempfile::tempdir().expect("tempdir");
         let (s3_port, rpc_port, admin_port) = (free_port(), free_port(), free_port());
         let secret: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
@@ -178,7 +139,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             .stderr(log)
             .spawn()
             .expect("spawn garage");
-        wait_listening(rpc_port, &mut child, "garage");
+        wait_listening(rpc_port, &mut child, "garage", None, Duration::from_secs(30));
         let garage = |args: &[&str]| -> String {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
@@ -201,7 +162,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
         let key_secret: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
         garage(&["key", "import", "--yes", "-n", "cove-test", &key_id, &key_secret]);
         garage(&["bucket", "allow", "--read", "--write", "--owner", "cove", "--key", &key_id]);
-        wait_listening(s3_port, &mut child, "garage s3 api");
+        wait_listening(s3_port, &mut child, "garage s3 api", None, Duration::from_secs(30));
         S3Peer {
             child,
             endpoint: format!("http://127.0.0.1:{s3_port}"),

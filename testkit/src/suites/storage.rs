@@ -1,15 +1,21 @@
-//! The shared [`Storage`] conformance suite. Every backend's tests call
+//! The shared [`Storage`] suite. Every implementation's tests call
 //! [`run_all`] (or the individual checks) on a fresh, empty store, in the
-//! manner of object_store's integration module. A failed check panics with
-//! a message naming the broken contract.
+//! manner of object_store's integration module: the bare drivers
+//! (filesystem, object store on memory, s3s-fs and Garage) and the wrappers
+//! that production puts around them (`GuardedStorage`). A failed check
+//! panics with a message naming the broken contract.
+//!
+//! It lived in cove-core behind a `conformance` feature; it moved here so
+//! that all suites and helpers are in one crate. That makes no dependency
+//! cycle: this crate depends on cove-core, and cove-core's own unit tests do
+//! not use the suite (its implementations live in cove-backends).
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use cove_core::manifest::{Descriptor, OCI_MANIFEST};
+use cove_core::storage::{ByteRange, Storage, StorageError, StoredManifest};
+use cove_core::{Digest, RepoName, Tag};
 
-use crate::digest::Digest;
-use crate::manifest::{Descriptor, OCI_MANIFEST};
-use crate::name::{RepoName, Tag};
-use crate::storage::{ByteRange, ByteStream, Storage, StorageError, StoredManifest};
+use crate::util::{chunked, failing, read_all, seeded_bytes};
 
 fn repo(s: &str) -> RepoName {
     s.parse().expect("test repo name")
@@ -17,35 +23,6 @@ fn repo(s: &str) -> RepoName {
 
 fn tag(s: &str) -> Tag {
     s.parse().expect("test tag")
-}
-
-/// A stream that yields `data` in chunks of `chunk` bytes.
-pub fn chunked(data: Bytes, chunk: usize) -> ByteStream {
-    let chunks: Vec<std::io::Result<Bytes>> =
-        (0..data.len()).step_by(chunk.max(1)).map(|i| Ok(data.slice(i..(i + chunk).min(data.len())))).collect();
-    Box::pin(futures::stream::iter(chunks))
-}
-
-/// A stream that yields `data` and then fails, like a client that hangs up.
-pub fn failing(data: Bytes) -> ByteStream {
-    Box::pin(futures::stream::iter(vec![Ok(data), Err(std::io::Error::other("client went away"))]))
-}
-
-pub async fn read_all(s: ByteStream) -> Vec<u8> {
-    let chunks: Vec<Bytes> = s.try_collect().await.expect("stream read");
-    chunks.concat()
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut v = Vec::with_capacity(len);
-    for _ in 0..len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.push((x >> 24) as u8);
-    }
-    Bytes::from(v)
 }
 
 /// Runs every check. `store` must be empty.
@@ -64,7 +41,7 @@ pub async fn run_all(store: &dyn Storage) {
 
 /// Whole-blob writes, links, stat, delete.
 pub async fn blobs(store: &dyn Storage) {
-    let data = pseudo_random(300_000, 1);
+    let data = seeded_bytes(300_000, 1);
     let d = Digest::sha256_of(&data);
     assert_eq!(store.blob_size(&d).await.expect("stat"), None, "absent blob has no size");
     assert!(matches!(store.blob_read(&d, None).await, Err(StorageError::NotFound)), "absent blob read is NotFound");
@@ -94,7 +71,7 @@ pub async fn blobs(store: &dyn Storage) {
 
 /// Ranged reads return exactly the requested bytes.
 pub async fn blob_ranges(store: &dyn Storage) {
-    let data = pseudo_random(1_000_000, 2);
+    let data = seeded_bytes(1_000_000, 2);
     let d = Digest::sha256_of(&data);
     store.blob_write(&d, chunked(data.clone(), 100_000), None).await.expect("write");
     for (s, e) in [(0u64, 0u64), (0, 999_999), (10, 20), (999_000, 999_999), (123_456, 654_321)] {
@@ -105,7 +82,7 @@ pub async fn blob_ranges(store: &dyn Storage) {
 
 /// Nothing is visible under a digest unless the bytes match it.
 pub async fn blob_verification(store: &dyn Storage) {
-    let data = pseudo_random(50_000, 3);
+    let data = seeded_bytes(50_000, 3);
     let wrong = Digest::sha256_of(b"something else");
     let r = store.blob_write(&wrong, chunked(data.clone(), 4096), None).await;
     assert!(matches!(r, Err(StorageError::DigestMismatch { .. })), "wrong digest rejected: {r:?}");
@@ -126,7 +103,7 @@ pub async fn blob_verification(store: &dyn Storage) {
 pub async fn blob_import(store: &dyn Storage) {
     let dir = std::env::temp_dir().join(format!("cove-conformance-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("import dir");
-    let data = pseudo_random(1_500_000, 6);
+    let data = seeded_bytes(1_500_000, 6);
     let d = Digest::sha256_of(&data);
     let still_intact = |p: &std::path::Path| {
         if let Ok(left) = std::fs::read(p) {
@@ -168,10 +145,10 @@ pub async fn blob_import(store: &dyn Storage) {
 /// Chunked uploads: append at offset, status, commit.
 pub async fn uploads(store: &dyn Storage) {
     let r = repo("conf/uploads");
-    let data = pseudo_random(2_500_000, 4);
+    let data = seeded_bytes(2_500_000, 4);
     let d = Digest::sha256_of(&data);
     let info = store.upload_start(&r).await.expect("start");
-    assert!(crate::storage::valid_upload_id(&info.id), "id {:?} is a safe token", info.id);
+    assert!(cove_core::storage::valid_upload_id(&info.id), "id {:?} is a safe token", info.id);
     assert_eq!(info.size, 0);
     assert_eq!(info.repo, r);
     let mut off = 0u64;
@@ -203,7 +180,7 @@ pub async fn uploads(store: &dyn Storage) {
 /// Failed chunks and wrong digests leave nothing behind.
 pub async fn upload_failures(store: &dyn Storage) {
     let r = repo("conf/uploads");
-    let data = pseudo_random(200_000, 5);
+    let data = seeded_bytes(200_000, 5);
     let info = store.upload_start(&r).await.expect("start");
     store.upload_append(&info.id, 0, chunked(data.slice(..100_000), 10_000)).await.expect("append");
     let bad = store.upload_append(&info.id, 100_000, failing(data.slice(100_000..150_000))).await;

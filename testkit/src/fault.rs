@@ -1,8 +1,11 @@
-//! A registry server on loopback that speaks just enough of the
-//! distribution protocol (manifests by tag and digest, blobs; GET and HEAD)
-//! and misbehaves when a test says so: any status, `Retry-After`, truncated
-//! bodies, wrong bytes, slow bodies. Every request is recorded; bodies are
-//! streamed from shared `Bytes`, so 50 MiB blobs cost one copy.
+//! The misbehaving registry: a raw HTTP/1.1 server on loopback whose handler
+//! decides every reply, including truncated, throttled, delayed and chunked
+//! bodies. [`Content`] and [`serve`] make it speak just enough of the
+//! distribution protocol (manifests by tag and digest, blobs; GET and HEAD),
+//! so a handler can answer well and misbehave only where a test says so:
+//! any status, `Retry-After`, truncated bodies, wrong bytes, slow bodies.
+//! Every request is recorded; bodies are sent from shared `Bytes`, so 50 MiB
+//! blobs cost one copy. Every reply closes its connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,7 +16,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::sha256_digest;
+use crate::oci::OCI_MANIFEST;
+use crate::util::sha256_digest;
 
 /// A request as the server saw it.
 #[derive(Clone, Debug)]
@@ -39,11 +43,7 @@ impl Request {
     /// A query parameter (percent-decoded).
     pub fn query(&self, name: &str) -> Option<String> {
         let q = self.target.split_once('?')?.1;
-        reqwest::Url::parse(&format!("http://x/?{q}"))
-            .ok()?
-            .query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
+        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
     }
 }
 
@@ -58,6 +58,10 @@ pub enum BodyMode {
     /// `chunk` bytes at a time with `every` between chunks (the first chunk
     /// right after the headers).
     Throttle { chunk: usize, every: Duration },
+    /// Headers at once, then wait, then the whole body.
+    Delay(Duration),
+    /// No `Content-Length`: chunked transfer encoding, in `n`-byte chunks.
+    Chunked(usize),
 }
 
 /// A reply.
@@ -141,6 +145,12 @@ impl FaultServer {
         self.requests.lock().expect("lock").clone()
     }
 
+    /// Requests whose `METHOD target` starts with `prefix`
+    /// (`"GET /v2/a/b/manifests/"`).
+    pub fn count_prefix(&self, prefix: &str) -> usize {
+        self.requests().iter().filter(|r| format!("{} {}", r.method, r.target).starts_with(prefix)).count()
+    }
+
     /// Requests with `method` whose path contains `needle`.
     pub fn count(&self, method: &str, needle: &str) -> usize {
         self.requests().iter().filter(|r| r.method == method && r.path().contains(needle)).count()
@@ -187,10 +197,23 @@ async fn serve_conn(mut stream: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec
     reqs.lock().expect("lock").push(req.clone());
     let reply = handler(&req);
     tokio::time::sleep(reply.delay).await;
-    let mut head =
-        format!("HTTP/1.1 {} X\r\nConnection: close\r\nContent-Length: {}\r\n", reply.status, reply.body.len());
+    let reason = match reply.status {
+        200 => "OK",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    let mut head = format!("HTTP/1.1 {} {reason}\r\nConnection: close\r\n", reply.status);
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if matches!(reply.mode, BodyMode::Chunked(_)) {
+        head.push_str("Transfer-Encoding: chunked\r\n");
+    } else {
+        head.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
@@ -207,6 +230,18 @@ async fn serve_conn(mut stream: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec
                     stream.write_all(c).await?;
                     stream.flush().await?;
                 }
+            }
+            BodyMode::Delay(d) => {
+                tokio::time::sleep(d).await;
+                stream.write_all(&reply.body).await?;
+            }
+            BodyMode::Chunked(n) => {
+                for c in reply.body.chunks(n.max(1)) {
+                    stream.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await?;
+                    stream.write_all(c).await?;
+                    stream.write_all(b"\r\n").await?;
+                }
+                stream.write_all(b"0\r\n\r\n").await?;
             }
         }
     }
@@ -243,15 +278,27 @@ impl Content {
         d
     }
 
+    /// Adds a manifest; returns its digest.
+    pub fn add_manifest(&mut self, media_type: &str, bytes: impl Into<Bytes>) -> String {
+        let bytes = bytes.into();
+        let d = sha256_digest(&bytes);
+        self.manifests.insert(d.clone(), (media_type.to_owned(), bytes));
+        d
+    }
+
+    /// Points `tag` at the manifest `digest`.
+    pub fn tag(&mut self, tag: &str, digest: &str) {
+        self.tags.insert(tag.to_owned(), digest.to_owned());
+    }
+
     /// Adds an image (config, layers, OCI manifest) tagged `tag`; returns the
     /// manifest digest.
-    pub fn add_image(&mut self, tag: &str, img: &crate::common::Image) -> String {
+    pub fn add_image(&mut self, tag: &str, img: &crate::oci::Image) -> String {
         self.add_blob(img.config.clone());
         for l in &img.layers {
             self.add_blob(l.clone());
         }
-        self.manifests
-            .insert(img.digest.clone(), (crate::common::OCI_MANIFEST.to_owned(), Bytes::from(img.manifest.clone())));
+        self.manifests.insert(img.digest.clone(), (OCI_MANIFEST.to_owned(), Bytes::from(img.manifest.clone())));
         self.tags.insert(tag.to_owned(), img.digest.clone());
         img.digest.clone()
     }
