@@ -10,9 +10,10 @@ use futures::StreamExt;
 
 use crate::cache::{CacheStatus, CachedRepo, PullThrough, Route, UpstreamRoute};
 use crate::digest::{Digest, DigestHasher};
-use crate::error::{ErrorCode, RegistryError, Result};
+use crate::error::{ErrorCode, ErrorDetail, RegistryError, Result};
 use crate::manifest::{parse_manifest, Descriptor, OCI_INDEX};
 use crate::name::{Reference, RepoName, Tag};
+use crate::range::RangeRequest;
 use crate::storage::{ByteRange, ByteStream, Storage, StoredManifest, UploadInfo};
 
 /// A manifest ready to be sent.
@@ -270,13 +271,13 @@ impl Registry {
         self.storage.blob_size(digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))
     }
 
-    /// Serves a blob, or the part named by a `Range` header value; for a
-    /// `HEAD` (`head = true`) the body is empty.
+    /// Serves a blob, or the part `range` asks for; for a `HEAD`
+    /// (`head = true`) the body is empty.
     pub async fn get_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
-        range: Option<&str>,
+        range: Option<&RangeRequest>,
         head: bool,
     ) -> Result<(BlobResponse, Cache)> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
@@ -285,10 +286,7 @@ impl Registry {
             return Ok((b, Some(status)));
         }
         let size = self.private_blob_size(repo, digest).await?;
-        let range = match range {
-            Some(h) => resolve_range(h, size)?,
-            None => None,
-        };
+        let range = crate::range::resolve(range, size)?;
         let body: ByteStream = if head {
             Box::pin(futures::stream::empty())
         } else {
@@ -355,7 +353,8 @@ impl Registry {
 
     /// Appends a chunk. `range` is the parsed `Content-Range` (start, end
     /// inclusive) when the client sent one; the chunk must start at the
-    /// current size (else 416). `length` is the declared Content-Length.
+    /// current size (else [`ErrorDetail::UploadOffset`]). `length` is the
+    /// declared Content-Length.
     pub async fn upload_chunk(
         &self,
         repo: &RepoName,
@@ -373,8 +372,7 @@ impl Registry {
             let len = end - start + 1;
             if length.is_some_and(|l| l != len) {
                 return Err(RegistryError::new(ErrorCode::SizeInvalid, "Content-Length does not match Content-Range")
-                    .with_status(416)
-                    .with_header("Range", crate::error::range_header(info.size)));
+                    .with_detail(ErrorDetail::UploadOffset { size: info.size }));
             }
             expected = Some(len);
         }
@@ -472,7 +470,7 @@ fn manifest_blob_unknown(digest: &Digest, what: &str) -> RegistryError {
         ErrorCode::ManifestBlobUnknown,
         format!("manifest references {what} {digest}, which is not in this repository"),
     )
-    .with_detail(serde_json::json!({ "digest": digest.to_string() }))
+    .with_detail(ErrorDetail::Digest(digest.clone()))
 }
 
 fn referrers_index(list: &[Descriptor]) -> Bytes {
@@ -495,55 +493,6 @@ pub fn paginate(items: Vec<String>, n: Option<usize>, last: Option<&str>) -> Pag
     let page: Vec<String> = rest[..take].to_vec();
     let next_last = if take < rest.len() { page.last().cloned() } else { None };
     Page { items: page, next_last }
-}
-
-/// Resolves an HTTP `Range` header value against a blob of `size` bytes.
-///
-/// `bytes=a-b`, `bytes=a-` and `bytes=-n` are honoured; other units and
-/// multi-range requests are ignored (the whole blob is sent, as RFC 9110
-/// allows). A malformed or unsatisfiable byte range is 416.
-pub fn resolve_range(header: &str, size: u64) -> Result<Option<ByteRange>> {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let unsatisfiable = || {
-        RegistryError::new(ErrorCode::RangeInvalid, format!("range {spec:?} cannot be satisfied for {size} bytes"))
-            .with_header("Content-Range", format!("bytes */{size}"))
-    };
-    let (a, b) = spec.trim().split_once('-').ok_or_else(unsatisfiable)?;
-    let parse = |s: &str| -> Result<Option<u64>> {
-        let s = s.trim();
-        if s.is_empty() {
-            Ok(None)
-        } else if s.bytes().all(|c| c.is_ascii_digit()) {
-            s.parse().map(Some).map_err(|_| unsatisfiable())
-        } else {
-            Err(unsatisfiable())
-        }
-    };
-    let range = match (parse(a)?, parse(b)?) {
-        (Some(start), end) => {
-            if start >= size {
-                return Err(unsatisfiable());
-            }
-            let end = end.unwrap_or(size - 1).min(size - 1);
-            if end < start {
-                return Err(unsatisfiable());
-            }
-            ByteRange { start, end }
-        }
-        (None, Some(suffix)) => {
-            if suffix == 0 || size == 0 {
-                return Err(unsatisfiable());
-            }
-            ByteRange { start: size.saturating_sub(suffix), end: size - 1 }
-        }
-        (None, None) => return Err(unsatisfiable()),
-    };
-    Ok(Some(range))
 }
 
 /// Wraps a body so that it fails unless it yields exactly `len` bytes.
@@ -575,21 +524,6 @@ pub fn exact_length(body: ByteStream, len: u64) -> ByteStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges() {
-        let r = |h: &str| resolve_range(h, 100);
-        assert_eq!(r("bytes=0-9").ok().flatten(), Some(ByteRange { start: 0, end: 9 }));
-        assert_eq!(r("bytes=90-").ok().flatten(), Some(ByteRange { start: 90, end: 99 }));
-        assert_eq!(r("bytes=-10").ok().flatten(), Some(ByteRange { start: 90, end: 99 }));
-        assert_eq!(r("bytes=50-500").ok().flatten(), Some(ByteRange { start: 50, end: 99 }));
-        assert_eq!(r("items=0-1").ok().flatten(), None);
-        assert_eq!(r("bytes=0-1,5-6").ok().flatten(), None);
-        for bad in ["bytes=100-", "bytes=5-2", "bytes=x-1", "bytes=-0", "bytes=-", "bytes=1"] {
-            assert_eq!(r(bad).expect_err(bad).http_status(), 416, "{bad}");
-        }
-        assert!(resolve_range("bytes=0-0", 0).is_err());
-    }
 
     #[test]
     fn pages() {

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use bytes::Bytes;
 use cove_core::{AuthRequest, Authenticator, ErrorCode, Identity};
+/// What a client receives for an error (status, headers, body).
+pub use cove_server::error::HttpError;
 use http_body_util::Full;
 use hyper::{Request, Response};
 
@@ -94,7 +96,7 @@ pub async fn malformed_header(a: &dyn Authenticator, e: &Expect) {
 }
 
 pub fn challenge_format(a: &dyn Authenticator, e: &Expect) {
-    match (a.challenge(), e.challenge_scheme) {
+    match (a.challenge().map(|c| cove_server::error::challenge_header(&c)), e.challenge_scheme) {
         (None, None) => {}
         (Some(c), Some(scheme)) => {
             assert!(c.starts_with(&format!("{scheme} ")), "{c}");
@@ -122,7 +124,7 @@ fn assert_no_secret_echo(err: &cove_core::RegistryError, header: &str) {
     let body = err.body().to_string();
     assert!(!body.contains(secret), "error body echoes the credential");
     assert!(!err.message.contains(secret));
-    for (_, v) in &err.headers {
+    for (_, v) in &err.headers() {
         assert!(!v.contains(secret), "error header echoes the credential");
     }
 }

@@ -199,7 +199,7 @@ impl FetchTask {
                 Ok(c) => c,
                 Err(e) => {
                     failure = Some(RegistryError::new(
-                        ErrorCode::UpstreamUnavailable,
+                        ErrorCode::Unavailable,
                         format!("upstream body failed after {received} bytes: {e}"),
                     ));
                     break;
