@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use cove_core::{AuthRequest, Authenticator, ErrorCode, Identity, RegistryError};
+use cove_core::{AuthRequest, Authenticator, Challenge, Identity, RegistryError};
 use sha2::{Digest as _, Sha256};
 use sha_crypt::PasswordVerifier as _;
 use subtle::ConstantTimeEq;
@@ -413,11 +413,11 @@ impl HtpasswdAuthenticator {
     }
 
     fn unauthorized(&self, msg: &str) -> RegistryError {
-        RegistryError::new(ErrorCode::Unauthorized, msg).with_header("WWW-Authenticate", self.basic_challenge())
+        RegistryError::unauthorized(msg, Some(self.basic_challenge()))
     }
 
-    fn basic_challenge(&self) -> String {
-        format!("Basic realm=\"{}\"", self.opts.realm.replace('"', ""))
+    fn basic_challenge(&self) -> Challenge {
+        Challenge::Basic { realm: self.opts.realm.replace('"', "") }
     }
 }
 
@@ -447,7 +447,7 @@ impl Authenticator for HtpasswdAuthenticator {
         }
     }
 
-    fn challenge(&self) -> Option<String> {
+    fn challenge(&self) -> Option<Challenge> {
         Some(self.basic_challenge())
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use cove_core::{AuthRequest, Authenticator, Identity, RegistryError};
+use cove_core::{AuthRequest, Authenticator, Challenge, Identity, RegistryError};
 use ipnet::IpNet;
 
 /// Admits every request as [`Identity::Anonymous`]; credentials are ignored.
@@ -23,7 +23,7 @@ impl Authenticator for NetworkAuthenticator {
         Ok(Identity::Anonymous)
     }
 
-    fn challenge(&self) -> Option<String> {
+    fn challenge(&self) -> Option<Challenge> {
         None
     }
 }

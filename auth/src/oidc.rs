@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use cove_core::{AuthRequest, Authenticator, ErrorCode, Identity, RegistryError};
+use cove_core::{AuthRequest, Authenticator, Challenge, ChallengeError, ErrorCode, Identity, RegistryError};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::Value;
@@ -208,7 +208,7 @@ impl OidcAuthenticator {
                 tracing::warn!(error = %e, issuer = %self.cfg.issuer, "cannot fetch OIDC signing keys");
                 if !loaded {
                     return Err(RegistryError::new(
-                        ErrorCode::UpstreamUnavailable,
+                        ErrorCode::Unavailable,
                         "the OIDC issuer's signing keys are unavailable",
                     ));
                 }
@@ -219,8 +219,13 @@ impl OidcAuthenticator {
     }
 
     fn invalid(&self, msg: &str) -> RegistryError {
-        RegistryError::new(ErrorCode::Unauthorized, format!("invalid token: {msg}"))
-            .with_header("WWW-Authenticate", format!("Bearer realm=\"{}\",error=\"invalid_token\"", self.realm))
+        let challenge = Challenge::Bearer {
+            realm: self.realm.clone(),
+            service: None,
+            scopes: Vec::new(),
+            error: Some(ChallengeError::InvalidToken),
+        };
+        RegistryError::unauthorized(format!("invalid token: {msg}"), Some(challenge))
     }
 
     /// Verifies a JWT and maps its claims to an identity.
@@ -306,8 +311,8 @@ impl Authenticator for OidcAuthenticator {
         self.verify(token).await
     }
 
-    fn challenge(&self) -> Option<String> {
-        Some(format!("Bearer realm=\"{}\"", self.realm))
+    fn challenge(&self) -> Option<Challenge> {
+        Some(Challenge::Bearer { realm: self.realm.clone(), service: None, scopes: Vec::new(), error: None })
     }
 }
 

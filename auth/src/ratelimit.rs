@@ -5,13 +5,13 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cove_core::{ErrorCode, RegistryError};
+use cove_core::{ErrorCode, ErrorDetail, RegistryError};
 
 /// Entries kept before expired ones are swept (bounds memory under a spray).
 const SWEEP_AT: usize = 10_000;
 
 /// Counts failed attempts per source in a fixed window; a source with
-/// `max_failures` failures is refused (429 + `Retry-After`) until its window
+/// `max_failures` failures is refused (`TOOMANYREQUESTS`) until its window
 /// ends.
 #[derive(Debug)]
 pub struct FailureLimiter {
@@ -26,7 +26,8 @@ impl FailureLimiter {
         FailureLimiter { max_failures, window, state: Mutex::new(HashMap::new()) }
     }
 
-    /// `Err(TOOMANYREQUESTS)` with `Retry-After` if `ip` is currently blocked.
+    /// `Err(TOOMANYREQUESTS)` with how long to wait if `ip` is currently
+    /// blocked.
     pub fn check(&self, ip: IpAddr) -> Result<(), RegistryError> {
         if self.max_failures == 0 {
             return Ok(());
@@ -41,7 +42,7 @@ impl FailureLimiter {
                     ErrorCode::TooManyRequests,
                     format!("too many failed login attempts from {ip}; retry in {secs}s"),
                 )
-                .with_header("Retry-After", secs.to_string()));
+                .with_detail(ErrorDetail::RetryAfter(Duration::from_secs(secs))));
             }
         }
         Ok(())

@@ -3,7 +3,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use cove_core::{AccessPolicy, Action, AuthRequest, Authenticator, ErrorCode, Identity, RegistryError, RepoName};
+use cove_core::{
+    AccessPolicy, Action, AuthRequest, Authenticator, Challenge, ChallengeError, ErrorCode, Identity, RegistryError,
+    RepoName,
+};
 
 use crate::config::{self, AccessRule, AuthConfig, AuthKind, ConfigProblem};
 use crate::credentials::Credentials;
@@ -152,31 +155,24 @@ impl AuthService {
         self.authenticator.kind()
     }
 
-    /// The `WWW-Authenticate` value for the given scopes, or `None` when
-    /// credentials cannot help (network kind). With a token realm it is
-    /// `Bearer realm="…/token",service="…",scope="repository:name:pull,push"`.
-    pub fn challenge(&self, scopes: &[Scope], error: Option<&str>) -> Option<String> {
+    /// How to authenticate for the given scopes, or `None` when credentials
+    /// cannot help (network kind). With a token realm it is the Docker token
+    /// flow: `Bearer` with the realm, the service and the scopes to ask for.
+    pub fn challenge(&self, scopes: &[Scope], error: Option<ChallengeError>) -> Option<Challenge> {
         let native = self.authenticator.challenge()?;
         let Some(realm) = &self.realm else {
             return Some(native);
         };
-        let mut c = format!("Bearer realm=\"{realm}\",service=\"{}\"", self.tokens.service());
-        if !scopes.is_empty() {
-            let s: Vec<String> = scopes.iter().map(Scope::to_scope_string).collect();
-            c.push_str(&format!(",scope=\"{}\"", s.join(" ")));
-        }
-        if let Some(e) = error {
-            c.push_str(&format!(",error=\"{e}\""));
-        }
-        Some(c)
+        Some(Challenge::Bearer {
+            realm: realm.clone(),
+            service: Some(self.tokens.service().to_owned()),
+            scopes: scopes.iter().map(Scope::to_scope_string).collect(),
+            error,
+        })
     }
 
-    fn unauthorized(&self, message: &str, scopes: &[Scope], error: Option<&str>) -> RegistryError {
-        let mut e = RegistryError::new(ErrorCode::Unauthorized, message);
-        if let Some(c) = self.challenge(scopes, error) {
-            e = e.with_header("WWW-Authenticate", c);
-        }
-        e
+    fn unauthorized(&self, message: &str, scopes: &[Scope], error: Option<ChallengeError>) -> RegistryError {
+        RegistryError::unauthorized(message, self.challenge(scopes, error))
     }
 
     /// Boundary, rate limit, credentials → who is calling.
@@ -194,7 +190,7 @@ impl AuthService {
                     return Err(self.unauthorized(
                         "registry token is invalid or expired",
                         scopes,
-                        Some("invalid_token"),
+                        Some(ChallengeError::InvalidToken),
                     ))
                 }
                 TokenCheck::NotOurs => {}
@@ -207,10 +203,10 @@ impl AuthService {
             Ok(id) => Ok((client, Caller::Authenticated(id))),
             Err(e) if e.code == ErrorCode::Unauthorized => {
                 self.limiter.record_failure(client);
-                let mut out = self.unauthorized(&e.message, scopes, Some("invalid_token"));
+                let mut out = self.unauthorized(&e.message, scopes, Some(ChallengeError::InvalidToken));
                 if self.realm.is_none() {
                     // Keep the authenticator's own challenge (e.g. OIDC error detail).
-                    out.headers = e.headers;
+                    out.detail = e.detail;
                 }
                 Err(out)
             }
@@ -220,10 +216,10 @@ impl AuthService {
 
     /// Authenticates the request and checks it may perform `need` (`None`:
     /// only authentication, e.g. `GET /v2/` and the catalog). Returns the
-    /// identity, `401 UNAUTHORIZED` + `WWW-Authenticate` when credentials
-    /// could help, `403 DENIED` when they could not (outside
-    /// `auth.trusted_networks`, or the identity lacks the permission), or
-    /// `429 TOOMANYREQUESTS` + `Retry-After` after too many failed logins.
+    /// identity, `UNAUTHORIZED` with a [`Challenge`] when credentials could
+    /// help, `DENIED` when they could not (outside `auth.trusted_networks`,
+    /// or the identity lacks the permission), or `TOOMANYREQUESTS` with how
+    /// long to wait after too many failed logins.
     pub async fn authorize(
         &self,
         req: &AuthRequest<'_>,
@@ -273,7 +269,11 @@ impl AuthService {
         };
         if policy_ok {
             // The token lacks a scope the identity could get: ask for a new token.
-            return Err(self.unauthorized("token does not grant this access", &scopes, Some("insufficient_scope")));
+            return Err(self.unauthorized(
+                "token does not grant this access",
+                &scopes,
+                Some(ChallengeError::InsufficientScope),
+            ));
         }
         if !identity.is_authenticated() && self.authenticator.challenge().is_some() {
             return Err(self.unauthorized(&format!("{}; log in", denied_msg()), &scopes, None));
@@ -294,9 +294,9 @@ impl AuthService {
             Caller::NoCredentials if self.authenticator.challenge().is_some() => {
                 Err(self.unauthorized("authentication required", &scopes, None))
             }
-            Caller::Token(t) if self.authenticator.challenge().is_some() && !t.scopes.contains(&Scope::Catalog) => {
-                Err(self.unauthorized("token does not grant the catalog", &scopes, Some("insufficient_scope")))
-            }
+            Caller::Token(t) if self.authenticator.challenge().is_some() && !t.scopes.contains(&Scope::Catalog) => Err(
+                self.unauthorized("token does not grant the catalog", &scopes, Some(ChallengeError::InsufficientScope)),
+            ),
             caller => Ok(caller.identity().clone()),
         }
     }
@@ -317,7 +317,8 @@ impl AuthService {
     /// `query` is the raw query string; `req` carries the peer and the
     /// `Authorization` header (Basic credentials, or none for an anonymous
     /// token). Grants each requested scope's actions that the policy allows
-    /// (possibly none). Wrong credentials → 401 with a Basic challenge.
+    /// (possibly none). Wrong credentials → `UNAUTHORIZED` with a Basic
+    /// challenge.
     /// Respond 200 with [`TokenResponse::to_json`].
     pub async fn token(&self, query: &str, req: &AuthRequest<'_>) -> Result<TokenResponse, RegistryError> {
         let mut requested = Vec::new();
@@ -331,7 +332,7 @@ impl AuthService {
             None => Identity::Anonymous,
             Some(header) => {
                 self.limiter.check(client)?;
-                let basic = format!("Basic realm=\"{}\"", self.tokens.service().replace('"', ""));
+                let basic = Challenge::Basic { realm: self.tokens.service().replace('"', "") };
                 let verified = match Credentials::parse(header) {
                     Ok(Credentials::Bearer(t)) => match self.tokens.verify(t.expose()) {
                         TokenCheck::Valid(v) => Some(v.identity),
@@ -352,8 +353,7 @@ impl AuthService {
                             Ok(id) => id,
                             Err(e) if e.code == ErrorCode::Unauthorized => {
                                 self.limiter.record_failure(client);
-                                return Err(RegistryError::new(ErrorCode::Unauthorized, e.message)
-                                    .with_header("WWW-Authenticate", basic));
+                                return Err(RegistryError::unauthorized(e.message, Some(basic)));
                             }
                             Err(e) => return Err(e),
                         }

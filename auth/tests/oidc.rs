@@ -35,7 +35,7 @@ async fn auth(a: &OidcAuthenticator, token: &str) -> Result<Identity, RegistryEr
 fn assert_invalid(r: Result<Identity, RegistryError>, why: &str) {
     let e = r.expect_err(why);
     assert_eq!(e.code, ErrorCode::Unauthorized, "{why}: {e}");
-    let c = &e.headers.iter().find(|(k, _)| *k == "WWW-Authenticate").unwrap().1;
+    let c = &e.headers().into_iter().find(|(k, _)| *k == "WWW-Authenticate").unwrap().1;
     assert!(c.starts_with("Bearer realm=") && c.contains("invalid_token"), "{c}");
 }
 

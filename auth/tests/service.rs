@@ -12,8 +12,8 @@ fn repo(s: &str) -> RepoName {
     s.parse().unwrap()
 }
 
-fn header<'a>(e: &'a RegistryError, name: &str) -> Option<&'a str> {
-    e.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+fn header(e: &RegistryError, name: &str) -> Option<String> {
+    e.headers().into_iter().find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
 #[derive(serde::Deserialize)]

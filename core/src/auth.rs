@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::error::RegistryError;
+use crate::error::{Challenge, RegistryError};
 use crate::name::RepoName;
 
 /// Who is making a request.
@@ -118,8 +118,8 @@ pub struct AuthRequest<'a> {
 ///
 /// # Contract
 /// - Missing credentials where credentials are required, and wrong ones, are
-///   `UNAUTHORIZED` (401) errors carrying a `WWW-Authenticate` header.
-/// - A source that no credentials could admit is `DENIED` (403).
+///   `UNAUTHORIZED` errors carrying a [`Challenge`].
+/// - A source that no credentials could admit is `DENIED`.
 /// - Never logs or echoes secrets; compares secrets in constant time.
 #[async_trait::async_trait]
 pub trait Authenticator: Send + Sync + 'static {
@@ -133,7 +133,7 @@ pub trait Authenticator: Send + Sync + 'static {
 
     /// The challenge to send when an anonymous identity lacks a permission
     /// that credentials might grant, or `None` if credentials cannot help.
-    fn challenge(&self) -> Option<String>;
+    fn challenge(&self) -> Option<Challenge>;
 }
 
 /// Decides whether an identity may perform an action on a repository.

@@ -1,8 +1,13 @@
 //! The one error model: every failure a client can see carries an OCI error
-//! code, and the code decides the HTTP status. The server turns a
-//! [`RegistryError`] into a response in exactly one place.
+//! code, a message, and typed facts about it ([`ErrorDetail`]: where an
+//! upload stands, how long to wait, how to authenticate, ...). Nothing here
+//! knows HTTP: the server maps code and detail to a status, headers and the
+//! spec's JSON body in exactly one place (`cove_server::error`).
 
 use std::fmt;
+use std::time::Duration;
+
+use crate::digest::Digest;
 
 /// OCI Distribution error codes (plus `UNKNOWN` for internal failures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,11 +29,16 @@ pub enum ErrorCode {
     TooManyRequests,
     /// A malformed `n` or `last` pagination parameter (distribution's code).
     PaginationInvalid,
-    /// A read `Range` that cannot be satisfied (416). The spec has no code for
-    /// it; out-of-order upload chunks use `BLOB_UPLOAD_INVALID` with 416.
+    /// A read range that cannot be satisfied. The spec has no code for it;
+    /// out-of-order upload chunks are `BLOB_UPLOAD_INVALID` with
+    /// [`ErrorDetail::UploadOffset`].
     RangeInvalid,
-    /// Upstream registry failed and nothing was cached (502/503/504).
-    UpstreamUnavailable,
+    /// Something Cove depends on (an upstream registry, the OIDC issuer)
+    /// or one of its own facilities is unavailable now, and nothing cached
+    /// can stand in.
+    Unavailable,
+    /// A configuration handed to Cove (an admin reload) was rejected.
+    ConfigInvalid,
     /// A failure inside Cove; clients see no internals.
     Internal,
 }
@@ -53,47 +63,72 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::PaginationInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
-            ErrorCode::UpstreamUnavailable => "UNAVAILABLE",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::ConfigInvalid => "CONFIG_INVALID",
             ErrorCode::Internal => "UNKNOWN",
-        }
-    }
-
-    /// The HTTP status the spec pairs with the code.
-    pub fn status(self) -> u16 {
-        match self {
-            ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NameUnknown => 404,
-            ErrorCode::BlobUploadUnknown => 404,
-            ErrorCode::BlobUploadInvalid
-            | ErrorCode::DigestInvalid
-            | ErrorCode::ManifestBlobUnknown
-            | ErrorCode::ManifestInvalid
-            | ErrorCode::NameInvalid
-            | ErrorCode::SizeInvalid
-            | ErrorCode::PaginationInvalid => 400,
-            ErrorCode::Unauthorized => 401,
-            ErrorCode::Denied => 403,
-            ErrorCode::Unsupported => 405,
-            ErrorCode::TooManyRequests => 429,
-            ErrorCode::RangeInvalid => 416,
-            ErrorCode::UpstreamUnavailable => 503,
-            ErrorCode::Internal => 500,
         }
     }
 }
 
-/// An error a client can see: an OCI code, a human message, an optional
-/// status override and extra response headers (e.g. `Retry-After`, `Range`).
+/// Typed facts about an error, for the client to act on. Each is rendered
+/// by the server (as a status, a header or part of the JSON body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorDetail {
+    /// The upload session holds `size` bytes: a chunk must start there.
+    UploadOffset { size: u64 },
+    /// A chunk's declared range is not `start-end`.
+    ChunkRangeInvalid,
+    /// The requested byte range lies outside a blob of `size` bytes.
+    UnsatisfiableRange { size: u64 },
+    /// The content is larger than the `limit` in bytes.
+    TooLarge { limit: u64 },
+    /// An upstream answered, but with something Cove must not pass on.
+    UpstreamInvalid,
+    /// How long the client should wait before trying again.
+    RetryAfter(Duration),
+    /// How the client may authenticate to get in.
+    Challenge(Challenge),
+    /// The digest the error is about (a manifest's missing reference).
+    Digest(Digest),
+}
+
+/// How a client should present credentials when it is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// HTTP Basic credentials for `realm`.
+    Basic { realm: String },
+    /// A bearer token: from the token endpoint at `realm` (the Docker token
+    /// flow, with `service` and the `scopes` to ask for), or an OIDC token.
+    Bearer { realm: String, service: Option<String>, scopes: Vec<String>, error: Option<ChallengeError> },
+}
+
+/// Why a bearer token was refused (RFC 6750 error codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeError {
+    /// Expired, malformed or not ours.
+    InvalidToken,
+    /// Valid, but without the scope the request needs.
+    InsufficientScope,
+}
+
+impl ChallengeError {
+    /// The RFC 6750 spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeError::InvalidToken => "invalid_token",
+            ChallengeError::InsufficientScope => "insufficient_scope",
+        }
+    }
+}
+
+/// An error a client can see: an OCI code, a human message and an optional
+/// typed [`ErrorDetail`].
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct RegistryError {
     pub code: ErrorCode,
     pub message: String,
-    /// Overrides `code.status()` where the spec pairs a code with another
-    /// status (e.g. 413 for an oversize manifest, 416 for a bad chunk).
-    pub status: Option<u16>,
-    /// Extra headers to send with the error response.
-    pub headers: Vec<(&'static str, String)>,
-    /// Optional structured detail for the JSON body.
-    pub detail: Option<serde_json::Value>,
+    pub detail: Option<ErrorDetail>,
 }
 
 impl fmt::Display for RegistryError {
@@ -104,28 +139,12 @@ impl fmt::Display for RegistryError {
 
 impl RegistryError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RegistryError { code, message: message.into(), status: None, headers: Vec::new(), detail: None }
+        RegistryError { code, message: message.into(), detail: None }
     }
 
-    /// Sets the HTTP status (for codes the spec uses with several statuses).
-    pub fn with_status(mut self, status: u16) -> Self {
-        self.status = Some(status);
-        self
-    }
-
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
+    pub fn with_detail(mut self, detail: ErrorDetail) -> Self {
         self.detail = Some(detail);
         self
-    }
-
-    /// The HTTP status of the response.
-    pub fn http_status(&self) -> u16 {
-        self.status.unwrap_or_else(|| self.code.status())
     }
 
     /// An internal failure: the message is for logs only; clients see a
@@ -134,16 +153,21 @@ impl RegistryError {
         RegistryError::new(ErrorCode::Internal, message)
     }
 
-    /// The JSON body of the spec's error format. Internal errors never leak
-    /// their message.
-    pub fn body(&self) -> serde_json::Value {
-        let message =
-            if self.code == ErrorCode::Internal { "internal server error".to_owned() } else { self.message.clone() };
-        let mut err = serde_json::json!({ "code": self.code.as_str(), "message": message });
-        if let Some(d) = &self.detail {
-            err["detail"] = d.clone();
+    /// `UNAUTHORIZED`, with how to authenticate when credentials can help.
+    pub fn unauthorized(message: impl Into<String>, challenge: Option<Challenge>) -> Self {
+        let e = RegistryError::new(ErrorCode::Unauthorized, message);
+        match challenge {
+            Some(c) => e.with_detail(ErrorDetail::Challenge(c)),
+            None => e,
         }
-        serde_json::json!({ "errors": [err] })
+    }
+
+    /// The challenge the error carries, if any.
+    pub fn challenge(&self) -> Option<&Challenge> {
+        match &self.detail {
+            Some(ErrorDetail::Challenge(c)) => Some(c),
+            _ => None,
+        }
     }
 
     pub fn blob_unknown(d: &crate::Digest) -> Self {
@@ -180,8 +204,7 @@ impl From<crate::storage::StorageError> for RegistryError {
                 ErrorCode::BlobUploadInvalid,
                 format!("chunk starts at {got} but the upload holds {expected} bytes"),
             )
-            .with_header("Range", range_header(expected))
-            .with_status(416),
+            .with_detail(ErrorDetail::UploadOffset { size: expected }),
             S::SizeMismatch { expected, actual } => RegistryError::new(
                 ErrorCode::SizeInvalid,
                 format!("content length {actual} does not match declared {expected}"),
@@ -193,12 +216,6 @@ impl From<crate::storage::StorageError> for RegistryError {
             other => RegistryError::internal(other.to_string()),
         }
     }
-}
-
-/// The `Range` header value for an upload holding `size` bytes
-/// (`0-(size-1)`, and `0-0` for an empty upload, as distribution does).
-pub fn range_header(size: u64) -> String {
-    format!("0-{}", size.saturating_sub(1))
 }
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;

@@ -1,5 +1,5 @@
 //! Cove's core: the domain types (names, references, digests, manifests), the
-//! error model that maps onto OCI error codes, the plugin traits ([`Storage`],
+//! error model (OCI error codes with typed details), the plugin traits ([`Storage`],
 //! [`Upstream`], [`Authenticator`], [`AccessPolicy`]) and the registry engine
 //! that implements OCI Distribution semantics on top of them, free of HTTP.
 
@@ -11,6 +11,7 @@ pub mod error;
 pub mod gc;
 pub mod manifest;
 pub mod name;
+pub mod range;
 pub mod registry;
 pub mod retention;
 pub mod scrub;
@@ -20,8 +21,9 @@ pub mod upstream;
 
 pub use auth::{AccessPolicy, Action, AuthRequest, Authenticator, Identity, UnknownAction};
 pub use digest::{Algorithm, Digest, DigestHasher};
-pub use error::{ErrorCode, RegistryError, Result};
+pub use error::{Challenge, ChallengeError, ErrorCode, ErrorDetail, RegistryError, Result};
 pub use name::{Reference, RepoName, Tag};
+pub use range::RangeRequest;
 pub use registry::Registry;
 pub use secret::Secret;
 pub use storage::{ByteRange, ByteStream, Storage, StorageError};

@@ -100,6 +100,12 @@ fn invalid(message: impl Into<String>) -> RegistryError {
     RegistryError::new(ErrorCode::ManifestInvalid, message)
 }
 
+/// A manifest over [`MAX_MANIFEST_SIZE`]: `MANIFEST_INVALID`, too large.
+pub fn too_large() -> RegistryError {
+    invalid(format!("manifest is larger than the {MAX_MANIFEST_SIZE} byte limit"))
+        .with_detail(crate::error::ErrorDetail::TooLarge { limit: MAX_MANIFEST_SIZE as u64 })
+}
+
 /// Parses and validates manifest bytes sent with `content_type` (the request's
 /// Content-Type, if any). Returns the effective media type and references.
 ///
@@ -107,7 +113,7 @@ fn invalid(message: impl Into<String>) -> RegistryError {
 /// that contradicts the manifest's own `mediaType` is `MANIFEST_INVALID`.
 pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, RegistryError> {
     if bytes.len() > MAX_MANIFEST_SIZE {
-        return Err(invalid(format!("manifest is larger than the {MAX_MANIFEST_SIZE} byte limit")).with_status(413));
+        return Err(too_large());
     }
     let content_type = content_type
         .map(|c| c.split(';').next().unwrap_or(c).trim())
@@ -210,7 +216,9 @@ mod tests {
         parse_manifest(b"not json", None).expect_err("garbage");
         parse_manifest(br#"{"schemaVersion":2,"mediaType":"text/plain"}"#, None).expect_err("unknown type");
         let big = vec![b' '; MAX_MANIFEST_SIZE + 1];
-        assert_eq!(parse_manifest(&big, None).expect_err("big").http_status(), 413);
+        // The server answers 413 for this detail (tested there).
+        let e = parse_manifest(&big, None).expect_err("big");
+        assert_eq!(e.detail, Some(crate::error::ErrorDetail::TooLarge { limit: MAX_MANIFEST_SIZE as u64 }));
         let bad_digest = image("").replace(CFG, "sha256:1234");
         parse_manifest(bad_digest.as_bytes(), None).expect_err("bad digest");
     }

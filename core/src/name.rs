@@ -128,8 +128,7 @@ impl FromStr for Tag {
         let first_ok = b.first().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
         let rest_ok = b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
         if !first_ok || !rest_ok || b.len() > 128 {
-            return Err(RegistryError::new(ErrorCode::ManifestInvalid, format!("invalid tag {:?}", truncate(s, 200)))
-                .with_status(400));
+            return Err(RegistryError::new(ErrorCode::ManifestInvalid, format!("invalid tag {:?}", truncate(s, 200))));
         }
         Ok(Tag(s.to_owned()))
     }

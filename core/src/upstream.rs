@@ -29,6 +29,8 @@ pub struct UpstreamBlob {
 pub enum UpstreamError {
     #[error("not found upstream")]
     NotFound,
+    /// Rate limited; `retry_after` is upstream's `Retry-After` as
+    /// delay-seconds (an implementation converts an HTTP date).
     #[error("upstream rate limit{}", .retry_after.as_ref().map(|r| format!(" (Retry-After: {r})")).unwrap_or_default())]
     TooManyRequests { retry_after: Option<String> },
     #[error("upstream denied access: {0}")]

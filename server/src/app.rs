@@ -1,7 +1,7 @@
 //! The HTTP application: one request in, one response out. Requests are
 //! parsed into a typed [`Endpoint`], authorised in one place, dispatched to
 //! the registry engine, and every error is turned into the spec's JSON body
-//! in exactly one place ([`error_response`]).
+//! in exactly one place ([`crate::error`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 
 use cove_auth::AuthService;
-use cove_core::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
+use cove_core::manifest::{too_large as manifest_too_large, MAX_MANIFEST_SIZE, OCI_INDEX};
 use cove_core::registry::Page;
 use cove_core::{Action, AuthRequest, Digest, ErrorCode, Reference, Registry, RegistryError, RepoName};
 
@@ -103,7 +103,7 @@ impl App {
                 if e.code == ErrorCode::Internal {
                     tracing::error!(request_id = %ctx.id, %method, %path, error = %e.message, "internal error");
                 }
-                error_response(&e, is_head)
+                crate::error::response(&e, is_head)
             }
         };
         let h = resp.headers_mut();
@@ -149,7 +149,7 @@ impl App {
             return resp;
         }
         let endpoint = Endpoint::parse(req.uri().path())
-            .ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, "no such API endpoint").with_status(404))?;
+            .ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, "no such API endpoint"))?;
         let query = Query::parse(req.uri().query());
         let repo = match endpoint.name() {
             Some(n) => Some(self.registry.resolve_name(n, query.get("ns"))?),
@@ -313,8 +313,8 @@ impl App {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Response<Body>, RegistryError> {
-        let range = headers.get(http::header::RANGE).and_then(|v| v.to_str().ok());
-        let (b, cache) = self.registry.get_blob(repo, digest, range, head).await?;
+        let range = headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).and_then(crate::range::parse_range);
+        let (b, cache) = self.registry.get_blob(repo, digest, range.as_ref(), head).await?;
         let status = if b.range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
         let (size, range) = (b.size, b.range);
         let body = if head { body::empty() } else { body::stream(b.body) };
@@ -389,7 +389,7 @@ impl App {
             }
             Method::PATCH => {
                 let range = match req.headers().get(http::header::CONTENT_RANGE) {
-                    Some(v) => Some(parse_content_range(v)?),
+                    Some(v) => Some(crate::range::parse_content_range(v)?),
                     None => None,
                 };
                 let length = content_length(req.headers())?;
@@ -491,23 +491,6 @@ fn valid_host(h: &str) -> bool {
     !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
-/// Turns an error into the spec's JSON error response.
-pub fn error_response(e: &RegistryError, head: bool) -> Response<Body> {
-    let body = Bytes::from(e.body().to_string());
-    let len = body.len();
-    let mut resp = Response::new(if head { body::empty() } else { body::full(body) });
-    *resp.status_mut() = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let h = resp.headers_mut();
-    set(h, http::header::CONTENT_TYPE, "application/json");
-    set(h, http::header::CONTENT_LENGTH, &len.to_string());
-    for (name, value) in &e.headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-            h.insert(n, v);
-        }
-    }
-    resp
-}
-
 fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
@@ -563,21 +546,13 @@ fn upload_accepted(base: &str, repo: &RepoName, id: &str, size: u64, status: Sta
     let mut resp = status_response(status);
     let h = resp.headers_mut();
     set(h, http::header::LOCATION, &format!("{base}/v2/{repo}/blobs/uploads/{id}"));
-    set(h, http::header::RANGE, &cove_core::error::range_header(size));
+    set(h, http::header::RANGE, &crate::error::upload_range(size));
     set(h, UPLOAD_UUID, id);
     resp
 }
 
 fn method_not_allowed() -> RegistryError {
     RegistryError::unsupported("method not allowed on this endpoint")
-}
-
-fn manifest_too_large() -> RegistryError {
-    RegistryError::new(
-        ErrorCode::ManifestInvalid,
-        format!("manifest is larger than the {MAX_MANIFEST_SIZE} byte limit"),
-    )
-    .with_status(413)
 }
 
 fn content_length(h: &HeaderMap) -> Result<Option<u64>, RegistryError> {
@@ -590,23 +565,6 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, RegistryError> {
             .map(Some)
             .ok_or_else(|| RegistryError::new(ErrorCode::SizeInvalid, "invalid Content-Length")),
     }
-}
-
-/// Parses a chunk's `Content-Range`: `start-end`, also accepting the
-/// `bytes start-end/total` and `bytes=start-end` forms some clients send.
-fn parse_content_range(v: &HeaderValue) -> Result<(u64, u64), RegistryError> {
-    let bad =
-        || RegistryError::new(ErrorCode::BlobUploadInvalid, "Content-Range must be <start>-<end>").with_status(416);
-    let s = v.to_str().map_err(|_| bad())?.trim();
-    let s = s.strip_prefix("bytes").map(|r| r.trim_start_matches(['=', ' '])).unwrap_or(s);
-    let s = s.split('/').next().unwrap_or(s);
-    let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let a: u64 = a.trim().parse().map_err(|_| bad())?;
-    let b: u64 = b.trim().parse().map_err(|_| bad())?;
-    if b < a {
-        return Err(bad());
-    }
-    Ok((a, b))
 }
 
 /// Decoded query parameters.

@@ -4,9 +4,11 @@
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod error;
 pub mod metrics; // operations (issue 7)
 pub mod mirror;
 pub mod ops; // operations (issue 7)
+pub mod range;
 pub mod reload; // operations (issue 7): config reload
 pub mod retention; // operations (issue 7): cache and tag retention
 pub mod routes;

@@ -387,7 +387,7 @@ pub async fn route(
                     crate::retention::add_status(ops, &mut v); // retention (issue 7)
                     Ok(json(StatusCode::OK, &v))
                 }
-                _ => Err(RegistryError::new(ErrorCode::NameUnknown, "no such admin endpoint").with_status(404)),
+                _ => Err(RegistryError::new(ErrorCode::NameUnknown, "no such admin endpoint")),
             }
         }
         _ => return None,

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use cove_auth::AuthService;
 use cove_core::cache::UpstreamRoute;
-use cove_core::Upstream;
+use cove_core::{ErrorCode, RegistryError, Upstream};
 use cove_upstreams::OciUpstream;
 
 use crate::app::App;
@@ -344,18 +344,22 @@ fn set_or_remove(table: &mut toml::Table, section: &str, key: &str, value: Optio
     }
 }
 
-/// `POST /admin/reload`: 200 with the [`ReloadReport`], or 400 with
-/// `{"errors": [...]}`.
+/// `POST /admin/reload`: 200 with the [`ReloadReport`], or the spec's error
+/// body with one `CONFIG_INVALID` error per reason the file was rejected.
 pub async fn admin(app: &App) -> Response<Body> {
     let Some(reloader) = app.reloader.get() else {
-        return json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"errors": ["reload is not set up"]}));
+        return crate::error::response(&RegistryError::new(ErrorCode::Unavailable, "reload is not set up"), false);
     };
     match reloader.reload(app).await {
         Ok(r) => json(
             StatusCode::OK,
             &serde_json::json!({"ok": true, "changed": r.changed, "needs_restart": r.needs_restart}),
         ),
-        Err(reasons) => json(StatusCode::BAD_REQUEST, &serde_json::json!({"ok": false, "errors": reasons})),
+        Err(reasons) => {
+            let errors: Vec<RegistryError> =
+                reasons.into_iter().map(|r| RegistryError::new(ErrorCode::ConfigInvalid, r)).collect();
+            crate::error::errors_response(&errors, false)
+        }
     }
 }
 
@@ -423,10 +427,12 @@ pub fn run_command(config: Option<PathBuf>, addr: Option<SocketAddr>) -> std::pr
         Err(e) => return fail(&format!("cannot reach the server at {addr}: {e}")),
     };
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    // `changed`/`needs_restart` hold strings; `errors` the spec's error
+    // objects, whose messages are the reasons.
     let list = |k: &str| -> Vec<String> {
         v.get(k)
             .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .map(|a| a.iter().filter_map(|s| s.as_str().or_else(|| s["message"].as_str()).map(str::to_owned)).collect())
             .unwrap_or_default()
     };
     match status {

@@ -434,8 +434,16 @@ pub(crate) fn status_failure(status: StatusCode, headers: &HeaderMap) -> Failure
         404 => Failure::Fatal(UpstreamError::NotFound),
         401 | 403 => Failure::Fatal(UpstreamError::Unauthorized(format!("upstream answered {status}"))),
         429 => {
-            let retry_after = header_str(headers, RETRY_AFTER.as_str()).map(str::to_owned);
-            let wait = retry_after.as_deref().and_then(parse_retry_after);
+            let raw = header_str(headers, RETRY_AFTER.as_str());
+            let wait = raw.and_then(parse_retry_after);
+            // Passed on as delay-seconds: an HTTP date becomes the seconds
+            // until it (rounded up), so nothing downstream parses dates.
+            let retry_after = match wait {
+                Some(w) if raw.is_some_and(|r| r.parse::<u64>().is_err()) => {
+                    Some((w.as_secs() + u64::from(w.subsec_nanos() > 0)).to_string())
+                }
+                _ => raw.map(str::to_owned),
+            };
             let e = UpstreamError::TooManyRequests { retry_after };
             match wait {
                 Some(w) => Failure::RetryAfter(e, w),

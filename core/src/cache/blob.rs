@@ -7,6 +7,7 @@ use super::fetch::{BlobFlight, FetchState};
 use super::{CacheStatus, CachedRepo, PullThrough};
 use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
+use crate::range::{resolve as resolve_range, RangeRequest};
 use crate::registry::BlobResponse;
 use crate::storage::{ByteStream, Storage};
 
@@ -17,7 +18,7 @@ impl PullThrough {
         &self,
         at: CachedRepo<'_>,
         digest: &Digest,
-        range: Option<&str>,
+        range: Option<&RangeRequest>,
         head: bool,
     ) -> Result<(BlobResponse, CacheStatus)> {
         let CachedRepo { storage, route, remote, repo } = at;
@@ -47,9 +48,9 @@ impl PullThrough {
         let size = flight.announced_size().await?;
         self.counters.count(&route.host, |c| c.misses += 1);
         // An in-flight blob of unknown size is sent whole (no Range).
-        let range = match (range, size) {
-            (Some(r), Some(s)) => crate::registry::resolve_range(r, s)?,
-            _ => None,
+        let range = match size {
+            Some(s) => resolve_range(range, s)?,
+            None => None,
         };
         let start = range.map_or(0, |r| r.start);
         let end = range.map(|r| r.end + 1).or(size);
@@ -63,7 +64,7 @@ impl PullThrough {
         at: CachedRepo<'_>,
         digest: &Digest,
         size: u64,
-        range: Option<&str>,
+        range: Option<&RangeRequest>,
         head: bool,
     ) -> Result<BlobResponse> {
         let b = local_blob(at.storage, digest, size, range, head).await?;
@@ -77,7 +78,12 @@ impl PullThrough {
 
     /// A HEAD of a blob not in storage: its size from the fetch in flight,
     /// else from upstream (nothing is fetched).
-    async fn head_missing(&self, at: CachedRepo<'_>, digest: &Digest, range: Option<&str>) -> Result<BlobResponse> {
+    async fn head_missing(
+        &self,
+        at: CachedRepo<'_>,
+        digest: &Digest,
+        range: Option<&RangeRequest>,
+    ) -> Result<BlobResponse> {
         if let Some(size) = self.blob_flights.size_of(&at.route.host, digest) {
             return Ok(BlobResponse { size: Some(size), range: None, body: Box::pin(futures::stream::empty()) });
         }
@@ -87,10 +93,7 @@ impl PullThrough {
             .head_blob(at.remote, digest)
             .await
             .map_err(|e| self.upstream_failed(at.route, e, RegistryError::blob_unknown(digest)))?;
-        let range = match range {
-            Some(r) => crate::registry::resolve_range(r, size)?,
-            None => None,
-        };
+        let range = resolve_range(range, size)?;
         Ok(BlobResponse { size: Some(size), range, body: Box::pin(futures::stream::empty()) })
     }
 
@@ -109,13 +112,10 @@ async fn local_blob(
     storage: &Arc<dyn Storage>,
     digest: &Digest,
     size: u64,
-    range: Option<&str>,
+    range: Option<&RangeRequest>,
     head: bool,
 ) -> Result<BlobResponse> {
-    let range = match range {
-        Some(r) => crate::registry::resolve_range(r, size)?,
-        None => None,
-    };
+    let range = resolve_range(range, size)?;
     let body: ByteStream =
         if head { Box::pin(futures::stream::empty()) } else { storage.blob_read(digest, range).await? };
     Ok(BlobResponse { size: Some(size), range, body })

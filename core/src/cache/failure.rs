@@ -3,7 +3,9 @@
 
 use super::routing::UpstreamRoute;
 use super::PullThrough;
-use crate::error::{ErrorCode, RegistryError};
+use std::time::Duration;
+
+use crate::error::{ErrorCode, ErrorDetail, RegistryError};
 use crate::upstream::UpstreamError;
 
 /// What a client is told to wait before retrying content that is not cached
@@ -25,21 +27,21 @@ pub fn upstream_error(e: UpstreamError, not_found: RegistryError) -> RegistryErr
         ),
         UpstreamError::TooManyRequests { retry_after } => {
             let e = RegistryError::new(ErrorCode::TooManyRequests, "upstream rate limit reached and nothing is cached");
-            match retry_after {
-                Some(r) => e.with_header("Retry-After", r),
+            // Upstream's `Retry-After` in delay-seconds (the client converts a date).
+            match retry_after.and_then(|r| r.trim().parse::<u64>().ok()) {
+                Some(secs) => e.with_detail(ErrorDetail::RetryAfter(Duration::from_secs(secs))),
                 None => e,
             }
         }
         // Retry-After: a client (or containerd moving to its next host)
         // learns the outage at once; the circuit breaker probes meanwhile.
-        UpstreamError::Unavailable(m) => RegistryError::new(
-            ErrorCode::UpstreamUnavailable,
-            format!("upstream unavailable and nothing is cached: {m}"),
-        )
-        .with_header("Retry-After", UNAVAILABLE_RETRY_AFTER_SECS.to_string()),
+        UpstreamError::Unavailable(m) => {
+            RegistryError::new(ErrorCode::Unavailable, format!("upstream unavailable and nothing is cached: {m}"))
+                .with_detail(ErrorDetail::RetryAfter(Duration::from_secs(UNAVAILABLE_RETRY_AFTER_SECS)))
+        }
         UpstreamError::Invalid(m) => {
-            RegistryError::new(ErrorCode::UpstreamUnavailable, format!("upstream sent an invalid response: {m}"))
-                .with_status(502)
+            RegistryError::new(ErrorCode::Unavailable, format!("upstream sent an invalid response: {m}"))
+                .with_detail(ErrorDetail::UpstreamInvalid)
         }
     }
 }
@@ -47,7 +49,8 @@ pub fn upstream_error(e: UpstreamError, not_found: RegistryError) -> RegistryErr
 /// Upstream `host` answered, but with content Cove must not cache (`what`
 /// it did wrong).
 pub(crate) fn upstream_invalid(host: &str, what: &str) -> RegistryError {
-    RegistryError::new(ErrorCode::UpstreamUnavailable, format!("upstream {host} {what}; not cached")).with_status(502)
+    RegistryError::new(ErrorCode::Unavailable, format!("upstream {host} {what}; not cached"))
+        .with_detail(ErrorDetail::UpstreamInvalid)
 }
 
 impl PullThrough {

@@ -1,6 +1,6 @@
 //! The single upstream fetch of a missing blob: one task per (upstream,
 //! digest) streams the body into a spool file while hashing it, publishes
-//! its progress to the readers ([`super::spool::follow`]), and once the
+//! its progress to the readers (`spool::follow`), and once the
 //! blob verified imports the spool file into storage and links it into
 //! every repository that asked for it.
 
@@ -199,7 +199,7 @@ impl FetchTask {
                 Ok(c) => c,
                 Err(e) => {
                     failure = Some(RegistryError::new(
-                        ErrorCode::UpstreamUnavailable,
+                        ErrorCode::Unavailable,
                         format!("upstream body failed after {received} bytes: {e}"),
                     ));
                     break;

@@ -4,7 +4,7 @@
 //!   last push and pull of every tag, saved to a small JSON file.
 //! - [`run`]: one retention pass, in named steps: list every repository;
 //!   plan each upstream's evictions and the tag policies' removals
-//!   ([`plan`]); carry them out ([`evict`]); forget what is gone. The unit
+//!   (`plan`); carry them out (`evict`); forget what is gone. The unit
 //!   of cache eviction is a cached *image* (a tagged manifest, or one pulled
 //!   by digest, with the children of an index and the referrers belonging
 //!   to it); its last pull is the latest over its members. Images idle for

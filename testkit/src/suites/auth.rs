@@ -5,6 +5,8 @@
 use std::net::IpAddr;
 
 use cove_core::{AuthRequest, Authenticator, ErrorCode, Identity};
+/// What a client receives for an error (status, headers, body).
+pub use cove_server::error::HttpError;
 
 /// A request from `peer` with an optional `Authorization` and
 /// `X-Forwarded-For` header.
@@ -91,7 +93,7 @@ pub async fn malformed_header(a: &dyn Authenticator, e: &Expect) {
 
 /// The challenge has the expected scheme and a quoted realm.
 pub fn challenge_format(a: &dyn Authenticator, e: &Expect) {
-    match (a.challenge(), e.challenge_scheme) {
+    match (a.challenge().map(|c| cove_server::error::challenge_header(&c)), e.challenge_scheme) {
         (None, None) => {}
         (Some(c), Some(scheme)) => {
             assert!(c.starts_with(&format!("{scheme} ")), "{c}");
@@ -120,7 +122,7 @@ fn assert_no_secret_echo(err: &cove_core::RegistryError, header: &str) {
     let body = err.body().to_string();
     assert!(!body.contains(secret), "error body echoes the credential");
     assert!(!err.message.contains(secret));
-    for (_, v) in &err.headers {
+    for (_, v) in &err.headers() {
         assert!(!v.contains(secret), "error header echoes the credential");
     }
 }

@@ -1,0 +1,202 @@
+//! The registry engine: OCI Distribution semantics implemented once on top of
+//! the plugin traits. The HTTP server parses requests into typed values and
+//! calls these methods; everything here is free of HTTP. The operations
+//! are grouped by family: `manifests`, `blobs` (with uploads) and
+//! `discovery` (tags, catalog, referrers).
+
+mod blobs;
+mod discovery;
+mod manifests;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::cache::{CacheStatus, PullThrough, Route, UpstreamRoute};
+use crate::digest::Digest;
+use crate::error::{RegistryError, Result};
+use crate::name::{Reference, RepoName};
+use crate::storage::{ByteRange, ByteStream, Storage};
+
+/// A manifest ready to be sent.
+#[derive(Debug, Clone)]
+pub struct ManifestResponse {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// How a pull-through response was served (`None` for private repositories).
+pub type Cache = Option<CacheStatus>;
+
+/// A blob (or a range of it) ready to be sent.
+pub struct BlobResponse {
+    /// Size of the whole blob (`None` while an upstream fetch of unknown
+    /// length is in flight).
+    pub size: Option<u64>,
+    /// The range being sent, if the request asked for one.
+    pub range: Option<ByteRange>,
+    pub body: ByteStream,
+}
+
+/// The result of a manifest push.
+#[derive(Debug, Clone)]
+pub struct PutManifestResult {
+    pub digest: Digest,
+    /// The manifest's `subject`, sent back as `OCI-Subject`.
+    pub subject: Option<Digest>,
+}
+
+/// One page of a sorted list (tags or repositories).
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<String>,
+    /// The last item returned, when more items follow (for the `Link` header).
+    pub next_last: Option<String>,
+}
+
+/// The result of a referrers query.
+#[derive(Debug, Clone)]
+pub struct ReferrersResponse {
+    /// The image index body.
+    pub body: Bytes,
+    /// Whether an `artifactType` filter was applied.
+    pub filtered: bool,
+}
+
+/// The registry engine.
+#[derive(Clone)]
+pub struct Registry {
+    storage: Arc<dyn Storage>,
+    cache: Option<Arc<PullThrough>>,
+    /// Pull/push times that retention judges idleness by; shared by clones,
+    /// set once.
+    activity: Arc<std::sync::OnceLock<Arc<crate::retention::ActivityLog>>>,
+}
+
+impl Registry {
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Registry { storage, cache: None, activity: Arc::default() }
+    }
+
+    /// Starts recording manifest pulls and tag pushes in `log` (for
+    /// retention). Only the first call has an effect.
+    pub fn set_activity(&self, log: Arc<crate::retention::ActivityLog>) {
+        let _ = self.activity.set(log);
+    }
+
+    /// The activity log, once set.
+    pub fn activity(&self) -> Option<&Arc<crate::retention::ActivityLog>> {
+        self.activity.get()
+    }
+
+    fn record_pull(&self, repo: &RepoName, reference: &Reference, digest: &Digest) {
+        if let Some(log) = self.activity.get() {
+            let tag = match reference {
+                Reference::Tag(t) => Some(t),
+                Reference::Digest(_) => None,
+            };
+            log.record_pull(repo, tag, digest);
+        }
+    }
+
+    /// Adds the pull-through cache for the configured upstreams.
+    pub fn with_cache(mut self, cache: PullThrough) -> Self {
+        self.cache = Some(Arc::new(cache));
+        self
+    }
+
+    pub fn cache(&self) -> Option<&Arc<PullThrough>> {
+        self.cache.as_ref()
+    }
+
+    /// Maps a path name and containerd's optional `ns` query parameter to the
+    /// repository Cove stores it under.
+    pub fn resolve_name(&self, name: &str, ns: Option<&str>) -> Result<RepoName> {
+        match &self.cache {
+            Some(c) => c.resolve_name(name, ns),
+            None => name.parse(),
+        }
+    }
+
+    fn cached_route(&self, repo: &RepoName) -> Option<(&Arc<PullThrough>, UpstreamRoute, RepoName)> {
+        let cache = self.cache.as_ref()?;
+        match cache.route(repo) {
+            Route::Cached { route, remote } => Some((cache, route, remote)),
+            Route::Private => None,
+        }
+    }
+
+    /// Writes into an upstream's namespace are refused: it mirrors upstream.
+    fn ensure_writable(&self, repo: &RepoName) -> Result<()> {
+        if let Some((_, route, _)) = self.cached_route(repo) {
+            return Err(RegistryError::denied(format!(
+                "{repo} is in the pull-through cache of {}; it is read-only (push to a name outside {}/ instead)",
+                route.host, route.host
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+}
+
+/// Takes the page after `last` of at most `n` items from a sorted list.
+pub fn paginate(items: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
+    let start = match last {
+        Some(last) => items.partition_point(|i| i.as_str() <= last),
+        None => 0,
+    };
+    let rest = &items[start..];
+    let take = n.unwrap_or(rest.len()).min(rest.len());
+    let page: Vec<String> = rest[..take].to_vec();
+    let next_last = if take < rest.len() { page.last().cloned() } else { None };
+    Page { items: page, next_last }
+}
+
+/// Wraps a body so that it fails unless it yields exactly `len` bytes.
+pub fn exact_length(body: ByteStream, len: u64) -> ByteStream {
+    let mut seen = 0u64;
+    let mut done = false;
+    let checked = body.map(Some).chain(futures::stream::once(async { None })).filter_map(move |item| {
+        let out = match item {
+            Some(Ok(chunk)) => {
+                seen += chunk.len() as u64;
+                if seen > len {
+                    done = true;
+                    Some(Err(std::io::Error::other(format!("body is longer than the declared {len} bytes"))))
+                } else {
+                    Some(Ok(chunk))
+                }
+            }
+            Some(Err(e)) => Some(Err(e)),
+            None if !done && seen != len => {
+                Some(Err(std::io::Error::other(format!("body has {seen} bytes, {len} were declared"))))
+            }
+            None => None,
+        };
+        futures::future::ready(out)
+    });
+    Box::pin(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages() {
+        let items: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let p = paginate(items.clone(), Some(2), None);
+        assert_eq!(p.items, ["a", "b"]);
+        assert_eq!(p.next_last.as_deref(), Some("b"));
+        let p = paginate(items.clone(), Some(2), Some("b"));
+        assert_eq!(p.items, ["c", "d"]);
+        assert_eq!(p.next_last, None);
+        assert!(paginate(items.clone(), Some(0), None).items.is_empty());
+        assert_eq!(paginate(items, None, Some("bb")).items, ["c", "d"]);
+    }
+}
