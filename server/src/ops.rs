@@ -18,95 +18,14 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde::Deserialize;
 
-use cove_core::gc::{self, GcError, GcGuard, GcOptions, GcReport, GuardedStorage};
+use cove_core::gc::{self, GcError, GcGuard, GcReport, GuardedStorage};
 use cove_core::{ErrorCode, Registry, RegistryError, Storage};
 
 use crate::app::App;
 use crate::body::{self, Body};
-use crate::config::{parse_duration, Config};
+use crate::config::{Config, GcSettings};
 use crate::metrics::Metrics;
-
-/// `[gc]`: online garbage collection.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GcConfig {
-    /// Run garbage collection on a schedule. Default: `true` on the
-    /// filesystem backend, `false` on object storage, where several replicas
-    /// may share the bucket and one replica cannot see another's in-flight
-    /// pushes. Enable it on exactly one replica (or when only one runs).
-    pub enabled: Option<bool>,
-    /// Time between scheduled runs. Default `"24h"`.
-    pub interval: String,
-    /// Nothing written or linked more recently than this is removed (and
-    /// nothing at all during the first `grace` after start). Default `"1h"`.
-    pub grace: String,
-    /// Also remove manifests that no tag, index or `subject` keeps (pushes by
-    /// digest that were never tagged). Default `false`.
-    pub untagged: bool,
-}
-
-impl Default for GcConfig {
-    fn default() -> Self {
-        GcConfig { enabled: None, interval: "24h".into(), grace: "1h".into(), untagged: false }
-    }
-}
-
-/// `[metrics]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Serve `GET /metrics`. Default `true`.
-    pub enabled: bool,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig { enabled: true }
-    }
-}
-
-/// Checks the `[gc]` and `[metrics]` sections; every problem names its key.
-pub fn validate(config: &Config) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (key, value) in [("gc.interval", &config.gc.interval), ("gc.grace", &config.gc.grace)] {
-        if let Err(e) = parse_duration(value) {
-            problems.push(format!("{key}: {e}"));
-        }
-    }
-    if parse_duration(&config.gc.interval).is_ok_and(|d| d.is_zero()) {
-        problems.push("gc.interval: must be longer than 0s".into());
-    }
-    problems
-}
-
-/// GC settings derived from a validated config.
-#[derive(Debug, Clone)]
-pub struct GcSettings {
-    pub enabled: bool,
-    pub interval: Duration,
-    pub grace: Duration,
-    pub untagged: bool,
-    pub upload_ttl: Option<Duration>,
-}
-
-impl GcSettings {
-    /// Reads the settings of a config that passed [`validate`].
-    pub fn from_config(config: &Config) -> GcSettings {
-        GcSettings {
-            enabled: config.gc.enabled.unwrap_or(config.storage.kind == crate::config::StorageKind::Filesystem),
-            interval: parse_duration(&config.gc.interval).unwrap_or(Duration::from_secs(86400)),
-            grace: parse_duration(&config.gc.grace).unwrap_or(Duration::from_secs(3600)),
-            untagged: config.gc.untagged,
-            upload_ttl: parse_duration(&config.storage.upload_ttl).ok(),
-        }
-    }
-
-    fn options(&self, dry_run: bool) -> GcOptions {
-        GcOptions { grace: self.grace, untagged: self.untagged, upload_ttl: self.upload_ttl, dry_run }
-    }
-}
 
 /// How long `cove status` waits for each upstream's `/v2/`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

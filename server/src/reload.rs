@@ -283,7 +283,7 @@ impl Reloader {
         }
         if get(&running.table, &["gc"]) != get(&effective_table, &["gc"]) {
             if let Some(ops) = app.ops.get() {
-                ops.set_gc_settings(crate::ops::GcSettings::from_config(&effective));
+                ops.set_gc_settings(crate::config::GcSettings::from_config(&effective));
             }
             report.changed.push("gc".into());
         }
