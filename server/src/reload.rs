@@ -17,7 +17,6 @@
 //! turning TLS on or off need a restart: a change is reported with a warning
 //! and the running value kept, while the rest is applied.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -386,64 +385,5 @@ pub fn spawn_signal_handler(app: Arc<App>) {
     #[cfg(not(unix))]
     {
         let _ = app;
-    }
-}
-
-/// `cove reload`: asks the server at `addr` to reload; prints what changed
-/// or why the new config was rejected. Returns the process exit code.
-pub fn run_command(config: Option<PathBuf>, addr: Option<SocketAddr>) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    let fail = |e: &dyn std::fmt::Display| {
-        eprintln!("cove: {e}");
-        ExitCode::FAILURE
-    };
-    // Only the listen address (and TLS) is needed: the server validates the file.
-    let cfg = match &config {
-        Some(p) => match Config::load(p) {
-            Ok(c) => c,
-            Err(e) => return fail(&e),
-        },
-        None => Config::default(),
-    };
-    let Some(addr) = addr.or_else(|| crate::ops::local_addr(&cfg)) else {
-        return fail(&"no server address: pass --addr or a config with server.listen");
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return fail(&e),
-    };
-    let answer = runtime.block_on(crate::ops::cli_request(&cfg, addr, "POST", "/admin/reload"));
-    let (status, body) = match answer {
-        Ok(a) => a,
-        Err(e) => return fail(&format!("cannot reach the server at {addr}: {e}")),
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    let list = |k: &str| -> Vec<String> {
-        v.get(k)
-            .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default()
-    };
-    match status {
-        200 => {
-            let changed = list("changed");
-            if changed.is_empty() {
-                println!("configuration reloaded: nothing changed");
-            } else {
-                println!("configuration reloaded: {}", changed.join(", "));
-            }
-            for k in list("needs_restart") {
-                println!("warning: {k} changed: needs a restart");
-            }
-            ExitCode::SUCCESS
-        }
-        400 => {
-            eprintln!("cove: the server rejected the new configuration and keeps the running one:");
-            for e in list("errors") {
-                eprintln!("  {e}");
-            }
-            ExitCode::FAILURE
-        }
-        s => fail(&format!("server at {addr} answered {s}: {}", body.trim())),
     }
 }

@@ -16,7 +16,6 @@
 //! keep_pulled_within = "14d" # and every tag pulled within 14 days
 //! ```
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -325,57 +324,6 @@ pub fn add_status(ops: &Ops, status: &mut serde_json::Value) {
         obj.insert("last_retention".into(), last_json);
         obj.insert("activity_log".into(), serde_json::json!({ "manifests": manifests, "tags": tags }));
     }
-}
-
-/// Prints a run report for `cove retention`.
-pub fn print_report(r: &RunReport) -> std::process::ExitCode {
-    let dry = r.retention.dry_run;
-    let verb = if dry { "would evict" } else { "evicted" };
-    for e in &r.retention.evicted {
-        println!(
-            "{verb} {}@{} (tags: {}; {} bytes; idle {}s; {})",
-            e.repository,
-            e.digest,
-            if e.tags.is_empty() { "none".to_owned() } else { e.tags.join(", ") },
-            e.bytes,
-            e.idle_seconds,
-            e.reason
-        );
-    }
-    let verb = if dry { "would remove" } else { "removed" };
-    let evicted_tags: HashSet<String> =
-        r.retention.evicted.iter().flat_map(|e| e.tags.iter().map(move |t| format!("{}:{t}", e.repository))).collect();
-    for t in r.retention.tags_removed.iter().filter(|t| !evicted_tags.contains(*t)) {
-        println!("{verb} tag {t}");
-    }
-    for m in &r.retention.manifests_removed {
-        println!("{verb} manifest {m}");
-    }
-    for u in &r.retention.upstreams {
-        println!(
-            "upstream {}: {} images, {:.1} MiB cached (was {:.1} MiB{}), {} evicted",
-            u.host,
-            u.images,
-            u.bytes as f64 / 1048576.0,
-            u.bytes_before as f64 / 1048576.0,
-            u.max_size.map(|m| format!(", limit {:.1} MiB", m as f64 / 1048576.0)).unwrap_or_default(),
-            u.evicted_images
-        );
-    }
-    let swept = r.gc.as_ref().map_or(0, |g| g.blobs_removed.len());
-    println!(
-        "{}: {} images, {} tags, {} manifests; {:.1} MiB {}; {} blobs swept; {} kept as in use; {} ms",
-        if dry { "retention dry run" } else { "retention" },
-        r.retention.evicted.len(),
-        r.retention.tags_removed.len(),
-        r.retention.manifests_removed.len(),
-        r.retention.bytes_freed as f64 / 1048576.0,
-        if dry { "would be freed" } else { "freed" },
-        swept,
-        r.retention.kept_in_use,
-        r.retention.duration_ms
-    );
-    std::process::ExitCode::SUCCESS
 }
 
 /// Replaces the retention settings of a running server with those of a
