@@ -1,7 +1,7 @@
-//! TLS termination (issue 7): `[server] tls_cert` and `tls_key` name PEM
-//! files. The pair is checked at start (readable, parses, key matches the
-//! certificate) and re-read when either file changes (polled every
-//! [`POLL_INTERVAL`]) and on a config reload. New connections get the new
+//! TLS termination: `[server] tls_cert` and `tls_key` name PEM files. The
+//! pair is checked at start (readable, parses, key matches the certificate)
+//! and re-read when either file changes (polled by
+//! `jobs::tls_watch`) and on a config reload. New connections get the new
 //! certificate; open ones keep theirs. A bad new pair is logged and the
 //! running one kept.
 //!
@@ -10,16 +10,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-
-/// How often the certificate and key files are checked for changes.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A certificate/key pair that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -149,21 +146,6 @@ impl CertStore {
             .with_cert_resolver(self.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
-    }
-
-    /// Polls the files every [`POLL_INTERVAL`] for the life of the process.
-    pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let store = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(POLL_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let s = store.clone();
-                let outcome = tokio::task::spawn_blocking(move || s.reload_if_changed()).await.ok().flatten();
-                log_outcome(outcome, "file change");
-            }
-        })
     }
 }
 

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use cove_core::gc::{self, GcGuard, GcReport};
 use cove_core::scrub::ScrubReport;
 use cove_server::config::{Config, GcSettings};
-use cove_server::retention::RunReport;
+use cove_server::jobs::retention::RunReport;
 
 use crate::admin_client;
 use crate::cli::{OpsCommand, RetentionArgs};
@@ -135,7 +135,7 @@ async fn run_offline(cmd: OpsCommand, config: &Config) -> Result<ExitCode, Strin
             Ok(report::print_scrub(&result.map_err(|e| e.to_string())?))
         }
         OpsCommand::Retention(RetentionArgs { dry_run, .. }) => {
-            let r = cove_server::retention::run_offline(config, storage, dry_run).await?;
+            let r = cove_server::jobs::retention::run_offline(config, storage, dry_run).await?;
             Ok(report::print_retention(&r))
         }
         OpsCommand::Status { .. } => Ok(ExitCode::FAILURE),

@@ -5,53 +5,33 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cove_server::config::Config;
+use cove_server::reload::ConfigSource;
 use cove_server::serve;
 
 use crate::report::Progress;
 
 /// `cove serve`: runs the registry until SIGINT/SIGTERM.
 pub fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathBuf>) -> Result<ExitCode, String> {
-    let config_path = config.clone();
-    let overrides = (listen.clone(), data_dir.clone());
-    let mut cfg = match config {
-        Some(path) => Config::load(&path).map_err(|e| e.to_string())?,
+    let mut cfg = match &config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    if let Some(l) = listen {
-        cfg.server.listen = l;
+    if let Some(l) = &listen {
+        cfg.server.listen = l.clone();
     }
-    if let Some(d) = data_dir {
-        cfg.storage.root = d;
+    if let Some(d) = &data_dir {
+        cfg.storage.root = d.clone();
     }
     crate::init_logging(cfg.server.log_format);
-    crate::runtime()?.block_on(async move {
-        let validated = cfg.validate().map_err(|e| e.to_string())?;
-        let tls = serve::open_tls(&cfg).map_err(|e| e.to_string())?;
-        let app = serve::build_app(&cfg, &validated).await.map_err(|e| e.to_string())?;
-        let reloader = cove_server::reload::Reloader::new(
-            config_path.map(|p| std::path::absolute(&p).unwrap_or(p)),
-            overrides.0,
-            overrides.1,
-            &cfg,
-            tls.clone(),
-        );
-        let _ = app.reloader.set(std::sync::Arc::new(reloader));
-        cove_server::reload::spawn_signal_handler(app.clone());
-        let tls_config = match &tls {
-            Some(store) => {
-                store.watch();
-                Some(store.server_config().map_err(|e| e.to_string())?)
-            }
-            None => None,
-        };
-        let listener = serve::bind(&validated).await.map_err(|e| e.to_string())?;
-        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let scheme = if tls_config.is_some() { "https" } else { "http" };
-        tracing::info!(listen = %addr, scheme, storage = %cfg.storage.describe(), "cove is serving");
-        serve::run(app.clone(), listener, validated.upload_ttl, tls_config, serve::shutdown_signal()).await;
-        cove_server::retention::flush(&app).await;
-        Ok(ExitCode::SUCCESS)
-    })
+    let source = ConfigSource {
+        path: config.map(|p| std::path::absolute(&p).unwrap_or(p)),
+        listen_override: listen,
+        data_dir_override: data_dir,
+    };
+    crate::runtime()?
+        .block_on(serve::serve(cfg, source, cove_server::listener::shutdown_signal()))
+        .map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cove mirror-config containerd`: prints (or writes) a `hosts.toml` per

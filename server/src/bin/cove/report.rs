@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use cove_core::gc::GcReport;
 use cove_core::scrub::ScrubReport;
-use cove_server::retention::RunReport;
+use cove_server::jobs::retention::RunReport;
 
 /// Renders `/admin/status` JSON as a summary line and one row per upstream.
 pub fn format_status(v: &serde_json::Value) -> String {
@@ -198,6 +198,7 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Progress lines, redrawn in place when stderr is a terminal.
     pub fn new() -> Progress {
         Progress { tty: std::io::IsTerminal::is_terminal(&std::io::stderr()), last: Instant::now() }
     }

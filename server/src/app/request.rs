@@ -1,0 +1,74 @@
+//! Reading requests: query parameters, lengths and ranges.
+
+use http::header::{HeaderMap, HeaderValue};
+
+use cove_core::{ErrorCode, RegistryError};
+
+/// Largest `n` honoured in a paginated request; larger values are clamped
+/// (the client follows the `Link` header for the rest).
+const MAX_PAGE: usize = 10_000;
+
+/// The request body length a client declared (for metrics; never trusted).
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+pub fn content_length(h: &HeaderMap) -> Result<Option<u64>, RegistryError> {
+    match h.get(http::header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| RegistryError::new(ErrorCode::SizeInvalid, "invalid Content-Length")),
+    }
+}
+
+/// Parses a chunk's `Content-Range`: `start-end`, also accepting the
+/// `bytes start-end/total` and `bytes=start-end` forms some clients send.
+pub fn parse_content_range(v: &HeaderValue) -> Result<(u64, u64), RegistryError> {
+    let bad =
+        || RegistryError::new(ErrorCode::BlobUploadInvalid, "Content-Range must be <start>-<end>").with_status(416);
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let s = s.strip_prefix("bytes").map(|r| r.trim_start_matches(['=', ' '])).unwrap_or(s);
+    let s = s.split('/').next().unwrap_or(s);
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    let b: u64 = b.trim().parse().map_err(|_| bad())?;
+    if b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// Decoded query parameters.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(q: Option<&str>) -> Query {
+        Query(q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// A flag: present empty, `1` or `true`.
+    pub fn flag(&self, key: &str) -> bool {
+        self.0.iter().any(|(n, v)| n == key && matches!(v.as_str(), "" | "1" | "true"))
+    }
+
+    /// `n` and `last` for paginated lists.
+    pub fn page(&self) -> Result<(Option<usize>, Option<String>), RegistryError> {
+        let n = match self.get("n") {
+            None | Some("") => None,
+            Some(s) => Some(
+                s.parse::<usize>()
+                    .map_err(|_| RegistryError::new(ErrorCode::PaginationInvalid, "n must be a non-negative integer"))?
+                    .min(MAX_PAGE),
+            ),
+        };
+        Ok((n, self.get("last").filter(|l| !l.is_empty()).map(str::to_owned)))
+    }
+}
