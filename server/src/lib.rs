@@ -1,16 +1,30 @@
-//! Cove's HTTP server: configuration, the OCI Distribution API over hyper,
-//! and the pieces of the `cove` binary.
+//! Cove's HTTP server, in layers (see ARCHITECTURE.md):
+//!
+//! - [`config`]: every configuration section; depends on nothing else here;
+//! - [`app`]: the HTTP layer (one router, one access check, handlers,
+//!   over [`body`]; [`error`] is the one RegistryError → HTTP mapping and
+//!   [`range`] parses `Range`/`Content-Range`;
+//! - [`jobs`]: background components (GC and retention schedules, the
+//!   activity log's saver, upload expiry, the certificate watcher);
+//! - [`reload`], [`status`], [`metrics`], [`tls`], [`upstreams`],
+//!   [`auth_slot`]: the state those share, each built with explicit handles;
+//! - [`serve`] and [`listener`]: the composition root and the accept loop.
+//!
+//! The library prints nothing; the `cove` binary (src/bin/cove) owns the
+//! command line and everything a user reads.
 
 pub mod app;
+pub mod auth_slot;
 pub mod body;
 pub mod config;
 pub mod error;
-pub mod metrics; // operations (issue 7)
+pub mod jobs;
+pub mod listener;
+pub mod metrics;
 pub mod mirror;
-pub mod ops; // operations (issue 7)
 pub mod range;
-pub mod reload; // operations (issue 7): config reload
-pub mod retention; // operations (issue 7): cache and tag retention
-pub mod routes;
+pub mod reload;
 pub mod serve;
-pub mod tls; // operations (issue 7): TLS termination
+pub mod status;
+pub mod tls;
+pub mod upstreams;

@@ -2,13 +2,13 @@
 //! format (0.0.4). The registry is owned by the application (no global
 //! recorder), so several servers in one process do not share counters.
 //!
-//! Request metrics are recorded once per request in [`App::handle`]; the
+//! Request metrics are recorded once per request by the HTTP layer, under
+//! the label of the request's parsed route; the
 //! pull-through cache's per-upstream counters, in-flight uploads and fetches
 //! are read when the metrics are scraped.
-//!
-//! [`App::handle`]: crate::app::App::handle
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry as PromRegistry;
 
 use cove_core::cache::CacheCounters;
 use cove_core::gc::GcReport;
+use cove_core::retention::RetentionReport;
 
 use crate::body::Body;
 
@@ -49,16 +50,14 @@ struct CacheLabels {
     result: &'static str,
 }
 
-/// The `upstream` label (shared with the retention metrics).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct UpstreamLabels {
-    pub upstream: String,
+struct UpstreamLabels {
+    upstream: String,
 }
 
-/// The `result` label (shared with the retention metrics).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ResultLabels {
-    pub result: &'static str,
+struct ResultLabels {
+    result: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -91,12 +90,13 @@ pub struct Metrics {
     gc_last_success: Gauge,
     storage_blobs: Gauge,
     storage_bytes: Gauge,
-    /// Retention runs, evictions and cache sizes (issue 7).
-    pub retention: crate::retention::RetentionMetrics,
+    retention: RetentionMetrics,
     config_reloads: Family<ResultLabels, Counter>,
     config_last_reload_success: Gauge,
     /// Serialises scrapes (cache counters are synchronised by difference).
     scrape: Mutex<()>,
+    /// `[metrics] enabled`: whether `GET /metrics` answers (a reload may change it).
+    enabled: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -132,10 +132,11 @@ impl Metrics {
             gc_last_success: Gauge::default(),
             storage_blobs: Gauge::default(),
             storage_bytes: Gauge::default(),
-            retention: crate::retention::RetentionMetrics::default(),
+            retention: RetentionMetrics::default(),
             config_reloads: Family::default(),
             config_last_reload_success: Gauge::default(),
             scrape: Mutex::new(()),
+            enabled: AtomicBool::new(true),
             registry: PromRegistry::default(),
         };
         let r = &mut registry;
@@ -254,11 +255,7 @@ impl Metrics {
                     self.gc_bytes_freed.inc_by(r.bytes_freed);
                     self.gc_manifests_removed.inc_by(r.manifests_removed.len() as u64);
                     self.gc_uploads_removed.inc_by(r.uploads_removed.len() as u64);
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs() as i64)
-                        .unwrap_or(0);
-                    self.gc_last_success.set(now);
+                    self.gc_last_success.set(unix_now());
                     self.storage_blobs.set((r.blobs - r.blobs_removed.len()) as i64);
                     self.storage_bytes.set(i64::try_from(r.bytes_referenced).unwrap_or(i64::MAX));
                 }
@@ -273,12 +270,23 @@ impl Metrics {
     pub fn record_reload(&self, ok: bool) {
         self.config_reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
         if ok {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            self.config_last_reload_success.set(now);
+            self.config_last_reload_success.set(unix_now());
         }
+    }
+
+    /// Records a retention run (its summary, or the error).
+    pub fn record_retention(&self, result: &Result<RetentionReport, String>) {
+        self.retention.record(result);
+    }
+
+    /// Whether `GET /metrics` answers (`[metrics] enabled`).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Turns `GET /metrics` on or off (start-up and config reload).
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
     }
 
     /// Renders every metric, after updating the sampled ones.
@@ -321,6 +329,69 @@ impl Metrics {
             tracing::warn!("metrics could not be rendered");
         }
         out
+    }
+}
+
+/// Seconds since the Unix epoch, for "last success" gauges.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Metrics of retention runs (registered with the others in `/metrics`).
+#[derive(Default)]
+struct RetentionMetrics {
+    runs: Family<ResultLabels, Counter>,
+    evicted_images: Family<UpstreamLabels, Counter>,
+    evicted_bytes: Family<UpstreamLabels, Counter>,
+    tags_removed: Counter,
+    cache_bytes: Family<UpstreamLabels, Gauge>,
+}
+
+impl RetentionMetrics {
+    /// Registers every retention metric in `r` (prefix `cove_`).
+    fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register("retention_runs", "Retention runs by result (ok, dry_run, error)", self.runs.clone());
+        r.register(
+            "retention_evicted_images",
+            "Cached images evicted by retention, by upstream",
+            self.evicted_images.clone(),
+        );
+        r.register(
+            "retention_evicted_bytes",
+            "Bytes freed by cache evictions (manifests and blobs nothing else references), by upstream",
+            self.evicted_bytes.clone(),
+        );
+        r.register("retention_tags_removed", "Tags removed by tag retention policies", self.tags_removed.clone());
+        r.register(
+            "cache_bytes",
+            "Size of an upstream's cache (distinct blob and manifest bytes of its cached images) at the last retention run",
+            self.cache_bytes.clone(),
+        );
+    }
+
+    fn record(&self, result: &Result<RetentionReport, String>) {
+        match result {
+            Ok(r) if r.dry_run => {
+                self.runs.get_or_create(&ResultLabels { result: "dry_run" }).inc();
+            }
+            Ok(r) => {
+                self.runs.get_or_create(&ResultLabels { result: "ok" }).inc();
+                for e in &r.evicted {
+                    let l = UpstreamLabels { upstream: e.upstream.clone() };
+                    self.evicted_images.get_or_create(&l).inc();
+                    self.evicted_bytes.get_or_create(&l).inc_by(e.bytes);
+                }
+                let evicted_tags: usize = r.evicted.iter().map(|e| e.tags.len()).sum();
+                self.tags_removed.inc_by(r.tags_removed.len().saturating_sub(evicted_tags) as u64);
+                for u in &r.upstreams {
+                    let l = UpstreamLabels { upstream: u.host.clone() };
+                    self.cache_bytes.get_or_create(&l).set(i64::try_from(u.bytes).unwrap_or(i64::MAX));
+                }
+            }
+            Err(_) => {
+                self.runs.get_or_create(&ResultLabels { result: "error" }).inc();
+            }
+        }
     }
 }
 

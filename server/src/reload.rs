@@ -1,4 +1,4 @@
-//! Configuration reload (issue 7): on SIGHUP (unix) or `POST /admin/reload`
+//! Configuration reload: on SIGHUP (unix) or `POST /admin/reload`
 //! (every platform; `cove reload` calls it), the config file the server
 //! started with is read, parsed and validated again. Any error rejects the
 //! whole file: the reasons are logged (naming the keys) and returned, and the
@@ -17,22 +17,21 @@
 //! turning TLS on or off need a restart: a change is reported with a warning
 //! and the running value kept, while the rest is applied.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Response, StatusCode};
 use serde::Serialize;
+use tokio::task::JoinHandle;
 
 use cove_auth::AuthService;
 use cove_core::cache::UpstreamRoute;
-use cove_core::{ErrorCode, RegistryError, Upstream};
-use cove_upstreams::OciUpstream;
+use cove_core::Registry;
 
-use crate::app::App;
-use crate::body::{self, Body};
-use crate::config::Config;
+use crate::auth_slot::AuthSlot;
+use crate::config::{Config, ConfigError, GcSettings, Validated};
+use crate::jobs::gc::GarbageCollector;
+use crate::jobs::retention::RetentionJob;
+use crate::metrics::Metrics;
 use crate::tls::CertStore;
 
 /// What a successful reload changed.
@@ -44,12 +43,29 @@ pub struct ReloadReport {
     pub needs_restart: Vec<String>,
 }
 
+/// Where the configuration comes from: the `--config` file (none: nothing
+/// to reload) and the `--listen`/`--data-dir` overrides, which keep winning.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    pub listen_override: Option<String>,
+    pub data_dir_override: Option<PathBuf>,
+}
+
+/// The running components a reload changes.
+pub struct ReloadTargets {
+    pub auth: Arc<AuthSlot>,
+    pub registry: Registry,
+    pub gc: Arc<GarbageCollector>,
+    pub retention: Arc<RetentionJob>,
+    pub metrics: Arc<Metrics>,
+    pub tls: Option<Arc<CertStore>>,
+}
+
 /// The running configuration and how to read it again.
 pub struct Reloader {
-    path: Option<PathBuf>,
-    listen_override: Option<String>,
-    data_dir_override: Option<PathBuf>,
-    tls: Option<Arc<CertStore>>,
+    source: ConfigSource,
+    targets: ReloadTargets,
     /// The configuration in effect (and its TOML table, for comparisons);
     /// the async mutex also serialises reloads.
     running: tokio::sync::Mutex<Running>,
@@ -60,36 +76,46 @@ struct Running {
     table: toml::Table,
 }
 
+/// A new configuration with the keys that need a restart set back to their
+/// running values.
+struct Effective {
+    config: Config,
+    table: toml::Table,
+    validated: Validated,
+}
+
+/// Everything built from the new configuration before anything is applied,
+/// so a failure leaves the running configuration untouched.
+struct Prepared {
+    /// The certificate store with the new files, already checked.
+    tls: Option<(Arc<CertStore>, PathBuf, PathBuf)>,
+    upstreams: UpstreamChange,
+    auth: Option<Arc<AuthService>>,
+}
+
+/// How `[upstreams]` changed, and the new routes when it did.
+struct UpstreamChange {
+    added: Vec<String>,
+    removed: Vec<String>,
+    modified: Vec<String>,
+    routes: Option<Vec<UpstreamRoute>>,
+}
+
 /// Top-level sections this module knows how to apply (or to refuse).
 const APPLIED: [&str; 6] = ["auth", "access", "upstreams", "gc", "metrics", "retention"];
 
 impl Reloader {
-    /// `path` is the `--config` file (none: nothing to reload); the
-    /// overrides are `--listen` and `--data-dir`, which keep winning.
-    pub fn new(
-        path: Option<PathBuf>,
-        listen_override: Option<String>,
-        data_dir_override: Option<PathBuf>,
-        config: &Config,
-        tls: Option<Arc<CertStore>>,
-    ) -> Reloader {
-        let table = path.as_deref().and_then(|p| read_table(p).ok()).unwrap_or_default();
-        Reloader {
-            path,
-            listen_override,
-            data_dir_override,
-            tls,
-            running: tokio::sync::Mutex::new(Running { config: config.clone(), table }),
-        }
+    /// `config` is the configuration in effect, as read from `source`.
+    pub fn new(source: ConfigSource, config: &Config, targets: ReloadTargets) -> Reloader {
+        let table = source.path.as_deref().and_then(|p| read_table(p).ok()).unwrap_or_default();
+        Reloader { source, targets, running: tokio::sync::Mutex::new(Running { config: config.clone(), table }) }
     }
 
     /// Re-reads the config file and applies it, or keeps everything and
     /// returns every reason (each naming its key or the file).
-    pub async fn reload(&self, app: &App) -> Result<ReloadReport, Vec<String>> {
-        let result = self.reload_inner(app).await;
-        if let Some(ops) = app.ops.get() {
-            ops.metrics.record_reload(result.is_ok());
-        }
+    pub async fn reload(&self) -> Result<ReloadReport, Vec<String>> {
+        let result = self.reload_locked().await;
+        self.targets.metrics.record_reload(result.is_ok());
         match &result {
             Ok(r) => {
                 for key in &r.needs_restart {
@@ -106,11 +132,26 @@ impl Reloader {
         result
     }
 
-    async fn reload_inner(&self, app: &App) -> Result<ReloadReport, Vec<String>> {
+    async fn reload_locked(&self) -> Result<ReloadReport, Vec<String>> {
         let mut running = self.running.lock().await;
         let mut report = ReloadReport::default();
-        // The certificate files may have changed without the config.
-        if let Some(store) = &self.tls {
+        self.reload_changed_cert_files(&mut report).await;
+        let Some(path) = self.source.path.clone() else {
+            return Ok(report);
+        };
+        let (new, new_table) = self.read(&path).await?;
+        let effective = keep_restart_keys(&running, new, new_table, &mut report)?;
+        let old_validated = running.config.validate().map_err(|e| vec![format!("the running configuration: {e}")])?;
+        let prepared = self.prepare(&running, &effective, &old_validated).await?;
+        self.apply(prepared, &running, &effective, &old_validated, &mut report).await;
+        running.config = effective.config;
+        running.table = effective.table;
+        Ok(report)
+    }
+
+    /// The certificate files may have changed without the config.
+    async fn reload_changed_cert_files(&self, report: &mut ReloadReport) {
+        if let Some(store) = &self.targets.tls {
             let s = store.clone();
             let outcome = tokio::task::spawn_blocking(move || s.reload_if_changed()).await.ok().flatten();
             if matches!(outcome, Some(Ok(()))) {
@@ -118,81 +159,37 @@ impl Reloader {
             }
             crate::tls::log_outcome(outcome, "reload");
         }
-        let Some(path) = self.path.clone() else {
-            return Ok(report);
-        };
-        let text = tokio::fs::read_to_string(&path)
+    }
+
+    /// Reads, parses and validates the file, with the command-line overrides applied.
+    async fn read(&self, path: &Path) -> Result<(Config, toml::Table), Vec<String>> {
+        let text = tokio::fs::read_to_string(path)
             .await
             .map_err(|e| vec![format!("cannot read config file {}: {e}", path.display())])?;
         let new_table: toml::Table =
             toml::from_str(&text).map_err(|e| vec![format!("invalid config file {}: {e}", path.display())])?;
         let mut new = Config::parse(&text).map_err(|e| vec![format!("invalid config file {}: {e}", path.display())])?;
-        if let Some(l) = &self.listen_override {
+        if let Some(l) = &self.source.listen_override {
             new.server.listen = l.clone();
         }
-        if let Some(d) = &self.data_dir_override {
+        if let Some(d) = &self.source.data_dir_override {
             new.storage.root = d.clone();
         }
         new.validate().map_err(|e| match e {
-            crate::config::ConfigError::Invalid(problems) => problems,
+            ConfigError::Invalid(problems) => problems,
             other => vec![other.to_string()],
         })?;
+        Ok((new, new_table))
+    }
 
-        // Keys that need a restart keep their running values.
-        let old = &running.config;
-        let mut effective = new.clone();
-        let mut effective_table = new_table.clone();
-        let restart = |key: &str, differs: bool, report: &mut ReloadReport| {
-            if differs {
-                report.needs_restart.push(key.to_owned());
-            }
-        };
-        restart("server.listen", old.server.listen != new.server.listen, &mut report);
-        effective.server.listen = old.server.listen.clone();
-        restart("server.log_format", old.server.log_format != new.server.log_format, &mut report);
-        effective.server.log_format = old.server.log_format;
-        restart("server.public_url", old.server.public_url != new.server.public_url, &mut report);
-        effective.server.public_url = old.server.public_url.clone();
-        let storage_differs =
-            get(&running.table, &["storage"]) != get(&new_table, &["storage"]) || old.storage.root != new.storage.root;
-        restart("storage", storage_differs, &mut report);
-        effective.storage = old.storage.clone();
-        let tls_toggled = old.server.tls_cert.is_some() != new.server.tls_cert.is_some();
-        restart("server.tls_cert/server.tls_key (turning TLS on or off)", tls_toggled, &mut report);
-        if tls_toggled {
-            effective.server.tls_cert = old.server.tls_cert.clone();
-            effective.server.tls_key = old.server.tls_key.clone();
-        }
-        for (key, value) in &new_table {
-            if key != "server"
-                && key != "storage"
-                && !APPLIED.contains(&key.as_str())
-                && running.table.get(key) != Some(value)
-            {
-                report.needs_restart.push(key.clone());
-            }
-        }
-        for key in running.table.keys() {
-            if key != "server" && key != "storage" && !APPLIED.contains(&key.as_str()) && !new_table.contains_key(key) {
-                report.needs_restart.push(key.clone());
-            }
-        }
-        for key in ["listen", "log_format", "public_url"] {
-            set_or_remove(&mut effective_table, "server", key, get(&running.table, &["server", key]).cloned());
-        }
-        match running.table.get("storage") {
-            Some(v) => {
-                effective_table.insert("storage".into(), v.clone());
-            }
-            None => {
-                effective_table.remove("storage");
-            }
-        }
-        let validated = effective.validate().map_err(|e| vec![e.to_string()])?;
-        let old_validated = old.validate().map_err(|e| vec![format!("the running configuration: {e}")])?;
-
-        // Build everything that can fail before applying anything.
-        let new_tls = match (&self.tls, &effective.server.tls_cert, &effective.server.tls_key) {
+    /// Builds everything that can fail before applying anything.
+    async fn prepare(
+        &self,
+        running: &Running,
+        effective: &Effective,
+        old_validated: &Validated,
+    ) -> Result<Prepared, Vec<String>> {
+        let tls = match (&self.targets.tls, &effective.config.server.tls_cert, &effective.config.server.tls_key) {
             (Some(store), Some(cert), Some(key)) if store.paths() != (cert.clone(), key.clone()) => {
                 let (c, k) = (cert.clone(), key.clone());
                 let provider = crate::tls::provider();
@@ -204,54 +201,16 @@ impl Reloader {
             }
             _ => None,
         };
-        let old_hosts: Vec<String> = old_validated.upstreams.iter().map(|u| u.host.clone()).collect();
-        let new_hosts: Vec<String> = validated.upstreams.iter().map(|u| u.host.clone()).collect();
-        let added: Vec<String> = new_hosts.iter().filter(|h| !old_hosts.contains(h)).cloned().collect();
-        let removed: Vec<String> = old_hosts.iter().filter(|h| !new_hosts.contains(h)).cloned().collect();
-        let modified: Vec<String> = new_hosts
-            .iter()
-            .filter(|h| {
-                old_hosts.contains(h)
-                    && get(&running.table, &["upstreams", h.as_str()])
-                        != get(&effective_table, &["upstreams", h.as_str()])
-            })
-            .cloned()
-            .collect();
-        let upstreams_changed = !(added.is_empty() && removed.is_empty() && modified.is_empty());
-        let new_routes = if upstreams_changed {
-            let cache = app.registry.cache();
-            let current = cache.map(|c| c.routes()).unwrap_or_default();
-            let build: Vec<_> = validated
-                .upstreams
-                .iter()
-                .filter(|u| added.contains(&u.host) || modified.contains(&u.host))
-                .cloned()
-                .collect();
-            let clients = OciUpstream::build_all(&build)
-                .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-            let mut routes: Vec<UpstreamRoute> = clients
-                .into_iter()
-                .map(|u| UpstreamRoute {
-                    host: u.host().to_owned(),
-                    tag_ttl: u.tag_ttl(),
-                    revalidate_wait: u.revalidate_wait(),
-                    upstream: u,
-                })
-                .collect();
-            routes.extend(current.into_iter().filter(|r| new_hosts.contains(&r.host) && !modified.contains(&r.host)));
-            routes.sort_by(|a, b| a.host.cmp(&b.host));
-            Some(routes)
-        } else {
-            None
-        };
-        let auth_changed = get(&running.table, &["auth"]) != get(&effective_table, &["auth"])
-            || get(&running.table, &["access"]) != get(&effective_table, &["access"]);
-        let new_auth = if auth_changed || added.len() + removed.len() > 0 {
+        let upstreams = self.upstream_change(running, effective, old_validated)?;
+        let new_hosts = effective.validated.upstream_hosts();
+        let auth_changed = get(&running.table, &["auth"]) != get(&effective.table, &["auth"])
+            || get(&running.table, &["access"]) != get(&effective.table, &["access"]);
+        let auth = if auth_changed || upstreams.added.len() + upstreams.removed.len() > 0 {
             let auth = AuthService::from_config(
-                &effective.auth,
-                &effective.access,
+                &effective.config.auth,
+                &effective.config.access,
                 &new_hosts,
-                validated.public_url.as_deref(),
+                effective.validated.public_url.as_deref(),
             )
             .await
             .map_err(|e| vec![format!("auth: {e}")])?;
@@ -259,50 +218,98 @@ impl Reloader {
         } else {
             None
         };
+        Ok(Prepared { tls, upstreams, auth })
+    }
 
-        // Apply.
-        if let Some(auth) = new_auth {
-            app.set_auth(auth);
-            if get(&running.table, &["auth"]) != get(&effective_table, &["auth"]) {
-                report.changed.push("auth".into());
-            }
-            if get(&running.table, &["access"]) != get(&effective_table, &["access"]) {
-                report.changed.push("access".into());
+    /// Which upstreams were added, removed or changed; new routes when any
+    /// was (hosts that remain unchanged keep their client and its tokens).
+    fn upstream_change(
+        &self,
+        running: &Running,
+        effective: &Effective,
+        old_validated: &Validated,
+    ) -> Result<UpstreamChange, Vec<String>> {
+        let old_hosts = old_validated.upstream_hosts();
+        let new_hosts = effective.validated.upstream_hosts();
+        let added: Vec<String> = new_hosts.iter().filter(|h| !old_hosts.contains(h)).cloned().collect();
+        let removed: Vec<String> = old_hosts.iter().filter(|h| !new_hosts.contains(h)).cloned().collect();
+        let modified: Vec<String> = new_hosts
+            .iter()
+            .filter(|h| {
+                old_hosts.contains(h)
+                    && get(&running.table, &["upstreams", h.as_str()])
+                        != get(&effective.table, &["upstreams", h.as_str()])
+            })
+            .cloned()
+            .collect();
+        let routes = if added.is_empty() && removed.is_empty() && modified.is_empty() {
+            None
+        } else {
+            let current = self.targets.registry.cache().map(|c| c.routes()).unwrap_or_default();
+            let build: Vec<_> = effective
+                .validated
+                .upstreams
+                .iter()
+                .filter(|u| added.contains(&u.host) || modified.contains(&u.host))
+                .cloned()
+                .collect();
+            let mut routes = crate::upstreams::build_routes(&build)?;
+            routes.extend(current.into_iter().filter(|r| new_hosts.contains(&r.host) && !modified.contains(&r.host)));
+            routes.sort_by(|a, b| a.host.cmp(&b.host));
+            Some(routes)
+        };
+        Ok(UpstreamChange { added, removed, modified, routes })
+    }
+
+    /// Swaps the prepared settings in and says what changed.
+    async fn apply(
+        &self,
+        prepared: Prepared,
+        running: &Running,
+        effective: &Effective,
+        old_validated: &Validated,
+        report: &mut ReloadReport,
+    ) {
+        let section_changed = |section: &str| get(&running.table, &[section]) != get(&effective.table, &[section]);
+        let t = &self.targets;
+        if let Some(auth) = prepared.auth {
+            t.auth.replace(auth);
+            for section in ["auth", "access"] {
+                if section_changed(section) {
+                    report.changed.push(section.into());
+                }
             }
         }
-        if let (Some(routes), Some(cache)) = (new_routes, app.registry.cache()) {
+        let u = prepared.upstreams;
+        if let (Some(routes), Some(cache)) = (u.routes, t.registry.cache()) {
             cache.set_routes(routes);
             let mut parts = Vec::new();
-            for (label, hosts) in [("added", &added), ("removed", &removed), ("changed", &modified)] {
+            for (label, hosts) in [("added", &u.added), ("removed", &u.removed), ("changed", &u.modified)] {
                 if !hosts.is_empty() {
                     parts.push(format!("{label}: {}", hosts.join(" ")));
                 }
             }
             report.changed.push(format!("upstreams ({})", parts.join("; ")));
         }
-        if old_validated.self_hosts != validated.self_hosts {
-            if let Some(cache) = app.registry.cache() {
-                cache.set_self_hosts(validated.self_hosts.clone());
+        if old_validated.self_hosts != effective.validated.self_hosts {
+            if let Some(cache) = t.registry.cache() {
+                cache.set_self_hosts(effective.validated.self_hosts.clone());
             }
             report.changed.push("server.hostnames".into());
         }
-        if get(&running.table, &["gc"]) != get(&effective_table, &["gc"]) {
-            if let Some(ops) = app.ops.get() {
-                ops.set_gc_settings(crate::ops::GcSettings::from_config(&effective));
-            }
+        if section_changed("gc") {
+            t.gc.set_settings(GcSettings::from_config(&effective.config));
             report.changed.push("gc".into());
         }
-        if get(&running.table, &["metrics"]) != get(&effective_table, &["metrics"]) {
-            if let Some(ops) = app.ops.get() {
-                ops.set_metrics_enabled(effective.metrics.enabled);
-            }
+        if section_changed("metrics") {
+            t.metrics.set_enabled(effective.config.metrics.enabled);
             report.changed.push("metrics".into());
         }
-        if get(&running.table, &["retention"]) != get(&effective_table, &["retention"]) {
-            crate::retention::reload(app, &effective);
+        if section_changed("retention") {
+            t.retention.set_settings(&effective.config);
             report.changed.push("retention".into());
         }
-        if let Some((store, cert, key)) = new_tls {
+        if let Some((store, cert, key)) = prepared.tls {
             let outcome = tokio::task::spawn_blocking(move || store.reload_from(&cert, &key)).await;
             match outcome {
                 Ok(Ok(())) => report.changed.push("server.tls_cert/server.tls_key".into()),
@@ -310,10 +317,65 @@ impl Reloader {
                 Err(e) => tracing::error!(error = %e, "TLS certificate reload failed"),
             }
         }
-        running.config = effective;
-        running.table = effective_table;
-        Ok(report)
     }
+}
+
+/// Keys that need a restart keep their running values: each one that
+/// differs is listed in `report.needs_restart`.
+fn keep_restart_keys(
+    running: &Running,
+    new: Config,
+    new_table: toml::Table,
+    report: &mut ReloadReport,
+) -> Result<Effective, Vec<String>> {
+    let old = &running.config;
+    let mut effective = new.clone();
+    let mut effective_table = new_table.clone();
+    let mut restart = |key: &str, differs: bool| {
+        if differs {
+            report.needs_restart.push(key.to_owned());
+        }
+    };
+    restart("server.listen", old.server.listen != new.server.listen);
+    effective.server.listen = old.server.listen.clone();
+    restart("server.log_format", old.server.log_format != new.server.log_format);
+    effective.server.log_format = old.server.log_format;
+    restart("server.public_url", old.server.public_url != new.server.public_url);
+    effective.server.public_url = old.server.public_url.clone();
+    let storage_differs =
+        get(&running.table, &["storage"]) != get(&new_table, &["storage"]) || old.storage.root != new.storage.root;
+    restart("storage", storage_differs);
+    effective.storage = old.storage.clone();
+    let tls_toggled = old.server.tls_cert.is_some() != new.server.tls_cert.is_some();
+    restart("server.tls_cert/server.tls_key (turning TLS on or off)", tls_toggled);
+    if tls_toggled {
+        effective.server.tls_cert = old.server.tls_cert.clone();
+        effective.server.tls_key = old.server.tls_key.clone();
+    }
+    let unknown = |key: &String| key != "server" && key != "storage" && !APPLIED.contains(&key.as_str());
+    for (key, value) in &new_table {
+        if unknown(key) && running.table.get(key) != Some(value) {
+            report.needs_restart.push(key.clone());
+        }
+    }
+    for key in running.table.keys() {
+        if unknown(key) && !new_table.contains_key(key) {
+            report.needs_restart.push(key.clone());
+        }
+    }
+    for key in ["listen", "log_format", "public_url"] {
+        set_or_remove(&mut effective_table, "server", key, get(&running.table, &["server", key]).cloned());
+    }
+    match running.table.get("storage") {
+        Some(v) => {
+            effective_table.insert("storage".into(), v.clone());
+        }
+        None => {
+            effective_table.remove("storage");
+        }
+    }
+    let validated = effective.validate().map_err(|e| vec![e.to_string()])?;
+    Ok(Effective { config: effective, table: effective_table, validated })
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, String> {
@@ -344,35 +406,9 @@ fn set_or_remove(table: &mut toml::Table, section: &str, key: &str, value: Optio
     }
 }
 
-/// `POST /admin/reload`: 200 with the [`ReloadReport`], or the spec's error
-/// body with one `CONFIG_INVALID` error per reason the file was rejected.
-pub async fn admin(app: &App) -> Response<Body> {
-    let Some(reloader) = app.reloader.get() else {
-        return crate::error::response(&RegistryError::new(ErrorCode::Unavailable, "reload is not set up"), false);
-    };
-    match reloader.reload(app).await {
-        Ok(r) => json(
-            StatusCode::OK,
-            &serde_json::json!({"ok": true, "changed": r.changed, "needs_restart": r.needs_restart}),
-        ),
-        Err(reasons) => {
-            let errors: Vec<RegistryError> =
-                reasons.into_iter().map(|r| RegistryError::new(ErrorCode::ConfigInvalid, r)).collect();
-            crate::error::errors_response(&errors, false)
-        }
-    }
-}
-
-fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(body::full(Bytes::from(v.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp
-}
-
 /// Reloads on every SIGHUP for the life of the process (unix only; the
 /// admin endpoint works everywhere).
-pub fn spawn_signal_handler(app: Arc<App>) {
+pub fn spawn_sighup_handler(reloader: Arc<Reloader>) -> Option<JoinHandle<()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -380,81 +416,19 @@ pub fn spawn_signal_handler(app: Arc<App>) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGHUP; use `cove reload` instead");
-                return;
+                return None;
             }
         };
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the configuration");
-                if let Some(r) = app.reloader.get() {
-                    let _ = r.reload(&app).await;
-                }
+                let _ = reloader.reload().await;
             }
-        });
+        }))
     }
     #[cfg(not(unix))]
     {
-        let _ = app;
-    }
-}
-
-/// `cove reload`: asks the server at `addr` to reload; prints what changed
-/// or why the new config was rejected. Returns the process exit code.
-pub fn run_command(config: Option<PathBuf>, addr: Option<SocketAddr>) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    let fail = |e: &dyn std::fmt::Display| {
-        eprintln!("cove: {e}");
-        ExitCode::FAILURE
-    };
-    // Only the listen address (and TLS) is needed: the server validates the file.
-    let cfg = match &config {
-        Some(p) => match Config::load(p) {
-            Ok(c) => c,
-            Err(e) => return fail(&e),
-        },
-        None => Config::default(),
-    };
-    let Some(addr) = addr.or_else(|| crate::ops::local_addr(&cfg)) else {
-        return fail(&"no server address: pass --addr or a config with server.listen");
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return fail(&e),
-    };
-    let answer = runtime.block_on(crate::ops::cli_request(&cfg, addr, "POST", "/admin/reload"));
-    let (status, body) = match answer {
-        Ok(a) => a,
-        Err(e) => return fail(&format!("cannot reach the server at {addr}: {e}")),
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    // `changed`/`needs_restart` hold strings; `errors` the spec's error
-    // objects, whose messages are the reasons.
-    let list = |k: &str| -> Vec<String> {
-        v.get(k)
-            .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().or_else(|| s["message"].as_str()).map(str::to_owned)).collect())
-            .unwrap_or_default()
-    };
-    match status {
-        200 => {
-            let changed = list("changed");
-            if changed.is_empty() {
-                println!("configuration reloaded: nothing changed");
-            } else {
-                println!("configuration reloaded: {}", changed.join(", "));
-            }
-            for k in list("needs_restart") {
-                println!("warning: {k} changed: needs a restart");
-            }
-            ExitCode::SUCCESS
-        }
-        400 => {
-            eprintln!("cove: the server rejected the new configuration and keeps the running one:");
-            for e in list("errors") {
-                eprintln!("  {e}");
-            }
-            ExitCode::FAILURE
-        }
-        s => fail(&format!("server at {addr} answered {s}: {}", body.trim())),
+        let _ = reloader;
+        None
     }
 }

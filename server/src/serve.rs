@@ -1,26 +1,28 @@
-//! Builds the application from a validated configuration and runs the HTTP
-//! (or HTTPS, with `[server] tls_cert`/`tls_key`) server until SIGINT/SIGTERM,
-//! then shuts down gracefully.
+//! `cove serve`: builds every component from a validated configuration
+//! (storage, the pull-through cache, authentication, metrics, the background
+//! jobs, the reloader, the HTTP application), each given the handles it
+//! needs, then serves HTTP (or HTTPS with `[server] tls_cert`/`tls_key`)
+//! until SIGINT/SIGTERM and shuts down gracefully.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
-
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use std::time::SystemTime;
 
 use cove_auth::AuthService;
 use cove_backends::{FsStorage, ObjectStorage};
-use cove_core::cache::{PullThrough, UpstreamRoute};
-use cove_core::{Registry, Upstream};
-use cove_upstreams::OciUpstream;
+use cove_core::cache::PullThrough;
+use cove_core::retention::ActivityLog;
+use cove_core::Registry;
 
-use crate::app::App;
-use crate::config::{Config, ConfigError, StorageKind, Validated};
+use crate::app::{App, Operations};
+use crate::auth_slot::AuthSlot;
+use crate::config::{Config, ConfigError, GcSettings, RetentionSettings, StorageKind, Validated};
+use crate::jobs::gc::{guard_storage, GarbageCollector};
+use crate::jobs::retention::RetentionJob;
+use crate::jobs::{activity, tls_watch, uploads, Jobs};
+use crate::metrics::Metrics;
+use crate::reload::{self, ConfigSource, ReloadTargets, Reloader};
+use crate::tls::CertStore;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +41,107 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// Builds the application (storage, authenticator, policy) from the config.
-pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App>, StartError> {
-    let root = config.storage.root.clone();
+/// Serves `config` (read from `source`, which a reload reads again) until
+/// `shutdown` resolves.
+pub async fn serve(config: Config, source: ConfigSource, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let validated = config.validate()?;
+    let tls = open_tls(&config)?;
+    let server = build(&config, &validated, source, tls.clone()).await?;
+    let tls_config = match &tls {
+        Some(store) => Some(store.server_config()?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(validated.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: validated.listen.to_string(), source })?;
+    let mut jobs = server.jobs;
+    if let Some(store) = tls {
+        jobs.add(tls_watch::spawn_cert_watcher(store));
+    }
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let scheme = if tls_config.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %addr, scheme, storage = %config.storage.describe(), "cove is serving");
+    crate::listener::run(server.app, listener, tls_config, shutdown).await;
+    jobs.stop();
+    activity::save_at_shutdown(&server.activity).await;
+    Ok(())
+}
+
+/// A built server: the application and its running jobs.
+struct Built {
+    app: Arc<App>,
+    jobs: Jobs,
+    activity: Arc<ActivityLog>,
+}
+
+/// Builds every component and starts the background jobs.
+async fn build(
+    config: &Config,
+    validated: &Validated,
+    source: ConfigSource,
+    tls: Option<Arc<CertStore>>,
+) -> Result<Built, StartError> {
+    let (registry, gc_guard) = open_registry(config, validated).await?;
+    let upstream_hosts = validated.upstream_hosts();
+    let auth = AuthService::from_config(&config.auth, &config.access, &upstream_hosts, validated.public_url.as_deref())
+        .await
+        .map_err(|e| StartError::Auth(e.to_string()))?;
+    log_network_trust(&config.auth);
+    let auth = Arc::new(AuthSlot::new(Arc::new(auth)));
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_enabled(config.metrics.enabled);
+    let activity = Arc::new(ActivityLog::load(&activity::activity_path(config)));
+    registry.set_activity(activity.clone());
+    let gc = Arc::new(GarbageCollector::new(
+        registry.clone(),
+        gc_guard.clone(),
+        metrics.clone(),
+        GcSettings::from_config(config),
+    ));
+    let retention = Arc::new(RetentionJob::new(
+        registry.clone(),
+        gc_guard,
+        metrics.clone(),
+        RetentionSettings::from_config(config),
+        activity.clone(),
+    ));
+    let targets = ReloadTargets {
+        auth: auth.clone(),
+        registry: registry.clone(),
+        gc: gc.clone(),
+        retention: retention.clone(),
+        metrics: metrics.clone(),
+        tls,
+    };
+    let reloader = Arc::new(Reloader::new(source, config, targets));
+    let mut jobs = Jobs::default();
+    jobs.add(gc.spawn_schedule());
+    jobs.add(retention.spawn_schedule());
+    jobs.add(activity::spawn_activity_saver(activity.clone()));
+    jobs.add(uploads::spawn_upload_expiry(registry.clone(), validated.upload_ttl));
+    if let Some(task) = reload::spawn_sighup_handler(reloader.clone()) {
+        jobs.add(task);
+    }
+    let ops = Operations {
+        metrics,
+        gc,
+        retention,
+        reloader,
+        quarantine_dir: config.storage.root.join("quarantine"),
+        started: SystemTime::now(),
+    };
+    let tls_on = config.server.tls_cert.is_some();
+    let app = Arc::new(App::new(registry, auth, validated.public_url.clone(), tls_on, ops));
+    Ok(Built { app, jobs, activity })
+}
+
+/// Opens storage (guarded so GC runs while serving) and the registry on it,
+/// always with a pull-through cache, even with no upstream: a config reload
+/// may add one.
+async fn open_registry(
+    config: &Config,
+    validated: &Validated,
+) -> Result<(Registry, Arc<cove_core::gc::GcGuard>), StartError> {
     let storage = open_storage(config)?;
     if config.storage.object.is_some() {
         // Fail at start, not on the first request, when the bucket is
@@ -54,33 +154,13 @@ pub async fn build_app(config: &Config, validated: &Validated) -> Result<Arc<App
             ))
         })?;
     }
-    let (storage, gc_guard) = crate::ops::guard_storage(storage); // ops hook (issue 7): online GC
-                                                                  // Always a pull-through cache, even with no upstream: a config reload may add one.
-    let clients = OciUpstream::build_all(&validated.upstreams)
-        .map_err(|errors| StartError::Config(ConfigError::Invalid(errors.iter().map(|e| e.to_string()).collect())))?;
-    let routes = clients
-        .into_iter()
-        .map(|u| UpstreamRoute {
-            host: u.host().to_owned(),
-            tag_ttl: u.tag_ttl(),
-            revalidate_wait: u.revalidate_wait(),
-            upstream: u,
-        })
-        .collect();
-    let spool = root.join("spool");
+    let (storage, gc_guard) = guard_storage(storage);
+    let routes = crate::upstreams::build_routes(&validated.upstreams)
+        .map_err(|problems| StartError::Config(ConfigError::Invalid(problems)))?;
+    let spool = config.storage.root.join("spool");
     let cache = PullThrough::new(routes, validated.self_hosts.clone(), spool.clone())
         .map_err(|e| StartError::Storage { path: spool.display().to_string(), source: e.into() })?;
-    let registry = Registry::new(storage).with_cache(cache);
-    let upstream_hosts: Vec<String> = validated.upstreams.iter().map(|u| u.host.clone()).collect();
-    let auth = AuthService::from_config(&config.auth, &config.access, &upstream_hosts, validated.public_url.as_deref())
-        .await
-        .map_err(|e| StartError::Auth(e.to_string()))?;
-    log_network_trust(&config.auth);
-    let mut app = App::new(registry, Arc::new(auth), validated.public_url.clone());
-    app.tls = config.server.tls_cert.is_some();
-    let app = Arc::new(app);
-    crate::ops::install(&app, config, gc_guard); // ops hook (issue 7): metrics, GC schedule
-    Ok(app)
+    Ok((Registry::new(storage).with_cache(cache), gc_guard))
 }
 
 /// Says at start who may connect and whose forwarding headers are believed,
@@ -117,135 +197,9 @@ pub fn open_storage(config: &Config) -> Result<Arc<dyn cove_core::Storage>, Star
 
 /// Loads `[server] tls_cert`/`tls_key` when set: fails, naming the key, when
 /// a file is unreadable, does not parse, or the key does not match.
-pub fn open_tls(config: &Config) -> Result<Option<Arc<crate::tls::CertStore>>, StartError> {
+fn open_tls(config: &Config) -> Result<Option<Arc<CertStore>>, StartError> {
     match (&config.server.tls_cert, &config.server.tls_key) {
-        (Some(cert), Some(key)) => Ok(Some(crate::tls::CertStore::open(cert, key)?)),
+        (Some(cert), Some(key)) => Ok(Some(CertStore::open(cert, key)?)),
         _ => Ok(None),
     }
-}
-
-/// How long a client has to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Runs the server on `listener` until `shutdown` resolves; with `tls`, every
-/// connection is TLS (ALPN h2, http/1.1).
-pub async fn run(
-    app: Arc<App>,
-    listener: TcpListener,
-    upload_ttl: Duration,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let expiry = {
-        let registry = app.registry.clone();
-        tokio::spawn(async move {
-            // Sweep at least twice per TTL so a session never outlives it by much.
-            let period = (upload_ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tick.tick().await;
-                match registry.expire_uploads(upload_ttl).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(expired = n, "removed idle upload sessions"),
-                    Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
-                }
-            }
-        })
-    };
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let svc = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
-                });
-                match &acceptor {
-                    None => {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-                        let conn = graceful.watch(conn);
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
-                        });
-                    }
-                    Some(acceptor) => {
-                        // The handshake runs in the connection's task, so a
-                        // slow client never holds up the accept loop.
-                        let accept = acceptor.accept(stream);
-                        let watcher = graceful.watcher();
-                        let builder = builder.clone();
-                        tokio::spawn(async move {
-                            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(peer = %peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).into_owned();
-                            if let Err(e) = watcher.watch(conn).await {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
-                        });
-                    }
-                }
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    expiry.abort();
-    drop(listener);
-    tracing::info!("shutting down: waiting for open connections");
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after 30s; exiting anyway");
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM (SIGINT only where SIGTERM does not exist).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Binds the configured address.
-pub async fn bind(validated: &Validated) -> Result<TcpListener, StartError> {
-    TcpListener::bind(validated.listen)
-        .await
-        .map_err(|source| StartError::Listen { addr: validated.listen.to_string(), source })
 }

@@ -1,7 +1,7 @@
-//! TLS termination (issue 7): `[server] tls_cert` and `tls_key` name PEM
-//! files. The pair is checked at start (readable, parses, key matches the
-//! certificate) and re-read when either file changes (polled every
-//! [`POLL_INTERVAL`]) and on a config reload. New connections get the new
+//! TLS termination: `[server] tls_cert` and `tls_key` name PEM files. The
+//! pair is checked at start (readable, parses, key matches the certificate)
+//! and re-read when either file changes (polled by
+//! `jobs::tls_watch`) and on a config reload. New connections get the new
 //! certificate; open ones keep theirs. A bad new pair is logged and the
 //! running one kept.
 //!
@@ -10,16 +10,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-
-/// How often the certificate and key files are checked for changes.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A certificate/key pair that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -150,21 +147,6 @@ impl CertStore {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
-
-    /// Polls the files every [`POLL_INTERVAL`] for the life of the process.
-    pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let store = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(POLL_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let s = store.clone();
-                let outcome = tokio::task::spawn_blocking(move || s.reload_if_changed()).await.ok().flatten();
-                log_outcome(outcome, "file change");
-            }
-        })
-    }
 }
 
 /// Logs the result of a certificate reload.
@@ -182,79 +164,4 @@ impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
-}
-
-/// Trusts exactly the certificates of one PEM file (the server's own
-/// `tls_cert`), whatever name they carry: the CLI talks to its own server on
-/// loopback, where the certificate's names rarely include 127.0.0.1.
-#[derive(Debug)]
-struct PinnedCert {
-    certs: Vec<CertificateDer<'static>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinnedCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("the server's certificate is not the one in server.tls_cert".into()))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Like [`crate::ops::admin_request`], over TLS to a server whose
-/// certificate is the one in `cert_file` (for the CLI on the same host).
-pub async fn admin_request_tls(
-    addr: std::net::SocketAddr,
-    cert_file: &Path,
-    method: &str,
-    path: &str,
-) -> std::io::Result<(u16, String)> {
-    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-    let pem = std::fs::read(cert_file)?;
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| invalid(e.to_string()))?;
-    let provider = provider();
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCert { certs, provider }))
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let s = connector.connect(name, tcp).await?;
-    // A peer closing without close_notify still delivered the response.
-    crate::ops::exchange(s, addr, method, path, true).await
 }

@@ -1,0 +1,127 @@
+//! The one access check: every route's [`Access`] is judged here, before
+//! its handler runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::HeaderMap;
+
+use cove_auth::AuthService;
+use cove_core::{AuthRequest, ErrorCode, Identity, Registry, RegistryError, RepoName};
+
+use crate::app::router::{Access, Route};
+
+/// What the check established: the authentication snapshot the request
+/// keeps, who is calling, and the repository its route names.
+pub struct Grant {
+    pub auth: Arc<AuthService>,
+    pub identity: Identity,
+    /// The route's repository, resolved (containerd's `ns=` applied).
+    pub repository: Option<RepoName>,
+}
+
+impl Grant {
+    /// Whether the caller sees `repo` in the catalog (it may pull it).
+    pub fn visible_in_catalog(&self, repo: &RepoName) -> bool {
+        self.auth.visible_in_catalog(&self.identity, repo)
+    }
+
+    /// Whether a cross-repository mount may read `source`: the caller must
+    /// be allowed to pull it (else the client gets a plain upload session).
+    pub async fn may_mount_from(&self, headers: &HeaderMap, peer: SocketAddr, source: &RepoName) -> bool {
+        let fwd = Forwarding::of(headers);
+        self.auth.may_mount_from(&auth_request(headers, peer, &fwd), source).await
+    }
+}
+
+impl Grant {
+    /// Issues a registry token for the scopes `query` asks for; the issuer
+    /// judges the network boundary and the credentials itself.
+    pub async fn issue_token(
+        &self,
+        query: &str,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<cove_auth::TokenResponse, RegistryError> {
+        let fwd = Forwarding::of(headers);
+        self.auth.token(query, &auth_request(headers, peer, &fwd)).await
+    }
+}
+
+/// Checks that the request may take `route`. `ns` is containerd's mirror
+/// namespace, which decides what a repository name means.
+pub async fn check(
+    route: &Route,
+    auth: Arc<AuthService>,
+    registry: &Registry,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    ns: Option<&str>,
+) -> Result<Grant, RegistryError> {
+    let fwd = Forwarding::of(headers);
+    let areq = auth_request(headers, peer, &fwd);
+    let mut repository = None;
+    let identity = match route.access() {
+        Access::Public | Access::TokenIssuer => Identity::Anonymous,
+        Access::LoopbackAdmin => {
+            loopback_admin(headers, peer)?;
+            Identity::Anonymous
+        }
+        Access::Authenticated => auth.authorize(&areq, None).await?,
+        // Listing repositories needs the catalog scope, not just any token.
+        Access::Catalog => auth.authorize_catalog(&areq).await?,
+        Access::Repository(action) => {
+            let repo = resolve(route, registry, ns)?;
+            let identity = auth.authorize(&areq, Some((&repo, action))).await?;
+            repository = Some(repo);
+            identity
+        }
+    };
+    Ok(Grant { auth, identity, repository })
+}
+
+/// The repository a route names, resolved against the mirror namespace.
+fn resolve(route: &Route, registry: &Registry, ns: Option<&str>) -> Result<RepoName, RegistryError> {
+    match route {
+        Route::Repository { name, .. } => registry.resolve_name(name, ns),
+        _ => Err(RegistryError::internal("repository access on a route without a repository")),
+    }
+}
+
+/// Admin endpoints answer only a loopback peer that forwards for nobody.
+fn loopback_admin(headers: &HeaderMap, peer: SocketAddr) -> Result<(), RegistryError> {
+    if !peer.ip().is_loopback() || headers.contains_key("x-forwarded-for") || headers.contains_key("forwarded") {
+        return Err(RegistryError::new(ErrorCode::Denied, "admin endpoints answer only to loopback clients"));
+    }
+    Ok(())
+}
+
+/// What the authenticator may see of a request. A non-UTF-8 `Authorization`
+/// header is passed as empty so it is refused as malformed, not ignored.
+/// `forwarded` is [`Forwarding::of`] the same headers.
+fn auth_request<'a>(headers: &'a HeaderMap, peer: SocketAddr, forwarded: &'a Forwarding) -> AuthRequest<'a> {
+    AuthRequest {
+        peer: peer.ip(),
+        authorization: headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("")),
+        forwarded_for: forwarded.x_forwarded_for.as_deref(),
+        forwarded: forwarded.forwarded.as_deref(),
+    }
+}
+
+/// The forwarding headers of a request, each header's lines joined in order
+/// (proxies may send several). A line that is not text is kept as an
+/// unreadable entry, so it is judged (and refused) rather than skipped.
+pub struct Forwarding {
+    x_forwarded_for: Option<String>,
+    forwarded: Option<String>,
+}
+
+impl Forwarding {
+    pub fn of(headers: &HeaderMap) -> Forwarding {
+        let joined = |name: &str| {
+            let parts: Vec<&str> = headers.get_all(name).iter().map(|v| v.to_str().unwrap_or("?")).collect();
+            (!parts.is_empty()).then(|| parts.join(", "))
+        };
+        Forwarding { x_forwarded_for: joined("x-forwarded-for"), forwarded: joined("forwarded") }
+    }
+}

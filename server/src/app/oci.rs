@@ -1,0 +1,308 @@
+//! The OCI Distribution endpoints and the token endpoint: one handler per
+//! route, called after the access check with the repository it resolved.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as _, Incoming};
+
+use cove_core::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
+use cove_core::{Digest, ErrorCode, Reference, RegistryError, RepoName};
+
+use crate::app::access::Grant;
+use crate::app::request::{content_length, parse_content_range, Query};
+use crate::app::response::{
+    blob_created, json_response, manifest_too_large, page_response, set, status_response, typed_response,
+    upload_accepted, CONTENT_DIGEST,
+};
+use crate::app::router::RepoOp;
+use crate::app::App;
+use crate::body::{self, Body};
+
+const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_FILTERS: HeaderName = HeaderName::from_static("oci-filters-applied");
+/// How a pull-through response was served: hit, miss, revalidated or stale.
+const CACHE_STATUS: HeaderName = HeaderName::from_static("x-cove-cache");
+
+impl App {
+    /// `GET|HEAD /v2/`
+    pub(super) fn api_base(&self) -> Response<Body> {
+        json_response(StatusCode::OK, Bytes::from_static(b"{}"))
+    }
+
+    /// `GET /v2/_catalog`: the repositories the caller may pull.
+    pub(super) async fn catalog(&self, query: &Query, grant: &Grant) -> Result<Response<Body>, RegistryError> {
+        let (n, last) = query.page()?;
+        let page = self.registry.catalog(n, last.as_deref(), |r| grant.visible_in_catalog(r)).await?;
+        Ok(page_response("repositories", None, page, n))
+    }
+
+    /// `GET /token`: the Docker token endpoint for CLIs that log in with
+    /// credentials and then use short-lived registry-issued tokens.
+    pub(super) async fn token(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+        grant: &Grant,
+    ) -> Result<Response<Body>, RegistryError> {
+        let t = grant.issue_token(req.uri().query().unwrap_or(""), req.headers(), peer).await?;
+        let mut resp = json_response(StatusCode::OK, Bytes::from(t.to_json().to_string()));
+        set(resp.headers_mut(), http::header::CACHE_CONTROL, "no-store");
+        Ok(resp)
+    }
+
+    /// One operation on `repo` (`/v2/<name>/…`).
+    pub(super) async fn repository(
+        &self,
+        op: RepoOp,
+        repo: RepoName,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        query: &Query,
+        grant: &Grant,
+    ) -> Result<Response<Body>, RegistryError> {
+        match op {
+            RepoOp::GetManifest { reference, head } => {
+                let reference = parse_reference(&reference, false)?;
+                self.get_manifest(&repo, &reference, head).await
+            }
+            RepoOp::PutManifest { reference } => {
+                let reference = parse_reference(&reference, true)?;
+                self.put_manifest(req, &repo, &reference).await
+            }
+            RepoOp::DeleteManifest { reference } => {
+                let reference = parse_reference(&reference, false)?;
+                self.registry.delete_manifest(&repo, &reference).await?;
+                Ok(status_response(StatusCode::ACCEPTED))
+            }
+            RepoOp::GetBlob { digest, head } => self.get_blob(req.headers(), head, &repo, &digest.parse()?).await,
+            RepoOp::DeleteBlob { digest } => {
+                let digest: Digest = digest.parse()?;
+                self.registry.delete_blob(&repo, &digest).await?;
+                Ok(status_response(StatusCode::ACCEPTED))
+            }
+            RepoOp::StartUpload => self.start_upload(req, peer, repo, query, grant).await,
+            RepoOp::UploadStatus { id } => {
+                let base = self.base_url(req.headers());
+                let info = self.registry.upload_status(&repo, &id).await?;
+                Ok(upload_accepted(&base, &repo, &id, info.size, StatusCode::NO_CONTENT))
+            }
+            RepoOp::UploadChunk { id } => self.upload_chunk(req, &repo, &id).await,
+            RepoOp::FinishUpload { id } => self.finish_upload(req, &repo, &id, query).await,
+            RepoOp::CancelUpload { id } => {
+                self.registry.cancel_upload(&repo, &id).await?;
+                Ok(status_response(StatusCode::NO_CONTENT))
+            }
+            RepoOp::ListTags => {
+                let (n, last) = query.page()?;
+                let page = self.registry.tags(&repo, n, last.as_deref()).await?;
+                Ok(page_response("tags", Some(&repo), page, n))
+            }
+            RepoOp::ListReferrers { digest } => {
+                let digest: Digest = digest.parse()?;
+                let r = self.registry.referrers(&repo, &digest, query.get("artifactType")).await?;
+                let mut resp = typed_response(StatusCode::OK, OCI_INDEX, r.body);
+                if r.filtered {
+                    resp.headers_mut().insert(OCI_FILTERS, HeaderValue::from_static("artifactType"));
+                }
+                Ok(resp)
+            }
+        }
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        head: bool,
+    ) -> Result<Response<Body>, RegistryError> {
+        let (m, cache) = self.registry.get_manifest(repo, reference).await?;
+        let cache_header = cache.map(|c| c.as_str());
+        let mut resp = Response::new(if head { body::empty() } else { body::full(m.bytes.clone()) });
+        let h = resp.headers_mut();
+        set(h, http::header::CONTENT_TYPE, &m.media_type);
+        set(h, http::header::CONTENT_LENGTH, &m.bytes.len().to_string());
+        set(h, CONTENT_DIGEST, &m.digest.to_string());
+        set(h, http::header::ETAG, &format!("\"{}\"", m.digest));
+        if let Some(c) = cache_header {
+            set(h, CACHE_STATUS, c);
+        }
+        Ok(resp)
+    }
+
+    async fn put_manifest(
+        &self,
+        req: Request<Incoming>,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Response<Body>, RegistryError> {
+        let content_type =
+            req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let location_base = self.base_url(req.headers());
+        if content_length(req.headers())?.is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
+            return Err(manifest_too_large());
+        }
+        let bytes = Limited::new(req.into_body(), MAX_MANIFEST_SIZE)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    manifest_too_large()
+                } else {
+                    RegistryError::new(ErrorCode::ManifestInvalid, "manifest body could not be read")
+                }
+            })?
+            .to_bytes();
+        let put = self.registry.put_manifest(repo, reference, content_type.as_deref(), bytes).await?;
+        let mut resp = status_response(StatusCode::CREATED);
+        let h = resp.headers_mut();
+        set(h, http::header::LOCATION, &format!("{location_base}/v2/{repo}/manifests/{}", put.digest));
+        set(h, CONTENT_DIGEST, &put.digest.to_string());
+        if let Some(subject) = &put.subject {
+            set(h, OCI_SUBJECT, &subject.to_string());
+        }
+        Ok(resp)
+    }
+
+    async fn get_blob(
+        &self,
+        headers: &HeaderMap,
+        head: bool,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Response<Body>, RegistryError> {
+        let range = headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).and_then(crate::range::parse_range);
+        let (b, cache) = self.registry.get_blob(repo, digest, range.as_ref(), head).await?;
+        let status = if b.range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        let (size, range) = (b.size, b.range);
+        let body = if head { body::empty() } else { body::stream(b.body) };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        if let Some(len) = range.map(|r| r.len()).or(size) {
+            set(h, http::header::CONTENT_LENGTH, &len.to_string());
+        }
+        if let Some(c) = cache {
+            set(h, CACHE_STATUS, c.as_str());
+        }
+        set(h, http::header::CONTENT_TYPE, "application/octet-stream");
+        set(h, CONTENT_DIGEST, &digest.to_string());
+        set(h, http::header::ETAG, &format!("\"{digest}\""));
+        set(h, http::header::ACCEPT_RANGES, "bytes");
+        set(h, http::header::CACHE_CONTROL, "max-age=31536000");
+        if let (Some(r), Some(size)) = (range, size) {
+            set(h, http::header::CONTENT_RANGE, &format!("bytes {}-{}/{size}", r.start, r.end));
+        }
+        Ok(resp)
+    }
+
+    async fn start_upload(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        repo: RepoName,
+        query: &Query,
+        grant: &Grant,
+    ) -> Result<Response<Body>, RegistryError> {
+        let base = self.base_url(req.headers());
+        if let Some(mount) = query.get("mount") {
+            let digest: Digest = mount.parse()?;
+            if let Some(from) = query.get("from") {
+                let from = self.registry.resolve_name(from, query.get("ns"))?;
+                let pull_ok = grant.may_mount_from(req.headers(), peer, &from).await;
+                if pull_ok && self.registry.mount_blob(&repo, &digest, &from).await? {
+                    return Ok(blob_created(&base, &repo, &digest));
+                }
+            }
+        } else if let Some(digest) = query.get("digest") {
+            let digest: Digest = digest.parse()?;
+            let length = content_length(req.headers())?;
+            let body = body::incoming(req.into_body());
+            let body = match length {
+                Some(l) => cove_core::registry::exact_length(body, l),
+                None => body,
+            };
+            self.registry.put_blob(&repo, &digest, body, length).await?;
+            return Ok(blob_created(&base, &repo, &digest));
+        }
+        let info = self.registry.start_upload(&repo).await?;
+        Ok(upload_accepted(&base, &repo, &info.id, 0, StatusCode::ACCEPTED))
+    }
+
+    async fn upload_chunk(
+        &self,
+        req: Request<Incoming>,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<Response<Body>, RegistryError> {
+        let base = self.base_url(req.headers());
+        let range = match req.headers().get(http::header::CONTENT_RANGE) {
+            Some(v) => Some(parse_content_range(v)?),
+            None => None,
+        };
+        let length = content_length(req.headers())?;
+        let body = body::incoming(req.into_body());
+        let size = self.registry.upload_chunk(repo, id, range, length, body).await?;
+        Ok(upload_accepted(&base, repo, id, size, StatusCode::ACCEPTED))
+    }
+
+    async fn finish_upload(
+        &self,
+        req: Request<Incoming>,
+        repo: &RepoName,
+        id: &str,
+        query: &Query,
+    ) -> Result<Response<Body>, RegistryError> {
+        let base = self.base_url(req.headers());
+        let digest: Digest = query
+            .get("digest")
+            .ok_or_else(|| {
+                RegistryError::new(
+                    ErrorCode::DigestInvalid,
+                    "the digest query parameter is required to complete an upload",
+                )
+            })?
+            .parse()?;
+        let length = content_length(req.headers())?;
+        let has_body = length.is_some_and(|l| l > 0) || (length.is_none() && req.body().size_hint().exact() != Some(0));
+        let body = has_body.then(|| (body::incoming(req.into_body()), length));
+        self.registry.finish_upload(repo, id, &digest, body).await?;
+        Ok(blob_created(&base, repo, &digest))
+    }
+
+    /// The scheme and host to prefix `Location` headers with: the configured
+    /// public URL, else what a reverse proxy says, else nothing (relative).
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(u) = &self.public_url {
+            return u.clone();
+        }
+        let get =
+            |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or(v).trim());
+        match (get("x-forwarded-proto"), get("x-forwarded-host").or_else(|| get("host"))) {
+            (Some(proto), Some(host)) if matches!(proto, "http" | "https") && valid_host(host) => {
+                format!("{proto}://{host}")
+            }
+            // TLS terminated here: the client reached us over https.
+            (None, Some(host)) if self.tls && valid_host(host) => format!("https://{host}"),
+            _ => String::new(),
+        }
+    }
+}
+
+/// A manifest reference. A malformed digest is `DIGEST_INVALID`; another
+/// malformed reference is a manifest nobody can have (`MANIFEST_UNKNOWN`),
+/// except in a push, which is told what is wrong with it.
+fn parse_reference(reference: &str, push: bool) -> Result<Reference, RegistryError> {
+    match reference.parse() {
+        Ok(r) => Ok(r),
+        Err(e) if e.code == ErrorCode::DigestInvalid || push => Err(e),
+        Err(_) => Err(RegistryError::manifest_unknown(reference)),
+    }
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}

@@ -1,0 +1,97 @@
+//! The operations endpoints: `/healthz`, `/readyz`, `/metrics` and the
+//! loopback-only `/admin/*` (GC, scrub, retention, reload, status). They
+//! call the background components the application was built with.
+
+use http::{Response, StatusCode};
+
+use cove_core::{ErrorCode, RegistryError};
+
+use crate::app::request::Query;
+use crate::app::response::{json, set, text};
+use crate::app::router::AdminOp;
+use crate::app::App;
+use crate::body::{self, Body};
+
+impl App {
+    /// `GET /healthz`: 200 while the process serves (liveness).
+    pub(super) fn health(&self) -> Response<Body> {
+        text(StatusCode::OK, "ok\n")
+    }
+
+    /// `GET /readyz`: 200 when storage is reachable and writable, else 503.
+    pub(super) async fn ready(&self) -> Response<Body> {
+        match self.registry.storage().check().await {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness check failed: storage not reachable");
+                text(StatusCode::SERVICE_UNAVAILABLE, "storage not reachable\n")
+            }
+        }
+    }
+
+    /// `GET /metrics`: Prometheus text; an unknown endpoint while
+    /// `[metrics] enabled = false`.
+    pub(super) async fn metrics(&self) -> Result<Response<Body>, RegistryError> {
+        let metrics = &self.ops.metrics;
+        if !metrics.enabled() {
+            return Err(RegistryError::new(ErrorCode::NameUnknown, "no such API endpoint"));
+        }
+        let counters = self.registry.cache().map(|c| c.counters()).unwrap_or_default();
+        let fetches = self.registry.cache().map(|c| c.inflight_digests().len()).unwrap_or(0);
+        let uploads = self.registry.storage().upload_list().await.ok().map(|l| l.len());
+        let health: Vec<_> = self
+            .registry
+            .cache()
+            .map(|c| c.routes().into_iter().map(|r| (r.host, r.upstream.health())).collect())
+            .unwrap_or_default();
+        let mut resp = Response::new(body::full(metrics.render(&counters, uploads, fetches, &health)));
+        set(resp.headers_mut(), http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE);
+        Ok(resp)
+    }
+
+    /// `/admin/*`: JSON answers; failures are internal errors (logged).
+    pub(super) async fn admin(&self, op: AdminOp, query: &Query) -> Result<Response<Body>, RegistryError> {
+        let ops = &self.ops;
+        match op {
+            AdminOp::Gc => match ops.gc.run(query.flag("dry_run")).await {
+                Ok(r) => Ok(json(StatusCode::OK, &serde_json::to_value(&r).unwrap_or_default())),
+                Err(e) => Err(RegistryError::internal(format!("garbage collection failed: {e}"))),
+            },
+            AdminOp::Scrub => {
+                let dir = query.flag("quarantine").then_some(ops.quarantine_dir.as_path());
+                match cove_core::scrub::scrub(self.registry.storage().as_ref(), dir, &mut |_| {}).await {
+                    Ok(r) => Ok(json(StatusCode::OK, &serde_json::to_value(&r).unwrap_or_default())),
+                    Err(e) => Err(RegistryError::internal(format!("scrub failed: {e}"))),
+                }
+            }
+            AdminOp::Retention => match ops.retention.run(query.flag("dry_run")).await {
+                Ok(r) => Ok(json(StatusCode::OK, &serde_json::to_value(&r).unwrap_or_default())),
+                Err(e) => Err(RegistryError::internal(format!("retention failed: {e}"))),
+            },
+            AdminOp::Reload => Ok(self.reload().await),
+            AdminOp::Status => {
+                let v = crate::status::status(&self.registry, &ops.gc, &ops.retention, ops.started).await;
+                Ok(json(StatusCode::OK, &v))
+            }
+        }
+    }
+
+    /// `POST /admin/reload`: 200 with the [`ReloadReport`], or the spec's
+    /// error body with one `CONFIG_INVALID` error per reason the file was
+    /// rejected.
+    ///
+    /// [`ReloadReport`]: crate::reload::ReloadReport
+    async fn reload(&self) -> Response<Body> {
+        match self.ops.reloader.reload().await {
+            Ok(r) => json(
+                StatusCode::OK,
+                &serde_json::json!({"ok": true, "changed": r.changed, "needs_restart": r.needs_restart}),
+            ),
+            Err(reasons) => {
+                let errors: Vec<RegistryError> =
+                    reasons.into_iter().map(|r| RegistryError::new(ErrorCode::ConfigInvalid, r)).collect();
+                crate::error::errors_response(&errors, false)
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The `/admin/status` document (`cove status`): uptime, storage kind, each
+//! upstream (probed for reachability, with its cache counters and size), the
+//! last garbage collection and the last retention run.
+
+use std::time::{Duration, SystemTime};
+
+use cove_core::Registry;
+
+use crate::jobs::gc::GarbageCollector;
+use crate::jobs::retention::RetentionJob;
+
+/// How long `cove status` waits for each upstream's `/v2/`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the status document of a server that started at `started`.
+pub async fn status(
+    registry: &Registry,
+    gc: &GarbageCollector,
+    retention: &RetentionJob,
+    started: SystemTime,
+) -> serde_json::Value {
+    let mut v = base_status(registry, gc, started).await;
+    add_retention(retention, &mut v);
+    v
+}
+
+/// Uptime, storage, upstreams (probed at once, each for at most
+/// [`PROBE_TIMEOUT`]) and the last garbage collection.
+async fn base_status(registry: &Registry, gc: &GarbageCollector, started: SystemTime) -> serde_json::Value {
+    let counters = registry.cache().map(|c| c.counters()).unwrap_or_default();
+    let routes: Vec<cove_core::cache::UpstreamRoute> =
+        registry.cache().map(|c| c.routes().to_vec()).unwrap_or_default();
+    // Every upstream is probed at once, each for at most PROBE_TIMEOUT.
+    let probes = futures::future::join_all(routes.iter().map(|r| async move {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, r.upstream.ping()).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+        };
+        result
+    }))
+    .await;
+    let upstreams: Vec<serde_json::Value> = routes
+        .iter()
+        .zip(probes)
+        .map(|(route, probe)| {
+            let host = &route.host;
+            let c = counters.get(host).cloned().unwrap_or_default();
+            let served = c.hits + c.misses + c.revalidated + c.stale;
+            let hit_rate = if served == 0 { None } else { Some((c.hits + c.revalidated) as f64 / served as f64) };
+            let last_error_at = c.last_error_at.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+            let (reachable, probe_ms, probe_error) = match probe {
+                Ok(d) => (true, Some(d.as_millis() as u64), None),
+                Err(e) => (false, None, Some(e)),
+            };
+            let health = route.upstream.health();
+            let rfc3339 = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+            serde_json::json!({
+                "host": host,
+                "reachable": reachable, "probe_ms": probe_ms, "probe_error": probe_error,
+                "healthy": health.healthy,
+                "unhealthy_since": health.unhealthy_since.map(rfc3339),
+                "health_changes": health.changes,
+                "unhealthy_seconds": health.unhealthy_total.as_secs(),
+                "last_silence": health.last_failure.map(|(at, e)| format!("{}: {e}", rfc3339(at))),
+                "hits": c.hits, "misses": c.misses, "revalidated": c.revalidated, "stale": c.stale,
+                "upstream_errors": c.upstream_errors,
+                "rate_limited": c.rate_limited,
+                "last_error": c.last_error,
+                "last_error_at": last_error_at,
+                "bytes_saved": c.bytes_saved,
+                "bytes_fetched": c.bytes_fetched,
+                "hit_rate": hit_rate,
+            })
+        })
+        .collect();
+    let last_gc = match &gc.last_run() {
+        None => serde_json::Value::Null,
+        Some(Ok(r)) => serde_json::json!({
+            "ok": true, "blobs": r.blobs, "blobs_removed": r.blobs_removed.len(),
+            "bytes_freed": r.bytes_freed, "manifests_removed": r.manifests_removed.len(),
+            "uploads_removed": r.uploads_removed.len(), "duration_ms": r.duration_ms,
+        }),
+        Some(Err(e)) => serde_json::json!({ "ok": false, "error": e }),
+    };
+    serde_json::json!({
+        "uptime_seconds": started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+        "storage": registry.storage().kind(),
+        "upstreams": upstreams,
+        "last_gc": last_gc,
+    })
+}
+
+/// Adds the cache size per upstream (as of the last run) and the last
+/// retention result to `/admin/status` JSON.
+fn add_retention(retention: &RetentionJob, status: &mut serde_json::Value) {
+    let last = retention.last_run();
+    let usage = match &last {
+        Some((_, Ok(r))) => r.retention.upstreams.clone(),
+        _ => Vec::new(),
+    };
+    if let Some(ups) = status.get_mut("upstreams").and_then(|u| u.as_array_mut()) {
+        for u in ups {
+            let host = u.get("host").and_then(|h| h.as_str()).unwrap_or_default().to_owned();
+            if let (Some(obj), Some(x)) = (u.as_object_mut(), usage.iter().find(|x| x.host == host)) {
+                obj.insert("cache_bytes".into(), x.bytes.into());
+                obj.insert("cached_images".into(), x.images.into());
+                obj.insert("max_size".into(), x.max_size.into());
+            }
+        }
+    }
+    let last_json = match last {
+        None => serde_json::Value::Null,
+        Some((at, Ok(r))) => serde_json::json!({
+            "ok": true,
+            "at": humantime::format_rfc3339_seconds(at).to_string(),
+            "evicted_images": r.retention.evicted.len(),
+            "tags_removed": r.retention.tags_removed.len(),
+            "manifests_removed": r.retention.manifests_removed.len(),
+            "bytes_freed": r.retention.bytes_freed,
+            "kept_in_use": r.retention.kept_in_use,
+            "blobs_removed": r.gc.as_ref().map_or(0, |g| g.blobs_removed.len()),
+            "duration_ms": r.retention.duration_ms,
+        }),
+        Some((at, Err(e))) => serde_json::json!({
+            "ok": false, "at": humantime::format_rfc3339_seconds(at).to_string(), "error": e,
+        }),
+    };
+    let (manifests, tags) = retention.activity().len();
+    if let Some(obj) = status.as_object_mut() {
+        obj.insert("last_retention".into(), last_json);
+        obj.insert("activity_log".into(), serde_json::json!({ "manifests": manifests, "tags": tags }));
+    }
+}
