@@ -33,7 +33,9 @@ if [ ! -x "$registry" ]; then
 fi
 
 echo "bench: building release binaries (cove, cove-bench)" >&2
-cargo build --release --locked -p cove-server --bin cove -p cove-bench >&2
+# Two builds: `--bin cove` would otherwise keep cove-bench's binary from being built.
+cargo build --release --locked -p cove-server --bin cove >&2
+cargo build --release --locked -p cove-bench >&2
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 exec "$target_dir/release/cove-bench" --cove "$target_dir/release/cove" --registry "$registry" "$@"

@@ -204,28 +204,18 @@ impl OciUpstream {
                     self.host, self.request_deadline, self.host
                 )))),
             };
-            let (err, wait, silent) = match outcome {
-                Ok(v) => {
-                    self.health.answered();
-                    return Ok(v);
-                }
-                Err(Failure::Fatal(e)) => {
-                    self.health.answered();
-                    return Err(e);
-                }
-                Err(Failure::Retry(e)) => (e, self.backoff(n), false),
-                Err(Failure::Silent(e)) => (e, self.backoff(n), true),
-                Err(Failure::RetryAfter(e, wait)) => {
-                    self.health.answered();
-                    if wait > self.max_retry_after {
-                        return Err(e);
-                    }
-                    (e, wait, false)
-                }
-            };
-            if !silent {
+            // Any HTTP answer, even an error status, means the upstream is there.
+            if !matches!(outcome, Err(Failure::Silent(_))) {
                 self.health.answered();
             }
+            let (err, wait, silent) = match outcome {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(e)) => (e, self.backoff(n), false),
+                Err(Failure::Silent(e)) => (e, self.backoff(n), true),
+                Err(Failure::RetryAfter(e, wait)) if wait > self.max_retry_after => return Err(e),
+                Err(Failure::RetryAfter(e, wait)) => (e, wait, false),
+            };
             let out_of_time = Instant::now() + wait >= deadline;
             if n >= self.retries || out_of_time {
                 if silent {
