@@ -291,11 +291,16 @@ impl Reloader {
             }
             report.changed.push(format!("upstreams ({})", parts.join("; ")));
         }
-        if old_validated.self_hosts != effective.validated.self_hosts {
+        if old_validated.name_rules() != effective.validated.name_rules() {
             if let Some(cache) = t.registry.cache() {
-                cache.set_self_hosts(effective.validated.self_hosts.clone());
+                cache.set_name_rules(effective.validated.name_rules());
             }
-            report.changed.push("server.hostnames".into());
+            if old_validated.self_hosts != effective.validated.self_hosts {
+                report.changed.push("server.hostnames".into());
+            }
+            if section_changed("mirror") {
+                report.changed.push("mirror".into());
+            }
         }
         if section_changed("gc") {
             t.gc.set_settings(GcSettings::from_config(&effective.config));

@@ -158,7 +158,7 @@ async fn open_registry(
     let routes = crate::upstreams::build_routes(&validated.upstreams)
         .map_err(|problems| StartError::Config(ConfigError::Invalid(problems)))?;
     let spool = config.storage.root.join("spool");
-    let cache = PullThrough::new(routes, validated.self_hosts.clone(), spool.clone())
+    let cache = PullThrough::new(routes, validated.name_rules(), spool.clone())
         .map_err(|e| StartError::Storage { path: spool.display().to_string(), source: e.into() })?;
     Ok((Registry::new(storage).with_cache(cache), gc_guard))
 }

@@ -37,7 +37,7 @@ use crate::storage::Storage;
 
 pub use counters::CacheCounters;
 pub use failure::upstream_error;
-pub use routing::{Route, UpstreamRoute};
+pub use routing::{NameRules, Route, UpstreamRoute};
 
 use counters::UpstreamCounters;
 use fetch::BlobFlights;
@@ -83,7 +83,7 @@ pub struct CachedRepo<'a> {
 pub struct PullThrough {
     /// Swapped as a whole by [`PullThrough::set_routes`] (config reload).
     routes: RwLock<Vec<UpstreamRoute>>,
-    self_hosts: RwLock<Vec<String>>,
+    names: RwLock<NameRules>,
     spool_dir: PathBuf,
     freshness: TagFreshness,
     revalidations: Revalidations,
@@ -94,16 +94,16 @@ pub struct PullThrough {
 }
 
 impl PullThrough {
-    /// `self_hosts` are the host names that mean Cove itself in `ns=`;
+    /// `names` say how names without an upstream prefix are read;
     /// `spool_dir` holds in-flight blob downloads (emptied here).
-    pub fn new(routes: Vec<UpstreamRoute>, self_hosts: Vec<String>, spool_dir: PathBuf) -> std::io::Result<Self> {
+    pub fn new(routes: Vec<UpstreamRoute>, names: NameRules, spool_dir: PathBuf) -> std::io::Result<Self> {
         if spool_dir.exists() {
             std::fs::remove_dir_all(&spool_dir)?;
         }
         std::fs::create_dir_all(&spool_dir)?;
         Ok(PullThrough {
             routes: RwLock::new(routes),
-            self_hosts: RwLock::new(self_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect()),
+            names: RwLock::new(names.normalized()),
             spool_dir,
             freshness: TagFreshness::default(),
             revalidations: Revalidations::default(),
@@ -127,12 +127,6 @@ impl PullThrough {
         let keep: std::collections::HashSet<String> = routes.iter().map(|r| r.host.clone()).collect();
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
         self.freshness.retain_hosts(&keep);
-    }
-
-    /// Replaces the host names that mean Cove itself in `ns=` (config reload).
-    pub fn set_self_hosts(&self, self_hosts: Vec<String>) {
-        *self.self_hosts.write().unwrap_or_else(|p| p.into_inner()) =
-            self_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
     }
 
     /// A snapshot of the per-upstream counters.

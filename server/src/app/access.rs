@@ -72,7 +72,10 @@ pub async fn check(
         Access::Catalog => auth.authorize_catalog(&areq).await?,
         Access::Repository(action) => {
             let repo = resolve(route, registry, ns)?;
-            let identity = auth.authorize(&areq, Some((&repo, action))).await?;
+            let identity = auth
+                .authorize(&areq, Some((&repo, action)))
+                .await
+                .map_err(|e| explain_default_upstream(e, route, registry, &repo, ns))?;
             repository = Some(repo);
             identity
         }
@@ -86,6 +89,27 @@ fn resolve(route: &Route, registry: &Registry, ns: Option<&str>) -> Result<RepoN
         Route::Repository { name, .. } => registry.resolve_name(name, ns),
         _ => Err(RegistryError::internal("repository access on a route without a repository")),
     }
+}
+
+/// A refusal of a name that Docker Hub mirror mode gave to its default
+/// upstream says so: the client wrote the name without that prefix.
+fn explain_default_upstream(
+    mut e: RegistryError,
+    route: &Route,
+    registry: &Registry,
+    repo: &RepoName,
+    ns: Option<&str>,
+) -> RegistryError {
+    let mirror_mode = registry.cache().is_some_and(|c| c.name_rules().default_upstream.is_some());
+    if let Route::Repository { name, .. } = route {
+        if mirror_mode && e.code == ErrorCode::Denied && ns.is_none() && repo.as_str() != name {
+            e.message = format!(
+                "{} ({name} means {repo} here: in Docker Hub mirror mode only names under mirror.private_prefixes are private)",
+                e.message
+            );
+        }
+    }
+    e
 }
 
 /// Admin endpoints answer only a loopback peer that forwards for nobody.

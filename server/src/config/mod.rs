@@ -8,12 +8,14 @@
 
 mod gc;
 mod metrics;
+mod mirror;
 mod retention;
 mod server;
 mod storage;
 
 pub use gc::{GcConfig, GcSettings};
 pub use metrics::MetricsConfig;
+pub use mirror::MirrorConfig;
 pub use retention::{parse_size, RetentionConfig, RetentionSettings, TagRetention, UpstreamRetention};
 pub use server::{LogFormat, ServerConfig};
 pub use storage::{StorageConfig, StorageKind};
@@ -47,6 +49,8 @@ pub struct Config {
     /// `[retention]`: cache retention per upstream, tag retention per
     /// repository pattern.
     pub retention: RetentionConfig,
+    /// `[mirror]`: Docker Hub mirror mode for unqualified names.
+    pub mirror: MirrorConfig,
 }
 
 /// A configuration that failed to load or validate.
@@ -70,6 +74,10 @@ pub struct Validated {
     pub upstreams: Vec<ResolvedUpstream>,
     /// Host names meaning Cove itself in containerd's `ns=`.
     pub self_hosts: Vec<String>,
+    /// `[mirror]`: the upstream owning unqualified names, if any, and the
+    /// private prefixes kept from it.
+    pub default_upstream: Option<String>,
+    pub private_prefixes: Vec<String>,
 }
 
 impl Config {
@@ -101,16 +109,32 @@ impl Config {
         problems.extend(retention::validate(self, &upstream_hosts));
         server::validate_tls(&self.server, &mut problems);
         let self_hosts = server::self_hosts(&self.server, public_url.as_deref(), &upstream_hosts, &mut problems);
+        let (default_upstream, private_prefixes) = mirror::validate(&self.mirror, &upstream_hosts, &mut problems);
         match (listen, upload_ttl) {
-            (Some(listen), Some(upload_ttl)) if problems.is_empty() => {
-                Ok(Validated { listen, public_url, upload_ttl, upstreams, self_hosts })
-            }
+            (Some(listen), Some(upload_ttl)) if problems.is_empty() => Ok(Validated {
+                listen,
+                public_url,
+                upload_ttl,
+                upstreams,
+                self_hosts,
+                default_upstream,
+                private_prefixes,
+            }),
             _ => Err(ConfigError::Invalid(problems)),
         }
     }
 }
 
 impl Validated {
+    /// How the cache reads names without an upstream prefix.
+    pub fn name_rules(&self) -> cove_core::cache::NameRules {
+        cove_core::cache::NameRules {
+            self_hosts: self.self_hosts.clone(),
+            default_upstream: self.default_upstream.clone(),
+            private_prefixes: self.private_prefixes.clone(),
+        }
+    }
+
     /// The hosts of the enabled upstreams, in configuration order.
     pub fn upstream_hosts(&self) -> Vec<String> {
         self.upstreams.iter().map(|u| u.host.clone()).collect()

@@ -27,8 +27,9 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Print (or write) the containerd hosts.toml files that use Cove as the
-    /// mirror of every configured upstream.
+    /// Print (or write) the client configuration that uses Cove as the
+    /// mirror of every configured upstream: containerd, podman, buildah,
+    /// CRI-O or Docker Engine.
     MirrorConfig {
         #[command(subcommand)]
         runtime: MirrorRuntime,
@@ -87,6 +88,36 @@ pub enum MirrorRuntime {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// podman's registries.conf.d drop-in (also read by skopeo).
+    Podman(ContainersArgs),
+    /// buildah's registries.conf.d drop-in.
+    Buildah(ContainersArgs),
+    /// CRI-O's registries.conf.d drop-in.
+    Crio(ContainersArgs),
+    /// Docker Engine's daemon.json fragment (Docker mirrors only Docker Hub;
+    /// Cove needs [mirror] default_upstream = "docker.io" for it).
+    Docker {
+        /// The URL clients reach Cove at, e.g. http://cove.lan:5050.
+        #[arg(long)]
+        url: String,
+        /// Configuration file (to check that Docker Hub mirror mode is on).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Arguments of the registries.conf drop-ins.
+#[derive(clap::Args)]
+pub struct ContainersArgs {
+    /// The URL clients reach Cove at, e.g. http://cove.lan:5050.
+    #[arg(long)]
+    pub url: String,
+    /// Configuration file (for the upstreams).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Write the drop-in to FILE instead of printing it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// The operations subcommands of the `cove` binary.

@@ -40,8 +40,7 @@ pub fn mirror_config(url: &str, config: Option<PathBuf>, out_dir: Option<PathBuf
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!("--url {url:?} must start with http:// or https://"));
     }
-    let cfg = config.map(|p| Config::load(&p)).transpose().map_err(|e| e.to_string())?.unwrap_or_default();
-    let validated = cfg.validate().map_err(|e| e.to_string())?;
+    let validated = load_validated(config)?;
     let files = cove_server::mirror::containerd_hosts(&validated, url);
     match out_dir {
         Some(dir) => {
@@ -56,6 +55,43 @@ pub fn mirror_config(url: &str, config: Option<PathBuf>, out_dir: Option<PathBuf
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_validated(config: Option<PathBuf>) -> Result<cove_server::config::Validated, String> {
+    let cfg = config.map(|p| Config::load(&p)).transpose().map_err(|e| e.to_string())?.unwrap_or_default();
+    cfg.validate().map_err(|e| e.to_string())
+}
+
+/// `cove mirror-config podman|buildah|crio`: prints (or writes) the
+/// registries.conf.d drop-in.
+pub fn mirror_config_containers(
+    args: crate::cli::ContainersArgs,
+    tool: cove_server::mirror::ContainersTool,
+) -> Result<ExitCode, String> {
+    let validated = load_validated(args.config)?;
+    let text = cove_server::mirror::registries_conf(&validated, &args.url, tool)?;
+    match args.out {
+        Some(path) => {
+            std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cove mirror-config docker`: prints the daemon.json fragment, and warns
+/// on stderr when the configuration does not make Cove a Docker Hub mirror.
+pub fn mirror_config_docker(url: &str, config: Option<PathBuf>) -> Result<ExitCode, String> {
+    let validated = load_validated(config)?;
+    if validated.default_upstream.as_deref() != Some("docker.io") {
+        eprintln!(
+            "note: Docker Engine sends Docker Hub names unqualified (/v2/library/nginx/...); \
+             set [mirror] default_upstream = \"docker.io\" in Cove's config for it to cache them"
+        );
+    }
+    println!("{}", cove_server::mirror::docker_daemon_json(url)?);
     Ok(ExitCode::SUCCESS)
 }
 

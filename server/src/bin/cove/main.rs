@@ -21,6 +21,18 @@ fn main() -> ExitCode {
         Command::MirrorConfig { runtime: MirrorRuntime::Containerd { url, config, out_dir } } => {
             commands::mirror_config(&url, config, out_dir)
         }
+        Command::MirrorConfig { runtime: MirrorRuntime::Podman(a) } => {
+            commands::mirror_config_containers(a, cove_server::mirror::ContainersTool::Podman)
+        }
+        Command::MirrorConfig { runtime: MirrorRuntime::Buildah(a) } => {
+            commands::mirror_config_containers(a, cove_server::mirror::ContainersTool::Buildah)
+        }
+        Command::MirrorConfig { runtime: MirrorRuntime::Crio(a) } => {
+            commands::mirror_config_containers(a, cove_server::mirror::ContainersTool::Crio)
+        }
+        Command::MirrorConfig { runtime: MirrorRuntime::Docker { url, config } } => {
+            commands::mirror_config_docker(&url, config)
+        }
         Command::Storage { command: StorageCommand::Copy { from, to } } => {
             init_logging(LogFormat::Text);
             commands::storage_copy(&from, &to)
