@@ -551,3 +551,27 @@ async fn upload_range_covers_the_whole_blob_and_chunks_have_no_minimum() {
     let got = s.get(&format!("/v2/{repo}/blobs/{digest}")).await.bytes().await.expect("blob");
     assert!(got[..] == data[..], "blob from tiny chunks");
 }
+
+// ---------------------------------------------------------------------------
+// Proxying: the `ns` a request was scoped by comes back as OCI-Namespace
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ns_scoped_requests_answer_with_oci_namespace() {
+    let s = Server::start_with(ServerOptions {
+        config: Some("[server]\nhostnames = [\"cove.test\"]\n".into()),
+        ..ServerOptions::default()
+    })
+    .await;
+    let img = s.push_image("myorg/app", "v1", 1).await;
+    let r = s.manifest("GET", "myorg/app", "v1?ns=cove.test").await;
+    assert_eq!(r.status(), 200, "ns naming Cove itself is its private repositories");
+    assert_eq!(header(&r, "oci-namespace"), "cove.test");
+    assert_eq!(header(&r, "docker-content-digest"), img.digest);
+    let r = s.manifest("GET", "myorg/app", "v1").await;
+    assert!(r.headers().get("oci-namespace").is_none(), "no ns, no OCI-Namespace");
+    // An ns Cove does not serve is refused, and not echoed.
+    let r = s.manifest("GET", "myorg/app", "v1?ns=elsewhere.example").await;
+    assert!(r.headers().get("oci-namespace").is_none());
+    assert_error(r, 404, "NAME_UNKNOWN", "unknown ns").await;
+}

@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 
+use cove_core::cache::CacheStatus;
 use cove_core::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
 use cove_core::registry::{too_many_tags, MAX_TAGS_PER_PUSH};
 use cove_core::{Algorithm, Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
@@ -16,7 +17,7 @@ use cove_core::{Algorithm, Digest, ErrorCode, Reference, RegistryError, RepoName
 use crate::app::access::Grant;
 use crate::app::request::{content_length, parse_content_range, Query};
 use crate::app::response::{
-    blob_created, json_response, manifest_too_large, page_response, set, status_response, typed_response,
+    add_warning, blob_created, json_response, manifest_too_large, page_response, set, status_response, typed_response,
     upload_accepted, CONTENT_DIGEST,
 };
 use crate::app::router::RepoOp;
@@ -132,6 +133,15 @@ impl App {
         set(h, http::header::ETAG, &format!("\"{}\"", m.digest));
         if let Some(c) = cache_header {
             set(h, CACHE_STATUS, c);
+        }
+        if cache == Some(CacheStatus::Stale) {
+            add_warning(
+                h,
+                &format!(
+                    "{repo}:{reference} is a cached copy the upstream registry could not confirm \
+                     (unreachable, failing or slow); it may be out of date"
+                ),
+            );
         }
         Ok(resp)
     }
