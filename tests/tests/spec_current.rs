@@ -87,7 +87,7 @@ async fn final_put_out_of_order_is_416_then_status_then_resume() {
     let r = put_final(&s, &url, &digest, Some("2000-2999"), &data[2000..]).await;
     assert_eq!(r.status(), 201, "the final chunk in order");
     assert_eq!(header(&r, "docker-content-digest"), digest);
-    let got = s.get(&s.resolve(&header(&r, "location"))).await.bytes().await.expect("blob");
+    let got = s.req("GET", &s.resolve(&header(&r, "location"))).send().await.expect("GET").bytes().await.expect("blob");
     assert!(got[..] == data[..], "resumed blob differs");
 }
 
@@ -475,6 +475,7 @@ async fn tag_list_is_asciibetical_and_last_is_exclusive() {
     let mut by_bytes: Vec<&str> = pushed.to_vec();
     by_bytes.sort_unstable();
     assert_eq!(by_bytes, expected, "the expectation is byte order");
+    let s = &s;
     let list = |q: &str| {
         let path = format!("/v2/{repo}/tags/list{q}");
         async move { s.get(&path).await }

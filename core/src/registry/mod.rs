@@ -49,7 +49,7 @@ pub struct PutManifestResult {
     /// The manifest's `subject`, sent back as `OCI-Subject`.
     pub subject: Option<Digest>,
     /// The tags of the push's `tag` parameters, once each in request order,
-    /// sent back as one `OCI-Tag` each.
+    /// sent back in `OCI-Tag`.
     pub tags: Vec<Tag>,
 }
 

@@ -178,11 +178,12 @@ impl App {
         if let Some(subject) = &put.subject {
             set(h, OCI_SUBJECT, &subject.to_string());
         }
-        // One header per accepted tag (tags are header-safe by grammar).
-        for tag in &put.tags {
-            if let Ok(v) = HeaderValue::from_str(tag.as_str()) {
-                h.append(OCI_TAG, v);
-            }
+        // The accepted tags as one list-valued `OCI-Tag` (the same as one
+        // header per tag under RFC 9110, and a hundred separate headers
+        // would overflow clients that cap the header count at 100).
+        if !put.tags.is_empty() {
+            let list: Vec<&str> = put.tags.iter().map(Tag::as_str).collect();
+            set(h, OCI_TAG, &list.join(", "));
         }
         Ok(resp)
     }
