@@ -85,6 +85,23 @@ impl fmt::Debug for Digest {
     }
 }
 
+impl FromStr for Algorithm {
+    type Err = RegistryError;
+
+    /// Parses an algorithm name (`sha256`, `sha512`); any other is
+    /// `DIGEST_INVALID` (the spec's 400 for an unsupported algorithm).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sha256" => Ok(Algorithm::Sha256),
+            "sha512" => Ok(Algorithm::Sha512),
+            _ => Err(RegistryError::new(
+                ErrorCode::DigestInvalid,
+                "unsupported digest algorithm (sha256 and sha512 are supported)",
+            )),
+        }
+    }
+}
+
 impl FromStr for Digest {
     type Err = RegistryError;
 
@@ -94,17 +111,7 @@ impl FromStr for Digest {
         let (alg, hex) = s
             .split_once(':')
             .ok_or_else(|| RegistryError::new(ErrorCode::DigestInvalid, "digest must be algorithm:hex"))?;
-        let algorithm = match alg {
-            "sha256" => Algorithm::Sha256,
-            "sha512" => Algorithm::Sha512,
-            _ => {
-                return Err(RegistryError::new(
-                    ErrorCode::DigestInvalid,
-                    "unsupported digest algorithm (sha256 and sha512 are supported)",
-                ))
-            }
-        };
-        Digest::new(algorithm, hex)
+        Digest::new(alg.parse()?, hex)
     }
 }
 
@@ -180,6 +187,15 @@ mod tests {
         ] {
             let e = bad.parse::<Digest>().expect_err(bad);
             assert_eq!(e.code, ErrorCode::DigestInvalid, "{bad}");
+        }
+    }
+
+    #[test]
+    fn algorithm_names() {
+        assert_eq!("sha256".parse::<Algorithm>().ok(), Some(Algorithm::Sha256));
+        assert_eq!("sha512".parse::<Algorithm>().ok(), Some(Algorithm::Sha512));
+        for bad in ["", "SHA256", "md5", "sha384", "sha512 "] {
+            assert_eq!(bad.parse::<Algorithm>().expect_err(bad).code, ErrorCode::DigestInvalid, "{bad}");
         }
     }
 }

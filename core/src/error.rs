@@ -91,6 +91,8 @@ pub enum ErrorDetail {
     Challenge(Challenge),
     /// The digest the error is about (a manifest's missing reference).
     Digest(Digest),
+    /// A push named more tags than the `limit` one request may carry.
+    TooManyTags { limit: usize },
 }
 
 /// How a client should present credentials when it is refused.

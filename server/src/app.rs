@@ -37,6 +37,9 @@ use router::{NoRoute, Route, Routed};
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The `ns` a request was scoped by, echoed as the spec's proxying section
+/// asks of a registry that uses it.
+const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
 
 /// Shared state of the HTTP application.
 pub struct App {
@@ -164,7 +167,13 @@ impl App {
                 let Some(repo) = grant.repository.clone() else {
                     return Err(RegistryError::internal("endpoint without repository"));
                 };
-                self.repository(op, repo, req, peer, query, &grant).await
+                let mut resp = self.repository(op, repo, req, peer, query, &grant).await?;
+                // Only reached when `ns` named a configured upstream or Cove
+                // itself (without upstreams, `ns` is ignored, so not echoed).
+                if let Some(ns) = query.get("ns").filter(|_| self.registry.cache().is_some()) {
+                    set(resp.headers_mut(), OCI_NAMESPACE, ns);
+                }
+                Ok(resp)
             }
             Route::Token => self.token(&req, peer, &grant).await,
             Route::Health => Ok(self.health()),

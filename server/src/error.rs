@@ -37,12 +37,14 @@ fn code_status(code: ErrorCode) -> StatusCode {
 
 /// The response status: the code's, unless the detail is one the spec pairs
 /// with another status (416 for a chunk that does not continue the upload,
-/// 413 for oversize content, 502 for an upstream's invalid answer).
+/// 413 for oversize content, 414 for too many `tag` parameters, 502 for an
+/// upstream's invalid answer).
 pub fn status(e: &RegistryError) -> StatusCode {
     match &e.detail {
         Some(ErrorDetail::UploadOffset { .. } | ErrorDetail::ChunkRangeInvalid) => StatusCode::RANGE_NOT_SATISFIABLE,
         Some(ErrorDetail::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
         Some(ErrorDetail::UpstreamInvalid) => StatusCode::BAD_GATEWAY,
+        Some(ErrorDetail::TooManyTags { .. }) => StatusCode::URI_TOO_LONG,
         _ => code_status(e.code),
     }
 }
@@ -182,6 +184,7 @@ mod tests {
         );
         let bad = e(ErrorCode::Unavailable).with_detail(ErrorDetail::UpstreamInvalid);
         assert_eq!(status(&bad), 502);
+        assert_eq!(status(&cove_core::registry::too_many_tags(101)), 414);
         let wait = e(ErrorCode::TooManyRequests).with_detail(ErrorDetail::RetryAfter(Duration::from_millis(1500)));
         assert_eq!(headers(&wait), vec![("Retry-After", "2".into())]);
     }

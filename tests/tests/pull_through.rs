@@ -500,10 +500,20 @@ async fn fault_429_is_toomanyrequests_with_retry_after_or_stale() {
     limited.store(false, Ordering::SeqCst);
     let r = send(&cove, "GET", "/v2/docker.io/library/cached/manifests/v1").await;
     assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "miss".to_owned()));
+    assert!(r.headers().get("warning").is_none(), "a fresh copy carries no warning");
     limited.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let r = send(&cove, "GET", "/v2/docker.io/library/cached/manifests/v1").await;
     assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "stale".to_owned()), "429 with a cached copy");
+    // The spec's Warning form: warn-code 299, warn-agent "-", no date.
+    let warnings: Vec<String> =
+        r.headers().get_all("warning").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
+    assert_eq!(warnings.len(), 1, "one warning on a stale copy: {warnings:?}");
+    assert!(
+        warnings[0].starts_with("299 - \"docker.io/library/cached:v1 is a cached copy") && warnings[0].ends_with('"'),
+        "Warning {:?}",
+        warnings[0]
+    );
     assert_eq!(r.bytes().await.expect("body").as_ref(), img.manifest.as_slice());
     // Each 429 is counted (manifest, blob, then the revalidation).
     let status: serde_json::Value = send(&cove, "GET", "/admin/status").await.json().await.expect("status JSON");

@@ -113,40 +113,37 @@ impl Registry {
         body: ByteStream,
     ) -> Result<u64> {
         let info = self.upload_status(repo, id).await?;
-        let mut expected = length;
-        if let Some((start, end)) = range {
-            if start != info.size || end < start {
-                return Err(crate::storage::StorageError::OffsetMismatch { expected: info.size, got: start }.into());
-            }
-            let len = end - start + 1;
-            if length.is_some_and(|l| l != len) {
-                return Err(RegistryError::new(ErrorCode::SizeInvalid, "Content-Length does not match Content-Range")
-                    .with_detail(ErrorDetail::UploadOffset { size: info.size }));
-            }
-            expected = Some(len);
-        }
-        let body = match expected {
-            Some(len) => exact_length(body, len),
-            None => body,
-        };
+        let body = chunk_body(info.size, range, length, body)?;
         Ok(self.storage.upload_append(id, info.size, body).await?)
     }
 
     /// Completes an upload with an optional final chunk, verifying `digest`.
+    /// The final chunk's `Content-Range` (`range`) is held to the same rule
+    /// as a `PATCH`: it must start at the session's current size, else the
+    /// answer is [`ErrorDetail::UploadOffset`] (416 with the `Range` held)
+    /// and the session stays as it was, so the client can ask for the
+    /// status and resume.
     pub async fn finish_upload(
         &self,
         repo: &RepoName,
         id: &str,
         digest: &Digest,
+        range: Option<(u64, u64)>,
         body: Option<(ByteStream, Option<u64>)>,
     ) -> Result<u64> {
         let info = self.upload_status(repo, id).await?;
-        if let Some((body, length)) = body {
-            let body = match length {
-                Some(len) => exact_length(body, len),
-                None => body,
-            };
-            self.storage.upload_append(id, info.size, body).await?;
+        match body {
+            Some((body, length)) => {
+                let body = chunk_body(info.size, range, length, body)?;
+                self.storage.upload_append(id, info.size, body).await?;
+            }
+            // A range names at least one byte: a final chunk without any
+            // cannot be it.
+            None if range.is_some() => {
+                return Err(RegistryError::new(ErrorCode::SizeInvalid, "Content-Range names bytes the body lacks")
+                    .with_detail(ErrorDetail::UploadOffset { size: info.size }))
+            }
+            None => {}
         }
         let size = self.storage.upload_commit(id, digest).await?;
         self.storage.blob_link(repo, digest).await?;
@@ -171,4 +168,26 @@ impl Registry {
         }
         Ok(n)
     }
+}
+
+/// Checks a chunk's declared range against the session's `size` and wraps
+/// the body so that it must hold exactly the declared number of bytes.
+/// Nothing is written here: a refused chunk leaves the session untouched.
+fn chunk_body(size: u64, range: Option<(u64, u64)>, length: Option<u64>, body: ByteStream) -> Result<ByteStream> {
+    let mut expected = length;
+    if let Some((start, end)) = range {
+        if start != size || end < start {
+            return Err(crate::storage::StorageError::OffsetMismatch { expected: size, got: start }.into());
+        }
+        let len = end - start + 1;
+        if length.is_some_and(|l| l != len) {
+            return Err(RegistryError::new(ErrorCode::SizeInvalid, "Content-Length does not match Content-Range")
+                .with_detail(ErrorDetail::UploadOffset { size }));
+        }
+        expected = Some(len);
+    }
+    Ok(match expected {
+        Some(len) => exact_length(body, len),
+        None => body,
+    })
 }

@@ -44,15 +44,29 @@ impl Registry {
         Ok((ManifestResponse { digest, media_type: stored.media_type, bytes: stored.bytes }, None))
     }
 
-    /// Validates and stores a manifest, tagging it when `reference` is a tag.
+    /// Validates and stores a manifest, tagging it when `reference` is a tag
+    /// and with every one of `tags` (the `tag` query parameters of a push).
+    ///
+    /// All-or-nothing for everything the client can get wrong: the tags are
+    /// typed (so valid) and at most [`MAX_TAGS_PER_PUSH`], and the manifest,
+    /// its blobs and child manifests are checked before anything is written.
+    /// Then the manifest is stored, then each tag, so no tag ever names a
+    /// manifest that is not there. A storage failure part-way through the
+    /// tags leaves the manifest and the tags written so far (each one
+    /// pointing at the complete manifest) and fails the request; repeating
+    /// the push completes it.
     pub async fn put_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
         bytes: Bytes,
+        tags: &[Tag],
     ) -> Result<PutManifestResult> {
         self.ensure_writable(repo)?;
+        if tags.len() > MAX_TAGS_PER_PUSH {
+            return Err(too_many_tags(tags.len()));
+        }
         let parsed = parse_manifest(&bytes, content_type)?;
         let digest = match reference {
             Reference::Digest(expected) => {
@@ -87,13 +101,23 @@ impl Registry {
             let descriptor = parsed.referrer_descriptor(&digest, size);
             self.storage.referrer_put(repo, subject, &descriptor).await?;
         }
-        if let Reference::Tag(tag) = reference {
+        let mut accepted: Vec<Tag> = Vec::with_capacity(tags.len());
+        for tag in tags {
+            if !accepted.contains(tag) {
+                accepted.push(tag.clone());
+            }
+        }
+        let path_tag = match reference {
+            Reference::Tag(tag) if !accepted.contains(tag) => Some(tag),
+            _ => None,
+        };
+        for tag in path_tag.into_iter().chain(&accepted) {
             self.storage.tag_put(repo, tag, &digest).await?;
             if let Some(log) = self.activity.get() {
                 log.record_push(repo, tag);
             }
         }
-        Ok(PutManifestResult { digest, subject })
+        Ok(PutManifestResult { digest, subject, tags: accepted })
     }
 
     /// Deletes a tag (by tag) or a manifest and every tag pointing at it (by
@@ -130,6 +154,19 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The most `tag` query parameters one manifest push may carry (the spec
+/// asks registries to accept at least 10).
+pub const MAX_TAGS_PER_PUSH: usize = 100;
+
+/// A push naming more than [`MAX_TAGS_PER_PUSH`] tags (`414 URI Too Long`).
+pub fn too_many_tags(n: usize) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::Unsupported,
+        format!("{n} tag parameters: at most {MAX_TAGS_PER_PUSH} tags can be pushed with one manifest"),
+    )
+    .with_detail(ErrorDetail::TooManyTags { limit: MAX_TAGS_PER_PUSH })
 }
 
 fn manifest_blob_unknown(digest: &Digest, what: &str) -> RegistryError {

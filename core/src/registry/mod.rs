@@ -8,6 +8,8 @@ mod blobs;
 mod discovery;
 mod manifests;
 
+pub use manifests::{too_many_tags, MAX_TAGS_PER_PUSH};
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +18,7 @@ use futures::StreamExt;
 use crate::cache::{CacheStatus, PullThrough, Route, UpstreamRoute};
 use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
-use crate::name::{Reference, RepoName};
+use crate::name::{Reference, RepoName, Tag};
 use crate::storage::{ByteRange, ByteStream, Storage};
 
 /// A manifest ready to be sent.
@@ -46,6 +48,9 @@ pub struct PutManifestResult {
     pub digest: Digest,
     /// The manifest's `subject`, sent back as `OCI-Subject`.
     pub subject: Option<Digest>,
+    /// The tags of the push's `tag` parameters, once each in request order,
+    /// sent back in `OCI-Tag`.
+    pub tags: Vec<Tag>,
 }
 
 /// One page of a sorted list (tags or repositories).

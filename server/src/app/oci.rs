@@ -9,13 +9,15 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 
+use cove_core::cache::CacheStatus;
 use cove_core::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
-use cove_core::{Digest, ErrorCode, Reference, RegistryError, RepoName};
+use cove_core::registry::{too_many_tags, MAX_TAGS_PER_PUSH};
+use cove_core::{Algorithm, Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
 
 use crate::app::access::Grant;
 use crate::app::request::{content_length, parse_content_range, Query};
 use crate::app::response::{
-    blob_created, json_response, manifest_too_large, page_response, set, status_response, typed_response,
+    add_warning, blob_created, json_response, manifest_too_large, page_response, set, status_response, typed_response,
     upload_accepted, CONTENT_DIGEST,
 };
 use crate::app::router::RepoOp;
@@ -23,6 +25,7 @@ use crate::app::App;
 use crate::body::{self, Body};
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
 const OCI_FILTERS: HeaderName = HeaderName::from_static("oci-filters-applied");
 /// How a pull-through response was served: hit, miss, revalidated or stale.
 const CACHE_STATUS: HeaderName = HeaderName::from_static("x-cove-cache");
@@ -71,7 +74,8 @@ impl App {
             }
             RepoOp::PutManifest { reference } => {
                 let reference = parse_reference(&reference, true)?;
-                self.put_manifest(req, &repo, &reference).await
+                let tags = parse_tag_params(query)?;
+                self.put_manifest(req, &repo, &reference, &tags).await
             }
             RepoOp::DeleteManifest { reference } => {
                 let reference = parse_reference(&reference, false)?;
@@ -130,6 +134,15 @@ impl App {
         if let Some(c) = cache_header {
             set(h, CACHE_STATUS, c);
         }
+        if cache == Some(CacheStatus::Stale) {
+            add_warning(
+                h,
+                &format!(
+                    "{repo}:{reference} is a cached copy the upstream registry could not confirm \
+                     (unreachable, failing or slow); it may be out of date"
+                ),
+            );
+        }
         Ok(resp)
     }
 
@@ -138,6 +151,7 @@ impl App {
         req: Request<Incoming>,
         repo: &RepoName,
         reference: &Reference,
+        tags: &[Tag],
     ) -> Result<Response<Body>, RegistryError> {
         let content_type =
             req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -156,13 +170,20 @@ impl App {
                 }
             })?
             .to_bytes();
-        let put = self.registry.put_manifest(repo, reference, content_type.as_deref(), bytes).await?;
+        let put = self.registry.put_manifest(repo, reference, content_type.as_deref(), bytes, tags).await?;
         let mut resp = status_response(StatusCode::CREATED);
         let h = resp.headers_mut();
         set(h, http::header::LOCATION, &format!("{location_base}/v2/{repo}/manifests/{}", put.digest));
         set(h, CONTENT_DIGEST, &put.digest.to_string());
         if let Some(subject) = &put.subject {
             set(h, OCI_SUBJECT, &subject.to_string());
+        }
+        // The accepted tags as one list-valued `OCI-Tag` (the same as one
+        // header per tag under RFC 9110, and a hundred separate headers
+        // would overflow clients that cap the header count at 100).
+        if !put.tags.is_empty() {
+            let list: Vec<&str> = put.tags.iter().map(Tag::as_str).collect();
+            set(h, OCI_TAG, &list.join(", "));
         }
         Ok(resp)
     }
@@ -208,6 +229,11 @@ impl App {
         grant: &Grant,
     ) -> Result<Response<Body>, RegistryError> {
         let base = self.base_url(req.headers());
+        // The algorithm a chunked upload will be closed with. Sessions verify
+        // against the closing digest's own algorithm whatever was declared,
+        // so it is only checked here: an unknown one is refused before the
+        // client streams anything.
+        let algorithm = query.get("digest-algorithm").map(str::parse::<Algorithm>).transpose()?;
         if let Some(mount) = query.get("mount") {
             let digest: Digest = mount.parse()?;
             if let Some(from) = query.get("from") {
@@ -219,6 +245,12 @@ impl App {
             }
         } else if let Some(digest) = query.get("digest") {
             let digest: Digest = digest.parse()?;
+            if algorithm.is_some_and(|a| a != digest.algorithm()) {
+                return Err(RegistryError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("digest {digest} does not use the digest-algorithm given"),
+                ));
+            }
             let length = content_length(req.headers())?;
             let body = body::incoming(req.into_body());
             let body = match length {
@@ -266,10 +298,14 @@ impl App {
                 )
             })?
             .parse()?;
+        let range = match req.headers().get(http::header::CONTENT_RANGE) {
+            Some(v) => Some(parse_content_range(v)?),
+            None => None,
+        };
         let length = content_length(req.headers())?;
         let has_body = length.is_some_and(|l| l > 0) || (length.is_none() && req.body().size_hint().exact() != Some(0));
         let body = has_body.then(|| (body::incoming(req.into_body()), length));
-        self.registry.finish_upload(repo, id, &digest, body).await?;
+        self.registry.finish_upload(repo, id, &digest, range, body).await?;
         Ok(blob_created(&base, repo, &digest))
     }
 
@@ -301,6 +337,23 @@ fn parse_reference(reference: &str, push: bool) -> Result<Reference, RegistryErr
         Err(e) if e.code == ErrorCode::DigestInvalid || push => Err(e),
         Err(_) => Err(RegistryError::manifest_unknown(reference)),
     }
+}
+
+/// The `tag` query parameters of a manifest push, each checked against the
+/// tag grammar; one bad tag fails the whole push before anything is stored.
+fn parse_tag_params(query: &Query) -> Result<Vec<Tag>, RegistryError> {
+    let n = query.get_all("tag").count();
+    if n > MAX_TAGS_PER_PUSH {
+        return Err(too_many_tags(n));
+    }
+    query
+        .get_all("tag")
+        .map(|t| {
+            t.parse::<Tag>().map_err(|e| {
+                RegistryError::new(e.code, format!("tag parameter: {}; no tag or manifest was stored", e.message))
+            })
+        })
+        .collect()
 }
 
 fn valid_host(h: &str) -> bool {

@@ -39,6 +39,11 @@ impl Query {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a repeated parameter (`?tag=a&tag=b`), in order.
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
     /// A flag: present empty, `1` or `true`.
     pub fn flag(&self, key: &str) -> bool {
         self.0.iter().any(|(n, v)| n == key && matches!(v.as_str(), "" | "1" | "true"))

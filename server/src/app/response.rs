@@ -12,6 +12,32 @@ use crate::body::{self, Body};
 pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 
+/// All warning text one response may carry, as the spec caps it.
+const MAX_WARNING_BYTES: usize = 4096;
+
+/// Adds a `Warning: 299 - "<text>"` header, the only form the spec allows
+/// (warn-code 299, warn-agent `-`, no date). `"` and `\` are escaped,
+/// control characters dropped and other non-ASCII shown as `?`; a warning
+/// that would take the response's warnings past 4096 bytes is not added.
+/// Clients only show warnings.
+pub fn add_warning(h: &mut HeaderMap, text: &str) {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    for c in text.chars().filter(|c| !c.is_control()).map(|c| if c.is_ascii() { c } else { '?' }) {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    let value = format!("299 - \"{quoted}\"");
+    let used: usize = h.get_all(http::header::WARNING).iter().map(|v| v.len()).sum();
+    if used + value.len() > MAX_WARNING_BYTES {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.append(http::header::WARNING, v);
+    }
+}
+
 pub fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
@@ -93,3 +119,23 @@ pub fn method_not_allowed() -> RegistryError {
 }
 
 pub use cove_core::manifest::too_large as manifest_too_large;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_have_the_spec_form_and_cap() {
+        let mut h = HeaderMap::new();
+        add_warning(&mut h, "served \"stale\"\r\n\\ ok");
+        let v: Vec<&str> = h.get_all(http::header::WARNING).iter().filter_map(|v| v.to_str().ok()).collect();
+        assert_eq!(v, [r#"299 - "served \"stale\"\\ ok""#]);
+        let long = "x".repeat(1500);
+        for _ in 0..5 {
+            add_warning(&mut h, &long);
+        }
+        let total: usize = h.get_all(http::header::WARNING).iter().map(|v| v.len()).sum();
+        assert!(total <= MAX_WARNING_BYTES, "{total} bytes of warnings");
+        assert_eq!(h.get_all(http::header::WARNING).iter().count(), 3);
+    }
+}
