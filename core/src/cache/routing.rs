@@ -71,7 +71,8 @@ impl PullThrough {
     /// (`docker.io/nginx` is `docker.io/library/nginx`).
     pub fn resolve_name(&self, name: &str, ns: Option<&str>) -> Result<RepoName> {
         let repo: RepoName = name.parse()?;
-        let rules = self.names.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // Read under the lock, not cloned: this runs on every repository request.
+        let rules = self.names.read().unwrap_or_else(|p| p.into_inner());
         let full = match ns.map(|n| n.trim().to_ascii_lowercase()) {
             None => self.unqualified(repo, &rules)?,
             Some(ns) if rules.self_hosts.contains(&ns) => self.unqualified(repo, &rules)?,
