@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks Cove against the CNCF distribution registry on this machine:
-# installs docker-registry when missing (Debian/Ubuntu, needs root or sudo),
+# installs docker-registry and nginx (the blob GET reference) when missing
+# (Debian/Ubuntu, needs root or sudo),
 # builds the release binaries, and runs the harness (bench/, cove-bench).
 #
+#   scripts/bench.sh --smoke          # about a minute: checks the harness, figures mean nothing
 #   scripts/bench.sh --short          # under 5 minutes
 #   scripts/bench.sh                  # full: more pairs, 1 GiB blobs in the GET mix
 #   scripts/bench.sh --only push,blob-get --dir /srv/bench --keep
@@ -29,6 +31,19 @@ if [ ! -x "$registry" ]; then
   else
     echo "bench: docker-registry (CNCF distribution 2.x) is missing; install it and pass --registry PATH" >&2
     exit 2
+  fi
+fi
+
+# nginx serving Cove's blob files is the physical reference for blob GETs;
+# without it those rows are left out.
+if [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null 2>&1; then
+  echo "bench: installing nginx (blob GET reference)" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq nginx >/dev/null ||
+    echo "bench: nginx could not be installed; the nginx reference rows are left out" >&2
+  if command -v systemctl >/dev/null 2>&1; then
+    "${sudo_cmd[@]}" systemctl disable --now nginx >/dev/null 2>&1 || true
   fi
 fi
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, only when missing, so later runs are
 # fast: the real clients and peers from Debian packages (skopeo, podman,
-# buildah, docker-registry, containerd, docker.io (Docker Engine), caddy, apache2-utils, uidmap, fuse-overlayfs, openssl,
+# buildah, docker-registry, containerd, docker.io (Docker Engine), nginx (the
+# benchmark's blob GET reference), caddy, apache2-utils, uidmap, fuse-overlayfs, openssl,
 # tar) and the S3 test peers built from source and cached in /opt/cove-peers
 # (scripts/peers/install-*.sh). Needs root (or sudo) for apt-get.
 # Debian/Ubuntu only; elsewhere it reports what is missing and exits 1.
@@ -23,6 +24,7 @@ declare -A PACKAGES=(
   [fuse-overlayfs]=fuse-overlayfs
   [openssl]=openssl
   [tar]=tar
+  [nginx]=nginx
 )
 
 missing=()

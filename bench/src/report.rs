@@ -62,10 +62,13 @@ impl Run {
     }
 }
 
-/// All runs of one workload: `pairs[i] = [cove, distribution]`.
+/// All runs of one workload: `pairs[i] = [cove, reference]`, where the
+/// reference is distribution unless `against` names another server.
 pub struct WorkloadResult {
     pub name: String,
     pub pairs: Vec<[Run; 2]>,
+    /// The second column's server ("distribution" or "nginx").
+    pub against: &'static str,
 }
 
 /// Median, min, max of the values (which must not be empty).
@@ -126,7 +129,11 @@ impl WorkloadResult {
             }
             v
         };
-        let _ = writeln!(out, "{} ({} pairs)", self.name, self.pairs.len());
+        let _ = if self.against == "distribution" {
+            writeln!(out, "{} ({} pairs)", self.name, self.pairs.len())
+        } else {
+            writeln!(out, "{} ({} pairs; second column and ratio: {})", self.name, self.pairs.len(), self.against)
+        };
         for (name, higher) in &names {
             let c = self.median(0, name).map(fmt_num).unwrap_or_else(|| "-".into());
             let d = self.median(1, name).map(fmt_num).unwrap_or_else(|| "-".into());
@@ -139,8 +146,8 @@ impl WorkloadResult {
         }
         let (fc, fd) = (self.failures(0), self.failures(1));
         if fc + fd > 0 {
-            let _ = writeln!(out, "  FAILURES                   cove {fc}, distribution {fd}");
-            for (i, name) in ["cove", "distribution"].iter().enumerate() {
+            let _ = writeln!(out, "  FAILURES                   cove {fc}, {} {fd}", self.against);
+            for (i, name) in ["cove", self.against].iter().enumerate() {
                 if let Some(e) = self.pairs.iter().find_map(|p| p[i].first_error.clone()) {
                     let _ = writeln!(out, "    {name}: {e}");
                 }

@@ -1,4 +1,5 @@
-//! Starting the two registries and reading their CPU time and memory.
+//! Starting the registries (and nginx, the static-file reference) and
+//! reading their CPU time and memory.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,6 +14,9 @@ use crate::BenchError;
 pub enum Kind {
     Cove,
     Distribution,
+    /// nginx serving Cove's blob files straight from disk (`sendfile on`):
+    /// the physical reference for blob GETs, not a registry.
+    Nginx,
 }
 
 impl Kind {
@@ -21,15 +25,18 @@ impl Kind {
         match self {
             Kind::Cove => "cove",
             Kind::Distribution => "distribution",
+            Kind::Nginx => "nginx",
         }
     }
 }
 
-/// Paths of the two server binaries.
+/// Paths of the server binaries.
 #[derive(Clone)]
 pub struct Binaries {
     pub cove: PathBuf,
     pub registry: PathBuf,
+    /// nginx, when installed: the blob GET reference.
+    pub nginx: Option<PathBuf>,
 }
 
 /// A running registry process.
@@ -43,12 +50,23 @@ impl Server {
     /// Starts `kind` with its storage in `dir` (created), its config and log
     /// next to it, and waits until `GET /v2/` answers 200. Returns the server
     /// and the time from spawn to the first 200.
+    /// For [`Kind::Nginx`], `cove_extra` is the Cove storage directory whose
+    /// blob files it serves.
     pub fn start(kind: Kind, bins: &Binaries, dir: &Path, cove_extra: &str) -> Result<(Server, Duration), BenchError> {
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage)?;
         let addr = free_port()?;
         let log = std::fs::File::create(dir.join("server.log"))?;
         let mut cmd = match kind {
+            Kind::Nginx => {
+                let bin = bins.nginx.as_ref().ok_or_else(|| BenchError::Setup("nginx is not installed".into()))?;
+                let config = dir.join("nginx.conf");
+                std::fs::write(&config, nginx_config(Path::new(cove_extra), dir, addr))?;
+                std::fs::create_dir_all(dir.join("tmp"))?;
+                let mut c = Command::new(bin);
+                c.arg("-p").arg(dir).arg("-c").arg(&config).arg("-e").arg(dir.join("error.log"));
+                c
+            }
             Kind::Cove => {
                 let config = dir.join("cove.toml");
                 std::fs::write(&config, cove_extra)?;
@@ -114,6 +132,27 @@ fn distribution_config(storage: &Path, addr: SocketAddr) -> String {
         "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  \
          filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
         storage.display()
+    )
+}
+
+/// nginx as the physical reference: one process (so its CPU and RSS are one
+/// pid's), `sendfile on`, no access log, serving `GET /v2/<repo>/blobs/sha256:<hex>`
+/// from Cove's filesystem layout (`blobs/sha256/<2 hex>/<hex>`) under
+/// `cove_storage`; `GET /v2/` answers 200 so the start-up probe works.
+fn nginx_config(cove_storage: &Path, dir: &Path, addr: SocketAddr) -> String {
+    let blobs = cove_storage.join("blobs").join("sha256");
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n\
+           client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n\
+           uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
+           server {{\n    listen {addr};\n\
+             location = /v2/ {{ return 200 '{{}}'; }}\n\
+             location ~ \"^/v2/.+/blobs/sha256:(([0-9a-f]{{2}})[0-9a-f]{{62}})$\" {{\n\
+               default_type application/octet-stream;\n      alias {}/$2/$1;\n    }}\n  }}\n}}\n",
+        blobs.display()
     )
 }
 

@@ -9,6 +9,7 @@
 //! | [`certs`] | a test CA, server certificates, self-signed pairs (openssl CLI) |
 //! | [`oci`], [`layout`] | OCI media types, images in memory, OCI layouts on disk |
 //! | [`content`] | large generated content ([`content::Pattern`]), fast SHA-256, RSS probes |
+//! | [`cove_bin`] | the `cove` binary under test (`$COVE_BIN`, a fresh build, or one built on demand) |
 //! | [`util`] | ports, random bytes, digests, streams, tools, parse helpers |
 //! | [`fake_upstream`] | [`FakeUpstream`]: an in-memory `Upstream` with faults |
 //! | [`suites`] | the shared `Storage`, object-backend, `Authenticator` and `Upstream` suites |
@@ -21,6 +22,7 @@
 
 pub mod certs;
 pub mod content;
+pub mod cove_bin;
 pub mod fake_upstream;
 pub mod fault;
 #[cfg(target_os = "linux")]
