@@ -4,7 +4,7 @@
 //! an unknown path is 404, and the same paths with the right method are
 //! then subject to authentication as usual.
 
-#[allow(unused_imports, dead_code)] // this binary uses two of its helpers
+#[allow(unused_imports)] // this binary uses two of its helpers
 mod auth_support;
 mod common;
 
