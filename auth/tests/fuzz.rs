@@ -13,7 +13,9 @@ use proptest::prelude::*;
 const CASES: u32 = 256;
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() }
+    // PROPTEST_CASES, when set, runs more (or fewer).
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES);
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 fn b64(bytes: &[u8]) -> String {

@@ -8,7 +8,9 @@ use proptest::prelude::*;
 const CASES: u32 = 512;
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() }
+    // PROPTEST_CASES, when set, runs more (or fewer).
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES);
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 /// A quoted-string value with `"` and `\` escaped.
