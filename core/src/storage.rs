@@ -307,3 +307,36 @@ fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Byte
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_below_the_floor_and_the_bytes_retention_must_free() {
+        let s = Space { available: 30, total: 100, floor: 40 };
+        assert!(s.low());
+        assert_eq!(s.shortfall(), 10);
+        let s = Space { available: 40, total: 100, floor: 40 };
+        assert!(!s.low(), "exactly at the floor is not low");
+        assert_eq!(s.shortfall(), 0);
+        assert_eq!(Space { available: 0, total: 100, floor: 0 }.shortfall(), 0);
+    }
+
+    #[test]
+    fn full_disks_and_quotas_map_to_full() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(matches!(StorageError::from(full), StorageError::Full(_)));
+        let quota = std::io::Error::from(std::io::ErrorKind::QuotaExceeded);
+        assert!(matches!(StorageError::from(quota), StorageError::Full(_)));
+        #[cfg(unix)]
+        {
+            // ENOSPC is 28 on Linux and macOS.
+            assert!(matches!(StorageError::from(std::io::Error::from_raw_os_error(28)), StorageError::Full(_)));
+        }
+        let floor = std::io::Error::other(BelowFloor { available: 1, floor: 2 });
+        assert!(matches!(StorageError::from(floor), StorageError::Full(_)));
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(matches!(StorageError::from(other), StorageError::Io(_)));
+    }
+}

@@ -73,11 +73,15 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Cove with its data on `fs` and `min_free`, and `upstreams`.
-async fn start_on(fs: &Tmpfs, min_free: &str, upstreams: &[UpstreamTable<'_>]) -> (Server, PathBuf) {
+/// Cove with its data on `fs` and `min_free`, `upstreams` and `extra`
+/// config text.
+async fn start_on(fs: &Tmpfs, min_free: &str, upstreams: &[UpstreamTable<'_>], extra: &str) -> (Server, PathBuf) {
     let data = fs.path().join("data");
-    let config =
-        format!("{}\n[storage]\nroot = \"{}\"\nmin_free = \"{min_free}\"\n", cove_config(upstreams), data.display());
+    let config = format!(
+        "{}\n[storage]\nroot = \"{}\"\nmin_free = \"{min_free}\"\n{extra}",
+        cove_config(upstreams),
+        data.display()
+    );
     let server =
         Server::start_with(ServerOptions { config: Some(config), omit_data_dir: true, ..Default::default() }).await;
     (server, data)
@@ -176,7 +180,7 @@ async fn ready_text(server: &Server) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_that_fills_the_disk_is_507_and_gives_the_space_back() {
     let Some(fs) = Tmpfs::mount(64) else { return };
-    let (server, _data) = start_on(&fs, "0", &[]).await;
+    let (server, _data) = start_on(&fs, "0", &[], "").await;
     let small = Pattern::new(MIB + 123);
     let medium = Pattern::new(10 * MIB);
     let small_d = match push_chunked(&server.http, &server.base, "team/small", &small).await {
@@ -225,7 +229,7 @@ async fn a_push_that_fills_the_disk_is_507_and_gives_the_space_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_free_refuses_pushes_before_the_disk_is_full_and_readyz_says_so() {
     let Some(fs) = Tmpfs::mount(64) else { return };
-    let (server, _data) = start_on(&fs, "40MiB", &[]).await;
+    let (server, _data) = start_on(&fs, "40MiB", &[], "").await;
     let ok = Pattern::new(8 * MIB);
     match push_chunked(&server.http, &server.base, "team/ok", &ok).await {
         Pushed::Done(_) => {}
@@ -285,7 +289,7 @@ async fn cache_misses_without_room_are_delivered_whole_and_not_cached() {
     let b = Pattern::new(40 * MIB);
     let b_d = push_upstream(&dist, "library/b", &b).await;
     let table = UpstreamTable { host: "docker.io", url: dist.url(), extra: "" };
-    let (server, data) = start_on(&fs, "0", &[table]).await;
+    let (server, data) = start_on(&fs, "0", &[table], "").await;
 
     // Bigger than the whole disk: relayed from the start.
     let t0 = std::time::Instant::now();
@@ -325,4 +329,119 @@ async fn cache_misses_without_room_are_delivered_whole_and_not_cached() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let spool: Vec<_> = std::fs::read_dir(data.join("spool")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(spool.is_empty(), "spool files left: {spool:?}");
+}
+
+/// Pushes `img` to distribution as `repo:v1`.
+async fn push_image_upstream(dist: &Distribution, repo: &str, img: &Image) {
+    let http = http_client();
+    let base = dist.url();
+    for blob in std::iter::once(&img.config).chain(img.layers.iter()) {
+        let r = http.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await.expect("POST");
+        assert_eq!(r.status(), 202);
+        let url = abs(&base, &header(&r, "location"));
+        let r = http
+            .put(with_query(&url, &format!("digest={}", sha256_digest(blob))))
+            .header("content-type", "application/octet-stream")
+            .body(blob.clone())
+            .send()
+            .await
+            .expect("PUT");
+        assert_eq!(r.status(), 201);
+    }
+    let r = http
+        .put(format!("{base}/v2/{repo}/manifests/v1"))
+        .header("content-type", OCI_MANIFEST)
+        .body(img.manifest.clone())
+        .send()
+        .await
+        .expect("manifest");
+    assert_eq!(r.status(), 201);
+}
+
+/// Pulls `repo:v1` and its blobs through Cove, verified.
+async fn pull_image(s: &Server, repo: &str, img: &Image) {
+    let r = s.manifest("GET", repo, "v1").await;
+    assert_eq!(r.status(), 200, "manifest of {repo}");
+    assert_eq!(&r.bytes().await.expect("body")[..], &img.manifest[..]);
+    for blob in std::iter::once(&img.config).chain(img.layers.iter()) {
+        let d = sha256_digest(blob);
+        let r = s.get(&format!("/v2/{repo}/blobs/{d}")).await;
+        assert_eq!(r.status(), 200, "blob of {repo}");
+        assert_eq!(sha256_digest(&r.bytes().await.expect("blob")), d);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_min_free_retention_evicts_the_least_recently_pulled_cached_image_never_a_private_one() {
+    let Some(fs) = Tmpfs::mount(64) else { return };
+    let dist = Distribution::start(None, None).await;
+    let imgs: Vec<Image> = (0..3).map(|_| Image::from_layers(vec![random_bytes(6 * MIB as usize)])).collect();
+    for (i, img) in imgs.iter().enumerate() {
+        push_image_upstream(&dist, &format!("lib/c{i}"), img).await;
+    }
+    let table = UpstreamTable { host: "upstream.test", url: dist.url(), extra: "tag_ttl = \"1h\"" };
+    let extra = "[gc]\ngrace = \"1s\"\ninterval = \"1h\"\n[retention]\ninterval = \"1h\"\n";
+    let (s, data) = start_on(&fs, "20MiB", &[table], extra).await;
+    let repo = |i: usize| format!("upstream.test/lib/c{i}");
+    for (i, img) in imgs.iter().enumerate() {
+        pull_image(&s, &repo(i), img).await;
+    }
+    for img in &imgs {
+        let p = blob_path(&data, &sha256_digest(&img.layers[0]));
+        for _ in 0..200 {
+            if p.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(p.exists(), "cached: {}", p.display());
+    }
+    // A private image, pushed before the cached ones are pulled again.
+    let private = Image::from_layers(vec![random_bytes(6 * MIB as usize)]);
+    s.push_blob("team/app", &private.config).await;
+    s.push_blob("team/app", &private.layers[0]).await;
+    assert_eq!(s.put_manifest("team/app", "v1", OCI_MANIFEST, &private.manifest).await.status(), 201);
+    // c1 is pulled least recently.
+    for i in [1usize, 2, 0] {
+        assert_eq!(s.manifest("GET", &repo(i), "v1").await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Leave 3 MiB less than the 20 MiB floor.
+    let filler = fs.path().join("filler");
+    let n = (fs.available() - 17 * MIB) as usize;
+    std::fs::write(&filler, vec![1u8; n]).expect("filler");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(ready_text(&s).await.1.contains("low free space"));
+    let r = s.req("POST", "/admin/retention").send().await.expect("retention");
+    assert_eq!(r.status(), 200);
+    let report = json(r).await;
+    let evicted: Vec<(String, String)> = report["evicted"]
+        .as_array()
+        .expect("evicted")
+        .iter()
+        .map(|e| (e["repository"].as_str().unwrap_or("").to_owned(), e["reason"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    assert_eq!(
+        evicted,
+        vec![(repo(1), "min_free".to_owned())],
+        "only the least recently pulled cached image: {report}"
+    );
+    assert!(!blob_path(&data, &sha256_digest(&imgs[1].layers[0])).exists(), "its layer swept");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let free = fs.available();
+    assert!(free >= 20 * MIB, "back above the floor: {free}");
+    assert_eq!(ready_text(&s).await, (200, "ready\n".to_owned()));
+    report_line(free);
+    // The private image and the other cached ones are intact.
+    pull_image(&s, "team/app", &private).await;
+    pull_image(&s, &repo(0), &imgs[0]).await;
+    pull_image(&s, &repo(2), &imgs[2]).await;
+}
+
+fn report_line(free: u64) {
+    report(&format!(
+        "min_free 20MiB, 3 MiB short: retention evicted the least recently pulled cached image (6 MiB) and nothing else; {} MiB free after, private image intact",
+        free / MIB
+    ));
 }
