@@ -53,7 +53,10 @@
 mod atomic;
 mod meta;
 mod pipe;
+mod space;
 mod uploads;
+
+pub use space::MinFree;
 
 use std::collections::HashMap;
 use std::fs;
@@ -99,6 +102,8 @@ struct Inner {
     repos: PathBuf,
     /// Per-session lock and running hasher; serialises appends and commits.
     sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionMem>>>>,
+    /// Free space of the root's filesystem and the `min_free` floor.
+    space: Arc<space::SpaceGauge>,
 }
 
 impl std::fmt::Debug for FsStorage {
@@ -112,8 +117,16 @@ impl FsStorage {
     /// layout and removes temp files a previous process left. Does not scan
     /// repositories, so it is fast whatever the store holds.
     pub fn open(root: impl Into<PathBuf>) -> Result<FsStorage, StorageError> {
+        FsStorage::open_with_floor(root, MinFree::default())
+    }
+
+    /// [`FsStorage::open`] with a free-space floor: writes (pushes, whole
+    /// blobs, new upload sessions) that would leave less than `min_free`
+    /// free fail with [`StorageError::Full`] before the disk is full.
+    pub fn open_with_floor(root: impl Into<PathBuf>, min_free: MinFree) -> Result<FsStorage, StorageError> {
         let root = root.into();
         let inner = Inner {
+            space: Arc::new(space::SpaceGauge::new(root.clone(), min_free)),
             blobs: root.join("blobs"),
             tmp: root.join("tmp"),
             uploads: root.join("uploads"),
@@ -256,6 +269,10 @@ impl Storage for FsStorage {
         .await
     }
 
+    async fn space(&self) -> Result<Option<cove_core::storage::Space>, StorageError> {
+        self.run(|inner| Ok(Some(inner.space.space()?))).await
+    }
+
     // ---- blobs -------------------------------------------------------------
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
@@ -306,11 +323,14 @@ impl Storage for FsStorage {
             verify(out.size, out.hasher, digest, expected_size)?;
             return Ok(out.size);
         }
-        let tmp = self.inner.tmp.clone();
+        let (tmp, gauge) = (self.inner.tmp.clone(), self.inner.space.clone());
         let out = pipe::pump(
             body,
             Some(hasher),
-            Some(move || TempFile::create(&tmp)),
+            Some(move || {
+                gauge.reserve(0)?;
+                Ok(space::Floored::new(TempFile::create(&tmp)?, gauge))
+            }),
             pipe::Flusher::default(),
             expected_size,
         )
@@ -324,7 +344,7 @@ impl Storage for FsStorage {
             let flushed = flusher.map(pipe::Flusher::finish).unwrap_or(Ok(()));
             checked?;
             flushed?;
-            let tmp = writer.ok_or_else(|| StorageError::Backend("temp file lost".into()))?;
+            let tmp = writer.ok_or_else(|| StorageError::Backend("temp file lost".into()))?.inner;
             let dest = inner.blob_path(&d);
             tmp.persist(&dest)?;
             if let Some(parent) = dest.parent() {

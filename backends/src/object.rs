@@ -256,6 +256,11 @@ impl Storage for ObjectStorage {
         self.store.delete(&p).await.map_err(map_err)
     }
 
+    /// Object stores have no local capacity to measure: no floor.
+    async fn space(&self) -> Result<Option<cove_core::storage::Space>, StorageError> {
+        Ok(None)
+    }
+
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
         self.head_size(&self.keys.blob(digest)).await
     }

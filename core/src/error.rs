@@ -93,6 +93,9 @@ pub enum ErrorDetail {
     Digest(Digest),
     /// A push named more tags than the `limit` one request may carry.
     TooManyTags { limit: usize },
+    /// Storage has no room (disk full, quota, or below `storage.min_free`):
+    /// `507 Insufficient Storage`.
+    StorageFull,
 }
 
 /// How a client should present credentials when it is refused.
@@ -188,6 +191,20 @@ impl RegistryError {
         RegistryError::new(ErrorCode::Unsupported, message)
     }
 
+    /// Storage has no room: `UNAVAILABLE` with [`ErrorDetail::StorageFull`].
+    /// `why` (which may name paths) goes to logs only; clients read that
+    /// storage is full.
+    pub fn storage_full(why: impl fmt::Display) -> Self {
+        tracing::debug!(%why, "storage full");
+        RegistryError::new(ErrorCode::Unavailable, "storage is full: the registry has no room for this upload")
+            .with_detail(ErrorDetail::StorageFull)
+    }
+
+    /// Whether this is a storage-full refusal.
+    pub fn is_storage_full(&self) -> bool {
+        self.detail == Some(ErrorDetail::StorageFull)
+    }
+
     pub fn denied(message: impl Into<String>) -> Self {
         RegistryError::new(ErrorCode::Denied, message)
     }
@@ -211,6 +228,7 @@ impl From<crate::storage::StorageError> for RegistryError {
                 ErrorCode::SizeInvalid,
                 format!("content length {actual} does not match declared {expected}"),
             ),
+            S::Full(m) => RegistryError::storage_full(m),
             S::NotFound => RegistryError::new(ErrorCode::BlobUnknown, "not found"),
             S::BodyError(m) => {
                 RegistryError::new(ErrorCode::BlobUploadInvalid, format!("request body ended early: {m}"))

@@ -52,10 +52,66 @@ pub enum StorageError {
     BodyError(String),
     #[error("not supported by this backend: {0}")]
     NotSupported(&'static str),
+    /// No room for the write: the filesystem is full (`ENOSPC`, `EDQUOT`)
+    /// or its free space is below the configured `min_free` floor.
+    #[error("storage is full: {0}")]
+    Full(String),
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("backend error: {0}")]
     Backend(String),
+}
+
+impl From<std::io::Error> for StorageError {
+    /// A full disk or an exceeded quota becomes [`StorageError::Full`]
+    /// (the client is told so); anything else stays an I/O error.
+    fn from(e: std::io::Error) -> Self {
+        if is_storage_full(&e) {
+            StorageError::Full(e.to_string())
+        } else {
+            StorageError::Io(e)
+        }
+    }
+}
+
+/// Whether an I/O error means "no space left" (`ENOSPC`) or "quota
+/// exceeded" (`EDQUOT`), on Linux and macOS alike.
+pub fn is_storage_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        || e.get_ref().is_some_and(|inner| inner.is::<BelowFloor>())
+}
+
+/// The error a write fails with when free space is below the `min_free`
+/// floor before the disk is actually full (wrapped in an `io::Error`).
+#[derive(Debug, thiserror::Error)]
+#[error("{available} bytes free, below the storage.min_free floor of {floor} bytes")]
+pub struct BelowFloor {
+    pub available: u64,
+    pub floor: u64,
+}
+
+/// Free space where a backend keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Space {
+    /// Bytes an unprivileged writer can still use.
+    pub available: u64,
+    /// Size of the filesystem.
+    pub total: u64,
+    /// The `min_free` floor in bytes: below it pushes are refused.
+    pub floor: u64,
+}
+
+impl Space {
+    /// Whether free space is below the floor.
+    pub fn low(&self) -> bool {
+        self.available < self.floor
+    }
+
+    /// How many bytes must be freed to get back above the floor.
+    pub fn shortfall(&self) -> u64 {
+        self.floor.saturating_sub(self.available)
+    }
 }
 
 /// A manifest as stored: its exact bytes and media type.
@@ -100,6 +156,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Checks that the backend is reachable and writable (readiness).
     async fn check(&self) -> Result<(), StorageError>;
+
+    /// Free space where the data lives and the floor below which writes are
+    /// refused (measured at most about once a second). `None`: the backend
+    /// has no local capacity to measure (object stores), hence no floor.
+    async fn space(&self) -> Result<Option<Space>, StorageError>;
 
     // ---- blobs -------------------------------------------------------------
 
@@ -245,4 +306,37 @@ fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Byte
             Ok(Some((buf.freeze(), file)))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_below_the_floor_and_the_bytes_retention_must_free() {
+        let s = Space { available: 30, total: 100, floor: 40 };
+        assert!(s.low());
+        assert_eq!(s.shortfall(), 10);
+        let s = Space { available: 40, total: 100, floor: 40 };
+        assert!(!s.low(), "exactly at the floor is not low");
+        assert_eq!(s.shortfall(), 0);
+        assert_eq!(Space { available: 0, total: 100, floor: 0 }.shortfall(), 0);
+    }
+
+    #[test]
+    fn full_disks_and_quotas_map_to_full() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(matches!(StorageError::from(full), StorageError::Full(_)));
+        let quota = std::io::Error::from(std::io::ErrorKind::QuotaExceeded);
+        assert!(matches!(StorageError::from(quota), StorageError::Full(_)));
+        #[cfg(unix)]
+        {
+            // ENOSPC is 28 on Linux and macOS.
+            assert!(matches!(StorageError::from(std::io::Error::from_raw_os_error(28)), StorageError::Full(_)));
+        }
+        let floor = std::io::Error::other(BelowFloor { available: 1, floor: 2 });
+        assert!(matches!(StorageError::from(floor), StorageError::Full(_)));
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(matches!(StorageError::from(other), StorageError::Io(_)));
+    }
 }

@@ -38,13 +38,14 @@ fn code_status(code: ErrorCode) -> StatusCode {
 /// The response status: the code's, unless the detail is one the spec pairs
 /// with another status (416 for a chunk that does not continue the upload,
 /// 413 for oversize content, 414 for too many `tag` parameters, 502 for an
-/// upstream's invalid answer).
+/// upstream's invalid answer, 507 when storage is full).
 pub fn status(e: &RegistryError) -> StatusCode {
     match &e.detail {
         Some(ErrorDetail::UploadOffset { .. } | ErrorDetail::ChunkRangeInvalid) => StatusCode::RANGE_NOT_SATISFIABLE,
         Some(ErrorDetail::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
         Some(ErrorDetail::UpstreamInvalid) => StatusCode::BAD_GATEWAY,
         Some(ErrorDetail::TooManyTags { .. }) => StatusCode::URI_TOO_LONG,
+        Some(ErrorDetail::StorageFull) => StatusCode::INSUFFICIENT_STORAGE,
         _ => code_status(e.code),
     }
 }

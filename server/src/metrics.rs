@@ -90,6 +90,10 @@ pub struct Metrics {
     gc_last_success: Gauge,
     storage_blobs: Gauge,
     storage_bytes: Gauge,
+    storage_full: Counter,
+    storage_available: Gauge,
+    storage_min_free: Gauge,
+    cache_uncached: Family<UpstreamLabels, Counter>,
     retention: RetentionMetrics,
     config_reloads: Family<ResultLabels, Counter>,
     config_last_reload_success: Gauge,
@@ -120,6 +124,10 @@ impl Metrics {
             cache_bytes_saved: Family::default(),
             upstream_bytes_fetched: Family::default(),
             uploads_in_progress: Gauge::default(),
+            storage_full: Counter::default(),
+            storage_available: Gauge::default(),
+            storage_min_free: Gauge::default(),
+            cache_uncached: Family::default(),
             fetches_in_flight: Gauge::default(),
             upstream_healthy: Family::default(),
             upstream_health_changes: Family::default(),
@@ -174,6 +182,26 @@ impl Metrics {
             m.upstream_bytes_fetched.clone(),
         );
         r.register("uploads_in_progress", "Open upload sessions", m.uploads_in_progress.clone());
+        r.register(
+            "storage_full",
+            "Writes refused with 507 because storage was full (disk, quota or storage.min_free)",
+            m.storage_full.clone(),
+        );
+        r.register(
+            "storage_available_bytes",
+            "Free bytes of the filesystem backend's disk",
+            m.storage_available.clone(),
+        );
+        r.register(
+            "storage_min_free_bytes",
+            "The storage.min_free floor in bytes (pushes are refused below it)",
+            m.storage_min_free.clone(),
+        );
+        r.register(
+            "cache_uncached_misses",
+            "Blob misses streamed to the client but not cached (no room to spool them), by upstream",
+            m.cache_uncached.clone(),
+        );
         r.register("upstream_fetches_in_flight", "Blob fetches from upstreams in flight", m.fetches_in_flight.clone());
         r.register(
             "upstream_healthy",
@@ -319,6 +347,7 @@ impl Metrics {
             sync_counter(&self.upstream_rate_limited.get_or_create(&upstream), c.rate_limited);
             sync_counter(&self.cache_bytes_saved.get_or_create(&upstream), c.bytes_saved);
             sync_counter(&self.upstream_bytes_fetched.get_or_create(&upstream), c.bytes_fetched);
+            sync_counter(&self.cache_uncached.get_or_create(&upstream), c.uncached);
         }
         if let Some(n) = uploads {
             self.uploads_in_progress.set(n as i64);
@@ -329,6 +358,19 @@ impl Metrics {
             tracing::warn!("metrics could not be rendered");
         }
         out
+    }
+}
+
+impl Metrics {
+    /// Records the storage-full refusals so far and the free space (before
+    /// [`Metrics::render`]).
+    pub fn record_storage(&self, full_total: u64, space: Option<cove_core::storage::Space>) {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        sync_counter(&self.storage_full, full_total);
+        if let Some(s) = space {
+            self.storage_available.set(i64::try_from(s.available).unwrap_or(i64::MAX));
+            self.storage_min_free.set(i64::try_from(s.floor).unwrap_or(i64::MAX));
+        }
     }
 }
 

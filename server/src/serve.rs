@@ -188,7 +188,7 @@ pub fn open_storage(config: &Config) -> Result<Arc<dyn cove_core::Storage>, Star
         }
         _ => {
             let root = &config.storage.root;
-            let storage = FsStorage::open(root.clone())
+            let storage = FsStorage::open_with_floor(root.clone(), config.storage.min_free())
                 .map_err(|source| StartError::Storage { path: root.display().to_string(), source })?;
             Ok(Arc::new(storage))
         }

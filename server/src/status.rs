@@ -84,9 +84,18 @@ async fn base_status(registry: &Registry, gc: &GarbageCollector, started: System
         }),
         Some(Err(e)) => serde_json::json!({ "ok": false, "error": e }),
     };
+    let space = match registry.storage().space().await {
+        Ok(Some(s)) => serde_json::json!({
+            "available": s.available, "total": s.total, "min_free": s.floor, "low": s.low(),
+        }),
+        Ok(None) => serde_json::Value::Null,
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    };
     serde_json::json!({
         "uptime_seconds": started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
         "storage": registry.storage().kind(),
+        "storage_space": space,
+        "storage_full_total": registry.storage_full_count(),
         "upstreams": upstreams,
         "last_gc": last_gc,
     })

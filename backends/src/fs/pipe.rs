@@ -109,9 +109,9 @@ where
                 }
                 let (writer, result) = match open.map(|o| o()) {
                     None => (None, Ok(())),
-                    Some(Err(e)) => (None, Err(StorageError::Io(e))),
+                    Some(Err(e)) => (None, Err(StorageError::from(e))),
                     Some(Ok(mut w)) => {
-                        let r = w.write_all(&rest).map_err(StorageError::Io);
+                        let r = w.write_all(&rest).map_err(StorageError::from);
                         (Some(w), r)
                     }
                 };
@@ -311,7 +311,7 @@ where
                 Ok((w, t, r)) => {
                     writer = w;
                     token = Some(t);
-                    result = r.map_err(StorageError::Io);
+                    result = r.map_err(StorageError::from);
                 }
                 Err(e) => result = Err(join_error(e)),
             }

@@ -250,6 +250,7 @@ impl FsStorage {
         let state = State { repo: repo.to_string(), size: 0, started: now, updated: now, seq: 0 };
         let (id2, st) = (id.clone(), state.clone());
         self.run(move |inner| {
+            inner.space.reserve(0)?;
             let dir = inner.session_dir(&id2)?;
             fs::create_dir(&dir)?;
             File::create(dir.join(DATA))?;
@@ -318,7 +319,9 @@ impl FsStorage {
             _ => None,
         };
         let data = dir.join(DATA);
-        let out = pipe::pump(body, hasher, Some(move || open_data_at(&data, old)), guard, None).await;
+        let gauge = self.inner.space.clone();
+        let open = move || Ok(super::space::Floored::new(open_data_at(&data, old)?, gauge));
+        let out = pipe::pump(body, hasher, Some(open), guard, None).await;
         // Finish (or roll back) on a blocking thread still holding the lock,
         // so a cancelled request cannot interleave with the next append.
         self.run(move |_| {
@@ -330,7 +333,7 @@ impl FsStorage {
                     return Err(StorageError::UploadUnknown); // committed meanwhile
                 }
                 if let Some(f) = &out.writer {
-                    if let Err(te) = f.set_len(old) {
+                    if let Err(te) = f.inner.set_len(old) {
                         tracing::warn!(error = %te, "could not roll back upload data; the next append will");
                     }
                 }
@@ -371,7 +374,7 @@ impl FsStorage {
                 // disk (and a later fsync may not report it): end the session.
                 if let Err(e) = flusher.finish() {
                     end()?;
-                    return Err(StorageError::Io(e));
+                    return Err(StorageError::from(e));
                 }
                 let size = state.size;
                 let data = dir.join(DATA);

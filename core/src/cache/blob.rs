@@ -44,7 +44,7 @@ impl PullThrough {
         if head {
             return Ok((self.head_missing(at, digest, range).await?, CacheStatus::Miss));
         }
-        let flight = self.join_or_fetch(at, digest);
+        let (flight, relay) = self.join_or_fetch(at, digest);
         let size = flight.announced_size().await?;
         self.counters.count(&route.host, |c| c.misses += 1);
         // An in-flight blob of unknown size is sent whole (no Range).
@@ -54,7 +54,7 @@ impl PullThrough {
         };
         let start = range.map_or(0, |r| r.start);
         let end = range.map(|r| r.end + 1).or(size);
-        let body = super::spool::follow(flight, start, end);
+        let body = super::spool::follow(flight, start, end, relay);
         Ok((BlobResponse { size, range, body }, CacheStatus::Miss))
     }
 
@@ -99,7 +99,11 @@ impl PullThrough {
 
     /// The upstream fetch of `digest` for `at`: the one in flight (which
     /// then also links it into `at.repo`), or a new one.
-    fn join_or_fetch(&self, at: CachedRepo<'_>, digest: &Digest) -> Arc<BlobFlight> {
+    fn join_or_fetch(
+        &self,
+        at: CachedRepo<'_>,
+        digest: &Digest,
+    ) -> (Arc<BlobFlight>, Option<tokio::sync::mpsc::Receiver<super::fetch::Relayed>>) {
         let new_spool = || {
             let n = self.spool_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.spool_dir.join(format!("{}-{}-{n}", digest.algorithm().as_str(), digest.hex()))

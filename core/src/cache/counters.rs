@@ -24,6 +24,9 @@ pub struct CacheCounters {
     pub bytes_saved: u64,
     /// Blob bytes fetched from upstream, verified and cached.
     pub bytes_fetched: u64,
+    /// Blob misses streamed to their clients but not cached: storage had
+    /// no room to spool them (disk full, or below `storage.min_free`).
+    pub uncached: u64,
 }
 
 /// The counters of every upstream, by host; shared with fetch tasks.

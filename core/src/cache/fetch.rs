@@ -20,11 +20,25 @@ use super::CachedRepo;
 use crate::digest::{Digest, DigestHasher};
 use crate::error::{ErrorCode, RegistryError, Result};
 use crate::name::RepoName;
-use crate::storage::Storage;
+use crate::storage::{is_storage_full, Storage};
 use crate::upstream::Upstream;
 
 /// How many upstream chunks may wait for the spool writer.
 const SPOOL_QUEUE: usize = 32;
+/// How many relayed chunks may wait for one reader (see [`BlobFlight::register`]).
+const RELAY_QUEUE: usize = 16;
+
+/// A chunk relayed to readers when the blob cannot be spooled: its offset
+/// in the blob and its bytes.
+pub(crate) type Relayed = (u64, Bytes);
+
+/// The readers of a flight, for relaying when spooling becomes impossible.
+#[derive(Default)]
+struct Readers {
+    /// Set once the flight relays: no reader can join it any more.
+    closed: bool,
+    senders: Vec<mpsc::Sender<Relayed>>,
+}
 
 /// How far a fetch got; readers wait on changes.
 #[derive(Debug, Clone)]
@@ -52,12 +66,52 @@ pub(crate) struct BlobFlight {
     pub(crate) state: watch::Sender<FetchState>,
     /// Repositories to link the blob into once committed.
     repos: Mutex<Vec<RepoName>>,
+    /// Set when the blob could not be spooled (no room): the spool holds
+    /// the bytes before this offset, the rest is relayed from memory to
+    /// the readers registered by then, and nothing is cached.
+    pub(crate) relay_from: OnceLock<u64>,
+    readers: Mutex<Readers>,
 }
 
 impl BlobFlight {
     pub(crate) fn new(spool: PathBuf, repos: Vec<RepoName>) -> BlobFlight {
         let (state, _) = watch::channel(FetchState::Starting);
-        BlobFlight { spool, file: OnceLock::new(), state, repos: Mutex::new(repos) }
+        BlobFlight {
+            spool,
+            file: OnceLock::new(),
+            state,
+            repos: Mutex::new(repos),
+            relay_from: OnceLock::new(),
+            readers: Mutex::default(),
+        }
+    }
+
+    /// Registers a reader: the channel it gets relayed chunks on should the
+    /// flight have to relay. `None` once the flight relays (a reader that
+    /// missed the spooled part cannot join; it needs a fetch of its own).
+    pub(crate) fn register(&self) -> Option<mpsc::Receiver<Relayed>> {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if readers.closed {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(RELAY_QUEUE);
+        readers.senders.push(tx);
+        Some(rx)
+    }
+
+    /// Switches to relaying from offset `spooled`: closes registration and
+    /// returns the registered readers' channels.
+    fn start_relay(&self, spooled: u64, size: Option<u64>) -> Vec<mpsc::Sender<Relayed>> {
+        let senders = {
+            let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            readers.closed = true;
+            std::mem::take(&mut readers.senders)
+        };
+        let _ = self.relay_from.set(spooled);
+        // Wakes readers waiting for spool progress: they now read up to
+        // `spooled` from the spool, then from their channel.
+        self.state.send_replace(FetchState::Running { written: spooled, size });
+        senders
     }
 }
 
@@ -106,23 +160,29 @@ impl BlobFlights {
 
     /// Joins the fetch of `digest` from `at`'s upstream, adding `at.repo` to
     /// the repositories it links, or starts one spooling to `new_spool()`.
+    /// Returns the flight and the caller's reader registration. A fetch that
+    /// already relays (no room to spool) takes no readers: a new fetch
+    /// replaces it for later readers.
     pub(crate) fn join_or_start(
         self: &Arc<Self>,
         at: CachedRepo<'_>,
         digest: &Digest,
         new_spool: impl FnOnce() -> PathBuf,
         counters: &Arc<UpstreamCounters>,
-    ) -> Arc<BlobFlight> {
+    ) -> (Arc<BlobFlight>, Option<mpsc::Receiver<Relayed>>) {
         let key = (at.route.host.clone(), digest.clone());
         let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(&key) {
-            let mut repos = f.repos.lock().unwrap_or_else(|p| p.into_inner());
-            if !repos.contains(at.repo) {
-                repos.push(at.repo.clone());
+            if let Some(reader) = f.register() {
+                let mut repos = f.repos.lock().unwrap_or_else(|p| p.into_inner());
+                if !repos.contains(at.repo) {
+                    repos.push(at.repo.clone());
+                }
+                return (f.clone(), Some(reader));
             }
-            return f.clone();
         }
         let flight = Arc::new(BlobFlight::new(new_spool(), vec![at.repo.clone()]));
+        let reader = flight.register();
         map.insert(key.clone(), flight.clone());
         let task = FetchTask {
             storage: at.storage.clone(),
@@ -134,11 +194,16 @@ impl BlobFlights {
             counters: counters.clone(),
         };
         let flights = self.clone();
+        let mine = flight.clone();
         tokio::spawn(async move {
             task.run().await;
-            flights.by_key.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            let mut map = flights.by_key.lock().unwrap_or_else(|p| p.into_inner());
+            // A relaying flight may have been replaced meanwhile.
+            if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &mine)) {
+                map.remove(&key);
+            }
         });
-        flight
+        (flight, reader)
     }
 }
 
@@ -157,6 +222,10 @@ impl FetchTask {
     async fn run(self) {
         let started = Instant::now();
         match self.fetch().await {
+            Ok(size) if self.flight.relay_from.get().is_some() => {
+                tracing::info!(upstream = %self.host, digest = %self.digest, bytes = size,
+                    ms = started.elapsed().as_millis() as u64, "blob fetched, verified and streamed; not cached (no room)");
+            }
             Ok(size) => {
                 self.counters.count(&self.host, |c| c.bytes_fetched += size);
                 tracing::info!(upstream = %self.host, digest = %self.digest, bytes = size,
@@ -181,7 +250,15 @@ impl FetchTask {
             .await
             .map_err(|e| upstream_error(e, RegistryError::blob_unknown(&self.digest)))?;
         let size = blob.size;
-        let file = Arc::new(self.create_spool().await?);
+        let mut hasher = DigestHasher::new(self.digest.algorithm());
+        if let Some(why) = self.no_room_for(size).await {
+            return self.relay(0, Vec::new(), blob.stream, hasher, size, &why).await;
+        }
+        let file = match self.create_spool().await {
+            Ok(f) => Arc::new(f),
+            Err(SpoolError::Full(why)) => return self.relay(0, Vec::new(), blob.stream, hasher, size, &why).await,
+            Err(SpoolError::Other(e)) => return Err(e),
+        };
         let _ = self.flight.file.set(file.clone());
         self.flight.state.send_replace(FetchState::Running { written: 0, size });
 
@@ -190,9 +267,10 @@ impl FetchTask {
         let (tx, rx) = mpsc::channel::<Bytes>(SPOOL_QUEUE);
         let flight = self.flight.clone();
         let writer = tokio::task::spawn_blocking(move || spool_writer(&file, rx, &flight.state, size));
-        let mut hasher = DigestHasher::new(self.digest.algorithm());
         let mut received = 0u64;
         let mut stream = blob.stream;
+        // A chunk the writer no longer took (it stopped on an error).
+        let mut refused: Option<Bytes> = None;
         let mut failure: Option<RegistryError> = None;
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
@@ -211,15 +289,21 @@ impl FetchTask {
                 break;
             }
             hasher.update(&chunk);
-            if tx.send(chunk).await.is_err() {
+            if let Err(mpsc::error::SendError(chunk)) = tx.send(chunk).await {
                 // The writer stopped: its result says why.
+                refused = Some(chunk);
                 break;
             }
         }
         drop(tx);
         let written = match writer.await {
             Ok(Ok(w)) => w,
-            Ok(Err(e)) => {
+            Ok(Err(SpoolFailure { written, error, mut unwritten })) if failure.is_none() && is_storage_full(&error) => {
+                // No room to spool the rest: relay it from memory instead.
+                unwritten.extend(refused);
+                return self.relay_rest(written, unwritten, stream, hasher, received, size, &error.to_string()).await;
+            }
+            Ok(Err(SpoolFailure { error: e, .. })) => {
                 return Err(failure.unwrap_or_else(|| RegistryError::internal(format!("spool write failed: {e}"))))
             }
             Err(e) => return Err(failure.unwrap_or_else(|| RegistryError::internal(format!("spool task failed: {e}")))),
@@ -235,14 +319,100 @@ impl FetchTask {
         Ok(written)
     }
 
-    async fn create_spool(&self) -> Result<std::fs::File> {
+    async fn create_spool(&self) -> std::result::Result<std::fs::File, SpoolError> {
         let path = self.flight.spool.clone();
-        tokio::task::spawn_blocking(move || {
+        let created = tokio::task::spawn_blocking(move || {
             std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path)
         })
         .await
-        .map_err(|e| RegistryError::internal(format!("spool task failed: {e}")))?
-        .map_err(|e| RegistryError::internal(format!("cannot create spool file: {e}")))
+        .map_err(|e| SpoolError::Other(RegistryError::internal(format!("spool task failed: {e}"))))?;
+        created.map_err(|e| {
+            if is_storage_full(&e) {
+                SpoolError::Full(e.to_string())
+            } else {
+                SpoolError::Other(RegistryError::internal(format!("cannot create spool file: {e}")))
+            }
+        })
+    }
+
+    /// Why a blob of `size` bytes cannot be spooled, if storage says it has
+    /// no room for it above its `min_free` floor (unknown sizes are tried).
+    async fn no_room_for(&self, size: Option<u64>) -> Option<String> {
+        let size = size?;
+        let space = self.storage.space().await.ok().flatten()?;
+        let room = space.available.saturating_sub(space.floor);
+        (size > room).then(|| {
+            format!("{size} bytes do not fit: {} bytes free, storage.min_free {}", space.available, space.floor)
+        })
+    }
+
+    /// Relays a blob that cannot be spooled from the start.
+    async fn relay(
+        &self,
+        spooled: u64,
+        backlog: Vec<Bytes>,
+        stream: crate::storage::ByteStream,
+        hasher: DigestHasher,
+        size: Option<u64>,
+        why: &str,
+    ) -> Result<u64> {
+        self.relay_rest(spooled, backlog, stream, hasher, 0, size, why).await
+    }
+
+    /// Streams the rest of the blob from offset `spooled` (the spool holds
+    /// what came before) to the registered readers from memory: `backlog`
+    /// first (received and hashed, not spooled), then the rest of
+    /// `stream`. The slowest reader sets the pace; the last chunk is held
+    /// back until the blob verified. Nothing is cached; counted as
+    /// `uncached`.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_rest(
+        &self,
+        spooled: u64,
+        backlog: Vec<Bytes>,
+        mut stream: crate::storage::ByteStream,
+        mut hasher: DigestHasher,
+        mut received: u64,
+        size: Option<u64>,
+        why: &str,
+    ) -> Result<u64> {
+        tracing::warn!(upstream = %self.host, digest = %self.digest, spooled, size, reason = why,
+            "no room to spool the blob: streaming it to its readers without caching it");
+        self.counters.count(&self.host, |c| c.uncached += 1);
+        let mut readers = self.flight.start_relay(spooled, size);
+        let mut offset = spooled;
+        let mut held: Option<Relayed> = None;
+        for chunk in backlog {
+            let len = chunk.len() as u64;
+            if let Some(prev) = held.replace((offset, chunk)) {
+                send_all(&mut readers, prev).await;
+            }
+            offset += len;
+        }
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                RegistryError::new(ErrorCode::Unavailable, format!("upstream body failed after {received} bytes: {e}"))
+            })?;
+            received += chunk.len() as u64;
+            if size.is_some_and(|s| received > s) {
+                return Err(upstream_invalid(&self.host, "sent more bytes than it announced"));
+            }
+            hasher.update(&chunk);
+            let len = chunk.len() as u64;
+            if let Some(prev) = held.replace((offset, chunk)) {
+                send_all(&mut readers, prev).await;
+                if readers.is_empty() {
+                    return Err(RegistryError::internal("every reader of the relayed blob hung up"));
+                }
+            }
+            offset += len;
+        }
+        self.verify(received, received, size, hasher.finish())?;
+        if let Some(last) = held {
+            send_all(&mut readers, last).await;
+        }
+        self.flight.state.send_replace(FetchState::Done { size: Some(received) });
+        Ok(received)
     }
 
     /// Checks what arrived against what upstream announced and the digest.
@@ -279,22 +449,62 @@ impl FetchTask {
     }
 }
 
+/// Sends `item` to every reader, dropping those that hung up.
+async fn send_all(readers: &mut Vec<mpsc::Sender<Relayed>>, item: Relayed) {
+    let mut i = 0;
+    while i < readers.len() {
+        if readers[i].send(item.clone()).await.is_err() {
+            readers.swap_remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Why a spool file could not be created.
+enum SpoolError {
+    /// No room (disk full or quota).
+    Full(String),
+    Other(RegistryError),
+}
+
+/// A spool write that failed: the bytes in the spool, the error, and the
+/// chunks taken from the queue but not written (the failed one first).
+struct SpoolFailure {
+    written: u64,
+    error: std::io::Error,
+    unwritten: Vec<Bytes>,
+}
+
 /// Appends every chunk from `rx` to the spool `file` (on a blocking thread),
 /// publishing how many bytes are readable after each batch. Returns the
-/// bytes written once `rx` closes.
+/// bytes written once `rx` closes. On a write error it stops taking chunks
+/// and hands back those it took but did not write.
 fn spool_writer(
     file: &std::fs::File,
     mut rx: mpsc::Receiver<Bytes>,
     state: &watch::Sender<FetchState>,
     size: Option<u64>,
-) -> std::io::Result<u64> {
+) -> std::result::Result<u64, SpoolFailure> {
     let mut written = 0u64;
+    let fail = |written: u64, error: std::io::Error, chunk: Bytes, rx: &mut mpsc::Receiver<Bytes>| {
+        rx.close();
+        let mut unwritten = vec![chunk];
+        while let Some(c) = rx.blocking_recv() {
+            unwritten.push(c);
+        }
+        SpoolFailure { written, error, unwritten }
+    };
     while let Some(chunk) = rx.blocking_recv() {
-        write_all_at(file, &chunk, written)?;
+        if let Err(e) = write_all_at(file, &chunk, written) {
+            return Err(fail(written, e, chunk, &mut rx));
+        }
         written += chunk.len() as u64;
         // Whatever else already waits goes out before the next progress note.
         while let Ok(chunk) = rx.try_recv() {
-            write_all_at(file, &chunk, written)?;
+            if let Err(e) = write_all_at(file, &chunk, written) {
+                return Err(fail(written, e, chunk, &mut rx));
+            }
             written += chunk.len() as u64;
         }
         state.send_replace(FetchState::Running { written, size });

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::fetch::{BlobFlight, FetchState};
+use super::fetch::{BlobFlight, FetchState, Relayed};
 use crate::storage::ByteStream;
 
 /// Bytes read from the spool per follower read.
@@ -19,6 +19,8 @@ struct SpoolReader {
     pos: u64,
     end: Option<u64>,
     failed: bool,
+    /// Where relayed chunks arrive if the flight has to relay.
+    relay: Option<tokio::sync::mpsc::Receiver<Relayed>>,
 }
 
 impl SpoolReader {
@@ -33,16 +35,31 @@ impl SpoolReader {
 /// arrive. The last byte is held back until the blob verified. Reads go
 /// through the fetch's open file handle (positional reads on a blocking
 /// thread), so they go on after the file was moved into storage.
-pub(crate) fn follow(flight: Arc<BlobFlight>, start: u64, end: Option<u64>) -> ByteStream {
+///
+/// When the flight relays (no room to spool), the reader reads the spool
+/// up to where spooling stopped and the rest from `relay`, the channel it
+/// registered with [`BlobFlight::register`].
+pub(crate) fn follow(
+    flight: Arc<BlobFlight>,
+    start: u64,
+    end: Option<u64>,
+    relay: Option<tokio::sync::mpsc::Receiver<Relayed>>,
+) -> ByteStream {
     let rx = flight.state.subscribe();
-    let reader = SpoolReader { flight, rx, pos: start, end, failed: false };
+    let reader = SpoolReader { flight, rx, pos: start, end, failed: false, relay };
     Box::pin(futures::stream::unfold(reader, |mut r| async move {
         loop {
             if r.failed || r.end.is_some_and(|e| r.pos >= e) {
                 return None;
             }
             let state = r.rx.borrow_and_update().clone();
+            if let Some(&spooled) = r.flight.relay_from.get() {
+                if r.pos >= spooled {
+                    return relayed(r).await;
+                }
+            }
             let limit = match state {
+                _ if r.flight.relay_from.get().is_some() => r.flight.relay_from.get().copied().unwrap_or(0),
                 FetchState::Starting => 0,
                 FetchState::Running { written, .. } => written.saturating_sub(1),
                 FetchState::Done { size } => size.unwrap_or(0),
@@ -86,6 +103,43 @@ pub(crate) fn follow(flight: Arc<BlobFlight>, start: u64, end: Option<u64>) -> B
             }
         }
     }))
+}
+
+/// The next bytes of a relaying flight for reader `r` (at or past the
+/// spooled part): from its channel, cut to its range. The channel ends
+/// after the last (verified) chunk, or early when the fetch failed.
+async fn relayed(mut r: SpoolReader) -> Option<(std::io::Result<Bytes>, SpoolReader)> {
+    let Some(rx) = r.relay.as_mut() else {
+        return r.fail(std::io::Error::other("blob fetch is relayed and this reader joined too late"));
+    };
+    loop {
+        match rx.recv().await {
+            Some((off, bytes)) => {
+                let len = bytes.len() as u64;
+                if off + len <= r.pos {
+                    continue;
+                }
+                let from = r.pos.saturating_sub(off) as usize;
+                let to = match r.end {
+                    Some(e) if e < off + len => (e.saturating_sub(off)) as usize,
+                    _ => bytes.len(),
+                };
+                if from >= to {
+                    return None;
+                }
+                r.pos = off + to as u64;
+                return Some((Ok(bytes.slice(from..to)), r));
+            }
+            None => {
+                let state = r.rx.borrow().clone();
+                return match state {
+                    FetchState::Done { size } if r.end.or(size).is_none_or(|e| r.pos >= e) => None,
+                    FetchState::Failed(e) => r.fail(std::io::Error::other(e.message)),
+                    _ => r.fail(std::io::Error::other("blob fetch aborted")),
+                };
+            }
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -154,7 +208,7 @@ mod tests {
         write_all_at(&file, &data[..600_000], 0).expect("write");
         flight.state.send_replace(FetchState::Running { written: 600_000, size: Some(1_000_000) });
 
-        let mut early = follow(flight.clone(), 0, None);
+        let mut early = follow(flight.clone(), 0, None, None);
         let mut got = Vec::new();
         read_to(&mut early, &mut got, 599_999).await;
         assert_eq!(got.len(), 599_999, "the last written byte is held back");
@@ -167,7 +221,7 @@ mod tests {
         std::fs::rename(&spool, &moved).expect("move the spool away like blob_import");
         assert!(!spool.exists());
 
-        let mut late = follow(flight.clone(), 500_000, Some(900_000));
+        let mut late = follow(flight.clone(), 500_000, Some(900_000), None);
         let mut tail = Vec::new();
         read_to(&mut late, &mut tail, 400_000).await;
         assert!(late.next().await.is_none(), "a ranged follower ends at its end");
@@ -192,7 +246,7 @@ mod tests {
         let (flight, file) = flight(spool.clone());
         write_all_at(&file, &[7u8; 1000], 0).expect("write");
         flight.state.send_replace(FetchState::Running { written: 1000, size: Some(5000) });
-        let mut s = follow(flight.clone(), 0, None);
+        let mut s = follow(flight.clone(), 0, None, None);
         let mut got = Vec::new();
         read_to(&mut s, &mut got, 999).await;
         flight.state.send_replace(FetchState::Failed(RegistryError::internal("boom")));

@@ -44,6 +44,9 @@ impl Storage for GuardedStorage {
     async fn check(&self) -> Result<(), StorageError> {
         self.inner.check().await
     }
+    async fn space(&self) -> Result<Option<crate::storage::Space>, StorageError> {
+        self.inner.space().await
+    }
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
         self.inner.blob_size(digest).await
     }

@@ -78,14 +78,32 @@ impl Registry {
         length: Option<u64>,
     ) -> Result<u64> {
         self.ensure_writable(repo)?;
-        let size = self.storage.blob_write(digest, body, length).await?;
+        let size = self.full_checked(repo, None, self.storage.blob_write(digest, body, length).await).await?;
         self.storage.blob_link(repo, digest).await?;
         Ok(size)
     }
 
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadInfo> {
         self.ensure_writable(repo)?;
-        Ok(self.storage.upload_start(repo).await?)
+        self.full_checked(repo, None, self.storage.upload_start(repo).await).await
+    }
+
+    /// Passes `r` on as a registry error; a storage-full failure is also
+    /// counted and logged, and ends `upload` (its space is given back).
+    pub(super) async fn full_checked<T>(
+        &self,
+        repo: &RepoName,
+        upload: Option<&str>,
+        r: std::result::Result<T, crate::storage::StorageError>,
+    ) -> Result<T> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(crate::storage::StorageError::Full(why)) => {
+                self.storage_full(repo, upload, &why).await;
+                Err(RegistryError::storage_full(why))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The state of an upload of `repo`.
@@ -114,7 +132,7 @@ impl Registry {
     ) -> Result<u64> {
         let info = self.upload_status(repo, id).await?;
         let body = chunk_body(info.size, range, length, body)?;
-        Ok(self.storage.upload_append(id, info.size, body).await?)
+        self.full_checked(repo, Some(id), self.storage.upload_append(id, info.size, body).await).await
     }
 
     /// Completes an upload with an optional final chunk, verifying `digest`.
@@ -135,7 +153,7 @@ impl Registry {
         match body {
             Some((body, length)) => {
                 let body = chunk_body(info.size, range, length, body)?;
-                self.storage.upload_append(id, info.size, body).await?;
+                self.full_checked(repo, Some(id), self.storage.upload_append(id, info.size, body).await).await?;
             }
             // A range names at least one byte: a final chunk without any
             // cannot be it.
@@ -145,7 +163,7 @@ impl Registry {
             }
             None => {}
         }
-        let size = self.storage.upload_commit(id, digest).await?;
+        let size = self.full_checked(repo, Some(id), self.storage.upload_commit(id, digest).await).await?;
         self.storage.blob_link(repo, digest).await?;
         Ok(size)
     }

@@ -95,7 +95,7 @@ impl Registry {
         }
         let size = bytes.len() as u64;
         let stored = StoredManifest { media_type: parsed.media_type.clone(), bytes };
-        self.storage.manifest_put(repo, &digest, &stored).await?;
+        self.full_checked(repo, None, self.storage.manifest_put(repo, &digest, &stored).await).await?;
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         if let Some(subject) = &subject {
             let descriptor = parsed.referrer_descriptor(&digest, size);
@@ -112,7 +112,7 @@ impl Registry {
             _ => None,
         };
         for tag in path_tag.into_iter().chain(&accepted) {
-            self.storage.tag_put(repo, tag, &digest).await?;
+            self.full_checked(repo, None, self.storage.tag_put(repo, tag, &digest).await).await?;
             if let Some(log) = self.activity.get() {
                 log.record_push(repo, tag);
             }

@@ -78,11 +78,13 @@ pub struct Registry {
     /// Pull/push times that retention judges idleness by; shared by clones,
     /// set once.
     activity: Arc<std::sync::OnceLock<Arc<crate::retention::ActivityLog>>>,
+    /// Writes refused because storage was full (disk, quota or `min_free`).
+    storage_full: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Registry { storage, cache: None, activity: Arc::default() }
+        Registry { storage, cache: None, activity: Arc::default(), storage_full: Arc::default() }
     }
 
     /// Starts recording manifest pulls and tag pushes in `log` (for
@@ -146,6 +148,32 @@ impl Registry {
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    /// How many writes were refused because storage was full.
+    pub fn storage_full_count(&self) -> u64 {
+        self.storage_full.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts and logs a write refused for lack of space. `upload` is the
+    /// session it was for: it is ended, so its bytes are given back at once
+    /// (the client cannot finish it anyway and starts over later).
+    pub(crate) async fn storage_full(&self, repo: &RepoName, upload: Option<&str>, why: &str) {
+        self.storage_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let space = self.storage.space().await.ok().flatten();
+        tracing::warn!(
+            %repo,
+            upload,
+            available = space.map(|s| s.available),
+            floor = space.map(|s| s.floor),
+            reason = why,
+            "storage is full: write refused with 507"
+        );
+        if let Some(id) = upload {
+            if let Err(e) = self.storage.upload_abort(id).await {
+                tracing::warn!(upload = id, error = %e, "cannot remove the upload refused for lack of space");
+            }
+        }
     }
 }
 

@@ -9,7 +9,9 @@
 //!   by digest, with the children of an index and the referrers belonging
 //!   to it); its last pull is the latest over its members. Images idle for
 //!   longer than `max_age` go, then the least recently pulled until the
-//!   upstream's cache fits in `max_size`. Evicting removes tags, manifests
+//!   upstream's cache fits in `max_size`; then, when storage is below its
+//!   `min_free` floor (`free_bytes`), the least recently pulled cached
+//!   images of all upstreams until that much is freed. Evicting removes tags, manifests
 //!   and referrer records only: blobs are left to garbage collection's
 //!   sweep, which removes a blob only when nothing at all references it, so
 //!   a layer shared with a private or another cached image stays.
@@ -98,6 +100,10 @@ pub struct RetentionOptions {
     pub grace: Duration,
     /// Report what would go; remove nothing.
     pub dry_run: bool,
+    /// Bytes to free to get storage back above its `min_free` floor: after
+    /// the per-upstream limits, the least recently pulled cached images of
+    /// every upstream go until this much is freed. Private images never.
+    pub free_bytes: Option<u64>,
 }
 
 /// One evicted (or, in a dry run, evictable) cached image.
@@ -196,6 +202,10 @@ pub async fn run(
     let mut evictions = Vec::new();
     for policy in &opts.upstreams {
         evictions.extend(run.plan_upstream(&repos, policy, &mut report).await?);
+    }
+    if let Some(need) = opts.free_bytes.filter(|n| *n > 0) {
+        let more = run.plan_free_space(&repos, &evictions, need, &mut report).await?;
+        evictions.extend(more);
     }
     let mut removals = plan::eviction_removals(&repos, evictions);
     run.plan_tag_removals(&repos, &mut removals, &mut report);

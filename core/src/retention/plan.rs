@@ -73,6 +73,10 @@ struct ReferenceCounts {
 
 impl ReferenceCounts {
     fn of(repos: &BTreeMap<RepoName, RepoState>, images: &[CachedImage]) -> ReferenceCounts {
+        ReferenceCounts::of_refs(repos, &images.iter().collect::<Vec<_>>())
+    }
+
+    fn of_refs(repos: &BTreeMap<RepoName, RepoState>, images: &[&CachedImage]) -> ReferenceCounts {
         let mut counts = ReferenceCounts { blobs: HashMap::new(), manifests: HashMap::new() };
         for image in images {
             for b in &image.blobs {
@@ -203,6 +207,68 @@ impl RetentionRun<'_> {
         Ok(planned)
     }
 
+    /// Plans evictions that free `need` bytes to get storage back above its
+    /// floor: the least recently pulled cached images of every upstream
+    /// (not already planned, not in use) go until their bytes add up.
+    /// Only cached images are candidates: private images are never evicted.
+    pub(super) async fn plan_free_space(
+        &self,
+        repos: &BTreeMap<RepoName, RepoState>,
+        already: &[(CachedImage, Eviction)],
+        need: u64,
+        report: &mut RetentionReport,
+    ) -> Result<Vec<(CachedImage, Eviction)>, GcError> {
+        let planned: HashSet<(&RepoName, &Digest)> = already.iter().map(|(i, _)| (&i.repo, &i.digest)).collect();
+        let mut hosts: Vec<&str> = repos.values().filter_map(|s| s.upstream.as_deref()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        let mut images: Vec<(String, CachedImage)> = Vec::new();
+        for host in hosts {
+            for image in self.cached_images(repos, host) {
+                if !planned.contains(&(&image.repo, &image.digest)) {
+                    images.push((host.to_owned(), image));
+                }
+            }
+        }
+        let order = free_space_order(images.iter().map(|(_, i)| (i.last_pull, i.digest.to_string())).collect());
+        let mut slots: Vec<Option<(String, CachedImage)>> = images.into_iter().map(Some).collect();
+        let all: Vec<&CachedImage> = slots.iter().flatten().map(|(_, i)| i).collect();
+        let mut refs = ReferenceCounts::of_refs(repos, &all);
+        let mut size = refs.total_bytes(self).await?;
+        let mut freed = 0u64;
+        let mut out = Vec::new();
+        for idx in order {
+            if freed >= need {
+                break;
+            }
+            let Some((host, image)) = slots.get_mut(idx).and_then(Option::take) else { continue };
+            let idle = self.now.saturating_sub(image.last_pull);
+            if idle <= self.grace_ms || image.blobs.iter().any(self.protect) {
+                report.kept_in_use += 1;
+                continue;
+            }
+            let before = size;
+            refs.release(&image, &mut size, self).await?;
+            freed += before - size;
+            if let Some(u) = report.upstreams.iter_mut().find(|u| u.host == host) {
+                u.images = u.images.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(before - size);
+            }
+            let eviction = Eviction {
+                host,
+                root: image.digest.clone(),
+                reason: "min_free".to_owned(),
+                idle_ms: idle,
+                planned_bytes: before - size,
+            };
+            out.push((image, eviction));
+        }
+        if freed < need {
+            tracing::warn!(need, freed, "retention cannot free enough cached images to get above storage.min_free");
+        }
+        Ok(out)
+    }
+
     /// Adds the tag policies' removals to `removals`: per repository, the
     /// first matching policy keeps its newest and recently used tags; the
     /// others go with the manifests only they kept.
@@ -244,6 +310,15 @@ impl RetentionRun<'_> {
             }
         }
     }
+}
+
+/// The order in which free-space eviction considers images, given each
+/// one's (last pull, digest): least recently pulled first, ties by digest.
+/// Returns indices into the input.
+pub(super) fn free_space_order(keys: Vec<(u64, String)>) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..keys.len()).collect();
+    idx.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+    idx
 }
 
 /// What the planned evictions delete: each image's members that no kept
@@ -311,4 +386,16 @@ fn tag_removals(
             Removal { repo: repo.clone(), manifests, tags, evicted: None }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_space_order;
+
+    #[test]
+    fn free_space_eviction_takes_the_least_recently_pulled_first() {
+        let keys = vec![(300, "c".to_owned()), (100, "b".to_owned()), (200, "a".to_owned()), (100, "a".to_owned())];
+        assert_eq!(free_space_order(keys), vec![3, 1, 2, 0]);
+        assert!(free_space_order(Vec::new()).is_empty());
+    }
 }

@@ -18,10 +18,34 @@ impl App {
         text(StatusCode::OK, "ok\n")
     }
 
-    /// `GET /readyz`: 200 when storage is reachable and writable, else 503.
+    /// `GET /readyz`: 200 when storage is reachable and writable, else 503
+    /// (`storage full` when the disk has no room at all). Below the
+    /// `storage.min_free` floor it stays 200 (pulls are served) and says
+    /// that space is low and pushes are refused.
     pub(super) async fn ready(&self) -> Response<Body> {
-        match self.registry.storage().check().await {
-            Ok(()) => text(StatusCode::OK, "ready\n"),
+        let storage = self.registry.storage();
+        match storage.check().await {
+            Ok(()) => match storage.space().await {
+                Ok(Some(s)) if s.low() => {
+                    tracing::warn!(
+                        available = s.available,
+                        floor = s.floor,
+                        "readiness: free space below storage.min_free"
+                    );
+                    let msg = format!(
+                        "ready\nlow free space: {} bytes available, below storage.min_free ({} bytes): pushes are refused\n",
+                        s.available, s.floor
+                    );
+                    let mut resp = text(StatusCode::OK, "");
+                    *resp.body_mut() = body::full(bytes::Bytes::from(msg));
+                    resp
+                }
+                _ => text(StatusCode::OK, "ready\n"),
+            },
+            Err(cove_core::StorageError::Full(why)) => {
+                tracing::warn!(error = %why, "readiness check failed: storage is full");
+                text(StatusCode::SERVICE_UNAVAILABLE, "storage full: no space left for writes\n")
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "readiness check failed: storage not reachable");
                 text(StatusCode::SERVICE_UNAVAILABLE, "storage not reachable\n")
@@ -37,6 +61,8 @@ impl App {
             return Err(RegistryError::new(ErrorCode::NameUnknown, "no such API endpoint"));
         }
         let counters = self.registry.cache().map(|c| c.counters()).unwrap_or_default();
+        let space = self.registry.storage().space().await.ok().flatten();
+        metrics.record_storage(self.registry.storage_full_count(), space);
         let fetches = self.registry.cache().map(|c| c.inflight_digests().len()).unwrap_or(0);
         let uploads = self.registry.storage().upload_list().await.ok().map(|l| l.len());
         let health: Vec<_> = self

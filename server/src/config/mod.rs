@@ -13,12 +13,13 @@ mod retention;
 mod server;
 mod storage;
 
+pub use cove_backends::fs::MinFree;
 pub use gc::{GcConfig, GcSettings};
 pub use metrics::MetricsConfig;
 pub use mirror::MirrorConfig;
 pub use retention::{parse_size, RetentionConfig, RetentionSettings, TagRetention, UpstreamRetention};
 pub use server::{LogFormat, ServerConfig};
-pub use storage::{StorageConfig, StorageKind};
+pub use storage::{parse_min_free, StorageConfig, StorageKind, DEFAULT_MIN_FREE};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -222,6 +222,7 @@ impl RetentionSettings {
                 .collect(),
             grace: self.grace,
             dry_run,
+            free_bytes: None,
         }
     }
 

@@ -27,6 +27,9 @@ pub struct RunReport {
     pub gc: Option<GcReport>,
 }
 
+/// How often the schedule checks free space against storage.min_free.
+const LOW_SPACE_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The last non-dry run: when, and what it did or why it failed.
 pub type LastRun = Option<(SystemTime, Result<RunReport, String>)>;
 
@@ -93,8 +96,16 @@ impl RetentionJob {
     pub fn spawn_schedule(self: &Arc<Self>) -> JoinHandle<()> {
         let job = self.clone();
         tokio::spawn(async move {
+            let mut next = tokio::time::Instant::now() + job.settings().interval;
             loop {
-                tokio::time::sleep(job.settings().interval).await;
+                // Wake at the interval, or earlier when free space is below
+                // storage.min_free (checked every LOW_SPACE_CHECK).
+                tokio::time::sleep_until(next.min(tokio::time::Instant::now() + LOW_SPACE_CHECK)).await;
+                let low = matches!(job.registry.storage().space().await, Ok(Some(s)) if s.low());
+                if !low && tokio::time::Instant::now() < next {
+                    continue;
+                }
+                next = tokio::time::Instant::now() + job.settings().interval;
                 let s = job.settings();
                 // Without policies a run still measures each upstream's cache
                 // (cove status, cove_cache_bytes) and removes nothing.
@@ -151,6 +162,17 @@ impl RetentionJob {
         let protect = fetch_protect(&self.registry);
         let storage = self.registry.storage().as_ref();
         let mut options = settings.options(dry_run);
+        // Below the storage.min_free floor: evict cached images to get back above it.
+        if let Ok(Some(space)) = storage.space().await {
+            if space.low() {
+                tracing::warn!(
+                    available = space.available,
+                    floor = space.floor,
+                    "free space below storage.min_free: evicting least recently pulled cached images"
+                );
+                options.free_bytes = Some(space.shortfall());
+            }
+        }
         // Upstreams without a policy are measured (cache size in status and
         // metrics), never evicted.
         for route in cache.as_ref().map(|c| c.routes()).unwrap_or_default() {

@@ -20,6 +20,16 @@ pub fn format_status(v: &serde_json::Value) -> String {
         v["uptime_seconds"].as_u64().unwrap_or(0),
         v["storage"].as_str().unwrap_or("?")
     );
+    let space = &v["storage_space"];
+    if let (Some(avail), Some(floor)) = (space["available"].as_u64(), space["min_free"].as_u64()) {
+        let _ = write!(out, ", {} free (min_free {})", mib(avail), mib(floor));
+        if space["low"].as_bool() == Some(true) {
+            out.push_str(" LOW FREE SPACE: pushes are refused");
+        }
+    }
+    if let Some(n) = v["storage_full_total"].as_u64().filter(|n| *n > 0) {
+        let _ = write!(out, ", {n} writes refused (storage full)");
+    }
     match &v["last_gc"] {
         serde_json::Value::Null => out.push_str(", no garbage collection yet"),
         g if g["ok"].as_bool() == Some(true) => {
