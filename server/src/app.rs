@@ -12,6 +12,7 @@ mod operations;
 pub mod request;
 pub mod response;
 pub mod router;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,12 +22,13 @@ use std::time::{Instant, SystemTime};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 
 use cove_core::{ErrorCode, Registry, RegistryError};
 
 use crate::auth_slot::AuthSlot;
 use crate::body::Body;
+use crate::config::HttpLimits;
+use crate::conn::body::RequestBody;
 use crate::jobs::gc::GarbageCollector;
 use crate::jobs::retention::RetentionJob;
 use crate::metrics::Metrics;
@@ -47,10 +49,12 @@ pub struct App {
     /// Authentication and the access policy: consulted once per request,
     /// before any handler runs; a config reload swaps it.
     auth: Arc<AuthSlot>,
-    /// `server.public_url` without a trailing slash.
-    public_url: Option<String>,
     /// Whether Cove terminates TLS itself: absolute URLs use `https`.
     tls: bool,
+    /// `[server]` request limits (uploads, blob size).
+    limits: HttpLimits,
+    /// Open upload sessions by source, for the limits.
+    uploads: uploads::UploadLimiter,
     ops: Operations,
     request_ids: AtomicU64,
     id_prefix: u32,
@@ -74,21 +78,41 @@ struct Ctx {
 }
 
 impl App {
-    /// `public_url` without a trailing slash; `tls` when Cove terminates TLS.
-    pub fn new(registry: Registry, auth: Arc<AuthSlot>, public_url: Option<String>, tls: bool, ops: Operations) -> App {
+    /// `tls` when Cove terminates TLS; `limits` from `[server]`.
+    pub fn new(registry: Registry, auth: Arc<AuthSlot>, tls: bool, limits: HttpLimits, ops: Operations) -> App {
         App {
             registry,
             auth,
-            public_url,
             tls,
+            uploads: uploads::UploadLimiter::new(limits.max_uploads, limits.max_uploads_per_source),
+            limits,
             ops,
             request_ids: AtomicU64::new(0),
             id_prefix: uuid::Uuid::new_v4().as_fields().0,
         }
     }
 
+    /// Whether a connection from `ip` may be served at all: it is in
+    /// `auth.trusted_networks`, a trusted proxy (which forwards for
+    /// clients judged per request), or `127.0.0.1`/`::1` (the `cove` admin
+    /// commands).
+    pub fn admits_connection(&self, ip: std::net::IpAddr) -> bool {
+        let auth = self.auth.current();
+        let b = auth.boundary();
+        let local = match cove_auth::network::canonical_ip(ip) {
+            std::net::IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+            std::net::IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::LOCALHOST,
+        };
+        local || b.is_trusted(ip) || b.is_proxy(ip)
+    }
+
+    /// The server's metrics.
+    pub fn metrics_handle(&self) -> &Arc<Metrics> {
+        &self.ops.metrics
+    }
+
     /// Handles one request; never fails (errors become responses).
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
         let start = Instant::now();
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
         let ctx = Ctx { id: format!("{:08x}{:08x}", self.id_prefix, n) };
@@ -142,7 +166,7 @@ impl App {
     /// Checks the route's access, then runs its handler.
     async fn respond(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         peer: SocketAddr,
         route: Result<Route, NoRoute>,
         query: &Query,
@@ -187,7 +211,7 @@ impl App {
 /// HTTP/2 carries the host in `:authority`, not `Host`: absolute URLs need
 /// it. The scheme and host a client used are a reverse proxy's to say: from
 /// any other peer they are dropped before anything reads them.
-fn normalize_headers(req: &mut Request<Incoming>, from_proxy: bool) {
+fn normalize_headers(req: &mut Request<RequestBody>, from_proxy: bool) {
     if !req.headers().contains_key(http::header::HOST) {
         if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             req.headers_mut().insert(http::header::HOST, v);

@@ -3,9 +3,11 @@
 use bytes::Bytes;
 use futures::TryStreamExt;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 
 use cove_core::ByteStream;
+
+use crate::conn::body::RequestBody;
 
 /// The response body type: boxed, streaming, fails with `io::Error`.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -22,7 +24,8 @@ pub fn stream(s: ByteStream) -> Body {
     StreamBody::new(s.map_ok(Frame::data)).boxed_unsync()
 }
 
-/// A request body as a [`ByteStream`]; transport failures become `io::Error`s.
-pub fn incoming(b: Incoming) -> ByteStream {
-    Box::pin(b.into_data_stream().map_err(std::io::Error::other))
+/// A request body as a [`ByteStream`]; transport failures become
+/// `io::Error`s (a stalled body `TimedOut`).
+pub fn incoming(b: RequestBody) -> ByteStream {
+    Box::pin(b.into_data_stream().map_err(std::io::Error::from))
 }

@@ -8,7 +8,8 @@
 //!   activity log's saver, upload expiry, the certificate watcher);
 //! - [`reload`], [`status`], [`metrics`], [`tls`], [`upstreams`],
 //!   [`auth_slot`]: the state those share, each built with explicit handles;
-//! - [`serve`] and [`listener`]: the composition root and the accept loop.
+//! - [`serve`] and [`listener`]: the composition root and the accept loop;
+//!   [`conn`]: connection hygiene (timeouts, the request body type).
 //!
 //! The library prints nothing; the `cove` binary (src/bin/cove) owns the
 //! command line and everything a user reads.
@@ -17,6 +18,7 @@ pub mod app;
 pub mod auth_slot;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod jobs;
 pub mod listener;

@@ -101,6 +101,29 @@ pub struct Metrics {
     scrape: Mutex<()>,
     /// `[metrics] enabled`: whether `GET /metrics` answers (a reload may change it).
     enabled: AtomicBool,
+    connections: ConnectionMetrics,
+}
+
+/// Open connections and those refused at accept.
+#[derive(Default)]
+struct ConnectionMetrics {
+    open: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+    limited: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Counts a connection as open until dropped.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -145,6 +168,7 @@ impl Metrics {
             config_last_reload_success: Gauge::default(),
             scrape: Mutex::new(()),
             enabled: AtomicBool::new(true),
+            connections: ConnectionMetrics::default(),
             registry: PromRegistry::default(),
         };
         let r = &mut registry;
@@ -249,7 +273,34 @@ impl Metrics {
             "Unix time of the last successful configuration reload",
             m.config_last_reload_success.clone(),
         );
+        r.register("connections_open", "Open client connections", m.connections.open.clone());
+        r.register(
+            "connections_refused",
+            "Connections closed at accept, by reason (untrusted: outside auth.trusted_networks; max_connections)",
+            m.connections.refused.clone(),
+        );
+        r.register(
+            "requests_limited",
+            "Requests refused by a [server] limit, by reason (uploads, uploads_per_source, max_blob_size)",
+            m.connections.limited.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts a new connection as open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections.open.inc();
+        OpenConnection(self.connections.open.clone())
+    }
+
+    /// Counts a connection closed at accept for `reason`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a request refused by a `[server]` limit.
+    pub fn request_limited(&self, reason: &'static str) {
+        self.connections.limited.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Records one finished request (up to its response headers) and wraps

@@ -347,6 +347,12 @@ fn keep_restart_keys(
     effective.server.log_format = old.server.log_format;
     restart("server.public_url", old.server.public_url != new.server.public_url);
     effective.server.public_url = old.server.public_url.clone();
+    // The connection and request limits are given to the listener and the
+    // application at start.
+    for key in LIMIT_KEYS {
+        restart(&format!("server.{key}"), get(&running.table, &["server", key]) != get(&new_table, &["server", key]));
+    }
+    keep_limits(&mut effective.server, &old.server);
     let storage_differs =
         get(&running.table, &["storage"]) != get(&new_table, &["storage"]) || old.storage.root != new.storage.root;
     restart("storage", storage_differs);
@@ -368,7 +374,7 @@ fn keep_restart_keys(
             report.needs_restart.push(key.clone());
         }
     }
-    for key in ["listen", "log_format", "public_url"] {
+    for key in ["listen", "log_format", "public_url"].iter().chain(LIMIT_KEYS) {
         set_or_remove(&mut effective_table, "server", key, get(&running.table, &["server", key]).cloned());
     }
     match running.table.get("storage") {
@@ -381,6 +387,36 @@ fn keep_restart_keys(
     }
     let validated = effective.validate().map_err(|e| vec![e.to_string()])?;
     Ok(Effective { config: effective, table: effective_table, validated })
+}
+
+/// The `[server]` keys of [`crate::config::HttpLimits`], which need a restart.
+const LIMIT_KEYS: &[&str] = &[
+    "header_timeout",
+    "idle_timeout",
+    "body_timeout",
+    "max_connections",
+    "max_header_size",
+    "drain_limit",
+    "drain_timeout",
+    "refuse_untrusted",
+    "max_uploads",
+    "max_uploads_per_source",
+    "max_blob_size",
+];
+
+/// Keeps the running values of the [`LIMIT_KEYS`].
+fn keep_limits(effective: &mut crate::config::ServerConfig, old: &crate::config::ServerConfig) {
+    effective.header_timeout = old.header_timeout.clone();
+    effective.idle_timeout = old.idle_timeout.clone();
+    effective.body_timeout = old.body_timeout.clone();
+    effective.max_connections = old.max_connections;
+    effective.max_header_size = old.max_header_size.clone();
+    effective.drain_limit = old.drain_limit.clone();
+    effective.drain_timeout = old.drain_timeout.clone();
+    effective.refuse_untrusted = old.refuse_untrusted;
+    effective.max_uploads = old.max_uploads;
+    effective.max_uploads_per_source = old.max_uploads_per_source;
+    effective.max_blob_size = old.max_blob_size.clone();
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, String> {

@@ -61,7 +61,7 @@ pub async fn serve(config: Config, source: ConfigSource, shutdown: impl Future<O
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let scheme = if tls_config.is_some() { "https" } else { "http" };
     tracing::info!(listen = %addr, scheme, storage = %config.storage.describe(), "cove is serving");
-    crate::listener::run(server.app, listener, tls_config, shutdown).await;
+    crate::listener::run(server.app, listener, tls_config, validated.http.clone(), shutdown).await;
     jobs.stop();
     activity::save_at_shutdown(&server.activity).await;
     Ok(())
@@ -131,7 +131,7 @@ async fn build(
         started: SystemTime::now(),
     };
     let tls_on = config.server.tls_cert.is_some();
-    let app = Arc::new(App::new(registry, auth, validated.public_url.clone(), tls_on, ops));
+    let app = Arc::new(App::new(registry, auth, tls_on, validated.http.clone(), ops));
     Ok(Built { app, jobs, activity })
 }
 

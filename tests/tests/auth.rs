@@ -1254,7 +1254,9 @@ async fn oidc_issuer_down_is_503_not_a_login_failure() {
 async fn trusted_networks_and_forwarded_for() {
     let _g = EXCLUSIVE.read().await;
     // No trusted proxies: loopback peers other than 127.0.0.1 are plain clients.
-    let cfg = "[auth]\nkind = \"network\"\ntrusted_networks = [\"127.0.0.1/32\"]\ntrusted_proxies = []\n";
+    // refuse_untrusted = false: 127.0.0.2 is answered (403 naming the
+    // setting) instead of being closed at accept (tests/tests/hardening.rs).
+    let cfg = "[server]\nrefuse_untrusted = false\n[auth]\nkind = \"network\"\ntrusted_networks = [\"127.0.0.1/32\"]\ntrusted_proxies = []\n";
     let s = AuthServer::start(&cove_bin(), cfg, &[], &[]).await;
     let local = s.client();
     let other = s.client_from("127.0.0.2");
@@ -1274,7 +1276,7 @@ async fn trusted_networks_and_forwarded_for() {
     assert_eq!(r.status, 403, "spoofed X-Forwarded-For from 127.0.0.2: {}", r.body);
 
     // Behind a trusted proxy on 127.0.0.1: the client is the forwarded address.
-    let cfg = "[auth]\nkind = \"network\"\ntrusted_networks = [\"10.0.0.0/8\"]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+    let cfg = "[server]\nrefuse_untrusted = false\n[auth]\nkind = \"network\"\ntrusted_networks = [\"10.0.0.0/8\"]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
     let p = AuthServer::start(&cove_bin(), cfg, &[], &[]).await;
     let proxy = p.client();
     let xff = |v: &'static str| [("x-forwarded-for", v)];

@@ -35,6 +35,16 @@ impl Grant {
 }
 
 impl Grant {
+    /// The client's address: the peer, or the client a trusted proxy
+    /// forwarded for (as the network boundary judged it).
+    pub fn client_address(&self, headers: &HeaderMap, peer: SocketAddr) -> std::net::IpAddr {
+        let fwd = Forwarding::of(headers);
+        self.auth
+            .boundary()
+            .admit(peer.ip(), fwd.x_forwarded_for.as_deref(), fwd.forwarded.as_deref())
+            .unwrap_or_else(|_| cove_auth::network::canonical_ip(peer.ip()))
+    }
+
     /// Issues a registry token for the scopes `query` asks for; the issuer
     /// judges the network boundary and the credentials itself.
     pub async fn issue_token(

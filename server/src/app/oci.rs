@@ -2,17 +2,19 @@
 //! route, called after the access check with the repository it resolved.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 
 use cove_core::cache::CacheStatus;
 use cove_core::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
 use cove_core::registry::{too_many_tags, MAX_TAGS_PER_PUSH};
-use cove_core::{Algorithm, Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
+use cove_core::{Algorithm, ByteStream, Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
 
 use crate::app::access::Grant;
 use crate::app::request::{content_length, parse_content_range, Query};
@@ -21,8 +23,10 @@ use crate::app::response::{
     upload_accepted, CONTENT_DIGEST,
 };
 use crate::app::router::RepoOp;
+use crate::app::uploads::{blob_too_large, capped};
 use crate::app::App;
 use crate::body::{self, Body};
+use crate::conn::body::RequestBody;
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
@@ -47,7 +51,7 @@ impl App {
     /// credentials and then use short-lived registry-issued tokens.
     pub(super) async fn token(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         peer: SocketAddr,
         grant: &Grant,
     ) -> Result<Response<Body>, RegistryError> {
@@ -62,7 +66,7 @@ impl App {
         &self,
         op: RepoOp,
         repo: RepoName,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: SocketAddr,
         query: &Query,
         grant: &Grant,
@@ -98,6 +102,7 @@ impl App {
             RepoOp::FinishUpload { id } => self.finish_upload(req, &repo, &id, query).await,
             RepoOp::CancelUpload { id } => {
                 self.registry.cancel_upload(&repo, &id).await?;
+                self.uploads.closed(&id);
                 Ok(status_response(StatusCode::NO_CONTENT))
             }
             RepoOp::ListTags => {
@@ -148,7 +153,7 @@ impl App {
 
     async fn put_manifest(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         repo: &RepoName,
         reference: &Reference,
         tags: &[Tag],
@@ -222,7 +227,7 @@ impl App {
 
     async fn start_upload(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: SocketAddr,
         repo: RepoName,
         query: &Query,
@@ -252,21 +257,30 @@ impl App {
                 ));
             }
             let length = content_length(req.headers())?;
+            self.check_blob_size(0, length)?;
             let body = body::incoming(req.into_body());
             let body = match length {
                 Some(l) => cove_core::registry::exact_length(body, l),
                 None => body,
             };
-            self.registry.put_blob(&repo, &digest, body, length).await?;
+            let (body, hit) = self.cap_blob(0, body);
+            let r = self.registry.put_blob(&repo, &digest, body, length).await;
+            self.blob_result(r, &hit)?;
             return Ok(blob_created(&base, &repo, &digest));
         }
+        let source = grant.client_address(req.headers(), peer);
+        if let Err(e) = self.uploads.admit(&self.registry, source).await {
+            self.ops.metrics.request_limited("uploads");
+            return Err(e);
+        }
         let info = self.registry.start_upload(&repo).await?;
+        self.uploads.opened(&info.id, source);
         Ok(upload_accepted(&base, &repo, &info.id, 0, StatusCode::ACCEPTED))
     }
 
     async fn upload_chunk(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         repo: &RepoName,
         id: &str,
     ) -> Result<Response<Body>, RegistryError> {
@@ -276,14 +290,20 @@ impl App {
             None => None,
         };
         let length = content_length(req.headers())?;
-        let body = body::incoming(req.into_body());
-        let size = self.registry.upload_chunk(repo, id, range, length, body).await?;
+        let offset = match self.limits.max_blob_size {
+            Some(_) => self.registry.upload_status(repo, id).await?.size,
+            None => 0,
+        };
+        self.check_blob_size(offset, length)?;
+        let (body, hit) = self.cap_blob(offset, body::incoming(req.into_body()));
+        let r = self.registry.upload_chunk(repo, id, range, length, body).await;
+        let size = self.blob_result(r, &hit)?;
         Ok(upload_accepted(&base, repo, id, size, StatusCode::ACCEPTED))
     }
 
     async fn finish_upload(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         repo: &RepoName,
         id: &str,
         query: &Query,
@@ -304,17 +324,31 @@ impl App {
         };
         let length = content_length(req.headers())?;
         let has_body = length.is_some_and(|l| l > 0) || (length.is_none() && req.body().size_hint().exact() != Some(0));
-        let body = has_body.then(|| (body::incoming(req.into_body()), length));
-        self.registry.finish_upload(repo, id, &digest, range, body).await?;
+        let offset = match self.limits.max_blob_size {
+            Some(_) if has_body => self.registry.upload_status(repo, id).await?.size,
+            _ => 0,
+        };
+        self.check_blob_size(offset, length)?;
+        let mut hit = Arc::new(AtomicBool::new(false));
+        let body = has_body.then(|| {
+            let (b, h) = self.cap_blob(offset, body::incoming(req.into_body()));
+            hit = h;
+            (b, length)
+        });
+        let r = self.registry.finish_upload(repo, id, &digest, range, body).await;
+        self.blob_result(r, &hit)?;
+        self.uploads.closed(id);
         Ok(blob_created(&base, repo, &digest))
     }
 
-    /// The scheme and host to prefix `Location` headers with: the configured
-    /// public URL, else what a reverse proxy says, else nothing (relative).
+    /// The scheme and host to prefix `Location` headers with: what a
+    /// trusted reverse proxy says (`X-Forwarded-Proto` and
+    /// `X-Forwarded-Host`, dropped from any other peer), else, when Cove
+    /// terminates TLS, `https://` and the `Host` the request came to, else
+    /// nothing (a relative location, resolved by the client against the URL
+    /// it used). Never `server.public_url`: a client that reached Cove at
+    /// another address (`127.0.0.1:5050`) must be sent back there.
     fn base_url(&self, headers: &HeaderMap) -> String {
-        if let Some(u) = &self.public_url {
-            return u.clone();
-        }
         let get =
             |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or(v).trim());
         match (get("x-forwarded-proto"), get("x-forwarded-host").or_else(|| get("host"))) {
@@ -324,6 +358,39 @@ impl App {
             // TLS terminated here: the client reached us over https.
             (None, Some(host)) if self.tls && valid_host(host) => format!("https://{host}"),
             _ => String::new(),
+        }
+    }
+
+    /// Refuses a blob that `declared` more bytes on top of `offset` would
+    /// take past `server.max_blob_size`.
+    fn check_blob_size(&self, offset: u64, declared: Option<u64>) -> Result<(), RegistryError> {
+        match (self.limits.max_blob_size, declared) {
+            (Some(max), Some(len)) if offset.saturating_add(len) > max => {
+                self.ops.metrics.request_limited("max_blob_size");
+                Err(blob_too_large(max))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The body, failing past `server.max_blob_size` counting the `offset`
+    /// already stored; the flag says the limit ended it.
+    fn cap_blob(&self, offset: u64, body: ByteStream) -> (ByteStream, Arc<AtomicBool>) {
+        let hit = Arc::new(AtomicBool::new(false));
+        match self.limits.max_blob_size {
+            Some(max) => (capped(body, max.saturating_sub(offset), hit.clone()), hit),
+            None => (body, hit),
+        }
+    }
+
+    /// A blob write's result, as the 413 when the size cap ended its body.
+    fn blob_result<T>(&self, r: Result<T, RegistryError>, hit: &AtomicBool) -> Result<T, RegistryError> {
+        match (r, self.limits.max_blob_size) {
+            (Err(_), Some(max)) if hit.load(Ordering::Relaxed) => {
+                self.ops.metrics.request_limited("max_blob_size");
+                Err(blob_too_large(max))
+            }
+            (r, _) => r,
         }
     }
 }

@@ -18,7 +18,7 @@ pub use gc::{GcConfig, GcSettings};
 pub use metrics::MetricsConfig;
 pub use mirror::MirrorConfig;
 pub use retention::{parse_size, RetentionConfig, RetentionSettings, TagRetention, UpstreamRetention};
-pub use server::{LogFormat, ServerConfig};
+pub use server::{HttpLimits, LogFormat, ServerConfig};
 pub use storage::{parse_min_free, StorageConfig, StorageKind, DEFAULT_MIN_FREE};
 
 use std::collections::BTreeMap;
@@ -70,6 +70,8 @@ pub enum ConfigError {
 pub struct Validated {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
+    /// `[server]` connection and request limits.
+    pub http: HttpLimits,
     pub upload_ttl: Duration,
     /// Enabled upstreams, presets merged with the user's tables.
     pub upstreams: Vec<ResolvedUpstream>,
@@ -99,6 +101,7 @@ impl Config {
         let mut problems = Vec::new();
         let listen = server::validate_listen(&self.server, &mut problems);
         let public_url = server::validate_public_url(&self.server, &mut problems);
+        let http = server::validate_limits(&self.server, &mut problems);
         let upload_ttl = storage::validate(&self.storage, &mut problems);
         let upstreams = resolve_upstreams(&self.upstreams).unwrap_or_else(|errors| {
             problems.extend(errors.iter().map(|e| e.to_string()));
@@ -115,6 +118,7 @@ impl Config {
             (Some(listen), Some(upload_ttl)) if problems.is_empty() => Ok(Validated {
                 listen,
                 public_url,
+                http,
                 upload_ttl,
                 upstreams,
                 self_hosts,

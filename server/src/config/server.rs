@@ -1,9 +1,13 @@
-//! `[server]`: the listener, the public URL, log format, host names and TLS files.
+//! `[server]`: the listener, the public URL, log format, host names, TLS
+//! files, and the connection and request limits ([`HttpLimits`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
+
+use super::{parse_duration, parse_size};
 
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
@@ -11,9 +15,11 @@ use serde::Deserialize;
 pub struct ServerConfig {
     /// Address to listen on. Default `0.0.0.0:5050`.
     pub listen: String,
-    /// The URL clients reach Cove at (e.g. `https://cove.example.ts.net`),
-    /// used for absolute `Location` headers. Default: none (relative
-    /// locations, or `X-Forwarded-Proto`/`X-Forwarded-Host` when a proxy sends them).
+    /// The URL clients reach Cove at (e.g. `https://cove.example.ts.net`):
+    /// the token realm (`<public_url>/token`) and containerd's `ns=` host.
+    /// `Location` headers never use it: they are relative (or name the
+    /// scheme and host a trusted proxy forwarded), so they work whichever
+    /// address the client used. Default: none.
     pub public_url: Option<String>,
     /// `text` (default) or `json`.
     pub log_format: LogFormat,
@@ -26,6 +32,40 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// TLS: PEM private key (PKCS#8, PKCS#1 or SEC1) matching `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Time a client has to send a whole request head, counted from its
+    /// first byte. Default `10s`.
+    pub header_timeout: String,
+    /// An open connection with no request in flight is closed after this.
+    /// Default `60s`.
+    pub idle_timeout: String,
+    /// A request body that sends nothing for this long is dropped with its
+    /// connection (an upload session keeps what it had). Default `60s`.
+    pub body_timeout: String,
+    /// Open connections at most; past it a new connection gets a minimal
+    /// `503` with `Retry-After` and is closed (TLS ones are just closed).
+    /// Default `1024` (keep below the open-file limit).
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), e.g. `64KiB`;
+    /// past it the answer is `431`. Default `64KiB`.
+    pub max_header_size: String,
+    /// After an early answer (401, 403, 404, 413, 400 before the body was
+    /// read) Cove reads and discards up to this much of the body, so the
+    /// client receives the answer instead of a reset. Default `32MiB`.
+    pub drain_limit: String,
+    /// And for this long at most. Default `10s`.
+    pub drain_timeout: String,
+    /// Close connections from outside `auth.trusted_networks` at accept,
+    /// before reading a byte (trusted proxies and `127.0.0.1`/`::1`, which
+    /// the `cove` admin commands use, excepted).
+    /// `false` answers them `403 DENIED` naming the setting instead, and
+    /// lets them reach `/healthz`, `/readyz` and `/metrics`. Default `true`.
+    pub refuse_untrusted: bool,
+    /// Upload sessions open at once, in all. Default `4096`.
+    pub max_uploads: usize,
+    /// Upload sessions open at once from one client address. Default `256`.
+    pub max_uploads_per_source: usize,
+    /// Largest blob a push may store, e.g. `20GiB`. Default: none.
+    pub max_blob_size: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -37,7 +77,99 @@ impl Default for ServerConfig {
             hostnames: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            header_timeout: "10s".into(),
+            idle_timeout: "60s".into(),
+            body_timeout: "60s".into(),
+            max_connections: 1024,
+            max_header_size: "64KiB".into(),
+            drain_limit: "32MiB".into(),
+            drain_timeout: "10s".into(),
+            refuse_untrusted: true,
+            max_uploads: 4096,
+            max_uploads_per_source: 256,
+            max_blob_size: None,
         }
+    }
+}
+
+/// The connection and request limits of `[server]`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_size: usize,
+    pub drain_limit: u64,
+    pub drain_timeout: Duration,
+    pub refuse_untrusted: bool,
+    pub max_uploads: usize,
+    pub max_uploads_per_source: usize,
+    pub max_blob_size: Option<u64>,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        let mut problems = Vec::new();
+        let limits = validate_limits(&ServerConfig::default(), &mut problems);
+        debug_assert!(problems.is_empty(), "{problems:?}");
+        limits
+    }
+}
+
+/// Parses the limits; every bad value is a problem naming its key (and the
+/// default stands in for it).
+pub(super) fn validate_limits(server: &ServerConfig, problems: &mut Vec<String>) -> HttpLimits {
+    let mut duration = |key: &str, v: &str, default: u64| match parse_duration(v) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            problems.push(format!("server.{key}: must be more than 0s"));
+            Duration::from_secs(default)
+        }
+        Err(e) => {
+            problems.push(format!("server.{key}: {e}"));
+            Duration::from_secs(default)
+        }
+    };
+    let header_timeout = duration("header_timeout", &server.header_timeout, 10);
+    let idle_timeout = duration("idle_timeout", &server.idle_timeout, 60);
+    let body_timeout = duration("body_timeout", &server.body_timeout, 60);
+    let drain_timeout = duration("drain_timeout", &server.drain_timeout, 10);
+    let mut size = |key: &str, v: &str, min: u64| match parse_size(v) {
+        Ok(n) if n >= min => Some(n),
+        Ok(_) => {
+            problems.push(format!("server.{key}: must be at least {min} bytes"));
+            None
+        }
+        Err(e) => {
+            problems.push(format!("server.{key}: {e}"));
+            None
+        }
+    };
+    let max_header_size = size("max_header_size", &server.max_header_size, 1024).unwrap_or(64 * 1024);
+    let drain_limit = size("drain_limit", &server.drain_limit, 0).unwrap_or(32 << 20);
+    let max_blob_size = server.max_blob_size.as_deref().and_then(|v| size("max_blob_size", v, 1));
+    for (key, n) in [
+        ("max_connections", server.max_connections),
+        ("max_uploads", server.max_uploads),
+        ("max_uploads_per_source", server.max_uploads_per_source),
+    ] {
+        if n == 0 {
+            problems.push(format!("server.{key}: must be at least 1"));
+        }
+    }
+    HttpLimits {
+        header_timeout,
+        idle_timeout,
+        body_timeout,
+        max_connections: server.max_connections.max(1),
+        max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
+        drain_limit,
+        drain_timeout,
+        refuse_untrusted: server.refuse_untrusted,
+        max_uploads: server.max_uploads.max(1),
+        max_uploads_per_source: server.max_uploads_per_source.max(1),
+        max_blob_size,
     }
 }
 
