@@ -331,33 +331,6 @@ async fn cache_misses_without_room_are_delivered_whole_and_not_cached() {
     assert!(spool.is_empty(), "spool files left: {spool:?}");
 }
 
-/// Pushes `img` to distribution as `repo:v1`.
-async fn push_image_upstream(dist: &Distribution, repo: &str, img: &Image) {
-    let http = http_client();
-    let base = dist.url();
-    for blob in std::iter::once(&img.config).chain(img.layers.iter()) {
-        let r = http.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await.expect("POST");
-        assert_eq!(r.status(), 202);
-        let url = abs(&base, &header(&r, "location"));
-        let r = http
-            .put(with_query(&url, &format!("digest={}", sha256_digest(blob))))
-            .header("content-type", "application/octet-stream")
-            .body(blob.clone())
-            .send()
-            .await
-            .expect("PUT");
-        assert_eq!(r.status(), 201);
-    }
-    let r = http
-        .put(format!("{base}/v2/{repo}/manifests/v1"))
-        .header("content-type", OCI_MANIFEST)
-        .body(img.manifest.clone())
-        .send()
-        .await
-        .expect("manifest");
-    assert_eq!(r.status(), 201);
-}
-
 /// Pulls `repo:v1` and its blobs through Cove, verified.
 async fn pull_image(s: &Server, repo: &str, img: &Image) {
     let r = s.manifest("GET", repo, "v1").await;
@@ -377,7 +350,7 @@ async fn below_min_free_retention_evicts_the_least_recently_pulled_cached_image_
     let dist = Distribution::start(None, None).await;
     let imgs: Vec<Image> = (0..3).map(|_| Image::from_layers(vec![random_bytes(6 * MIB as usize)])).collect();
     for (i, img) in imgs.iter().enumerate() {
-        push_image_upstream(&dist, &format!("lib/c{i}"), img).await;
+        push_image_to(&dist.url(), &format!("lib/c{i}"), "v1", img).await;
     }
     let table = UpstreamTable { host: "upstream.test", url: dist.url(), extra: "tag_ttl = \"1h\"" };
     let extra = "[gc]\ngrace = \"1s\"\ninterval = \"1h\"\n[retention]\ninterval = \"1h\"\n";

@@ -32,34 +32,6 @@ async fn start(dist: &Distribution, extra: &str) -> Server {
     Server::start_with(ServerOptions { config: Some(cfg), ..Default::default() }).await
 }
 
-/// Pushes `img` to the upstream registry as `repo:tag` (monolithic uploads).
-async fn upstream_push(dist: &Distribution, repo: &str, tag: &str, img: &Image) {
-    let http = http_client();
-    let base = dist.url();
-    for blob in std::iter::once(&img.config).chain(img.layers.iter()) {
-        let r = http.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await.expect("upstream POST");
-        assert_eq!(r.status(), 202, "upstream upload start");
-        let loc = header(&r, "location");
-        let url = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
-        let r = http
-            .put(with_query(&url, &format!("digest={}", sha256_digest(blob))))
-            .header("content-type", "application/octet-stream")
-            .body(blob.clone())
-            .send()
-            .await
-            .expect("upstream PUT");
-        assert_eq!(r.status(), 201, "upstream blob");
-    }
-    let r = http
-        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
-        .header("content-type", OCI_MANIFEST)
-        .body(img.manifest.clone())
-        .send()
-        .await
-        .expect("upstream manifest");
-    assert_eq!(r.status(), 201, "upstream manifest {repo}:{tag}");
-}
-
 fn blobs_of(img: &Image) -> Vec<&Vec<u8>> {
     std::iter::once(&img.config).chain(img.layers.iter()).collect()
 }
@@ -142,8 +114,8 @@ const AGE_CONFIG: &str = "\n[gc]\ngrace = \"1s\"\ninterval = \"1h\"\n[retention]
 async fn max_age_evicts_unpulled_images_only() {
     let dist = Distribution::start(None, None).await;
     let (a, b) = (Image::random(2), Image::random(2));
-    upstream_push(&dist, "lib/a", "v1", &a).await;
-    upstream_push(&dist, "lib/b", "v1", &b).await;
+    push_image_to(&dist.url(), "lib/a", "v1", &a).await;
+    push_image_to(&dist.url(), "lib/b", "v1", &b).await;
     let s = start(&dist, AGE_CONFIG).await;
     let (ra, rb) = (format!("{HOST}/lib/a"), format!("{HOST}/lib/b"));
     let private = s.push_image("private/app", "v1", 2).await;
@@ -225,7 +197,7 @@ async fn max_age_evicts_unpulled_images_only() {
 async fn activity_log_survives_restart() {
     let dist = Distribution::start(None, None).await;
     let img = Image::random(1);
-    upstream_push(&dist, "lib/old", "v1", &img).await;
+    push_image_to(&dist.url(), "lib/old", "v1", &img).await;
     let mut s = start(&dist, AGE_CONFIG).await;
     let repo = format!("{HOST}/lib/old");
     pull(&s, &repo, "v1", &img).await;
@@ -299,7 +271,7 @@ async fn max_size_evicts_least_recently_pulled_first() {
     let dist = Distribution::start(None, None).await;
     let imgs: Vec<Image> = (0..3).map(|_| Image::from_layers(vec![random_bytes(100 * 1024)])).collect();
     for (i, img) in imgs.iter().enumerate() {
-        upstream_push(&dist, &format!("lib/c{i}"), "v1", img).await;
+        push_image_to(&dist.url(), &format!("lib/c{i}"), "v1", img).await;
     }
     // c0 and c2 fit; c1 is pulled least recently.
     let limit = image_bytes(&imgs[0]) + image_bytes(&imgs[2]) + 64;
@@ -352,7 +324,7 @@ async fn shared_blob_with_private_image_stays() {
     let dist = Distribution::start(None, None).await;
     let shared = random_bytes(50 * 1024);
     let cached = Image::from_layers(vec![shared.clone(), random_bytes(10 * 1024)]);
-    upstream_push(&dist, "lib/shared", "v1", &cached).await;
+    push_image_to(&dist.url(), "lib/shared", "v1", &cached).await;
     let s = start(&dist, AGE_CONFIG).await;
     let repo = format!("{HOST}/lib/shared");
     pull(&s, &repo, "v1", &cached).await;
@@ -518,7 +490,7 @@ async fn retention_and_gc_race_pulls_and_pushes() {
     let mut cached = Vec::new();
     for i in 0..6 {
         let img = Image::from_layers(vec![base_layer.clone(), random_bytes(16 * 1024 + i * 512)]);
-        upstream_push(&dist, &format!("lib/r{i}"), "v1", &img).await;
+        push_image_to(&dist.url(), &format!("lib/r{i}"), "v1", &img).await;
         cached.push((format!("{HOST}/lib/r{i}"), img));
     }
     let s = Arc::new(

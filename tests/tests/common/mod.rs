@@ -366,6 +366,35 @@ pub fn accept_for(path: &str) -> &'static str {
     }
 }
 
+/// Pushes `img` to the registry at `base` (`http://ADDR`: Cove, or a peer such
+/// as distribution) as `repo:tag`, each blob as one monolithic upload
+/// (POST, then PUT with the digest), then the manifest.
+pub async fn push_image_to(base: &str, repo: &str, tag: &str, img: &Image) {
+    let http = http_client();
+    for blob in std::iter::once(&img.config).chain(img.layers.iter()) {
+        let r = http.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await.expect("POST upload");
+        assert_eq!(r.status(), 202, "{base}: upload start for {repo}");
+        let loc = header(&r, "location");
+        let url = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
+        let r = http
+            .put(with_query(&url, &format!("digest={}", sha256_digest(blob))))
+            .header("content-type", "application/octet-stream")
+            .body(blob.clone())
+            .send()
+            .await
+            .expect("PUT blob");
+        assert_eq!(r.status(), 201, "{base}: blob of {repo}");
+    }
+    let r = http
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", OCI_MANIFEST)
+        .body(img.manifest.clone())
+        .send()
+        .await
+        .expect("PUT manifest");
+    assert_eq!(r.status(), 201, "{base}: manifest {repo}:{tag}");
+}
+
 /// Appends a query string to a URL that may already have one.
 pub fn with_query(url: &str, q: &str) -> String {
     if url.contains('?') {
