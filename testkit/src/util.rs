@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,23 +20,66 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
+/// Why a peer did not become ready.
+#[derive(Debug)]
+pub enum NotReady {
+    /// The process exited first, with this status.
+    Exited(ExitStatus),
+    /// Still not ready after this long.
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Exited(st) => write!(f, "exited early with {st}"),
+            NotReady::TimedOut(t) => write!(f, "was not ready within {t:?}"),
+        }
+    }
+}
+
+/// Polls a starting peer every `poll` until `check` says it is ready
+/// (`Ok(true)`), it exited (`Err(status)`), or `timeout` passed. `check`
+/// looks at the process (`Child::try_wait`) and at whatever readiness means
+/// for that peer, so one closure can borrow the peer's struct.
+pub fn wait_ready(
+    timeout: Duration,
+    poll: Duration,
+    mut check: impl FnMut() -> Result<bool, ExitStatus>,
+) -> Result<(), NotReady> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(true) => return Ok(()),
+            Err(status) => return Err(NotReady::Exited(status)),
+            Ok(false) if Instant::now() >= deadline => return Err(NotReady::TimedOut(timeout)),
+            Ok(false) => std::thread::sleep(poll),
+        }
+    }
+}
+
+/// `Err(status)` once `child` has exited: the exit half of a
+/// [`wait_ready`] check.
+pub fn still_running(child: Option<&mut Child>) -> Result<(), ExitStatus> {
+    match child.map(|c| c.try_wait()) {
+        Some(Ok(Some(status))) => Err(status),
+        _ => Ok(()),
+    }
+}
+
 /// Waits until something accepts connections on loopback `port`; panics if
 /// `child` exits first (with the contents of `log`, when given) or after
 /// `timeout`.
 pub fn wait_listening(port: u16, child: &mut Child, what: &str, log: Option<&Path>, timeout: Duration) {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + timeout;
-    let log_text = || log.map(|l| std::fs::read_to_string(l).unwrap_or_default()).unwrap_or_default();
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited early with {status}:\n{}", log_text());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let waited = wait_ready(timeout, Duration::from_millis(50), || {
+        still_running(Some(&mut *child))?;
+        Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+    });
+    if let Err(why) = waited {
+        let log_text = log.map(|l| std::fs::read_to_string(l).unwrap_or_default()).unwrap_or_default();
+        panic!("{what} {why} (listening on {addr} expected):\n{log_text}");
     }
-    panic!("{what} did not listen on {addr} within {timeout:?}:\n{}", log_text());
 }
 
 // ---------------------------------------------------------------- bytes
@@ -214,4 +257,31 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_ready_returns_when_ready_when_exited_and_on_timeout() {
+        let mut polls = 0;
+        let ready = wait_ready(Duration::from_secs(5), Duration::from_millis(1), || {
+            polls += 1;
+            Ok(polls == 3)
+        });
+        assert!(ready.is_ok() && polls == 3, "ready on the third poll: {ready:?}, {polls} polls");
+
+        let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().expect("spawn sh");
+        let exited = wait_ready(Duration::from_secs(5), Duration::from_millis(10), || {
+            still_running(Some(&mut child))?;
+            Ok(false)
+        });
+        assert!(matches!(exited, Err(NotReady::Exited(st)) if st.code() == Some(3)), "{exited:?}");
+
+        let start = Instant::now();
+        let timed_out = wait_ready(Duration::from_millis(50), Duration::from_millis(5), || Ok(false));
+        assert!(matches!(timed_out, Err(NotReady::TimedOut(_))), "{timed_out:?}");
+        assert!(start.elapsed() >= Duration::from_millis(50), "gave up early");
+    }
 }

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::util::{no_proxy, require_tool};
+use crate::util::{no_proxy, require_tool, still_running, wait_ready};
 
 /// A running containerd; killed on drop.
 pub struct Containerd {
@@ -46,19 +46,14 @@ impl Containerd {
         cmd.arg("--config").arg(&cfg).stdin(Stdio::null()).stdout(logf.try_clone().expect("dup")).stderr(logf);
         let child = no_proxy(&mut cmd).spawn().expect("spawn containerd");
         let mut c = Containerd { child: Some(child), socket, log, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(ch) = c.child.as_mut() {
-                if let Ok(Some(st)) = ch.try_wait() {
-                    panic!("containerd exited with {st}:\n{}", c.logs());
-                }
-            }
-            if c.socket.exists() && c.ctr(&["version"]).status.success() {
-                return c;
-            }
-            assert!(Instant::now() < deadline, "containerd not ready within 20 s:\n{}", c.logs());
-            std::thread::sleep(Duration::from_millis(100));
+        let waited = wait_ready(Duration::from_secs(20), Duration::from_millis(100), || {
+            still_running(c.child.as_mut())?;
+            Ok(c.socket.exists() && c.ctr(&["version"]).status.success())
+        });
+        if let Err(why) = waited {
+            panic!("containerd {why}:\n{}", c.logs());
         }
+        c
     }
 
     /// Runs `ctr -a SOCKET args…`.

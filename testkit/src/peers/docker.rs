@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{no_proxy, require_tool};
+use crate::util::{no_proxy, require_tool, still_running, wait_ready};
 
 /// A running dockerd; killed on drop.
 pub struct DockerEngine {
@@ -59,19 +59,14 @@ impl DockerEngine {
             .stderr(logf);
         let child = no_proxy(&mut cmd).spawn().expect("spawn dockerd");
         let mut e = DockerEngine { child: Some(child), socket, log, cli, dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(ch) = e.child.as_mut() {
-                if let Ok(Some(st)) = ch.try_wait() {
-                    panic!("dockerd exited with {st}:\n{}", e.logs());
-                }
-            }
-            if e.socket.exists() && e.docker(&["version"]).status.success() {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "dockerd not ready within 60 s:\n{}", e.logs());
-            std::thread::sleep(Duration::from_millis(200));
+        let waited = wait_ready(Duration::from_secs(60), Duration::from_millis(200), || {
+            still_running(e.child.as_mut())?;
+            Ok(e.socket.exists() && e.docker(&["version"]).status.success())
+        });
+        if let Err(why) = waited {
+            panic!("dockerd {why}:\n{}", e.logs());
         }
+        e
     }
 
     /// Runs `docker args…` against this engine.
