@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -274,16 +274,6 @@ async fn a_push_to_127_0_0_1_works_with_public_url_set() {
     for d in image.blob_digests() {
         assert_eq!(s.head(&format!("/v2/hard/skopeo/blobs/{d}")).await.status(), 200, "{d}");
     }
-}
-
-fn client_from(source: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .local_address(source.parse::<IpAddr>().expect("source address"))
-        .build()
-        .expect("reqwest client")
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@
 mod common;
 mod pull_through_support;
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,17 +97,6 @@ impl Drop for Caddy {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A client with no proxy and no redirects, bound to `source`.
-fn client_from(source: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(60))
-        .local_address(source.parse::<IpAddr>().expect("source address"))
-        .build()
-        .expect("reqwest client")
 }
 
 async fn status(r: reqwest::RequestBuilder) -> (u16, String) {

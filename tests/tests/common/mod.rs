@@ -366,6 +366,19 @@ pub fn accept_for(path: &str) -> &'static str {
     }
 }
 
+/// A client (no proxy, no redirects) whose connections come from the
+/// loopback address `source` (any 127.0.0.0/8 address works on Linux), to
+/// be a peer inside or outside `trusted_networks`/`trusted_proxies`.
+pub fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .local_address(source.parse::<std::net::IpAddr>().expect("source address"))
+        .build()
+        .expect("reqwest client")
+}
+
 /// Pushes `img` to the registry at `base` (`http://ADDR`: Cove, or a peer such
 /// as distribution) as `repo:tag`, each blob as one monolithic upload
 /// (POST, then PUT with the digest), then the manifest.
