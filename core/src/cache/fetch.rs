@@ -27,6 +27,9 @@ use crate::upstream::Upstream;
 const SPOOL_QUEUE: usize = 32;
 /// How many relayed chunks may wait for one reader (see [`BlobFlight::register`]).
 const RELAY_QUEUE: usize = 16;
+/// How many received chunks are kept for readers that caught up with the
+/// fetch (see [`BlobFlight::live`]). A reader further behind reads the spool.
+const LIVE_QUEUE: usize = 8;
 
 /// A chunk relayed to readers when the blob cannot be spooled: its offset
 /// in the blob and its bytes.
@@ -71,6 +74,11 @@ pub(crate) struct BlobFlight {
     /// the readers registered by then, and nothing is cached.
     pub(crate) relay_from: OnceLock<u64>,
     readers: Mutex<Readers>,
+    /// Every chunk as it arrives from upstream (offset, bytes), before it is
+    /// hashed or spooled: readers that caught up take their bytes from here
+    /// instead of reading them back from the spool file. A reader that lags
+    /// more than [`LIVE_QUEUE`] chunks behind reads the spool instead.
+    pub(crate) live: tokio::sync::broadcast::Sender<Relayed>,
 }
 
 impl BlobFlight {
@@ -83,6 +91,7 @@ impl BlobFlight {
             repos: Mutex::new(repos),
             relay_from: OnceLock::new(),
             readers: Mutex::default(),
+            live: tokio::sync::broadcast::Sender::new(LIVE_QUEUE),
         }
     }
 
@@ -283,11 +292,15 @@ impl FetchTask {
                     break;
                 }
             };
+            let offset = received;
             received += chunk.len() as u64;
             if size.is_some_and(|s| received > s) {
                 failure = Some(upstream_invalid(&self.host, "sent more bytes than it announced"));
                 break;
             }
+            // Readers that caught up get the chunk now (their last byte
+            // still waits for verification); no receivers is not an error.
+            let _ = self.flight.live.send((offset, chunk.clone()));
             hasher.update(&chunk);
             if let Err(mpsc::error::SendError(chunk)) = tx.send(chunk).await {
                 // The writer stopped: its result says why.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::fetch::{BlobFlight, FetchState, Relayed};
 use crate::storage::ByteStream;
@@ -21,12 +21,56 @@ struct SpoolReader {
     failed: bool,
     /// Where relayed chunks arrive if the flight has to relay.
     relay: Option<tokio::sync::mpsc::Receiver<Relayed>>,
+    /// Chunks as they arrive from upstream (`None` once the fetch is gone).
+    live: Option<broadcast::Receiver<Relayed>>,
+    /// A live chunk not (fully) served yet: ahead of `pos` (the spool has to
+    /// catch up first) or cut at the held-back last byte.
+    pending: Option<Relayed>,
 }
 
 impl SpoolReader {
     fn fail(mut self, e: std::io::Error) -> Option<(std::io::Result<Bytes>, SpoolReader)> {
         self.failed = true;
         Some((Err(e), self))
+    }
+
+    /// The next bytes at `pos` from the live chunks, up to `limit`
+    /// (exclusive), without waiting: `None` when no received chunk covers
+    /// `pos` yet.
+    fn take_live(&mut self, limit: u64) -> Option<Bytes> {
+        loop {
+            if self.pending.is_none() {
+                match self.live.as_mut()?.try_recv() {
+                    Ok(chunk) => self.pending = Some(chunk),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::TryRecvError::Empty) => return None,
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        self.live = None;
+                        return None;
+                    }
+                }
+            }
+            let (off, bytes) = self.pending.as_ref()?;
+            let (off, chunk_end) = (*off, *off + bytes.len() as u64);
+            if chunk_end <= self.pos {
+                self.pending = None;
+                continue;
+            }
+            if off > self.pos {
+                // Received before this reader subscribed: the spool has it.
+                return None;
+            }
+            let to = chunk_end.min(limit);
+            if to <= self.pos {
+                return None;
+            }
+            let slice = bytes.slice((self.pos - off) as usize..(to - off) as usize);
+            if to == chunk_end {
+                self.pending = None;
+            }
+            self.pos = to;
+            return Some(slice);
+        }
     }
 }
 
@@ -35,6 +79,11 @@ impl SpoolReader {
 /// arrive. The last byte is held back until the blob verified. Reads go
 /// through the fetch's open file handle (positional reads on a blocking
 /// thread), so they go on after the file was moved into storage.
+///
+/// A reader that caught up with the fetch takes the chunks as they arrive
+/// ([`BlobFlight::live`]) instead of reading them back from the spool: no
+/// read, no copy, no wait for the spool writer. It falls back to the spool
+/// when it falls behind.
 ///
 /// When the flight relays (no room to spool), the reader reads the spool
 /// up to where spooling stopped and the rest from `relay`, the channel it
@@ -45,8 +94,10 @@ pub(crate) fn follow(
     end: Option<u64>,
     relay: Option<tokio::sync::mpsc::Receiver<Relayed>>,
 ) -> ByteStream {
+    // Subscribed before the state is read: no chunk falls between the two.
+    let live = Some(flight.live.subscribe());
     let rx = flight.state.subscribe();
-    let reader = SpoolReader { flight, rx, pos: start, end, failed: false, relay };
+    let reader = SpoolReader { flight, rx, pos: start, end, failed: false, relay, live, pending: None };
     Box::pin(futures::stream::unfold(reader, |mut r| async move {
         loop {
             if r.failed || r.end.is_some_and(|e| r.pos >= e) {
@@ -61,48 +112,75 @@ pub(crate) fn follow(
             let limit = match state {
                 _ if r.flight.relay_from.get().is_some() => r.flight.relay_from.get().copied().unwrap_or(0),
                 FetchState::Starting => 0,
-                FetchState::Running { written, .. } => written.saturating_sub(1),
+                // The last byte waits for verification: when the size is
+                // known that is only the blob's last byte, else the last
+                // one written.
+                FetchState::Running { written, size: Some(size) } => written.min(size.saturating_sub(1)),
+                FetchState::Running { written, size: None } => written.saturating_sub(1),
                 FetchState::Done { size } => size.unwrap_or(0),
                 FetchState::Failed(e) => return r.fail(std::io::Error::other(e.message)),
             };
             let limit = r.end.map_or(limit, |e| limit.min(e));
             if r.pos < limit {
-                let Some(file) = r.flight.file.get().cloned() else {
-                    return r.fail(std::io::Error::other("spool file missing"));
-                };
-                let want = ((limit - r.pos) as usize).min(FOLLOW_CHUNK);
-                let pos = r.pos;
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; want];
-                    let n = read_at(&file, &mut buf, pos)?;
-                    buf.truncate(n);
-                    Ok::<_, std::io::Error>(buf)
-                })
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(format!("spool read task failed: {e}"))));
-                match read {
-                    Ok(buf) if buf.is_empty() => {
-                        return r.fail(std::io::Error::other("spool file shorter than announced"));
-                    }
-                    Ok(buf) => {
-                        r.pos += buf.len() as u64;
-                        return Some((Ok(Bytes::from(buf)), r));
-                    }
-                    Err(e) => return r.fail(e),
+                return read_spool(r, limit).await;
+            }
+            // Caught up with the spool: the received chunks, up to the
+            // announced size less the held-back last byte.
+            if let (FetchState::Running { size: Some(size), .. }, None) = (&state, r.flight.relay_from.get()) {
+                let live_limit = r.end.map_or(size - 1, |e| e.min(size - 1));
+                if let Some(bytes) = r.take_live(live_limit) {
+                    return Some((Ok(bytes), r));
                 }
             }
             if matches!(state, FetchState::Done { .. }) && r.pos >= limit {
                 return None;
             }
-            if r.rx.changed().await.is_err() {
-                // The fetch task is gone without a final state.
-                let done = matches!(*r.rx.borrow(), FetchState::Done { .. });
-                if !done {
-                    return r.fail(std::io::Error::other("blob fetch aborted"));
+            let waiting_live = r.pending.is_none() && r.live.is_some();
+            tokio::select! {
+                changed = r.rx.changed() => {
+                    if changed.is_err() {
+                        // The fetch task is gone without a final state.
+                        let done = matches!(*r.rx.borrow(), FetchState::Done { .. });
+                        if !done {
+                            return r.fail(std::io::Error::other("blob fetch aborted"));
+                        }
+                    }
+                }
+                chunk = async { r.live.as_mut()?.recv().await.ok() }, if waiting_live => {
+                    match chunk {
+                        Some(c) => r.pending = Some(c),
+                        // Lagged (the spool has those bytes) or closed.
+                        None => if r.live.as_ref().is_some_and(|l| l.is_closed()) { r.live = None },
+                    }
                 }
             }
         }
     }))
+}
+
+/// Reads the next spooled bytes of `r`, below `limit`.
+async fn read_spool(mut r: SpoolReader, limit: u64) -> Option<(std::io::Result<Bytes>, SpoolReader)> {
+    let Some(file) = r.flight.file.get().cloned() else {
+        return r.fail(std::io::Error::other("spool file missing"));
+    };
+    let want = ((limit - r.pos) as usize).min(FOLLOW_CHUNK);
+    let pos = r.pos;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; want];
+        let n = read_at(&file, &mut buf, pos)?;
+        buf.truncate(n);
+        Ok::<_, std::io::Error>(buf)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(format!("spool read task failed: {e}"))));
+    match read {
+        Ok(buf) if buf.is_empty() => r.fail(std::io::Error::other("spool file shorter than announced")),
+        Ok(buf) => {
+            r.pos += buf.len() as u64;
+            Some((Ok(Bytes::from(buf)), r))
+        }
+        Err(e) => r.fail(e),
+    }
 }
 
 /// The next bytes of a relaying flight for reader `r` (at or past the
@@ -210,8 +288,8 @@ mod tests {
 
         let mut early = follow(flight.clone(), 0, None, None);
         let mut got = Vec::new();
-        read_to(&mut early, &mut got, 599_999).await;
-        assert_eq!(got.len(), 599_999, "the last written byte is held back");
+        read_to(&mut early, &mut got, 600_000).await;
+        assert_eq!(got.len(), 600_000, "every written byte (the size is known: only the blob's last byte waits)");
         let waited = tokio::time::timeout(Duration::from_millis(100), early.next()).await;
         assert!(waited.is_err(), "nothing more until more bytes arrive");
 
@@ -232,6 +310,50 @@ mod tests {
         assert_eq!(got, data);
         drop((early, late, flight));
         assert!(moved.exists(), "dropping the flight leaves the moved file alone");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A reader that caught up takes received chunks straight from the
+    /// fetch, before the spool has them, except the last byte, which waits
+    /// for verification and then comes from the spool. A reader that joins
+    /// later reads what it missed from the spool, then live chunks.
+    #[tokio::test]
+    async fn caught_up_readers_take_chunks_before_they_are_spooled() {
+        let dir = std::env::temp_dir().join(format!("cove-follow-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let (flight, file) = flight(dir.join("spool"));
+        flight.state.send_replace(FetchState::Running { written: 0, size: Some(300_000) });
+
+        let mut early = follow(flight.clone(), 0, None, None);
+        assert!(flight.live.send((0, Bytes::copy_from_slice(&data[..100_000]))).is_ok());
+        let mut got = Vec::new();
+        read_to(&mut early, &mut got, 100_000).await;
+        assert_eq!(got, data[..100_000].to_vec(), "served from the live chunk; the spool is still empty");
+
+        // The spool catches up with the first chunk; a late reader reads it
+        // from there and the next chunk live, like the early one.
+        write_all_at(&file, &data[..100_000], 0).expect("write");
+        flight.state.send_replace(FetchState::Running { written: 100_000, size: Some(300_000) });
+        let mut late = follow(flight.clone(), 50_000, None, None);
+        let mut late_got = Vec::new();
+        read_to(&mut late, &mut late_got, 49_999).await;
+        assert!(flight.live.send((100_000, Bytes::copy_from_slice(&data[100_000..]))).is_ok());
+        read_to(&mut late, &mut late_got, 249_999).await;
+        read_to(&mut early, &mut got, 299_999).await;
+        assert_eq!(got.len(), 299_999, "the last byte is held back until verified");
+        let waited = tokio::time::timeout(Duration::from_millis(100), early.next()).await;
+        assert!(waited.is_err(), "nothing more before verification");
+
+        write_all_at(&file, &data[100_000..], 100_000).expect("write");
+        flight.state.send_replace(FetchState::Done { size: Some(300_000) });
+        read_to(&mut early, &mut got, 300_000).await;
+        read_to(&mut late, &mut late_got, 250_000).await;
+        assert!(early.next().await.is_none());
+        assert!(late.next().await.is_none());
+        assert_eq!(got, data);
+        assert_eq!(late_got, data[50_000..].to_vec());
+        drop((early, late, flight, file));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
