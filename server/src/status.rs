@@ -55,6 +55,15 @@ async fn base_status(registry: &Registry, gc: &GarbageCollector, started: System
                 Err(e) => (false, None, Some(e)),
             };
             let health = route.upstream.health();
+            let ratelimit = route.upstream.rate_limit().map(|r| {
+                serde_json::json!({
+                    "limit": r.limit, "remaining": r.remaining,
+                    "window_seconds": r.window.map(|w| w.as_secs()),
+                    "observed_at": humantime::format_rfc3339_seconds(r.observed).to_string(),
+                    "current": r.current(),
+                })
+            });
+            let headroom_low = registry.cache().is_some_and(|c| c.low_headroom(route));
             let rfc3339 = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
             serde_json::json!({
                 "host": host,
@@ -72,6 +81,10 @@ async fn base_status(registry: &Registry, gc: &GarbageCollector, started: System
                 "bytes_saved": c.bytes_saved,
                 "bytes_fetched": c.bytes_fetched,
                 "hit_rate": hit_rate,
+                "ratelimit": ratelimit,
+                "ratelimit_floor": route.ratelimit_floor,
+                "headroom_low": headroom_low,
+                "headroom_skips": c.headroom_skips,
             })
         })
         .collect();
