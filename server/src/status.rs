@@ -1,6 +1,7 @@
 //! The `/admin/status` document (`cove status`): uptime, storage kind, each
 //! upstream (probed for reachability, with its cache counters and size), the
-//! last garbage collection and the last retention run.
+//! last garbage collection, the last retention run and the last scheduled
+//! prefetch round.
 
 use std::time::{Duration, SystemTime};
 
@@ -112,6 +113,24 @@ async fn base_status(registry: &Registry, gc: &GarbageCollector, started: System
         "upstreams": upstreams,
         "last_gc": last_gc,
     })
+}
+
+/// Adds the last scheduled prefetch round (`[[prefetch]]`) to
+/// `/admin/status` JSON as `last_prefetch` (null before the first).
+pub fn add_prefetch(prefetch: &crate::jobs::prefetch::PrefetchJob, status: &mut serde_json::Value) {
+    let last = match prefetch.last_run() {
+        None => serde_json::Value::Null,
+        Some((at, r)) => {
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("at".into(), humantime::format_rfc3339_seconds(at).to_string().into());
+            }
+            v
+        }
+    };
+    if let Some(obj) = status.as_object_mut() {
+        obj.insert("last_prefetch".into(), last);
+    }
 }
 
 /// Adds the cache size per upstream (as of the last run) and the last

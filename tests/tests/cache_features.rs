@@ -248,9 +248,9 @@ async fn rate_limit_headroom_stops_revalidation_but_not_new_images() {
     assert_eq!(m.get("cove_upstream_ratelimit_remaining{upstream=\"docker.io\"}"), Some(&76.0), "{m:?}");
     assert_eq!(m.get("cove_upstream_ratelimit_limit{upstream=\"docker.io\"}"), Some(&100.0));
 
-    // Upstream says 5 left (under the default floor of 10), with a 2 s window.
+    // Upstream says 5 left (under the default floor of 10), with a 3 s window.
     remaining.store(5, Ordering::SeqCst);
-    window.store(2, Ordering::SeqCst);
+    window.store(3, Ordering::SeqCst);
     let r = cove.manifest("GET", repo, "b").await;
     assert_eq!((r.status().as_u16(), cache_status(&r).as_str()), (200, "miss"), "a new image still goes through");
     let h = heads();
@@ -278,7 +278,7 @@ async fn rate_limit_headroom_stops_revalidation_but_not_new_images() {
 
     // The announced window passed: the budget is renewed, revalidation resumes.
     remaining.store(99, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(cache_status(&cove.manifest("GET", repo, "a").await), "revalidated");
     assert_eq!(heads(), h + 1);
     let status = json(cove.get("/admin/status").await).await;
@@ -311,7 +311,7 @@ async fn prefetch_keeps_images_warm_through_an_upstream_outage() {
     cfg.push_str(
         "\n[gc]\ngrace = \"1s\"\ninterval = \"1h\"\n[retention]\ninterval = \"1h\"\n\
          [retention.upstreams.\"docker.io\"]\nmax_age = \"2s\"\n\
-         [[prefetch]]\nimage = \"docker.io/warm:v1\"\nplatforms = [\"linux/amd64\"]\npin = true\ninterval = \"1h\"\n",
+         [[prefetch]]\nimage = \"docker.io/warm:v1\"\nplatforms = [\"linux/amd64\"]\npin = true\ninterval = \"1s\"\n",
     );
     let cove = Server::start_with(ServerOptions { config: Some(cfg), ..ServerOptions::default() }).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -330,6 +330,10 @@ async fn prefetch_keeps_images_warm_through_an_upstream_outage() {
     assert_eq!(dist.count(&format!("GET /v2/library/warm/blobs/{}", arm64.layers[0].digest)), 0, "only linux/amd64");
     assert_eq!(dist.count(&format!("GET /v2/library/warm/manifests/{}", arm64.manifest.digest)), 0);
     assert!(dist.count("GET /v2/library/") > before);
+    let status = json(cove.get("/admin/status").await).await;
+    let last = &status["last_prefetch"];
+    assert_eq!((last["images"].as_u64(), last["errors"].as_u64()), (Some(1), Some(0)), "{status}");
+    assert!(last["at"].is_string(), "{last}");
 
     // One-off, with progress lines; a second run finds everything cached.
     let addr = cove.base.trim_start_matches("http://").to_owned();
@@ -352,6 +356,10 @@ async fn prefetch_keeps_images_warm_through_an_upstream_outage() {
     let evicted: Vec<&str> =
         r["evicted"].as_array().expect("evicted").iter().filter_map(|e| e["repository"].as_str()).collect();
     assert_eq!(evicted, vec!["docker.io/library/other"], "{r}");
+
+    // On schedule (interval = 1s): more rounds ran meanwhile, finding it all cached.
+    assert!(cove.logs().matches("prefetch finished").count() >= 2, "{}", cove.logs_tail(3000));
+    assert!(cove.logs().contains("blobs_fetched=0 "), "a later round fetches nothing: {}", cove.logs_tail(3000));
 
     // Upstream down: the kept-warm image is still pulled whole from Cove.
     dist.stop();
