@@ -126,6 +126,20 @@ async fn referrers_api_list_is_cached_filtered_and_served_stale() {
 }
 
 #[tokio::test]
+async fn concurrent_requests_of_one_list_ask_upstream_once() {
+    let f = fixture(Duration::from_secs(60));
+    let all = futures::future::join_all((0..5).map(|_| f.registry.referrers(&f.repo, &f.subject, None))).await;
+    let mut statuses = Vec::new();
+    for r in all {
+        let r = r.expect("referrers");
+        assert_eq!(digests(&r.body).len(), 2);
+        statuses.push(r.cache);
+    }
+    assert_eq!(f.up.count("referrers"), 1, "one upstream request for five clients");
+    assert_eq!(statuses.iter().filter(|s| **s == Some(CacheStatus::Miss)).count(), 1, "{statuses:?}");
+}
+
+#[tokio::test]
 async fn a_referrer_removed_upstream_leaves_the_cached_list() {
     let f = fixture(Duration::ZERO);
     let r = f.registry.referrers(&f.repo, &f.subject, None).await.expect("referrers");

@@ -370,3 +370,36 @@ async fn prefetch_keeps_images_warm_through_an_upstream_outage() {
     assert_eq!(oci_layout_manifest_digest(&out, "v1"), amd64.manifest.digest);
     assert_eq!(oci_layout_blob(&out, &amd64.layers[0].digest), amd64.layers[0].bytes);
 }
+
+/// `cove prefetch` with no server answering works on the storage directly;
+/// the server started afterwards on that storage serves the image with the
+/// upstream down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_without_a_running_server_fills_the_storage() {
+    let mut dist = Distribution::start(None, None).await;
+    let img = Image::random(2);
+    push_image_to(&dist.url(), "library/cold", "v1", &img).await;
+    let mut cfg = cove_config(&[UpstreamTable { host: "docker.io", url: dist.url(), extra: "" }]);
+    cfg.push_str("\n[storage]\nroot = \"@DATA@\"\n");
+    let mut cove = Server::start_with(ServerOptions { config: Some(cfg), ..ServerOptions::default() }).await;
+    cove.kill9();
+    let config = cove.tmp.path().join("cove.toml");
+    let config = config.to_str().expect("utf8 path");
+    // Port 1: nothing answers there, so the command works offline.
+    let (ok, out, err) =
+        common::cove(&["prefetch", "--config", config, "--addr", "127.0.0.1:1", "docker.io/library/cold:v1"]);
+    assert!(ok, "offline prefetch: {out}\n{err}");
+    assert!(err.contains("working on") && err.contains("directly"), "{err}");
+    assert!(out.contains("prefetch: 1 images, 1 manifests, 3 blobs fetched"), "{out}");
+
+    dist.stop();
+    cove.restart().await;
+    let r = cove.manifest("GET", "docker.io/library/cold", "v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(cache_status(&r), "stale", "cached, upstream down");
+    assert_eq!(header(&r, "docker-content-digest"), img.digest);
+    for l in &img.layers {
+        let r = cove.get(&format!("/v2/docker.io/library/cold/blobs/{}", sha256_digest(l))).await;
+        assert_eq!((r.status().as_u16(), cache_status(&r).as_str()), (200, "hit"));
+    }
+}

@@ -13,7 +13,7 @@
 //!   fetched by digest when a client asks for them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{CacheStatus, CachedRepo, PullThrough};
@@ -23,13 +23,34 @@ use crate::manifest::{parse_manifest, Descriptor};
 use crate::name::{Reference, RepoName, Tag};
 use crate::upstream::UpstreamError;
 
-/// When each cached referrers list was last fetched from upstream.
+/// Held by the one request fetching a list while the others wait.
+type Flight = Arc<tokio::sync::Mutex<()>>;
+
+/// When each cached referrers list was last fetched from upstream, and the
+/// fetches under way (concurrent requests of one list share one).
 #[derive(Default)]
 pub(crate) struct ReferrersFreshness {
     fetched: Mutex<HashMap<(RepoName, Digest), Instant>>,
+    flights: Mutex<HashMap<(RepoName, Digest), Flight>>,
 }
 
 impl ReferrersFreshness {
+    /// The lock that one fetch of the list holds while the others wait.
+    fn flight(&self, repo: &RepoName, subject: &Digest) -> Flight {
+        let mut f = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        f.entry((repo.clone(), subject.clone())).or_default().clone()
+    }
+
+    /// Forgets the flight `held` once nobody else holds it.
+    fn land(&self, repo: &RepoName, subject: &Digest, held: Flight) {
+        let mut f = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (repo.clone(), subject.clone());
+        // Two references: the map's and `held`.
+        if f.get(&key).is_some_and(|m| Arc::ptr_eq(m, &held) && Arc::strong_count(m) == 2) {
+            f.remove(&key);
+        }
+    }
+
     fn is_fresh(&self, repo: &RepoName, subject: &Digest, ttl: std::time::Duration) -> bool {
         let f = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
         f.get(&(repo.clone(), subject.clone())).is_some_and(|t| t.elapsed() < ttl)
@@ -60,14 +81,36 @@ impl PullThrough {
     /// The referrers of `subject` in a cached repository (unfiltered), and
     /// how the list was served.
     pub async fn referrers(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         at: CachedRepo<'_>,
         subject: &Digest,
     ) -> Result<(Vec<Descriptor>, CacheStatus)> {
-        let CachedRepo { storage, route, remote, repo } = at;
+        let CachedRepo { storage, route, repo, .. } = at;
         if self.referrers_freshness.is_fresh(repo, subject, route.tag_ttl) {
             return Ok((storage.referrers(repo, subject).await?, CacheStatus::Hit));
         }
+        let flight = self.referrers_freshness.flight(repo, subject);
+        let outcome = {
+            let _leader = flight.lock().await;
+            if self.referrers_freshness.is_fresh(repo, subject, route.tag_ttl) {
+                // Another request just fetched it.
+                storage.referrers(repo, subject).await.map(|l| (l, CacheStatus::Hit)).map_err(Into::into)
+            } else {
+                self.fetch_referrers(at, subject).await
+            }
+        };
+        self.referrers_freshness.land(repo, subject, flight);
+        outcome
+    }
+
+    /// Asks upstream for the list (or serves the stored one when it cannot
+    /// be asked now) and stores it.
+    async fn fetch_referrers(
+        self: &Arc<Self>,
+        at: CachedRepo<'_>,
+        subject: &Digest,
+    ) -> Result<(Vec<Descriptor>, CacheStatus)> {
+        let CachedRepo { route, remote, repo, .. } = at;
         if self.freshness.is_down(&route.host) || !route.upstream.health().healthy || self.low_headroom(route) {
             return self.stored_referrers(at, subject, None).await;
         }
@@ -106,7 +149,7 @@ impl PullThrough {
     /// The referrers from the tag schema: the index `<alg>-<hex>` names,
     /// resolved like any cached tag; no such tag is an empty list.
     async fn referrers_by_tag(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         at: CachedRepo<'_>,
         subject: &Digest,
     ) -> Result<(Vec<Descriptor>, CacheStatus)> {
