@@ -403,3 +403,28 @@ async fn prefetch_without_a_running_server_fills_the_storage() {
         assert_eq!((r.status().as_u16(), cache_status(&r).as_str()), (200, "hit"));
     }
 }
+
+/// `[[prefetch]]` added by a config reload is pulled at once (the schedule
+/// wakes for it), and the reload reports the section as changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_entries_added_by_a_reload_are_pulled_at_once() {
+    let dist = Distribution::start(None, None).await;
+    let img = Image::random(1);
+    push_image_to(&dist.url(), "library/late", "v1", &img).await;
+    let cfg = cove_config(&[UpstreamTable { host: "docker.io", url: dist.url(), extra: "" }]);
+    let cove = Server::start_with(ServerOptions { config: Some(cfg.clone()), ..ServerOptions::default() }).await;
+    let with_entry = format!("{cfg}\n[[prefetch]]\nimage = \"docker.io/library/late:v1\"\n");
+    std::fs::write(cove.tmp.path().join("cove.toml"), with_entry).expect("rewrite config");
+    let r = json(cove.req("POST", "/admin/reload").send().await.expect("reload")).await;
+    assert!(r["changed"].as_array().is_some_and(|c| c.iter().any(|x| x == "prefetch")), "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let layer = sha256_digest(&img.layers[0]);
+    while dist.count(&format!("GET /v2/library/late/blobs/{layer}")) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not prefetched 10 s after the reload:\n{}",
+            cove.logs_tail(3000)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

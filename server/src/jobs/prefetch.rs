@@ -27,6 +27,8 @@ pub struct PrefetchJob {
     last: Mutex<Option<(SystemTime, PrefetchReport)>>,
     /// One prefetch at a time (scheduled or asked for).
     running: tokio::sync::Mutex<()>,
+    /// Wakes the schedule when the entries change.
+    changed: tokio::sync::Notify,
 }
 
 impl PrefetchJob {
@@ -36,16 +38,20 @@ impl PrefetchJob {
             specs: Mutex::new((0, specs)),
             last: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
     /// Replaces the entries with those of a new, validated `config`
-    /// (config reload); every entry is then due at once.
+    /// (config reload); every entry is then due at once, and the schedule
+    /// wakes for them.
     pub fn set_specs(&self, config: &Config) {
         let new = crate::config::prefetch::specs(config);
         let mut s = self.specs.lock().unwrap_or_else(|p| p.into_inner());
         tracing::info!(entries = new.len(), "prefetch entries reloaded");
         *s = (s.0 + 1, new);
+        drop(s);
+        self.changed.notify_one();
     }
 
     /// The last scheduled round's report.
@@ -116,7 +122,10 @@ impl PrefetchJob {
                     }
                 }
                 let next = due.iter().min().copied().unwrap_or(now + IDLE_CHECK);
-                tokio::time::sleep_until(next.min(tokio::time::Instant::now() + IDLE_CHECK)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next.min(tokio::time::Instant::now() + IDLE_CHECK)) => {}
+                    _ = job.changed.notified() => {}
+                }
             }
         })
     }
