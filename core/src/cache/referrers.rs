@@ -135,7 +135,10 @@ impl PullThrough {
         let (list, tag_status) = fetched;
         self.freshness.mark_up(&route.host);
         let changed = self.replace_referrers(at, subject, &list).await?;
-        self.referrers_freshness.mark_fresh(repo, subject);
+        // A fallback index served stale is not a fresh list: ask again next time.
+        if tag_status != Some(CacheStatus::Stale) {
+            self.referrers_freshness.mark_fresh(repo, subject);
+        }
         let status = match tag_status {
             // The tag schema's own cache status (a stale index stays stale).
             Some(s) => s,
