@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use crate::digest::Digest;
+use crate::manifest::Descriptor;
 use crate::name::{Reference, RepoName};
 use crate::storage::ByteStream;
 
@@ -60,6 +61,34 @@ pub struct UpstreamHealth {
     pub last_failure: Option<(std::time::SystemTime, String)>,
 }
 
+/// An upstream's pull budget as it last announced it, from Docker Hub's
+/// `ratelimit-limit: 100;w=21600` and `ratelimit-remaining: 76;w=21600`
+/// headers on manifest responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Pulls allowed per window.
+    pub limit: u64,
+    /// Pulls left in the current window.
+    pub remaining: u64,
+    /// The window the numbers are for (`w=`), when given.
+    pub window: Option<std::time::Duration>,
+    /// When the upstream said so.
+    pub observed: std::time::SystemTime,
+}
+
+impl RateLimit {
+    /// How long an observation is believed without a newer one when the
+    /// upstream names no window (Docker Hub's is 6 h).
+    pub const DEFAULT_WINDOW: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+    /// Whether the window it was observed in may still be running: after
+    /// it, the budget has been renewed.
+    pub fn current(&self) -> bool {
+        let window = self.window.unwrap_or(Self::DEFAULT_WINDOW);
+        self.observed.elapsed().map(|e| e < window).unwrap_or(true)
+    }
+}
+
 /// A remote registry.
 ///
 /// # Contract
@@ -89,6 +118,12 @@ pub trait Upstream: Send + Sync + 'static {
     /// Lists the tags of a repository.
     async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, UpstreamError>;
 
+    /// The referrers of manifest `subject` from the upstream's referrers API
+    /// (`GET /v2/<repo>/referrers/<digest>`), unfiltered, every page.
+    /// `Ok(None)`: the upstream has no referrers API (it answered 404), so
+    /// the caller falls back to the tag schema (`<alg>-<hex>` tag).
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Option<Vec<Descriptor>>, UpstreamError>;
+
     /// Checks that the upstream answers as a registry (`GET /v2/` returns
     /// 200 or an authentication challenge), without retries. For status
     /// reports; says nothing about whether a given repository is readable.
@@ -98,4 +133,8 @@ pub trait Upstream: Send + Sync + 'static {
     /// while its upstream is silent reports it here; one that cannot tell
     /// reports healthy.
     fn health(&self) -> UpstreamHealth;
+
+    /// The rate limit the upstream announced on its latest manifest
+    /// response, if it announces one.
+    fn rate_limit(&self) -> Option<RateLimit>;
 }

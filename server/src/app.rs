@@ -65,6 +65,7 @@ pub struct Operations {
     pub metrics: Arc<Metrics>,
     pub gc: Arc<GarbageCollector>,
     pub retention: Arc<RetentionJob>,
+    pub prefetch: Arc<crate::jobs::prefetch::PrefetchJob>,
     pub reloader: Arc<Reloader>,
     /// Where `POST /admin/scrub?quarantine=true` moves corrupt objects.
     pub quarantine_dir: PathBuf,

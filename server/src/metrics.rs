@@ -82,6 +82,9 @@ pub struct Metrics {
     upstream_healthy: Family<UpstreamLabels, Gauge>,
     upstream_health_changes: Family<UpstreamLabels, Counter>,
     upstream_unhealthy_seconds: Family<UpstreamLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    upstream_ratelimit_limit: Family<UpstreamLabels, Gauge>,
+    upstream_ratelimit_remaining: Family<UpstreamLabels, Gauge>,
+    cache_headroom_skips: Family<UpstreamLabels, Counter>,
     gc_runs: Family<ResultLabels, Counter>,
     gc_blobs_removed: Counter,
     gc_bytes_freed: Counter,
@@ -155,6 +158,9 @@ impl Metrics {
             upstream_healthy: Family::default(),
             upstream_health_changes: Family::default(),
             upstream_unhealthy_seconds: Family::default(),
+            upstream_ratelimit_limit: Family::default(),
+            upstream_ratelimit_remaining: Family::default(),
+            cache_headroom_skips: Family::default(),
             gc_runs: Family::default(),
             gc_blobs_removed: Counter::default(),
             gc_bytes_freed: Counter::default(),
@@ -241,6 +247,21 @@ impl Metrics {
             "upstream_unhealthy_seconds",
             "Time an upstream spent unhealthy (not answering)",
             m.upstream_unhealthy_seconds.clone(),
+        );
+        r.register(
+            "upstream_ratelimit_limit",
+            "Pulls per window the upstream announced (ratelimit-limit), as last seen on a manifest response",
+            m.upstream_ratelimit_limit.clone(),
+        );
+        r.register(
+            "upstream_ratelimit_remaining",
+            "Pulls left in the window the upstream announced (ratelimit-remaining), as last seen",
+            m.upstream_ratelimit_remaining.clone(),
+        );
+        r.register(
+            "cache_headroom_skips",
+            "Cached tags served without revalidation because the upstream's rate-limit headroom was below ratelimit_floor",
+            m.cache_headroom_skips.clone(),
         );
         r.register("gc_runs", "Garbage collection runs by result", m.gc_runs.clone());
         r.register("gc_blobs_removed", "Blobs removed by garbage collection", m.gc_blobs_removed.clone());
@@ -399,6 +420,7 @@ impl Metrics {
             sync_counter(&self.cache_bytes_saved.get_or_create(&upstream), c.bytes_saved);
             sync_counter(&self.upstream_bytes_fetched.get_or_create(&upstream), c.bytes_fetched);
             sync_counter(&self.cache_uncached.get_or_create(&upstream), c.uncached);
+            sync_counter(&self.cache_headroom_skips.get_or_create(&upstream), c.headroom_skips);
         }
         if let Some(n) = uploads {
             self.uploads_in_progress.set(n as i64);
@@ -413,6 +435,19 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Records the rate limits the upstreams last announced (before
+    /// [`Metrics::render`]); an upstream that announced none has no gauge.
+    pub fn record_rate_limits(&self, limits: &[(String, Option<cove_core::upstream::RateLimit>)]) {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        for (host, r) in limits {
+            if let Some(r) = r {
+                let upstream = UpstreamLabels { upstream: host.clone() };
+                self.upstream_ratelimit_limit.get_or_create(&upstream).set(r.limit.min(i64::MAX as u64) as i64);
+                self.upstream_ratelimit_remaining.get_or_create(&upstream).set(r.remaining.min(i64::MAX as u64) as i64);
+            }
+        }
+    }
+
     /// Records the storage-full refusals so far and the free space (before
     /// [`Metrics::render`]).
     pub fn record_storage(&self, full_total: u64, space: Option<cove_core::storage::Space>) {

@@ -10,7 +10,7 @@
 //! - `[upstreams]`: the pull-through routes (hosts that remain keep their
 //!   tag freshness, in-flight fetches and counters; unchanged ones keep their
 //!   client and its tokens);
-//! - `server.hostnames`, `[gc]`, `[metrics]`, `[retention]`;
+//! - `server.hostnames`, `[gc]`, `[metrics]`, `[retention]`, `[[prefetch]]`;
 //! - `server.tls_cert`/`tls_key` (the files are also re-read).
 //!
 //! `server.listen`, `server.log_format`, `server.public_url`, `[storage]` and
@@ -58,6 +58,7 @@ pub struct ReloadTargets {
     pub registry: Registry,
     pub gc: Arc<GarbageCollector>,
     pub retention: Arc<RetentionJob>,
+    pub prefetch: Arc<crate::jobs::prefetch::PrefetchJob>,
     pub metrics: Arc<Metrics>,
     pub tls: Option<Arc<CertStore>>,
 }
@@ -102,7 +103,7 @@ struct UpstreamChange {
 }
 
 /// Top-level sections this module knows how to apply (or to refuse).
-const APPLIED: [&str; 6] = ["auth", "access", "upstreams", "gc", "metrics", "retention"];
+const APPLIED: [&str; 7] = ["auth", "access", "upstreams", "gc", "metrics", "retention", "prefetch"];
 
 impl Reloader {
     /// `config` is the configuration in effect, as read from `source`.
@@ -310,9 +311,16 @@ impl Reloader {
             t.metrics.set_enabled(effective.config.metrics.enabled);
             report.changed.push("metrics".into());
         }
-        if section_changed("retention") {
+        if section_changed("retention") || section_changed("prefetch") {
+            // Pinned prefetch entries are part of the retention settings.
             t.retention.set_settings(&effective.config);
+        }
+        if section_changed("retention") {
             report.changed.push("retention".into());
+        }
+        if section_changed("prefetch") {
+            t.prefetch.set_specs(&effective.config);
+            report.changed.push("prefetch".into());
         }
         if let Some((store, cert, key)) = prepared.tls {
             let outcome = tokio::task::spawn_blocking(move || store.reload_from(&cert, &key)).await;

@@ -18,6 +18,7 @@ use crate::app::{App, Operations};
 use crate::auth_slot::AuthSlot;
 use crate::config::{Config, ConfigError, GcSettings, RetentionSettings, StorageKind, Validated};
 use crate::jobs::gc::{guard_storage, GarbageCollector};
+use crate::jobs::prefetch::PrefetchJob;
 use crate::jobs::retention::RetentionJob;
 use crate::jobs::{activity, tls_watch, uploads, Jobs};
 use crate::metrics::Metrics;
@@ -105,11 +106,13 @@ async fn build(
         RetentionSettings::from_config(config),
         activity.clone(),
     ));
+    let prefetch = Arc::new(PrefetchJob::new(registry.clone(), validated.prefetch.clone()));
     let targets = ReloadTargets {
         auth: auth.clone(),
         registry: registry.clone(),
         gc: gc.clone(),
         retention: retention.clone(),
+        prefetch: prefetch.clone(),
         metrics: metrics.clone(),
         tls,
     };
@@ -117,6 +120,7 @@ async fn build(
     let mut jobs = Jobs::default();
     jobs.add(gc.spawn_schedule());
     jobs.add(retention.spawn_schedule());
+    jobs.add(prefetch.spawn_schedule());
     jobs.add(activity::spawn_activity_saver(activity.clone()));
     jobs.add(uploads::spawn_upload_expiry(registry.clone(), validated.upload_ttl));
     if let Some(task) = reload::spawn_sighup_handler(reloader.clone()) {
@@ -126,6 +130,7 @@ async fn build(
         metrics,
         gc,
         retention,
+        prefetch,
         reloader,
         quarantine_dir: config.storage.root.join("quarantine"),
         started: SystemTime::now(),
@@ -161,6 +166,13 @@ async fn open_registry(
     let cache = PullThrough::new(routes, validated.name_rules(), spool.clone())
         .map_err(|e| StartError::Storage { path: spool.display().to_string(), source: e.into() })?;
     Ok((Registry::new(storage).with_cache(cache), gc_guard))
+}
+
+/// The registry and pull-through cache of `config` without a server (for
+/// `cove prefetch` with the server stopped).
+pub async fn open_registry_offline(config: &Config) -> Result<Registry, StartError> {
+    let validated = config.validate()?;
+    Ok(open_registry(config, &validated).await?.0)
 }
 
 /// Says at start who may connect and whose forwarding headers are believed,

@@ -1,6 +1,7 @@
 //! The `/admin/status` document (`cove status`): uptime, storage kind, each
 //! upstream (probed for reachability, with its cache counters and size), the
-//! last garbage collection and the last retention run.
+//! last garbage collection, the last retention run and the last scheduled
+//! prefetch round.
 
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +56,15 @@ async fn base_status(registry: &Registry, gc: &GarbageCollector, started: System
                 Err(e) => (false, None, Some(e)),
             };
             let health = route.upstream.health();
+            let ratelimit = route.upstream.rate_limit().map(|r| {
+                serde_json::json!({
+                    "limit": r.limit, "remaining": r.remaining,
+                    "window_seconds": r.window.map(|w| w.as_secs()),
+                    "observed_at": humantime::format_rfc3339_seconds(r.observed).to_string(),
+                    "current": r.current(),
+                })
+            });
+            let headroom_low = registry.cache().is_some_and(|c| c.low_headroom(route));
             let rfc3339 = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
             serde_json::json!({
                 "host": host,
@@ -72,6 +82,10 @@ async fn base_status(registry: &Registry, gc: &GarbageCollector, started: System
                 "bytes_saved": c.bytes_saved,
                 "bytes_fetched": c.bytes_fetched,
                 "hit_rate": hit_rate,
+                "ratelimit": ratelimit,
+                "ratelimit_floor": route.ratelimit_floor,
+                "headroom_low": headroom_low,
+                "headroom_skips": c.headroom_skips,
             })
         })
         .collect();
@@ -99,6 +113,24 @@ async fn base_status(registry: &Registry, gc: &GarbageCollector, started: System
         "upstreams": upstreams,
         "last_gc": last_gc,
     })
+}
+
+/// Adds the last scheduled prefetch round (`[[prefetch]]`) to
+/// `/admin/status` JSON as `last_prefetch` (null before the first).
+pub fn add_prefetch(prefetch: &crate::jobs::prefetch::PrefetchJob, status: &mut serde_json::Value) {
+    let last = match prefetch.last_run() {
+        None => serde_json::Value::Null,
+        Some((at, r)) => {
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("at".into(), humantime::format_rfc3339_seconds(at).to_string().into());
+            }
+            v
+        }
+    };
+    if let Some(obj) = status.as_object_mut() {
+        obj.insert("last_prefetch".into(), last);
+    }
 }
 
 /// Adds the cache size per upstream (as of the last run) and the last

@@ -14,6 +14,7 @@ pub fn build_routes(upstreams: &[ResolvedUpstream]) -> Result<Vec<UpstreamRoute>
             host: u.host().to_owned(),
             tag_ttl: u.tag_ttl(),
             revalidate_wait: u.revalidate_wait(),
+            ratelimit_floor: u.ratelimit_floor(),
             upstream: u,
         })
         .collect())

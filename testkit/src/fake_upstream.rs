@@ -39,7 +39,8 @@ pub enum Fault {
 /// One call the fake received.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Call {
-    /// `head_manifest`, `get_manifest`, `head_blob`, `get_blob`, `tags`, `ping`.
+    /// `head_manifest`, `get_manifest`, `head_blob`, `get_blob`, `tags`,
+    /// `referrers`, `ping`.
     pub op: &'static str,
     /// The repository (empty for `ping`).
     pub repo: String,
@@ -57,6 +58,12 @@ struct Repo {
 #[derive(Default)]
 struct State {
     repos: HashMap<String, Repo>,
+    /// Whether `referrers` answers as a registry with the referrers API
+    /// (listing stored manifests whose `subject` is the digest) or as one
+    /// without it (`Ok(None)`, a 404).
+    no_referrers_api: bool,
+    /// What `rate_limit` reports.
+    rate_limit: Option<cove_core::upstream::RateLimit>,
     /// The fault and how many more calls it applies to.
     fault: Option<(Fault, usize)>,
     calls: Vec<Call>,
@@ -129,6 +136,20 @@ impl FakeUpstream {
         let d = self.add_manifest(repo, &idx.index.media_type, idx.index.bytes.clone());
         self.tag(repo, tag, &d);
         d
+    }
+
+    /// Answers `referrers` as a registry without the referrers API (as
+    /// distribution 2.8: clients use the tag schema), or with it again.
+    pub fn set_referrers_api(&self, on: bool) {
+        self.state.lock().expect("lock").no_referrers_api = !on;
+    }
+
+    /// Announces `remaining` of `limit` pulls left (now, no window), as
+    /// Docker Hub's rate-limit headers do; `None` announces nothing.
+    pub fn set_rate_limit(&self, limit_remaining: Option<(u64, u64)>) {
+        self.state.lock().expect("lock").rate_limit = limit_remaining.map(|(limit, remaining)| {
+            cove_core::upstream::RateLimit { limit, remaining, window: None, observed: std::time::SystemTime::now() }
+        });
     }
 
     /// Applies `fault` to every call from now on (`None`: answer well again).
@@ -281,6 +302,33 @@ impl Upstream for FakeUpstream {
         Ok(r.tags.keys().cloned().collect())
     }
 
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Option<Vec<cove_core::manifest::Descriptor>>, UpstreamError> {
+        if let Some(e) = self.enter("referrers", repo.as_str(), &subject.to_string()).as_ref().and_then(status_error) {
+            return Err(e);
+        }
+        let st = self.state.lock().expect("lock");
+        if st.no_referrers_api {
+            return Ok(None);
+        }
+        let Some(r) = st.repos.get(repo.as_str()) else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut list: Vec<_> = r
+            .manifests
+            .iter()
+            .filter_map(|(d, (mt, bytes))| {
+                let p = cove_core::manifest::parse_manifest(bytes, Some(mt)).ok()?;
+                (p.subject.as_ref()?.digest == *subject).then(|| p.referrer_descriptor(d, bytes.len() as u64))
+            })
+            .collect();
+        list.sort_by_key(|d| d.digest.to_string());
+        Ok(Some(list))
+    }
+
     async fn ping(&self) -> Result<(), UpstreamError> {
         match self.enter("ping", "", "").as_ref().and_then(status_error) {
             Some(e) => Err(e),
@@ -290,5 +338,9 @@ impl Upstream for FakeUpstream {
     /// Always healthy: the fake fails each call as told, it has no breaker.
     fn health(&self) -> cove_core::upstream::UpstreamHealth {
         cove_core::upstream::UpstreamHealth { healthy: true, ..Default::default() }
+    }
+
+    fn rate_limit(&self) -> Option<cove_core::upstream::RateLimit> {
+        self.state.lock().expect("lock").rate_limit
     }
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use cove_core::upstream::{UpstreamBlob, UpstreamError, UpstreamHealth, UpstreamManifest};
+use cove_core::manifest::{Descriptor, OCI_INDEX};
+use cove_core::upstream::{RateLimit, UpstreamBlob, UpstreamError, UpstreamHealth, UpstreamManifest};
 use cove_core::{Digest, DigestHasher, Reference, RepoName, Upstream};
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, RETRY_AFTER};
@@ -29,6 +30,9 @@ const MAX_TAGS_PAGE: usize = 32 << 20;
 
 /// Most tag-list pages followed through `Link` headers.
 const MAX_TAG_PAGES: usize = 1000;
+
+/// Most referrers-list pages followed through `Link` headers.
+const MAX_REFERRERS_PAGES: usize = 100;
 
 /// The outcome of one failed attempt: what to tell the caller, and whether
 /// another attempt may succeed.
@@ -72,6 +76,9 @@ pub struct OciUpstream {
     backoff_max: Duration,
     max_retry_after: Duration,
     max_manifest_size: usize,
+    ratelimit_floor: u64,
+    /// The latest `ratelimit-*` headers seen on a manifest response.
+    rate_limit: std::sync::Mutex<Option<RateLimit>>,
 }
 
 impl std::fmt::Debug for OciUpstream {
@@ -115,6 +122,8 @@ impl OciUpstream {
             backoff_max: Duration::from_secs(5),
             max_retry_after: Duration::from_secs(5),
             max_manifest_size: MAX_MANIFEST_SIZE,
+            ratelimit_floor: cfg.ratelimit_floor,
+            rate_limit: std::sync::Mutex::new(None),
         })
     }
 
@@ -170,6 +179,19 @@ impl OciUpstream {
     /// the cached copy as stale.
     pub fn revalidate_wait(&self) -> Duration {
         self.revalidate_wait
+    }
+
+    /// Below how many remaining pulls cached tags are not revalidated.
+    pub fn ratelimit_floor(&self) -> u64 {
+        self.ratelimit_floor
+    }
+
+    /// Records the rate limit a manifest response announced, if it did.
+    fn record_rate_limit(&self, headers: &HeaderMap) {
+        if let Some(r) = parse_rate_limit(headers) {
+            tracing::debug!(upstream = %self.host, limit = r.limit, remaining = r.remaining, "upstream rate limit");
+            *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        }
     }
 
     /// Whether credentials are configured (never the credentials).
@@ -261,10 +283,22 @@ impl OciUpstream {
         accept: Option<&'static str>,
         scope: &str,
     ) -> Result<Response, Failure> {
+        check_status(self.send_answered(method, url, accept, scope).await?)
+    }
+
+    /// [`Self::send`] without the status check: the response whatever its
+    /// status, except a refusal after authentication.
+    async fn send_answered(
+        &self,
+        method: &Method,
+        url: &Url,
+        accept: Option<&'static str>,
+        scope: &str,
+    ) -> Result<Response, Failure> {
         let auth = self.auth.authorize(&self.client, scope).await?;
         let resp = self.send_once(method, url, accept, auth.as_ref()).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
-            return check_status(resp);
+            return Ok(resp);
         }
         let rejected = match &auth {
             Some(Authorization::Bearer(t)) => Some(t.clone()),
@@ -276,7 +310,7 @@ impl OciUpstream {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Failure::Fatal(UpstreamError::Unauthorized(
                 format!("{} answered {} after authentication", self.host, resp.status()),
             ))),
-            _ => check_status(resp),
+            _ => Ok(resp),
         }
     }
 
@@ -324,7 +358,10 @@ impl OciUpstream {
         let scope = pull_scope(repo);
         let (url, scope, method) = (&url, scope.as_str(), &method);
         self.retrying("manifest", || async move {
-            let resp = self.send(method, url, Some(MANIFEST_ACCEPT), scope).await?;
+            let resp = self.send_answered(method, url, Some(MANIFEST_ACCEPT), scope).await?;
+            // Docker Hub announces the pull budget on manifest answers, a 429 included.
+            self.record_rate_limit(resp.headers());
+            let resp = check_status(resp)?;
             let announced = announced_digest(resp.headers())?;
             let content_type = header_str(resp.headers(), CONTENT_TYPE.as_str()).map(media_type);
             if method == Method::HEAD {
@@ -366,6 +403,24 @@ impl OciUpstream {
         })
         .await
     }
+}
+
+/// Docker Hub's `ratelimit-limit: 100;w=21600` and
+/// `ratelimit-remaining: 76;w=21600` (the draft RateLimit header fields'
+/// older form): both must be there and parse.
+pub fn parse_rate_limit(h: &HeaderMap) -> Option<RateLimit> {
+    fn parts(v: &str) -> Option<(u64, Option<Duration>)> {
+        let mut it = v.split(';');
+        let n = it.next()?.trim().parse().ok()?;
+        let w = it
+            .filter_map(|p| p.trim().strip_prefix("w="))
+            .find_map(|w| w.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Some((n, w))
+    }
+    let (limit, w1) = parts(header_str(h, "ratelimit-limit")?)?;
+    let (remaining, w2) = parts(header_str(h, "ratelimit-remaining")?)?;
+    Some(RateLimit { limit, remaining, window: w2.or(w1), observed: SystemTime::now() })
 }
 
 /// A random number in [0, 1) from the standard library's hasher keys.
@@ -606,8 +661,63 @@ impl Upstream for OciUpstream {
         Err(UpstreamError::Invalid(format!("tag list has more than {MAX_TAG_PAGES} pages")))
     }
 
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Option<Vec<Descriptor>>, UpstreamError> {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            manifests: Option<Vec<Descriptor>>,
+        }
+        let scope = pull_scope(repo);
+        let mut url = self.endpoint(repo, &format!("referrers/{subject}"))?;
+        let mut all = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_REFERRERS_PAGES {
+            if !seen.insert(url.clone()) {
+                return Err(UpstreamError::Invalid("referrers pagination loops".into()));
+            }
+            let (u, s) = (&url, scope.as_str());
+            let page = self
+                .retrying("referrers", || async move {
+                    let resp = self.send_answered(&Method::GET, u, Some(OCI_INDEX), s).await?;
+                    // No referrers API: 404 (distribution 2.8), or the other
+                    // answers clients take to mean "use the tag schema".
+                    if matches!(resp.status().as_u16(), 400 | 404 | 405 | 406) {
+                        return Ok(None);
+                    }
+                    let resp = check_status(resp)?;
+                    if header_str(resp.headers(), CONTENT_TYPE.as_str()).map(media_type).as_deref() != Some(OCI_INDEX) {
+                        return Ok(None);
+                    }
+                    let next = header_str(resp.headers(), LINK.as_str()).and_then(crate::challenge::next_link);
+                    let body = read_capped(resp, self.max_manifest_size, "referrers list").await?;
+                    let index: Index = serde_json::from_slice(&body)
+                        .map_err(|e| invalid(&format!("referrers list is not a valid image index: {e}")))?;
+                    Ok(Some((index.manifests.unwrap_or_default(), next)))
+                })
+                .await?;
+            let Some((list, next)) = page else {
+                return Ok(None);
+            };
+            all.extend(list);
+            match next {
+                None => return Ok(Some(all)),
+                Some(link) => {
+                    let next = url.join(&link).map_err(|_| UpstreamError::Invalid("bad Link header".into()))?;
+                    if !same_origin(&next, &self.base) {
+                        return Err(UpstreamError::Invalid("referrers Link points to another origin".into()));
+                    }
+                    url = next;
+                }
+            }
+        }
+        Err(UpstreamError::Invalid(format!("referrers list has more than {MAX_REFERRERS_PAGES} pages")))
+    }
+
     fn health(&self) -> UpstreamHealth {
         self.health.snapshot()
+    }
+
+    fn rate_limit(&self) -> Option<RateLimit> {
+        *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn ping(&self) -> Result<(), UpstreamError> {
@@ -668,6 +778,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn rate_limit_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(parse_rate_limit(&h), None);
+        h.insert("ratelimit-limit", "100;w=21600".parse().expect("hv"));
+        assert_eq!(parse_rate_limit(&h), None, "remaining missing");
+        h.insert("ratelimit-remaining", "76;w=21600".parse().expect("hv"));
+        let r = parse_rate_limit(&h).expect("parsed");
+        assert_eq!((r.limit, r.remaining, r.window), (100, 76, Some(Duration::from_secs(21600))));
+        assert!(r.current());
+        h.insert("ratelimit-remaining", " 3 ".parse().expect("hv"));
+        let r = parse_rate_limit(&h).expect("parsed");
+        assert_eq!((r.remaining, r.window), (3, Some(Duration::from_secs(21600))), "window from the limit");
+        h.insert("ratelimit-remaining", "lots".parse().expect("hv"));
+        assert_eq!(parse_rate_limit(&h), None);
+        let old = RateLimit {
+            limit: 1,
+            remaining: 0,
+            window: Some(Duration::from_secs(60)),
+            observed: SystemTime::now() - Duration::from_secs(61),
+        };
+        assert!(!old.current(), "a past window's budget is renewed");
     }
 
     #[test]

@@ -87,6 +87,12 @@ pub struct UpstreamConfig {
     /// connect error, timeout). Default `3`, at most [`MAX_RETRIES`].
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// When the upstream's `ratelimit-remaining` (Docker Hub's pull limit
+    /// headers) falls below this, cached tags are served without
+    /// revalidation (marked `stale`) and prefetching pauses, so the pulls
+    /// left go to images not cached yet. Default `10`; `0` turns it off.
+    #[serde(default = "default_ratelimit_floor")]
+    pub ratelimit_floor: u64,
 }
 
 fn default_true() -> bool {
@@ -113,6 +119,9 @@ fn default_request_deadline() -> Duration {
 fn default_retries() -> u32 {
     3
 }
+fn default_ratelimit_floor() -> u64 {
+    10
+}
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
@@ -138,6 +147,7 @@ impl Default for UpstreamConfig {
             read_timeout: default_read_timeout(),
             request_deadline: default_request_deadline(),
             retries: default_retries(),
+            ratelimit_floor: default_ratelimit_floor(),
         }
     }
 }
@@ -166,6 +176,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("read_timeout", &self.read_timeout)
             .field("request_deadline", &self.request_deadline)
             .field("retries", &self.retries)
+            .field("ratelimit_floor", &self.ratelimit_floor)
             .finish()
     }
 }

@@ -27,6 +27,9 @@ pub struct CacheCounters {
     /// Blob misses streamed to their clients but not cached: storage had
     /// no room to spool them (disk full, or below `storage.min_free`).
     pub uncached: u64,
+    /// Cached tags served without revalidation (counted as `stale` too)
+    /// because the upstream's rate-limit headroom was below the floor.
+    pub headroom_skips: u64,
 }
 
 /// The counters of every upstream, by host; shared with fetch tasks.

@@ -91,17 +91,17 @@ impl TagFreshness {
         }
     }
 
-    fn is_down(&self, host: &str) -> bool {
+    pub(super) fn is_down(&self, host: &str) -> bool {
         self.down_until.lock().ok().and_then(|d| d.get(host).map(|until| Instant::now() < *until)).unwrap_or(false)
     }
 
-    fn mark_down(&self, host: &str) {
+    pub(super) fn mark_down(&self, host: &str) {
         if let Ok(mut d) = self.down_until.lock() {
             d.insert(host.to_owned(), Instant::now() + UPSTREAM_DOWN_BACKOFF);
         }
     }
 
-    fn mark_up(&self, host: &str) {
+    pub(super) fn mark_up(&self, host: &str) {
         if let Ok(mut d) = self.down_until.lock() {
             d.remove(host);
         }
@@ -205,6 +205,11 @@ impl PullThrough {
             if self.freshness.is_down(&route.host) || !route.upstream.health().healthy {
                 // Upstream failed moments ago, or is not answering: do not
                 // make every client wait for it again.
+                return Ok((m.clone(), CacheStatus::Stale));
+            }
+            if self.low_headroom(route) {
+                // Keep the upstream's remaining pulls for images not cached.
+                self.counters.count(&route.host, |c| c.headroom_skips += 1);
                 return Ok((m.clone(), CacheStatus::Stale));
             }
             return Ok(self.revalidate_within(at, tag, m.clone()).await);

@@ -8,6 +8,8 @@
 //!   upstream round trip for concurrent requests);
 //! - [`blob`], [`fetch`] and `spool`: serving blobs, and the single upstream
 //!   fetch of a missing one, spooled to disk while clients read it;
+//! - [`referrers`]: referrers lists of cached images, from the upstream's
+//!   referrers API or its tag schema, cached like tags;
 //! - [`failure`]: what an upstream failure becomes for the client.
 //!
 //! A blob miss starts one upstream fetch. Its bytes are hashed once and
@@ -25,6 +27,7 @@ pub mod counters;
 pub mod failure;
 pub mod fetch;
 pub mod manifest;
+pub mod referrers;
 pub mod routing;
 pub(crate) mod spool;
 
@@ -42,6 +45,7 @@ pub use routing::{NameRules, Route, UpstreamRoute};
 use counters::UpstreamCounters;
 use fetch::BlobFlights;
 use manifest::{ManifestFlights, Revalidations, TagFreshness};
+use referrers::ReferrersFreshness;
 
 /// How a response was served, sent to clients in the `X-Cove-Cache` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +90,7 @@ pub struct PullThrough {
     names: RwLock<NameRules>,
     spool_dir: PathBuf,
     freshness: TagFreshness,
+    referrers_freshness: ReferrersFreshness,
     revalidations: Revalidations,
     blob_flights: Arc<BlobFlights>,
     manifest_flights: ManifestFlights,
@@ -106,6 +111,7 @@ impl PullThrough {
             names: RwLock::new(names.normalized()),
             spool_dir,
             freshness: TagFreshness::default(),
+            referrers_freshness: ReferrersFreshness::default(),
             revalidations: Revalidations::default(),
             blob_flights: Arc::default(),
             manifest_flights: ManifestFlights::default(),
@@ -127,11 +133,20 @@ impl PullThrough {
         let keep: std::collections::HashSet<String> = routes.iter().map(|r| r.host.clone()).collect();
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
         self.freshness.retain_hosts(&keep);
+        self.referrers_freshness.retain_hosts(&keep);
     }
 
     /// A snapshot of the per-upstream counters.
     pub fn counters(&self) -> std::collections::HashMap<String, CacheCounters> {
         self.counters.snapshot()
+    }
+
+    /// Whether `route`'s upstream announced fewer remaining pulls than its
+    /// `ratelimit_floor` in the current window: then cached tags are not
+    /// revalidated and nothing is prefetched.
+    pub fn low_headroom(&self, route: &UpstreamRoute) -> bool {
+        route.ratelimit_floor > 0
+            && route.upstream.rate_limit().is_some_and(|r| r.current() && r.remaining < route.ratelimit_floor)
     }
 
     /// Digests with an upstream fetch in flight (garbage collection keeps

@@ -31,6 +31,10 @@ pub struct UpstreamRoute {
     /// its TTL before it gets the cached manifest marked stale (the
     /// revalidation goes on in the background).
     pub revalidate_wait: Duration,
+    /// Below this many remaining pulls (the upstream's `ratelimit-remaining`)
+    /// cached tags are not revalidated and nothing is prefetched, so the
+    /// rest of the budget goes to images not cached yet; 0 turns it off.
+    pub ratelimit_floor: u64,
 }
 
 /// How request names map to stored names, besides the upstream prefixes.

@@ -35,18 +35,27 @@ impl Registry {
     }
 
     /// The referrers of `subject` as an image index, optionally filtered by
-    /// artifact type. An unknown subject has an empty index.
+    /// artifact type. An unknown subject has an empty index. In a cached
+    /// repository the list is upstream's (see [`crate::cache::referrers`]),
+    /// filtered here.
     pub async fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<ReferrersResponse> {
-        let mut list = self.storage.referrers(repo, subject).await?;
+        let (mut list, cache) = match self.cached_route(repo) {
+            Some((cache, route, remote)) => {
+                let at = CachedRepo { storage: &self.storage, route: &route, remote: &remote, repo };
+                let (list, status) = cache.referrers(at, subject).await?;
+                (list, Some(status))
+            }
+            None => (self.storage.referrers(repo, subject).await?, None),
+        };
         if let Some(at) = artifact_type {
             list.retain(|d| d.artifact_type.as_deref() == Some(at));
         }
-        Ok(ReferrersResponse { body: referrers_index(&list), filtered: artifact_type.is_some() })
+        Ok(ReferrersResponse { body: referrers_index(&list), filtered: artifact_type.is_some(), cache })
     }
 }
 

@@ -2,11 +2,13 @@
 //! the plugin traits. The HTTP server parses requests into typed values and
 //! calls these methods; everything here is free of HTTP. The operations
 //! are grouped by family: `manifests`, `blobs` (with uploads) and
-//! `discovery` (tags, catalog, referrers).
+//! `discovery` (tags, catalog, referrers); [`prefetch`] pulls images into
+//! the cache ahead of clients.
 
 mod blobs;
 mod discovery;
 mod manifests;
+pub mod prefetch;
 
 pub use manifests::{too_many_tags, MAX_TAGS_PER_PUSH};
 
@@ -68,6 +70,8 @@ pub struct ReferrersResponse {
     pub body: Bytes,
     /// Whether an `artifactType` filter was applied.
     pub filtered: bool,
+    /// How a cached repository's list was served.
+    pub cache: Cache,
 }
 
 /// The registry engine.

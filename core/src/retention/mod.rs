@@ -91,6 +91,9 @@ pub struct TagPolicy {
     pub keep_pulled_within: Option<Duration>,
 }
 
+/// Says whether `repository:tag` is pinned.
+pub type PinnedTags = Box<dyn Fn(&RepoName, &str) -> bool + Send + Sync>;
+
 /// What a retention run does.
 pub struct RetentionOptions {
     pub upstreams: Vec<UpstreamPolicy>,
@@ -104,6 +107,9 @@ pub struct RetentionOptions {
     /// the per-upstream limits, the least recently pulled cached images of
     /// every upstream go until this much is freed. Private images never.
     pub free_bytes: Option<u64>,
+    /// Whether `repository:tag` is pinned (`[[prefetch]] pin = true`): a
+    /// cached image a pinned tag points at is never evicted by cache limits.
+    pub pinned: PinnedTags,
 }
 
 /// One evicted (or, in a dry run, evictable) cached image.

@@ -41,6 +41,8 @@ pub(super) struct CachedImage {
     pub(super) members: HashSet<Digest>,
     pub(super) blobs: HashSet<Digest>,
     pub(super) last_pull: u64,
+    /// A pinned tag points at it: counted, never evicted.
+    pub(super) pinned: bool,
 }
 
 /// A planned cache eviction.
@@ -141,12 +143,14 @@ impl RetentionRun<'_> {
                     .map(|m| self.activity.last_pull_or_seen(repo, m, self.now))
                     .max()
                     .unwrap_or(self.now);
+                let pinned = listed.tags.iter().any(|(t, td)| td == d && (self.opts.pinned)(repo, t));
                 images.push(CachedImage {
                     repo: repo.clone(),
                     digest: d.clone(),
                     blobs: listed.blobs_of(&members),
                     members,
                     last_pull,
+                    pinned,
                 });
             }
         }
@@ -178,6 +182,9 @@ impl RetentionRun<'_> {
         };
         let mut planned = Vec::new();
         for image in images {
+            if image.pinned {
+                continue;
+            }
             let idle = self.now.saturating_sub(image.last_pull);
             let reason = if policy.max_age.is_some_and(|a| idle > a.as_millis() as u64) {
                 "max_age"
@@ -242,6 +249,9 @@ impl RetentionRun<'_> {
                 break;
             }
             let Some((host, image)) = slots.get_mut(idx).and_then(Option::take) else { continue };
+            if image.pinned {
+                continue;
+            }
             let idle = self.now.saturating_sub(image.last_pull);
             if idle <= self.grace_ms || image.blobs.iter().any(self.protect) {
                 report.kept_in_use += 1;

@@ -117,6 +117,9 @@ impl App {
                 if r.filtered {
                     resp.headers_mut().insert(OCI_FILTERS, HeaderValue::from_static("artifactType"));
                 }
+                if let Some(c) = r.cache {
+                    set(resp.headers_mut(), CACHE_STATUS, c.as_str());
+                }
                 Ok(resp)
             }
         }

@@ -1,5 +1,6 @@
 //! The operations endpoints: `/healthz`, `/readyz`, `/metrics` and the
-//! loopback-only `/admin/*` (GC, scrub, retention, reload, status). They
+//! loopback-only `/admin/*` (GC, scrub, retention, reload, status,
+//! prefetch). They
 //! call the background components the application was built with.
 
 use http::{Response, StatusCode};
@@ -65,6 +66,12 @@ impl App {
         metrics.record_storage(self.registry.storage_full_count(), space);
         let fetches = self.registry.cache().map(|c| c.inflight_digests().len()).unwrap_or(0);
         let uploads = self.registry.storage().upload_list().await.ok().map(|l| l.len());
+        let limits: Vec<_> = self
+            .registry
+            .cache()
+            .map(|c| c.routes().into_iter().map(|r| (r.host, r.upstream.rate_limit())).collect())
+            .unwrap_or_default();
+        metrics.record_rate_limits(&limits);
         let health: Vec<_> = self
             .registry
             .cache()
@@ -96,10 +103,61 @@ impl App {
             },
             AdminOp::Reload => Ok(self.reload().await),
             AdminOp::Status => {
-                let v = crate::status::status(&self.registry, &ops.gc, &ops.retention, ops.started).await;
+                let mut v = crate::status::status(&self.registry, &ops.gc, &ops.retention, ops.started).await;
+                crate::status::add_prefetch(&ops.prefetch, &mut v);
                 Ok(json(StatusCode::OK, &v))
             }
+            AdminOp::Prefetch => self.prefetch(query),
         }
+    }
+
+    /// `POST /admin/prefetch?ref=IMAGE…[&platform=os/arch…]`: pulls the
+    /// images into the cache, answering one JSON line per event as it goes
+    /// (`application/x-ndjson`) and a last `{"event":"done",…}` line with
+    /// the totals. The prefetch finishes even if the client hangs up.
+    fn prefetch(&self, query: &Query) -> Result<Response<Body>, RegistryError> {
+        use crate::config::prefetch::{parse_image_ref, PrefetchSpec, PrefetchWhat};
+        use cove_core::registry::prefetch::Platform;
+        let mut platforms = Vec::new();
+        for p in query.get_all("platform") {
+            platforms.push(p.parse::<Platform>().map_err(|m| RegistryError::new(ErrorCode::NameInvalid, m))?);
+        }
+        let mut specs = Vec::new();
+        for r in query.get_all("ref") {
+            let (name, reference) = parse_image_ref(r).map_err(|m| RegistryError::new(ErrorCode::NameInvalid, m))?;
+            let repo = self.registry.resolve_name(name.as_str(), None)?;
+            specs.push(PrefetchSpec {
+                repo,
+                what: PrefetchWhat::Reference(reference),
+                platforms: platforms.clone(),
+                pin: false,
+                interval: std::time::Duration::from_secs(3600),
+            });
+        }
+        if specs.is_empty() {
+            return Err(RegistryError::new(
+                ErrorCode::NameInvalid,
+                "name at least one image: ?ref=docker.io/library/alpine:3.20",
+            ));
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+        let job = self.ops.prefetch.clone();
+        tokio::spawn(async move {
+            let line = |v: serde_json::Value| bytes::Bytes::from(format!("{v}\n"));
+            let progress = |e: cove_core::registry::prefetch::PrefetchEvent| {
+                let _ = tx.send(line(serde_json::to_value(&e).unwrap_or_default()));
+            };
+            let report = job.run(&specs, &progress).await;
+            let mut done = serde_json::to_value(&report).unwrap_or_default();
+            if let Some(o) = done.as_object_mut() {
+                o.insert("event".into(), "done".into());
+            }
+            let _ = tx.send(line(done));
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) });
+        let mut resp = Response::new(body::stream(Box::pin(stream)));
+        set(resp.headers_mut(), http::header::CONTENT_TYPE, "application/x-ndjson");
+        Ok(resp)
     }
 
     /// `POST /admin/reload`: 200 with the [`ReloadReport`], or the spec's

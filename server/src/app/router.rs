@@ -76,6 +76,8 @@ pub enum AdminOp {
     Reload,
     /// `GET /admin/status`
     Status,
+    /// `POST /admin/prefetch?ref=IMAGE[&ref=…][&platform=os/arch]`
+    Prefetch,
 }
 
 /// What a route requires of the caller.
@@ -234,6 +236,7 @@ impl Resource {
             "/admin/retention" => Resource::Admin(AdminOp::Retention),
             "/admin/reload" => Resource::Admin(AdminOp::Reload),
             "/admin/status" => Resource::Admin(AdminOp::Status),
+            "/admin/prefetch" => Resource::Admin(AdminOp::Prefetch),
             p => return Resource::parse_v2(p),
         })
     }

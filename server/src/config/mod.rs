@@ -9,6 +9,7 @@
 mod gc;
 mod metrics;
 mod mirror;
+pub mod prefetch;
 mod retention;
 mod server;
 mod storage;
@@ -52,6 +53,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// `[mirror]`: Docker Hub mirror mode for unqualified names.
     pub mirror: MirrorConfig,
+    /// `[[prefetch]]`: images kept warm in the cache.
+    pub prefetch: Vec<prefetch::PrefetchEntry>,
 }
 
 /// A configuration that failed to load or validate.
@@ -81,6 +84,8 @@ pub struct Validated {
     /// private prefixes kept from it.
     pub default_upstream: Option<String>,
     pub private_prefixes: Vec<String>,
+    /// `[[prefetch]]` entries.
+    pub prefetch: Vec<prefetch::PrefetchSpec>,
 }
 
 impl Config {
@@ -114,6 +119,7 @@ impl Config {
         server::validate_tls(&self.server, &mut problems);
         let self_hosts = server::self_hosts(&self.server, public_url.as_deref(), &upstream_hosts, &mut problems);
         let (default_upstream, private_prefixes) = mirror::validate(&self.mirror, &upstream_hosts, &mut problems);
+        let prefetch = prefetch::validate(&self.prefetch, &upstream_hosts, &mut problems);
         match (listen, upload_ttl) {
             (Some(listen), Some(upload_ttl)) if problems.is_empty() => Ok(Validated {
                 listen,
@@ -124,6 +130,7 @@ impl Config {
                 self_hosts,
                 default_upstream,
                 private_prefixes,
+                prefetch,
             }),
             _ => Err(ConfigError::Invalid(problems)),
         }

@@ -163,6 +163,8 @@ pub struct RetentionSettings {
     /// `[gc] untagged` and `storage.upload_ttl`, for the blob sweep.
     pub gc_untagged: bool,
     pub upload_ttl: Option<Duration>,
+    /// `[[prefetch]]` entries with `pin = true`: their tags are never evicted.
+    pub pins: Vec<super::prefetch::PrefetchSpec>,
 }
 
 impl RetentionSettings {
@@ -192,6 +194,7 @@ impl RetentionSettings {
             grace: parse_duration(&config.gc.grace).unwrap_or(Duration::from_secs(3600)),
             gc_untagged: config.gc.untagged,
             upload_ttl: parse_duration(&config.storage.upload_ttl).ok(),
+            pins: super::prefetch::specs(config).into_iter().filter(|s| s.pin).collect(),
         }
     }
 
@@ -223,6 +226,10 @@ impl RetentionSettings {
             grace: self.grace,
             dry_run,
             free_bytes: None,
+            pinned: {
+                let pins = self.pins.clone();
+                Box::new(move |repo: &RepoName, tag: &str| pins.iter().any(|p| p.pins(repo, tag)))
+            },
         }
     }
 

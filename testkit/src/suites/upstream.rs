@@ -80,7 +80,17 @@ pub async fn run_all(up: &dyn Upstream, f: &Fixture) {
     index(up, f).await;
     blobs(up, f).await;
     tags(up, f).await;
+    referrers(up, f).await;
     not_found(up, f).await;
+}
+
+/// The fixture has no referrers: an upstream with the referrers API lists
+/// none, one without it says so (`None`, the caller's cue for the tag
+/// schema); neither is an error.
+pub async fn referrers(up: &dyn Upstream, f: &Fixture) {
+    let subject = digest(&f.image.manifest.digest);
+    let r = up.referrers(&f.repo, &subject).await.expect("referrers of a manifest without any");
+    assert!(r.as_ref().is_none_or(|l| l.is_empty()), "no referrers expected: {r:?}");
 }
 
 /// Manifests by tag and by digest: HEAD has no bytes, GET is byte for byte,

@@ -13,7 +13,7 @@ use cove_server::config::{Config, GcSettings};
 use cove_server::jobs::retention::RunReport;
 
 use crate::admin_client;
-use crate::cli::{OpsCommand, RetentionArgs};
+use crate::cli::{OpsCommand, PrefetchArgs, RetentionArgs};
 use crate::report::{self, Progress};
 
 /// Runs an operations subcommand.
@@ -140,6 +140,69 @@ async fn run_offline(cmd: OpsCommand, config: &Config) -> Result<ExitCode, Strin
         }
         OpsCommand::Status { .. } => Ok(ExitCode::FAILURE),
     }
+}
+
+/// `cove prefetch REF…`: through the running server (its answer streams
+/// one JSON event per line, printed as it comes), or on the storage
+/// directly when no server answers. Fails when anything could not be
+/// fetched or the rate-limit headroom paused it.
+pub fn prefetch(args: PrefetchArgs) -> Result<ExitCode, String> {
+    use cove_core::registry::prefetch::{PrefetchEvent, PrefetchReport};
+    let config = load_valid(&args.config)?;
+    let addr = args.addr.or_else(|| admin_client::local_addr(&config));
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for r in &args.refs {
+        query.append_pair("ref", r);
+    }
+    for p in &args.platforms {
+        query.append_pair("platform", p);
+    }
+    let path = format!("/admin/prefetch?{}", query.finish());
+    crate::runtime()?.block_on(async move {
+        if let Some(a) = addr {
+            let mut report: Option<PrefetchReport> = None;
+            let mut on_line = |line: &str| {
+                if let Ok(e) = serde_json::from_str::<PrefetchEvent>(line) {
+                    report::print_prefetch_event(&e);
+                } else if let Ok(r) = serde_json::from_str::<PrefetchReport>(line) {
+                    report = Some(r);
+                }
+            };
+            match admin_client::send_streaming(&config, a, "POST", &path, &mut on_line).await {
+                Ok((200, _)) => {
+                    eprintln!("(ran by the server at {a})");
+                    let r = report.ok_or_else(|| format!("the server at {a} ended the answer before the totals"))?;
+                    return Ok(report::print_prefetch(&r));
+                }
+                Ok((status, body)) => return Err(format!("server at {a} answered {status}: {}", body.trim())),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(format!("cannot ask the server at {a}: {e}")),
+            }
+        }
+        eprintln!(
+            "no server answers at {}; working on {} directly",
+            addr.map(|a| a.to_string()).unwrap_or_default(),
+            config.storage.describe()
+        );
+        let registry = cove_server::serve::open_registry_offline(&config).await.map_err(|e| e.to_string())?;
+        let progress = |e: PrefetchEvent| report::print_prefetch_event(&e);
+        let mut total = PrefetchReport::default();
+        for r in &args.refs {
+            let (name, reference) = cove_server::config::prefetch::parse_image_ref(r)?;
+            let repo = registry.resolve_name(name.as_str(), None).map_err(|e| e.message)?;
+            let mut platforms = Vec::new();
+            for p in &args.platforms {
+                platforms.push(p.parse()?);
+            }
+            let req = cove_core::registry::prefetch::PrefetchRequest {
+                repo,
+                target: cove_core::registry::prefetch::PrefetchTarget::Reference(reference),
+                platforms,
+            };
+            total.add(&registry.prefetch(&req, &progress).await.map_err(|e| e.message)?);
+        }
+        Ok(report::print_prefetch(&total))
+    })
 }
 
 /// `cove reload`: asks the server at `addr` to reload; prints what changed

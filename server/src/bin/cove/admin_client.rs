@@ -14,21 +14,28 @@ use cove_server::config::Config;
 
 /// Sends `method path` to a running Cove at `addr` (plain HTTP/1.0 over
 /// loopback) and returns the status and body. `Err` when nothing listens.
-async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+async fn admin_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    on_line: Option<&mut (dyn FnMut(&str) + Send)>,
+) -> std::io::Result<(u16, String)> {
     let s = tokio::net::TcpStream::connect(addr).await?;
-    exchange(s, addr, method, path, false).await
+    exchange(s, addr, method, path, false, on_line).await
 }
 
 /// Sends one bodiless HTTP/1.0 request on `s` and reads the response to the
 /// end: (status, body). With `tolerate_unclean_close`, a read error after
 /// some bytes arrived (a TLS peer closing without close_notify) still
-/// returns what was read.
+/// returns what was read. `on_line` sees each complete body line as soon as
+/// it arrives (for answers that stream progress).
 async fn exchange<S>(
     mut s: S,
     addr: SocketAddr,
     method: &str,
     path: &str,
     tolerate_unclean_close: bool,
+    mut on_line: Option<&mut (dyn FnMut(&str) + Send)>,
 ) -> std::io::Result<(u16, String)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -37,9 +44,34 @@ where
     let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
-    if let Err(e) = s.read_to_end(&mut buf).await {
-        if !tolerate_unclean_close || buf.is_empty() {
-            return Err(e);
+    let mut chunk = vec![0u8; 16 * 1024];
+    // Where the body starts once the head is in, and how much of it was shown.
+    let mut body_at: Option<usize> = None;
+    let mut shown = 0usize;
+    loop {
+        let n = match s.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(e) if tolerate_unclean_close && !buf.is_empty() => {
+                let _ = e;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(f) = on_line.as_mut() {
+            if body_at.is_none() {
+                body_at = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+                shown = body_at.unwrap_or(0);
+            }
+            if body_at.is_some() {
+                while let Some(nl) = buf[shown..].iter().position(|b| *b == b'\n') {
+                    f(String::from_utf8_lossy(&buf[shown..shown + nl]).trim_end());
+                    shown += nl + 1;
+                }
+            }
         }
     }
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -52,8 +84,23 @@ where
 /// exactly the configured certificate), plain HTTP otherwise.
 pub async fn send(config: &Config, addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     match &config.server.tls_cert {
-        Some(cert) => admin_request_tls(addr, cert, method, path).await,
-        None => admin_request(addr, method, path).await,
+        Some(cert) => admin_request_tls(addr, cert, method, path, None).await,
+        None => admin_request(addr, method, path, None).await,
+    }
+}
+
+/// [`send`], showing each line of the answer's body to `on_line` as it
+/// arrives.
+pub async fn send_streaming(
+    config: &Config,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> std::io::Result<(u16, String)> {
+    match &config.server.tls_cert {
+        Some(cert) => admin_request_tls(addr, cert, method, path, Some(on_line)).await,
+        None => admin_request(addr, method, path, Some(on_line)).await,
     }
 }
 
@@ -122,6 +169,7 @@ async fn admin_request_tls(
     cert_file: &Path,
     method: &str,
     path: &str,
+    on_line: Option<&mut (dyn FnMut(&str) + Send)>,
 ) -> std::io::Result<(u16, String)> {
     let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     let pem = std::fs::read(cert_file)?;
@@ -139,5 +187,5 @@ async fn admin_request_tls(
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let s = connector.connect(name, tcp).await?;
     // A peer closing without close_notify still delivered the response.
-    exchange(s, addr, method, path, true).await
+    exchange(s, addr, method, path, true, on_line).await
 }

@@ -52,6 +52,10 @@ pub enum Command {
         #[arg(long)]
         addr: Option<SocketAddr>,
     },
+    /// Pull images into the cache now (keep-warm), printing progress: asks
+    /// the running server when one answers; otherwise works on the storage
+    /// directly (only with the server stopped).
+    Prefetch(PrefetchArgs),
     /// Check a configuration file and print the effective settings.
     CheckConfig {
         #[arg(long, short)]
@@ -166,6 +170,25 @@ pub enum OpsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `cove prefetch REF…`
+#[derive(Debug, clap::Args)]
+pub struct PrefetchArgs {
+    /// Images in an upstream's namespace: `docker.io/library/alpine:3.20`,
+    /// `ghcr.io/owner/app@sha256:…` (no tag: `latest`).
+    #[arg(required = true)]
+    pub refs: Vec<String>,
+    /// Only these platforms of a multi-platform image (`linux/amd64`,
+    /// `linux/arm64/v8`; repeatable). Default: every platform.
+    #[arg(long = "platform")]
+    pub platforms: Vec<String>,
+    /// TOML configuration file (upstreams, storage, listen address).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// The running server's address (default: server.listen on loopback).
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
 }
 
 /// `cove retention`: evict cached images and remove tags by the

@@ -42,6 +42,10 @@ fn main() -> ExitCode {
             admin::run(cmd)
         }
         Command::Reload { config, addr } => admin::reload(config, addr),
+        Command::Prefetch(args) => {
+            init_logging(LogFormat::Text);
+            admin::prefetch(args)
+        }
         Command::CheckConfig { config } => commands::check_config(&config),
     };
     outcome.unwrap_or_else(|e| {

@@ -59,6 +59,7 @@ pub fn format_status(v: &serde_json::Value) -> String {
         "STALE",
         "ERRORS",
         "429s",
+        "RATE LIMIT",
         "SAVED",
         "CACHED",
         "LAST ERROR",
@@ -72,6 +73,14 @@ pub fn format_status(v: &serde_json::Value) -> String {
             _ => format!("NO: {}", u["probe_error"].as_str().unwrap_or("?")),
         };
         let hit_rate = u["hit_rate"].as_f64().map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
+        // `76/100 left`, and `LOW` once under the floor (tags not revalidated).
+        let ratelimit = match (u["ratelimit"]["remaining"].as_u64(), u["ratelimit"]["limit"].as_u64()) {
+            (Some(rem), Some(lim)) if u["headroom_low"].as_bool() == Some(true) => {
+                format!("{rem}/{lim} left, LOW (< {}): cache only for cached tags", n("ratelimit_floor"))
+            }
+            (Some(rem), Some(lim)) => format!("{rem}/{lim} left"),
+            _ => "-".to_owned(),
+        };
         let cached = u["cache_bytes"].as_u64().map_or("-".to_owned(), mib);
         let last_error = match (u["last_error"].as_str(), u["last_error_at"].as_str()) {
             (Some(e), Some(at)) => format!("{at}: {e}"),
@@ -87,6 +96,7 @@ pub fn format_status(v: &serde_json::Value) -> String {
             n("stale"),
             n("upstream_errors"),
             n("rate_limited"),
+            ratelimit,
             mib(u["bytes_saved"].as_u64().unwrap_or(0)),
             cached,
             last_error,
@@ -99,6 +109,45 @@ pub fn format_status(v: &serde_json::Value) -> String {
         out.push('\n');
     }
     out
+}
+
+/// One line per prefetch event, as it happens.
+pub fn print_prefetch_event(e: &cove_core::registry::prefetch::PrefetchEvent) {
+    use cove_core::registry::prefetch::PrefetchEvent as E;
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
+    match e {
+        E::Manifest { repository, reference, digest, cache } => {
+            let at = if reference.starts_with("sha256:") { "@" } else { ":" };
+            if reference == digest {
+                println!("{repository}@{digest} ({cache})");
+            } else {
+                println!("{repository}{at}{reference} -> {digest} ({cache})");
+            }
+        }
+        E::Blob { digest, size, fetched: true } => println!("  blob {digest} {} fetched", mib(*size)),
+        E::Blob { digest, size, fetched: false } => println!("  blob {digest} {} already cached", mib(*size)),
+        E::Error { repository, reference, message } => println!("FAILED {repository} {reference}: {message}"),
+        E::Paused { reason, .. } => println!("PAUSED: {reason}"),
+    }
+}
+
+/// The totals of a prefetch; failure when anything failed or it paused.
+pub fn print_prefetch(r: &cove_core::registry::prefetch::PrefetchReport) -> ExitCode {
+    println!(
+        "prefetch: {} images, {} manifests, {} blobs fetched ({:.1} MiB), {} already cached, {} errors{}",
+        r.images,
+        r.manifests,
+        r.blobs_fetched,
+        r.bytes_fetched as f64 / 1048576.0,
+        r.blobs_cached,
+        r.errors,
+        if r.paused { ", paused (rate-limit headroom)" } else { "" }
+    );
+    if r.errors > 0 || r.paused {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 pub fn print_gc(r: &GcReport) -> ExitCode {
