@@ -259,6 +259,9 @@ impl FetchTask {
             .await
             .map_err(|e| upstream_error(e, RegistryError::blob_unknown(&self.digest)))?;
         let size = blob.size;
+        // Readers may answer with the size now (time to first byte is
+        // upstream's plus this hop); bytes follow once they arrive.
+        self.flight.state.send_replace(FetchState::Running { written: 0, size });
         let mut hasher = DigestHasher::new(self.digest.algorithm());
         if let Some(why) = self.no_room_for(size).await {
             return self.relay(0, Vec::new(), blob.stream, hasher, size, &why).await;
