@@ -129,6 +129,7 @@ async fn build(
         reloader,
         quarantine_dir: config.storage.root.join("quarantine"),
         started: SystemTime::now(),
+        ui: config.ui.enabled.then(|| crate::ui::Ui::new(config.ui.session_ttl())),
     };
     let tls_on = config.server.tls_cert.is_some();
     let app = Arc::new(App::new(registry, auth, tls_on, validated.http.clone(), ops));

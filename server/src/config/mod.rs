@@ -12,6 +12,7 @@ mod mirror;
 mod retention;
 mod server;
 mod storage;
+mod ui;
 
 pub use cove_backends::fs::MinFree;
 pub use gc::{GcConfig, GcSettings};
@@ -20,6 +21,7 @@ pub use mirror::MirrorConfig;
 pub use retention::{parse_size, RetentionConfig, RetentionSettings, TagRetention, UpstreamRetention};
 pub use server::{HttpLimits, LogFormat, ServerConfig};
 pub use storage::{parse_min_free, StorageConfig, StorageKind, DEFAULT_MIN_FREE};
+pub use ui::UiConfig;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -52,6 +54,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// `[mirror]`: Docker Hub mirror mode for unqualified names.
     pub mirror: MirrorConfig,
+    /// `[ui]`: the web interface.
+    pub ui: UiConfig,
 }
 
 /// A configuration that failed to load or validate.
@@ -109,6 +113,7 @@ impl Config {
         });
         problems.extend(cove_auth::config::validate(&self.auth, &self.access).iter().map(|p| p.to_string()));
         problems.extend(gc::validate(&self.gc));
+        problems.extend(ui::validate(&self.ui));
         let upstream_hosts: Vec<String> = upstreams.iter().map(|u| u.host.clone()).collect();
         problems.extend(retention::validate(self, &upstream_hosts));
         server::validate_tls(&self.server, &mut problems);
@@ -193,5 +198,10 @@ mod tests {
         let e = c.validate().expect_err("no bucket").to_string();
         assert!(e.contains("storage.bucket"), "{e}");
         assert_eq!(server::url_host("https://Cove.example:5050/x").as_deref(), Some("cove.example:5050"));
+        let c = Config::parse("[ui]\nenabled = false\nsession_ttl = \"10s\"\n").expect("ui parses");
+        assert!(!c.ui.enabled);
+        let e = c.validate().expect_err("session too short").to_string();
+        assert!(e.contains("ui.session_ttl"), "{e}");
+        assert!(Config::parse("").expect("empty").ui.enabled, "the UI is on by default");
     }
 }
