@@ -28,7 +28,7 @@ fn stat(upstream: &str, key: &str, label: &str, value: String) -> Markup {
 
 /// The width class (`w0` … `w100`) of a bar at `used / limit`.
 fn bar_class(used: u64, limit: u64) -> String {
-    let pct = if limit == 0 { 0 } else { (used.saturating_mul(100) / limit).min(100) };
+    let pct = used.saturating_mul(100).checked_div(limit).unwrap_or(0).min(100);
     format!("bar w{}", pct / 10 * 10)
 }
 

@@ -302,7 +302,7 @@ fn descriptor_rows(repo: &RepoName, list: &[Descriptor], link: bool) -> Markup {
                     @else { (d.digest.to_string().as_str()) }
                 }
                 td.hide-narrow { (d.artifact_type.as_deref().unwrap_or(&d.media_type)) }
-                td.num { (size(d.size)) }
+                td.num data-bytes=(d.size) { (size(d.size)) }
             }
         }
     }
