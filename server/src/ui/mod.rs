@@ -159,6 +159,16 @@ impl Ui {
             if !Ui::logins(r) {
                 return Reply::Redirect("/".into());
             }
+            if r.cx.grant.auth.kind() == "oidc" {
+                // The browser flow (authorization code + PKCE) is not built yet:
+                // say so rather than offer a form OIDC cannot check.
+                return Reply::error(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "Sign-in not available",
+                    "This Cove authenticates with OIDC tokens; signing in from a browser through the issuer \
+                     is not supported yet. Use the registry API with a token.",
+                );
+            }
             let next = safe_next(r.query.get("next"));
             return Reply::page("Sign in", "", pages::login(&self.sessions.csrf_token(&r.session), &next, None));
         }

@@ -19,6 +19,8 @@ pub struct RepoEntry {
     pub name: RepoName,
     /// The upstream host of a cached repository; `None` for a private one.
     pub upstream: Option<String>,
+    /// How many tags it has (read for the entries of the page shown).
+    pub tags: Option<usize>,
 }
 
 /// Every repository `visible` admits, grouped: private first, then cached
@@ -35,7 +37,7 @@ pub async fn repositories(
         .filter(|r| visible(r))
         .map(|name| {
             let upstream = registry.cache().filter(|c| c.is_cached(&name)).map(|_| name.first_component().to_owned());
-            RepoEntry { name, upstream }
+            RepoEntry { name, upstream, tags: None }
         })
         .collect();
     out.sort_by(|a, b| (&a.upstream, &a.name).cmp(&(&b.upstream, &b.name)));

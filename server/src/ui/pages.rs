@@ -164,6 +164,9 @@ pub fn repo_list(v: &ListView<'_>) -> Markup {
                         @for e in list {
                             tr data-name=(e.name.as_str()) {
                                 td.wrap { a href=(repo_url(&e.name)) { (e.name.as_str()) } }
+                                td.num.muted.tags {
+                                    @if let Some(n) = e.tags { (n) @if n == 1 { " tag" } @else { " tags" } }
+                                }
                                 td.num {
                                     @if e.upstream.is_some() { span.badge.accent { "cached" } } @else { span.badge { "private" } }
                                 }
