@@ -32,6 +32,25 @@ fn screenshots() -> PathBuf {
     d
 }
 
+/// Serves `body` as an HTML page on another loopback origin; returns its URL.
+async fn attacker_page(body: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let page = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let _ = c.write_all(page.as_bytes()).await;
+        }
+    });
+    url
+}
+
 /// A dashboard figure of the docker.io upstream.
 async fn metric(b: &Browser, k: &str) -> String {
     b.text(&b.find(&format!("[data-upstream=\"docker.io\"][data-metric={k}]")).await).await
@@ -231,6 +250,21 @@ async fn browse_cached_and_private_images_under_network_trust() {
     b.screenshot(&shots.join("dashboard-desktop.png")).await;
     b.click(&b.find("#dry-run-gc").await).await;
     assert!(b.text(&b.find("#dry-run-summary").await).await.contains("Nothing was removed"));
+
+    // A page of another origin posts a delete form to Cove in the same
+    // browser: the session cookie (SameSite=Strict) is not sent, there is
+    // no token, and Sec-Fetch-Site says cross-origin: refused.
+    let evil = attacker_page(&format!(
+        "<form method=post action=\"{}\"><input type=hidden name=ref value=v1>\
+         <button id=go type=submit>win a prize</button></form>",
+        cove.url("/ui/delete/myorg/app")
+    ))
+    .await;
+    b.goto(&evil).await;
+    b.click(&b.find("#go").await).await;
+    b.wait_for_url(&cove.url("/ui/delete/myorg/app")).await;
+    assert!(b.text(&b.find(".notice").await).await.contains("not sent from a Cove page"), "{}", b.source().await);
+    assert_eq!(cove.manifest("GET", "myorg/app", "v1").await.status(), 200, "the cross-site form deleted nothing");
     b.quit().await;
 
     // CSRF: a POST needs the session's token and a same-origin page.
