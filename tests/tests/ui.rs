@@ -154,6 +154,7 @@ async fn browse_cached_and_private_images_under_network_trust() {
 
     // The list: private repositories and the cached one under its upstream.
     b.goto(&cove.url("/")).await;
+    assert_eq!(b.texts("section[data-group=private] td.tags").await, ["1 tag", "1 tag"], "tag counts");
     let private = b.texts("section[data-group=private] td.wrap").await;
     assert_eq!(private, ["myorg/app", "myorg/multi"], "private group");
     let cached = b.texts("section[data-group=\"docker.io\"] td.wrap").await;
@@ -496,10 +497,10 @@ async fn page_render_times_for_a_large_store() {
     }
     eprintln!("wrote 10,000 repositories and 2,000 tags in {:?}", started.elapsed());
     // The API's catalog walks the same storage listing: the reference.
-    let (c50, c99) = page_times(&cove, "/v2/_catalog?n=100", 10).await;
+    let (c50, c99) = page_times(&cove, "/v2/_catalog?n=100", 5).await;
     let (p50, p99) = page_times(&cove, "/", 10).await;
-    let (f50, f99) = page_times(&cove, "/?q=app0999", 10).await;
-    let (l50, l99) = page_times(&cove, "/?page=100", 10).await;
+    let (f50, f99) = page_times(&cove, "/?q=app0999", 5).await;
+    let (l50, l99) = page_times(&cove, "/?page=100", 5).await;
     let (t50, t99) = page_times(&cove, "/ui/repo/seed/app", 20).await;
     let (i50, i99) = page_times(&cove, "/ui/image/seed/app?ref=t1999", 20).await;
     let r = cove.get("/?page=100").await.text().await.expect("page");

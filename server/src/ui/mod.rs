@@ -279,8 +279,11 @@ impl Ui {
         }
         let total = all.len();
         let (page, pages) = page_of(r.query.get("page"), total, REPOS_PER_PAGE);
-        let entries: Vec<model::RepoEntry> =
+        let mut entries: Vec<model::RepoEntry> =
             all.into_iter().skip((page - 1) * REPOS_PER_PAGE).take(REPOS_PER_PAGE).collect();
+        for e in &mut entries {
+            e.tags = r.cx.registry.storage().tag_list(&e.name).await.ok().flatten().map(|t| t.len());
+        }
         let view = pages::ListView { entries: &entries, filter: &filter, page, pages, total };
         Ok(Reply::page("Repositories", "repos", pages::repo_list(&view)))
     }

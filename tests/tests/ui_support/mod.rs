@@ -190,9 +190,23 @@ impl Browser {
         self.get(&format!("/element/{}/attribute/{name}", e.0)).await.as_str().map(str::to_owned)
     }
 
-    /// Clicks `e` (and waits for a navigation it starts).
+    /// Clicks `e`, which must load a new page (a link or a form's submit
+    /// button), and waits until that page has loaded: the old document is
+    /// marked first, so a page that merely looks the same is not mistaken
+    /// for the answer.
     pub async fn click(&self, e: &Element) {
+        self.eval("window.__coveOldPage = true; return true;").await;
         self.post(&format!("/element/{}/click", e.0), json!({})).await;
+        let probe = json!({ "script": "return window.__coveOldPage === undefined && document.readyState === 'complete';", "args": [] });
+        for _ in 0..200 {
+            if let Ok(v) = self.call(reqwest::Method::POST, "/execute/sync", Some(probe.clone())).await {
+                if v == json!(true) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the click loaded no new page within 5 s (at {})", self.url().await);
     }
 
     /// Types `text` into `e`.
