@@ -228,6 +228,29 @@ async fn browse_cached_and_private_images_under_network_trust() {
     assert!(b.text(&b.find(".notice").await).await.contains("<script>"), "error names the reference as text");
     assert_no_script_ran(&b, "error page").await;
 
+    // The cached image, read from storage only: its origin reference, and
+    // looking at it moves no cache counter (checked against /metrics below).
+    b.goto(&cove.url("/ui/repo/docker.io/library/app")).await;
+    assert_eq!(b.texts("tr[data-tag] td a").await.first().map(String::as_str), Some("1.0"));
+    b.goto(&cove.url("/ui/image/docker.io/library/app?ref=1.0")).await;
+    assert_eq!(b.text(&b.find("#pull-origin").await).await, "docker.io/library/app:1.0", "origin reference");
+    assert_eq!(
+        b.text(&b.find("#pull-podman").await).await,
+        format!("podman pull {authority}/docker.io/library/app:1.0")
+    );
+    assert!(b.try_find("a[href^=\"/ui/delete/\"]").await.is_none(), "cached namespaces are pull-only");
+
+    // Dark mode follows the system's preference.
+    let light = b.eval("return getComputedStyle(document.body).backgroundColor;").await;
+    b.cdp("Emulation.setEmulatedMedia", json!({ "features": [{ "name": "prefers-color-scheme", "value": "dark" }] }))
+        .await;
+    let dark = b.eval("return getComputedStyle(document.body).backgroundColor;").await;
+    assert_ne!(light, dark, "prefers-color-scheme: dark changes the colours");
+    b.goto(&cove.url("/ui/image/myorg/app?ref=v1")).await;
+    b.screenshot(&shots.join("image-dark.png")).await;
+    b.cdp("Emulation.setEmulatedMedia", json!({ "features": [{ "name": "prefers-color-scheme", "value": "light" }] }))
+        .await;
+
     // The dashboard shows the same numbers as /metrics.
     b.goto(&cove.url("/ui/dashboard")).await;
     let (hits, misses, stale, errors, limited) = (
@@ -245,7 +268,11 @@ async fn browse_cached_and_private_images_under_network_trust() {
     assert_eq!(errors, value("cove_upstream_errors_total{upstream=\"docker.io\"}"), "upstream errors");
     assert_eq!(limited, value("cove_upstream_rate_limited_total{upstream=\"docker.io\"}"), "429s");
     let n = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("{s:?} is not a count"));
-    assert_eq!(n(&hits) + n(&misses), 5, "the known sequence is 5 cached requests: {hits} hits, {misses} misses");
+    assert_eq!(
+        n(&hits) + n(&misses),
+        5,
+        "the known sequence is 5 cached requests (browsing added none): {hits} hits, {misses} misses"
+    );
     assert!(n(&hits) >= 1 && n(&misses) >= 1, "{hits} hits, {misses} misses");
     b.find("[data-reachable=true]").await;
     b.screenshot(&shots.join("dashboard-desktop.png")).await;

@@ -225,6 +225,11 @@ impl Browser {
         self.call(reqwest::Method::GET, "/alert/text", None).await.ok().and_then(|v| v.as_str().map(str::to_owned))
     }
 
+    /// Runs a Chrome DevTools Protocol command (e.g. media emulation).
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.post("/goog/cdp/execute", json!({ "cmd": cmd, "params": params })).await
+    }
+
     /// Forgets every cookie (a fresh anonymous browser).
     pub async fn clear_cookies(&self) {
         self.call(reqwest::Method::DELETE, "/cookie", None).await.expect("delete cookies");
