@@ -538,3 +538,59 @@ async fn page_render_times_for_a_large_store() {
          image page p50 {i50:.1} ms p99 {i99:.1} ms (GET /v2/_catalog?n=100 on the same store: p50 {c50:.1} ms p99 {c99:.1} ms)"
     ));
 }
+
+/// Under OIDC: a browser signs in through the issuer's authorization-code
+/// flow with PKCE (the loopback issuer checks the verifier), the ID token
+/// is checked by the API's OIDC authenticator, and the user then sees what
+/// the policy lets them pull.
+#[tokio::test]
+async fn oidc_browser_login_with_pkce() {
+    use cove_testkit::oidc::{Issuer, SigningKey};
+    let issuer = Issuer::start().await;
+    let key = SigningKey::ec("k1");
+    issuer.set_keys(vec![key.jwk()]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+    let push_token =
+        key.sign(&json!({ "iss": issuer.url, "aud": "cove", "sub": "carol", "iat": now, "exp": now + 300 }));
+    issuer.set_login(key, json!({ "sub": "carol" }));
+    let config = format!(
+        "[auth]\nkind = \"oidc\"\ndefault_policy = \"deny\"\n[auth.oidc]\nissuer = \"{}\"\naudience = \"cove\"\n\
+         [[access]]\nrepository = \"team/**\"\nactions = [\"pull\", \"push\"]\nusers = [\"carol\"]\n\
+         [upstreams.\"docker.io\"]\nenabled = false\n[upstreams.\"ghcr.io\"]\nenabled = false\n[upstreams.\"quay.io\"]\nenabled = false\n",
+        issuer.url
+    );
+    let cove = Server::start_with(ServerOptions { config: Some(config), ..ServerOptions::default() }).await;
+    // Push team/app:v1 with a bearer token from the same issuer.
+    let img = Image::random(1);
+    let http = http_client();
+    for blob in std::iter::once(&img.config).chain(img.layers.iter()) {
+        let r = http.post(cove.url("/v2/team/app/blobs/uploads/")).bearer_auth(&push_token).send().await.expect("POST");
+        assert_eq!(r.status(), 202, "upload start");
+        let url = with_query(&cove.resolve(&header(&r, "location")), &format!("digest={}", sha256_digest(blob)));
+        let r = http.put(url).bearer_auth(&push_token).body(blob.clone()).send().await.expect("PUT");
+        assert_eq!(r.status(), 201, "blob");
+    }
+    let r = http
+        .put(cove.url("/v2/team/app/manifests/v1"))
+        .bearer_auth(&push_token)
+        .header("content-type", OCI_MANIFEST)
+        .body(img.manifest.clone())
+        .send()
+        .await
+        .expect("PUT manifest");
+    assert_eq!(r.status(), 201, "manifest");
+
+    // A forged callback (no flow started in this browser) is refused.
+    let r = http.get(cove.url("/ui/oidc/callback?code=x&state=y")).send().await.expect("GET");
+    assert_eq!(r.status(), 403, "a callback without its state cookie");
+
+    let driver = ChromeDriver::start();
+    let b = driver.browser(1280, 900).await;
+    b.goto(&cove.url("/ui/repo/team/app")).await;
+    b.wait_for_url(&cove.url("/ui/repo/team/app")).await;
+    assert_eq!(b.url().await, cove.url("/ui/repo/team/app"), "back where the browser started: {}", b.source().await);
+    assert!(b.text(&b.find(".who").await).await.contains("carol"), "signed in as carol");
+    assert_eq!(b.find_all("tr[data-tag]").await.len(), 1, "carol sees team/app's tag");
+    assert_eq!(issuer.server.count("POST", "/token"), 1, "one code exchange");
+    b.quit().await;
+}

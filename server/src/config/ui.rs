@@ -14,11 +14,15 @@ pub struct UiConfig {
     pub enabled: bool,
     /// How long a browser session (login) lasts. Default `"1h"`.
     pub session_ttl: String,
+    /// Under `auth.kind = "oidc"`: the OAuth client id of the browser login
+    /// (authorization code + PKCE). Default: `auth.oidc.audience`, which the
+    /// ID token's `aud` must match.
+    pub oidc_client_id: Option<String>,
 }
 
 impl Default for UiConfig {
     fn default() -> Self {
-        UiConfig { enabled: true, session_ttl: "1h".into() }
+        UiConfig { enabled: true, session_ttl: "1h".into(), oidc_client_id: None }
     }
 }
 

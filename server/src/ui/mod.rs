@@ -55,6 +55,21 @@ const MAX_FORM: usize = 64 * 1024;
 /// The web interface: its session key and settings.
 pub struct Ui {
     sessions: Sessions,
+    /// The OIDC browser login (authorization code + PKCE), under OIDC.
+    oidc: Option<cove_auth::oidc_login::BrowserLogin>,
+}
+
+/// The OIDC login's cookie: state, PKCE verifier and where to go after.
+const OIDC_COOKIE: &str = "cove_oidc";
+/// How long a browser may take at the issuer.
+const OIDC_FLOW_SECONDS: u64 = 600;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OidcFlow {
+    state: String,
+    verifier: String,
+    next: String,
+    expires: u64,
 }
 
 /// What the interface reads and acts on for one request.
@@ -72,8 +87,17 @@ pub struct Context<'a> {
 
 /// A page or a redirect, before the frame and headers are added.
 enum Reply {
-    Page { status: StatusCode, title: String, nav: &'static str, body: Markup },
+    Page {
+        status: StatusCode,
+        title: String,
+        nav: &'static str,
+        body: Markup,
+    },
     Redirect(String),
+    /// A page that moves on to a local path by itself: a redirect chain that
+    /// began at another site (the OIDC issuer) would not carry the
+    /// `SameSite=Strict` session cookie, a navigation from this page does.
+    Refresh(String),
 }
 
 impl Reply {
@@ -102,12 +126,15 @@ struct Req<'a> {
     scheme: &'static str,
     /// The host the browser used (`Host`, or a trusted proxy's `X-Forwarded-Host`).
     host: String,
+    /// Other `Set-Cookie` values to send (the OIDC flow's cookie).
+    extra_cookies: Vec<String>,
 }
 
 impl Ui {
     /// The interface with sessions lasting `session_ttl` under a fresh key.
-    pub fn new(session_ttl: Duration) -> Ui {
-        Ui { sessions: Sessions::new(session_ttl) }
+    /// `oidc` is the browser login under `auth.kind = "oidc"`.
+    pub fn new(session_ttl: Duration, oidc: Option<cove_auth::oidc_login::BrowserLogin>) -> Ui {
+        Ui { sessions: Sessions::new(session_ttl), oidc }
     }
 
     /// Answers one request for `path`; never fails (errors become pages).
@@ -138,6 +165,7 @@ impl Ui {
             set_cookie,
             scheme,
             host,
+            extra_cookies: Vec::new(),
         };
         let reply = match method {
             UiMethod::Post => match read_form(body).await {
@@ -159,6 +187,9 @@ impl Ui {
             if !Ui::logins(r) {
                 return Reply::Redirect("/".into());
             }
+            if r.cx.grant.auth.kind() == "oidc" && self.oidc.is_some() {
+                return self.oidc_start(r).await;
+            }
             if r.cx.grant.auth.kind() == "oidc" {
                 // The browser flow (authorization code + PKCE) is not built yet:
                 // say so rather than offer a form OIDC cannot check.
@@ -171,6 +202,9 @@ impl Ui {
             }
             let next = safe_next(r.query.get("next"));
             return Reply::page("Sign in", "", pages::login(&self.sessions.csrf_token(&r.session), &next, None));
+        }
+        if path == "/ui/oidc/callback" {
+            return self.oidc_callback(r).await;
         }
         if Ui::logins(r) && !r.session.identity.is_authenticated() {
             let mut next = path.to_owned();
@@ -231,6 +265,79 @@ impl Ui {
             Ok(Reply::not_found())
         };
         result.unwrap_or_else(|e| registry_error(&e))
+    }
+
+    fn redirect_uri(r: &Req<'_>) -> String {
+        format!("{}://{}/ui/oidc/callback", r.scheme, r.host)
+    }
+
+    /// `GET /ui/login` under OIDC: off to the issuer with a fresh state and
+    /// PKCE verifier, kept in a signed cookie until the browser comes back.
+    async fn oidc_start(&self, r: &mut Req<'_>) -> Reply {
+        let Some(oidc) = &self.oidc else { return Reply::not_found() };
+        let mut state = [0u8; 16];
+        let mut verifier = [0u8; 32];
+        session::random(&mut state);
+        session::random(&mut verifier);
+        let flow = OidcFlow {
+            state: hex::encode(state),
+            verifier: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(verifier),
+            next: safe_next(r.query.get("next")),
+            expires: unix_now() + OIDC_FLOW_SECONDS,
+        };
+        match oidc.authorization_url(&Ui::redirect_uri(r), &flow.state, &flow.verifier).await {
+            Ok(url) => {
+                let value = self.sessions.sign(&serde_json::to_vec(&flow).unwrap_or_default());
+                let secure = if r.scheme == "https" { "; Secure" } else { "" };
+                // Lax: the issuer's redirect back is a cross-site navigation.
+                r.extra_cookies.push(format!(
+                    "{OIDC_COOKIE}={value}; Path=/ui/oidc; HttpOnly; SameSite=Lax; Max-Age={OIDC_FLOW_SECONDS}{secure}"
+                ));
+                Reply::Redirect(url)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "web interface: OIDC issuer unusable");
+                Reply::error(StatusCode::BAD_GATEWAY, "Sign-in not available", "The OIDC issuer could not be reached.")
+            }
+        }
+    }
+
+    /// `GET /ui/oidc/callback?code=…&state=…`: the state must be the one
+    /// this browser was sent with; the code is exchanged (with the PKCE
+    /// verifier) for an ID token, which the API's OIDC authenticator checks.
+    async fn oidc_callback(&self, r: &mut Req<'_>) -> Reply {
+        let Some(oidc) = &self.oidc else { return Reply::not_found() };
+        r.extra_cookies.push(format!("{OIDC_COOKIE}=; Path=/ui/oidc; HttpOnly; SameSite=Lax; Max-Age=0"));
+        let refused = |why: &str| Reply::error(StatusCode::FORBIDDEN, "Sign-in failed", why);
+        if let Some(e) = r.query.get("error") {
+            return refused(&format!("The issuer refused the sign-in: {e}."));
+        }
+        let flow: Option<OidcFlow> = Sessions::cookies(&r.headers, OIDC_COOKIE)
+            .iter()
+            .filter_map(|v| self.sessions.verify(v))
+            .filter_map(|b| serde_json::from_slice::<OidcFlow>(&b).ok())
+            .find(|f| f.expires > unix_now() && Some(f.state.as_str()) == r.query.get("state"));
+        let Some(flow) = flow else {
+            return refused("This sign-in was not started here, or took too long. Start again.");
+        };
+        let code = r.query.get("code").unwrap_or_default().to_owned();
+        let id_token = match oidc.exchange(&code, &flow.verifier, &Ui::redirect_uri(r)).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "web interface: OIDC code exchange failed");
+                return refused("The issuer did not confirm the sign-in.");
+            }
+        };
+        match r.cx.grant.login(&r.headers, r.cx.peer, &format!("Bearer {id_token}")).await {
+            Ok(identity) if identity.is_authenticated() => {
+                tracing::info!(user = identity.name().unwrap_or(""), "web interface: signed in with OIDC");
+                r.session = self.sessions.start(identity);
+                r.set_cookie = true;
+                Reply::Refresh(flow.next)
+            }
+            Ok(_) => refused("The ID token names no user."),
+            Err(e) => refused(&e.message),
+        }
     }
 
     /// `POST /ui/login`: the form's user name and password go through the
@@ -438,6 +545,12 @@ impl Ui {
                 set(resp.headers_mut(), http::header::LOCATION, &to);
                 resp
             }
+            Reply::Refresh(to) => {
+                let html = Bytes::from(pages::refresh(&to).into_string());
+                let mut resp = Response::new(if head { body::empty() } else { body::full(html) });
+                set(resp.headers_mut(), http::header::CONTENT_TYPE, "text/html; charset=utf-8");
+                resp
+            }
             Reply::Page { status, title, nav, body: content } => {
                 let csrf = self.sessions.csrf_token(&r.session);
                 let frame = pages::Frame {
@@ -463,6 +576,11 @@ impl Ui {
         if r.set_cookie {
             set(h, http::header::SET_COOKIE, &self.sessions.set_cookie(&r.session, r.scheme == "https"));
         }
+        for c in &r.extra_cookies {
+            if let Ok(v) = HeaderValue::from_str(c) {
+                h.append(http::header::SET_COOKIE, v);
+            }
+        }
         resp
     }
 }
@@ -473,6 +591,10 @@ impl Req<'_> {
         let pairs: Vec<String> = self.query.pairs().map(|(k, v)| format!("{}={}", pages::q(k), pages::q(v))).collect();
         (!pairs.is_empty()).then(|| pairs.join("&"))
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A form's fields.

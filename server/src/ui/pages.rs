@@ -474,6 +474,22 @@ pub fn message(title: &str, text: &str, error: bool) -> Markup {
     }
 }
 
+/// A page that moves on to the local path `to` (validated by the caller).
+pub fn refresh(to: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content={ "0;url=" (to) };
+                title { "Signed in · Cove" }
+                link rel="stylesheet" href=(assets::css_path());
+            }
+            body { main { p { "Signed in. " a #continue href=(to) { "Continue" } } } }
+        }
+    }
+}
+
 /// The login form.
 pub fn login(csrf: &str, next: &str, error: Option<&str>) -> Markup {
     html! {

@@ -122,6 +122,35 @@ impl Sessions {
         Some(Session { identity, expires: p.e, nonce: p.n })
     }
 
+    /// `data` with its MAC (`base64url(data).base64url(mac)`), for other
+    /// short-lived signed cookies (the OIDC login's state).
+    pub fn sign(&self, data: &[u8]) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(data);
+        let mut mac = self.mac();
+        mac.update(b"data\0");
+        mac.update(payload.as_bytes());
+        format!("{payload}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    /// The data of a value made by [`Sessions::sign`] (constant-time check).
+    pub fn verify(&self, value: &str) -> Option<Vec<u8>> {
+        if value.len() > MAX_COOKIE {
+            return None;
+        }
+        let (payload, sig) = value.split_once('.')?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+        let mut mac = self.mac();
+        mac.update(b"data\0");
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&sig).ok()?;
+        URL_SAFE_NO_PAD.decode(payload).ok()
+    }
+
+    /// The values of cookie `name`.
+    pub fn cookies(headers: &HeaderMap, name: &str) -> Vec<String> {
+        cookie_values(headers, name).collect()
+    }
+
     /// The valid session a request's cookies carry, if any.
     pub fn from_headers(&self, headers: &HeaderMap) -> Option<Session> {
         cookie_values(headers, COOKIE).find_map(|v| self.decode(&v))
@@ -182,7 +211,7 @@ pub fn same_origin(headers: &HeaderMap, scheme: &str, host: &str) -> bool {
 }
 
 /// Fills `buf` from the OS CSPRNG.
-fn random(buf: &mut [u8]) {
+pub fn random(buf: &mut [u8]) {
     if let Err(e) = getrandom::fill(buf) {
         // Without randomness no session key can be made safely.
         panic!("operating system random number generator failed: {e}");
@@ -251,6 +280,17 @@ mod tests {
         assert!(!s.csrf_ok(&a, ""));
         assert!(!s.csrf_ok(&a, "not base64!"));
         assert!(!s.csrf_ok(&a, &t[..t.len() - 2]));
+    }
+
+    #[test]
+    fn signed_data_round_trips_and_is_not_a_session() {
+        let s = Sessions::with_key([4; 32], Duration::from_secs(60));
+        let v = s.sign(b"state");
+        assert_eq!(s.verify(&v).as_deref(), Some(&b"state"[..]));
+        assert_eq!(Sessions::with_key([5; 32], Duration::from_secs(60)).verify(&v), None);
+        assert_eq!(s.decode(&v), None, "signed data is never accepted as a session");
+        let sess = s.encode(&s.start(user()));
+        assert_eq!(s.verify(&sess), None, "a session is never accepted as signed data");
     }
 
     #[test]
