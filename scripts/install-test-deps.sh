@@ -2,7 +2,8 @@
 # Installs what the test suite needs, only when missing, so later runs are
 # fast: the real clients and peers from Debian packages (skopeo, podman,
 # buildah, docker-registry, containerd, docker.io (Docker Engine), nginx (the
-# benchmark's blob GET reference), caddy, apache2-utils, uidmap, fuse-overlayfs, openssl,
+# benchmark's blob GET reference), chromium + chromium-driver (the web
+# interface's browser tests), caddy, apache2-utils, uidmap, fuse-overlayfs, openssl,
 # tar) and the S3 test peers built from source and cached in /opt/cove-peers
 # (scripts/peers/install-*.sh). Needs root (or sudo) for apt-get.
 # Debian/Ubuntu only; elsewhere it reports what is missing and exits 1.
@@ -25,6 +26,8 @@ declare -A PACKAGES=(
   [openssl]=openssl
   [tar]=tar
   [nginx]=nginx
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 
 missing=()

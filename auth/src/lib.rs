@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod htpasswd;
 pub mod network;
 pub mod oidc;
+pub mod oidc_login;
 pub mod policy;
 pub mod ratelimit;
 pub mod service;

@@ -308,6 +308,18 @@ impl AuthService {
         self.authorize_all(req, &[(source, Action::Pull)]).await.is_ok()
     }
 
+    /// True if the access policy lets `identity` perform `action` on `repo`
+    /// (the web interface asks this for an identity from its session).
+    pub fn allows(&self, identity: &Identity, action: Action, repo: &RepoName) -> bool {
+        self.policy.allows(identity, action, repo)
+    }
+
+    /// Whether a browser must log in: the authenticator takes credentials
+    /// (htpasswd, OIDC) rather than trusting the network.
+    pub fn wants_credentials(&self) -> bool {
+        self.authenticator.challenge().is_some()
+    }
+
     /// True if `identity` may see `repo` in the catalog (it may pull it).
     pub fn visible_in_catalog(&self, identity: &Identity, repo: &RepoName) -> bool {
         self.policy.allows(identity, Action::Pull, repo)

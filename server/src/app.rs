@@ -71,6 +71,8 @@ pub struct Operations {
     pub quarantine_dir: PathBuf,
     /// When the server started (uptime in `/admin/status`).
     pub started: SystemTime,
+    /// The web interface (`None` when `[ui] enabled = false`).
+    pub ui: Option<crate::ui::Ui>,
 }
 
 /// Per-request context for logs.
@@ -105,6 +107,19 @@ impl App {
             std::net::IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::LOCALHOST,
         };
         local || b.is_trusted(ip) || b.is_proxy(ip)
+    }
+
+    /// What the web interface reads and acts on for one request.
+    fn ui_context<'a>(&'a self, grant: &'a access::Grant, peer: SocketAddr) -> crate::ui::Context<'a> {
+        crate::ui::Context {
+            registry: &self.registry,
+            grant,
+            peer,
+            tls: self.tls,
+            gc: &self.ops.gc,
+            retention: &self.ops.retention,
+            started: self.ops.started,
+        }
     }
 
     /// The server's metrics.
@@ -205,6 +220,10 @@ impl App {
             Route::Ready => Ok(self.ready().await),
             Route::Metrics => self.metrics().await,
             Route::Admin(op) => self.admin(op, query).await,
+            Route::Ui { path, method } => match &self.ops.ui {
+                Some(ui) => Ok(ui.handle(self.ui_context(&grant, peer), &path, method, req).await),
+                None => Err(RegistryError::new(ErrorCode::NameUnknown, "no such API endpoint")),
+            },
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   activity log's saver, upload expiry, the certificate watcher);
 //! - [`reload`], [`status`], [`metrics`], [`tls`], [`upstreams`],
 //!   [`auth_slot`]: the state those share, each built with explicit handles;
+//! - [`ui`]: the web interface, a part of the HTTP layer that [`app`]
+//!   dispatches `/` and `/ui/…` to;
 //! - [`serve`] and [`listener`]: the composition root and the accept loop;
 //!   [`conn`]: connection hygiene (timeouts, the request body type).
 //!
@@ -29,4 +31,5 @@ pub mod reload;
 pub mod serve;
 pub mod status;
 pub mod tls;
+pub mod ui;
 pub mod upstreams;

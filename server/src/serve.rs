@@ -134,6 +134,7 @@ async fn build(
         reloader,
         quarantine_dir: config.storage.root.join("quarantine"),
         started: SystemTime::now(),
+        ui: config.ui.enabled.then(|| crate::ui::Ui::new(config.ui.session_ttl(), browser_login(config))),
     };
     let tls_on = config.server.tls_cert.is_some();
     let app = Arc::new(App::new(registry, auth, tls_on, validated.http.clone(), ops));
@@ -213,5 +214,18 @@ fn open_tls(config: &Config) -> Result<Option<Arc<CertStore>>, StartError> {
     match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => Ok(Some(CertStore::open(cert, key)?)),
         _ => Ok(None),
+    }
+}
+
+/// The web interface's OIDC browser login, under `auth.kind = "oidc"`.
+fn browser_login(config: &Config) -> Option<cove_auth::oidc_login::BrowserLogin> {
+    let oidc = config.auth.oidc.as_ref().filter(|_| config.auth.kind == cove_auth::AuthKind::Oidc)?;
+    let client_id = config.ui.oidc_client_id.clone().unwrap_or_else(|| oidc.audience.clone());
+    match cove_auth::oidc_login::BrowserLogin::new(oidc, &client_id) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "web interface: no OIDC browser login");
+            None
+        }
     }
 }

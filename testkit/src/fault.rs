@@ -27,6 +27,8 @@ pub struct Request {
     pub target: String,
     /// Lowercased header names.
     pub headers: HashMap<String, String>,
+    /// The body (read up to `Content-Length`, at most 64 KiB).
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -193,7 +195,18 @@ async fn serve_conn(mut stream: TcpStream, handler: Handler, reqs: Arc<Mutex<Vec
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let req = Request { method, target, headers };
+    let headers: HashMap<String, String> = headers;
+    let want = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0).min(64 * 1024);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < want {
+        let n = stream.read(&mut tmp).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&tmp[..n]);
+    }
+    body.truncate(want);
+    let req = Request { method, target, headers, body };
     reqs.lock().expect("lock").push(req.clone());
     let reply = handler(&req);
     tokio::time::sleep(reply.delay).await;

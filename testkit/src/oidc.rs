@@ -11,11 +11,77 @@ use crate::fault::{FaultServer, Reply};
 pub use crate::certs::openssl;
 
 /// Serves `/.well-known/openid-configuration` and `/jwks` on loopback; the
-/// key set can be replaced (rotation).
+/// key set can be replaced (rotation). With [`Issuer::set_login`] it also
+/// runs a browser login: `/authorize` approves at once (no consent page)
+/// and redirects back with a one-time code, and `/token` exchanges the code
+/// for an ID token, checking the client, the redirect URI and the PKCE
+/// verifier (S256) as a real issuer does.
 pub struct Issuer {
     pub server: FaultServer,
     pub url: String,
     jwks: Arc<Mutex<serde_json::Value>>,
+    login: Arc<Mutex<Option<Login>>>,
+}
+
+/// Who `/authorize` logs in and how its ID tokens are signed.
+struct Login {
+    key: SigningKey,
+    claims: serde_json::Value,
+    /// code → (client_id, redirect_uri, code_challenge)
+    codes: std::collections::HashMap<String, (String, String, String)>,
+}
+
+fn authorize(req: &crate::fault::Request, login: &Mutex<Option<Login>>) -> Reply {
+    let mut guard = login.lock().expect("lock");
+    let Some(l) = guard.as_mut() else { return Reply::new(404, "no login configured") };
+    let (Some(client), Some(redirect), Some(challenge)) =
+        (req.query("client_id"), req.query("redirect_uri"), req.query("code_challenge"))
+    else {
+        return Reply::new(400, "client_id, redirect_uri and code_challenge are required");
+    };
+    if req.query("response_type").as_deref() != Some("code")
+        || req.query("code_challenge_method").as_deref() != Some("S256")
+    {
+        return Reply::new(400, "response_type=code with S256 PKCE only");
+    }
+    let code = crate::util::random_name("code");
+    l.codes.insert(code.clone(), (client, redirect.clone(), challenge));
+    let state: String = form_urlencoded::byte_serialize(req.query("state").unwrap_or_default().as_bytes()).collect();
+    let sep = if redirect.contains('?') { '&' } else { '?' };
+    Reply::new(302, "").header("Location", format!("{redirect}{sep}code={code}&state={state}"))
+}
+
+fn token(req: &crate::fault::Request, login: &Mutex<Option<Login>>, issuer: &str) -> Reply {
+    let form: std::collections::HashMap<String, String> = form_urlencoded::parse(&req.body).into_owned().collect();
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let mut guard = login.lock().expect("lock");
+    let Some(l) = guard.as_mut() else { return Reply::new(404, "no login configured") };
+    let bad = |why: &str| {
+        Reply::new(400, serde_json::json!({ "error": "invalid_grant", "error_description": why }).to_string())
+            .header("Content-Type", "application/json")
+    };
+    if get("grant_type") != "authorization_code" {
+        return bad("grant_type");
+    }
+    // A code is good for one exchange only.
+    let Some((client, redirect, challenge)) = l.codes.remove(&get("code")) else { return bad("unknown code") };
+    if get("client_id") != client || get("redirect_uri") != redirect {
+        return bad("client or redirect_uri differs from the authorization request");
+    }
+    let verifier_hash = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(<sha2::Sha256 as sha2::Digest>::digest(get("code_verifier").as_bytes()));
+    if verifier_hash != challenge {
+        return bad("PKCE verifier does not match the challenge");
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut claims = l.claims.clone();
+    claims["iss"] = issuer.into();
+    claims["aud"] = client.into();
+    claims["iat"] = now.into();
+    claims["exp"] = (now + 300).into();
+    let id_token = l.key.sign(&claims);
+    Reply::new(200, serde_json::json!({ "id_token": id_token, "token_type": "Bearer", "expires_in": 300 }).to_string())
+        .header("Content-Type", "application/json")
 }
 
 impl Issuer {
@@ -23,16 +89,22 @@ impl Issuer {
     pub async fn start() -> Issuer {
         let jwks = Arc::new(Mutex::new(serde_json::json!({ "keys": [] })));
         let url_cell: Arc<Mutex<String>> = Arc::new(Mutex::new(String::new()));
-        let (j, u) = (jwks.clone(), url_cell.clone());
+        let login: Arc<Mutex<Option<Login>>> = Arc::new(Mutex::new(None));
+        let (j, u, lg) = (jwks.clone(), url_cell.clone(), login.clone());
         let server = FaultServer::start(move |req| {
             let url = u.lock().expect("lock").clone();
             let body = match req.path() {
                 "/.well-known/openid-configuration" => serde_json::json!({
                     "issuer": url,
                     "jwks_uri": format!("{url}/jwks"),
+                    "authorization_endpoint": format!("{url}/authorize"),
+                    "token_endpoint": format!("{url}/token"),
+                    "code_challenge_methods_supported": ["S256"],
                     "id_token_signing_alg_values_supported": ["RS256", "ES256"],
                 }),
                 "/jwks" => j.lock().expect("lock").clone(),
+                "/authorize" => return authorize(req, &lg),
+                "/token" if req.method == "POST" => return token(req, &lg, &url),
                 _ => return Reply::new(404, "not found"),
             };
             Reply::new(200, body.to_string()).header("Content-Type", "application/json")
@@ -40,7 +112,15 @@ impl Issuer {
         .await;
         let url = server.url();
         *url_cell.lock().expect("lock") = url.clone();
-        Issuer { server, url, jwks }
+        Issuer { server, url, jwks, login }
+    }
+
+    /// Turns on the browser login: `/authorize` logs in a user with
+    /// `claims` (e.g. `{"sub": "carol", "groups": ["dev"]}`), and `/token`
+    /// issues ID tokens signed with `key` (publish its JWK with
+    /// [`Issuer::set_keys`]).
+    pub fn set_login(&self, key: SigningKey, claims: serde_json::Value) {
+        *self.login.lock().expect("lock") = Some(Login { key, claims, codes: Default::default() });
     }
 
     /// Replaces the published keys.

@@ -35,6 +35,21 @@ impl Grant {
 }
 
 impl Grant {
+    /// Checks a browser login: `authorization` (a `Basic` header built from
+    /// the login form) goes through the same boundary, failed-login limiter
+    /// and authenticator as an API request's credentials.
+    pub async fn login(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        authorization: &str,
+    ) -> Result<Identity, RegistryError> {
+        let fwd = Forwarding::of(headers);
+        let mut areq = auth_request(headers, peer, &fwd);
+        areq.authorization = Some(authorization);
+        self.auth.authorize(&areq, None).await
+    }
+
     /// The client's address: the peer, or the client a trusted proxy
     /// forwarded for (as the network boundary judged it).
     pub fn client_address(&self, headers: &HeaderMap, peer: SocketAddr) -> std::net::IpAddr {
@@ -75,6 +90,11 @@ pub async fn check(
         Access::Public | Access::TokenIssuer => Identity::Anonymous,
         Access::LoopbackAdmin => {
             loopback_admin(headers, peer)?;
+            Identity::Anonymous
+        }
+        Access::Browser => {
+            // The same boundary as the API; the UI's session names the identity.
+            auth.boundary().admit(peer.ip(), fwd.x_forwarded_for.as_deref(), fwd.forwarded.as_deref())?;
             Identity::Anonymous
         }
         Access::Authenticated => auth.authorize(&areq, None).await?,

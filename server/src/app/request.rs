@@ -44,6 +44,11 @@ impl Query {
         self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// Every parameter, in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// A flag: present empty, `1` or `true`.
     pub fn flag(&self, key: &str) -> bool {
         self.0.iter().any(|(n, v)| n == key && matches!(v.as_str(), "" | "1" | "true"))

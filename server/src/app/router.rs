@@ -6,8 +6,8 @@
 //! OCI paths carry repository names with slashes, so `/v2/…` is parsed from
 //! the right. A path is first matched to a [`Resource`]; the route table
 //! ([`Resource::route`]) then picks the route by method, and the `Allow`
-//! header of a 405 is derived from that same table. A web UI would be one
-//! more resource (`/ui/…`) with the access it needs.
+//! header of a 405 is derived from that same table. The web interface is
+//! one more resource (`/` and `/ui/…`) with the access it needs.
 
 use http::Method;
 
@@ -32,6 +32,17 @@ pub enum Route {
     Metrics,
     /// `/admin/…`: operations for the local administrator.
     Admin(AdminOp),
+    /// `GET|HEAD|POST /` and `/ui/…`: the web interface (`server/src/ui`),
+    /// which picks its page from `path`.
+    Ui { path: String, method: UiMethod },
+}
+
+/// The methods the web interface answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UiMethod {
+    Get,
+    Head,
+    Post,
 }
 
 /// An operation on one repository (`/v2/<name>/…`).
@@ -97,6 +108,9 @@ pub enum Access {
     /// A loopback peer without forwarding headers (no reverse proxy may
     /// expose the admin endpoints).
     LoopbackAdmin,
+    /// The web interface: the network boundary here; the identity comes
+    /// from the UI's session and each page asks the access policy itself.
+    Browser,
 }
 
 impl Route {
@@ -109,6 +123,7 @@ impl Route {
             Route::Token => Access::TokenIssuer,
             Route::Health | Route::Ready | Route::Metrics => Access::Public,
             Route::Admin(_) => Access::LoopbackAdmin,
+            Route::Ui { .. } => Access::Browser,
         }
     }
 }
@@ -221,6 +236,8 @@ enum Resource {
     Ready,
     Metrics,
     Admin(AdminOp),
+    /// `/` and `/ui/…`
+    Ui(String),
 }
 
 impl Resource {
@@ -237,6 +254,7 @@ impl Resource {
             "/admin/reload" => Resource::Admin(AdminOp::Reload),
             "/admin/status" => Resource::Admin(AdminOp::Status),
             "/admin/prefetch" => Resource::Admin(AdminOp::Prefetch),
+            p if p == "/" || p == "/ui" || p.starts_with("/ui/") => Resource::Ui(p.to_owned()),
             p => return Resource::parse_v2(p),
         })
     }
@@ -305,6 +323,9 @@ impl Resource {
             (Resource::Metrics, "GET" | "HEAD") => Route::Metrics,
             (Resource::Admin(op @ AdminOp::Status), "GET") => Route::Admin(op),
             (Resource::Admin(op), "POST") if op != AdminOp::Status => Route::Admin(op),
+            (Resource::Ui(path), "GET") => Route::Ui { path, method: UiMethod::Get },
+            (Resource::Ui(path), "HEAD") => Route::Ui { path, method: UiMethod::Head },
+            (Resource::Ui(path), "POST") => Route::Ui { path, method: UiMethod::Post },
             _ => return None,
         })
     }
@@ -324,6 +345,7 @@ impl Resource {
             Resource::Ready => "readyz",
             Resource::Metrics => "metrics",
             Resource::Admin(_) => "admin",
+            Resource::Ui(_) => "ui",
         }
     }
 }
@@ -405,6 +427,11 @@ mod tests {
         assert_eq!(route(&Method::GET, "/healthz").route.map(|r| r.access()), Ok(Access::Public));
         assert_eq!(route(&Method::GET, "/token").route.map(|r| r.access()), Ok(Access::TokenIssuer));
         assert_eq!(route(&Method::POST, "/admin/gc").route.map(|r| r.access()), Ok(Access::LoopbackAdmin));
+        let ui = route(&Method::GET, "/ui/repo/a/b");
+        assert_eq!(ui.label, "ui");
+        assert_eq!(ui.route, Ok(Route::Ui { path: "/ui/repo/a/b".into(), method: UiMethod::Get }));
+        assert_eq!(route(&Method::POST, "/").route.map(|r| r.access()), Ok(Access::Browser));
+        assert!(route(&Method::GET, "/uix").route.is_err(), "only /ui and /ui/… are the web interface");
     }
 
     #[test]
@@ -418,6 +445,7 @@ mod tests {
         assert_eq!(allow(Method::POST, "/token").as_deref(), Some("GET"));
         assert_eq!(allow(Method::GET, "/admin/gc").as_deref(), Some("POST"));
         assert_eq!(allow(Method::POST, "/admin/status").as_deref(), Some("GET"));
+        assert_eq!(allow(Method::DELETE, "/ui/login").as_deref(), Some("GET, HEAD, POST"));
         let missing = route(&Method::GET, "/admin/nope");
         assert_eq!((missing.label, missing.route), ("admin", Err(NoRoute::NotFound { admin: true })));
         let missing = route(&Method::GET, "/nope");

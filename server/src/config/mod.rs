@@ -13,6 +13,7 @@ pub mod prefetch;
 mod retention;
 mod server;
 mod storage;
+mod ui;
 
 pub use cove_backends::fs::MinFree;
 pub use gc::{GcConfig, GcSettings};
@@ -21,6 +22,7 @@ pub use mirror::MirrorConfig;
 pub use retention::{parse_size, RetentionConfig, RetentionSettings, TagRetention, UpstreamRetention};
 pub use server::{HttpLimits, LogFormat, ServerConfig};
 pub use storage::{parse_min_free, StorageConfig, StorageKind, DEFAULT_MIN_FREE};
+pub use ui::UiConfig;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +57,8 @@ pub struct Config {
     pub mirror: MirrorConfig,
     /// `[[prefetch]]`: images kept warm in the cache.
     pub prefetch: Vec<prefetch::PrefetchEntry>,
+    /// `[ui]`: the web interface.
+    pub ui: UiConfig,
 }
 
 /// A configuration that failed to load or validate.
@@ -114,6 +118,7 @@ impl Config {
         });
         problems.extend(cove_auth::config::validate(&self.auth, &self.access).iter().map(|p| p.to_string()));
         problems.extend(gc::validate(&self.gc));
+        problems.extend(ui::validate(&self.ui));
         let upstream_hosts: Vec<String> = upstreams.iter().map(|u| u.host.clone()).collect();
         problems.extend(retention::validate(self, &upstream_hosts));
         server::validate_tls(&self.server, &mut problems);
@@ -200,5 +205,10 @@ mod tests {
         let e = c.validate().expect_err("no bucket").to_string();
         assert!(e.contains("storage.bucket"), "{e}");
         assert_eq!(server::url_host("https://Cove.example:5050/x").as_deref(), Some("cove.example:5050"));
+        let c = Config::parse("[ui]\nenabled = false\nsession_ttl = \"10s\"\n").expect("ui parses");
+        assert!(!c.ui.enabled);
+        let e = c.validate().expect_err("session too short").to_string();
+        assert!(e.contains("ui.session_ttl"), "{e}");
+        assert!(Config::parse("").expect("empty").ui.enabled, "the UI is on by default");
     }
 }
