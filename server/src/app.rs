@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
@@ -69,8 +69,8 @@ pub struct Operations {
     pub reloader: Arc<Reloader>,
     /// Where `POST /admin/scrub?quarantine=true` moves corrupt objects.
     pub quarantine_dir: PathBuf,
-    /// When the server started (uptime in `/admin/status`).
-    pub started: SystemTime,
+    /// The replica name and when it started (`/admin/status`).
+    pub identity: crate::status::ServerIdentity,
     /// The web interface (`None` when `[ui] enabled = false`).
     pub ui: Option<crate::ui::Ui>,
 }
@@ -118,7 +118,7 @@ impl App {
             tls: self.tls,
             gc: &self.ops.gc,
             retention: &self.ops.retention,
-            started: self.ops.started,
+            identity: &self.ops.identity,
         }
     }
 

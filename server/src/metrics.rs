@@ -56,6 +56,11 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -105,6 +110,8 @@ pub struct Metrics {
     /// `[metrics] enabled`: whether `GET /metrics` answers (a reload may change it).
     enabled: AtomicBool,
     connections: ConnectionMetrics,
+    /// `cove_replica_info{replica="…"} 1`: which replica answered the scrape.
+    replica_info: Family<ReplicaLabels, Gauge>,
 }
 
 /// Open connections and those refused at accept.
@@ -136,6 +143,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Names the replica in `cove_replica_info` (one series).
+    pub fn set_replica(&self, name: &str) {
+        self.replica_info.clear();
+        self.replica_info.get_or_create(&ReplicaLabels { replica: name.to_owned() }).set(1);
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let mut registry = PromRegistry::with_prefix("cove");
@@ -175,10 +188,16 @@ impl Metrics {
             scrape: Mutex::new(()),
             enabled: AtomicBool::new(true),
             connections: ConnectionMetrics::default(),
+            replica_info: Family::default(),
             registry: PromRegistry::default(),
         };
         let r = &mut registry;
         r.register("http_requests", "HTTP requests by endpoint, method and status", m.requests.clone());
+        r.register(
+            "replica_info",
+            "This replica's name (server.replica, default the host name)",
+            m.replica_info.clone(),
+        );
         r.register(
             "http_request_duration_seconds",
             "Time from request to response headers, by endpoint",

@@ -397,7 +397,8 @@ fn keep_restart_keys(
     Ok(Effective { config: effective, table: effective_table, validated })
 }
 
-/// The `[server]` keys of [`crate::config::HttpLimits`], which need a restart.
+/// The `[server]` keys of [`crate::config::HttpLimits`] and the replica
+/// name, which need a restart.
 const LIMIT_KEYS: &[&str] = &[
     "header_timeout",
     "idle_timeout",
@@ -410,6 +411,7 @@ const LIMIT_KEYS: &[&str] = &[
     "max_uploads",
     "max_uploads_per_source",
     "max_blob_size",
+    "replica",
 ];
 
 /// Keeps the running values of the [`LIMIT_KEYS`].
@@ -425,6 +427,7 @@ fn keep_limits(effective: &mut crate::config::ServerConfig, old: &crate::config:
     effective.max_uploads = old.max_uploads;
     effective.max_uploads_per_source = old.max_uploads_per_source;
     effective.max_blob_size = old.max_blob_size.clone();
+    effective.replica = old.replica.clone();
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, String> {

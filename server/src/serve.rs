@@ -90,6 +90,7 @@ async fn build(
     log_network_trust(&config.auth);
     let auth = Arc::new(AuthSlot::new(Arc::new(auth)));
     let metrics = Arc::new(Metrics::new());
+    metrics.set_replica(&config.server.replica_name());
     metrics.set_enabled(config.metrics.enabled);
     let activity = Arc::new(ActivityLog::load(&activity::activity_path(config)));
     registry.set_activity(activity.clone());
@@ -133,7 +134,7 @@ async fn build(
         prefetch,
         reloader,
         quarantine_dir: config.storage.root.join("quarantine"),
-        started: SystemTime::now(),
+        identity: crate::status::ServerIdentity { replica: config.server.replica_name(), started: SystemTime::now() },
         ui: config.ui.enabled.then(|| crate::ui::Ui::new(config.ui.session_ttl(), browser_login(config))),
     };
     let tls_on = config.server.tls_cert.is_some();

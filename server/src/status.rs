@@ -13,14 +13,25 @@ use crate::jobs::retention::RetentionJob;
 /// How long `cove status` waits for each upstream's `/v2/`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds the status document of a server that started at `started`.
+/// Which server a status document is about.
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    /// The replica name (`server.replica`, default the host name).
+    pub replica: String,
+    pub started: SystemTime,
+}
+
+/// Builds the status document of the server `who`.
 pub async fn status(
     registry: &Registry,
     gc: &GarbageCollector,
     retention: &RetentionJob,
-    started: SystemTime,
+    who: &ServerIdentity,
 ) -> serde_json::Value {
-    let mut v = base_status(registry, gc, started).await;
+    let mut v = base_status(registry, gc, who.started).await;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("replica".into(), who.replica.clone().into());
+    }
     add_retention(retention, &mut v);
     v
 }

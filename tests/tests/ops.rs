@@ -75,6 +75,30 @@ async fn health_and_readiness() {
     assert_eq!(v["storage"], "filesystem");
 }
 
+/// Every replica names itself (`server.replica`, default the host name)
+/// in `/admin/status`, `cove status` and `cove_replica_info`.
+#[tokio::test]
+async fn replicas_name_themselves_in_status_and_metrics() {
+    let named = start("[server]\nreplica = \"edge-1\"\n").await;
+    let status = json(named.get("/admin/status").await).await;
+    assert_eq!(status["replica"], "edge-1", "{status}");
+    let metrics = scrape(&named).await;
+    assert_eq!(val(&metrics, "cove_replica_info{replica=\"edge-1\"}"), 1.0);
+    assert_eq!(metrics.keys().filter(|k| k.starts_with("cove_replica_info")).count(), 1, "one series");
+    let (ok, table, err) = cove(&["status", "--addr", &named.addr.to_string()]);
+    assert!(ok, "cove status: {err}");
+    assert!(table.starts_with("edge-1: up "), "the summary line names the replica:\n{table}");
+
+    let unnamed = start("").await;
+    let out = std::process::Command::new("uname").arg("-n").output().expect("uname -n");
+    let host = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!host.is_empty());
+    let status = json(unnamed.get("/admin/status").await).await;
+    assert_eq!(status["replica"], host.as_str(), "defaults to the host name: {status}");
+    let metrics = scrape(&unnamed).await;
+    assert_eq!(val(&metrics, &format!("cove_replica_info{{replica=\"{host}\"}}")), 1.0);
+}
+
 #[tokio::test]
 async fn metrics_after_known_requests() {
     let s = start("").await;

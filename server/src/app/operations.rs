@@ -103,7 +103,7 @@ impl App {
             },
             AdminOp::Reload => Ok(self.reload().await),
             AdminOp::Status => {
-                let mut v = crate::status::status(&self.registry, &ops.gc, &ops.retention, ops.started).await;
+                let mut v = crate::status::status(&self.registry, &ops.gc, &ops.retention, &ops.identity).await;
                 crate::status::add_prefetch(&ops.prefetch, &mut v);
                 Ok(json(StatusCode::OK, &v))
             }

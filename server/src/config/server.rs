@@ -66,6 +66,24 @@ pub struct ServerConfig {
     pub max_uploads_per_source: usize,
     /// Largest blob a push may store, e.g. `20GiB`. Default: none.
     pub max_blob_size: Option<String>,
+    /// This replica's name in `/metrics` (`cove_replica_info`) and
+    /// `cove status`, to tell replicas on one storage apart. Default: the
+    /// host name.
+    pub replica: Option<String>,
+}
+
+impl ServerConfig {
+    /// The replica name: `replica`, else the host name, else `cove`.
+    pub fn replica_name(&self) -> String {
+        self.replica.clone().filter(|r| !r.trim().is_empty()).unwrap_or_else(|| {
+            let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
+            if name.is_empty() {
+                "cove".to_owned()
+            } else {
+                name
+            }
+        })
+    }
 }
 
 impl Default for ServerConfig {
@@ -88,6 +106,7 @@ impl Default for ServerConfig {
             max_uploads: 4096,
             max_uploads_per_source: 256,
             max_blob_size: None,
+            replica: None,
         }
     }
 }

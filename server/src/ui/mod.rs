@@ -82,7 +82,7 @@ pub struct Context<'a> {
     pub tls: bool,
     pub gc: &'a GarbageCollector,
     pub retention: &'a RetentionJob,
-    pub started: SystemTime,
+    pub identity: &'a crate::status::ServerIdentity,
 }
 
 /// A page or a redirect, before the frame and headers are added.
@@ -514,7 +514,7 @@ impl Ui {
     }
 
     async fn dashboard(&self, r: &Req<'_>) -> Result<Reply, RegistryError> {
-        let status = crate::status::status(r.cx.registry, r.cx.gc, r.cx.retention, r.cx.started).await;
+        let status = crate::status::status(r.cx.registry, r.cx.gc, r.cx.retention, r.cx.identity).await;
         let dry = self.may_dry_run(r).await;
         let body = dashboard::dashboard(&status, dry, &self.sessions.csrf_token(&r.session));
         Ok(Reply::page("Cache", "dashboard", body))

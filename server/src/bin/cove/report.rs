@@ -16,7 +16,8 @@ pub fn format_status(v: &serde_json::Value) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "up {}s, storage {}",
+        "{}: up {}s, storage {}",
+        v["replica"].as_str().unwrap_or("?"),
         v["uptime_seconds"].as_u64().unwrap_or(0),
         v["storage"].as_str().unwrap_or("?")
     );
