@@ -494,7 +494,12 @@ impl Storage for FsStorage {
     }
 
     async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
-        self.run(|inner| meta::walk_repos(&inner.repos)).await
+        self.run(|inner| meta::repo_page(&inner.repos, None, usize::MAX)).await
+    }
+
+    async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
+        let after = after.map(str::to_owned);
+        self.run(move |inner| meta::repo_page(&inner.repos, after.as_deref(), limit)).await
     }
 
     async fn referrer_put(

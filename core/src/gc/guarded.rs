@@ -142,6 +142,9 @@ impl Storage for GuardedStorage {
     async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
         self.inner.repo_list().await
     }
+    async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
+        self.inner.repo_page(after, limit).await
+    }
     async fn referrer_put(&self, repo: &RepoName, subject: &Digest, d: &Descriptor) -> Result<(), StorageError> {
         let _pin = self.guard.pin(vec![d.digest.clone()]).await;
         self.inner.referrer_put(repo, subject, d).await

@@ -36,6 +36,7 @@ pub async fn run_all(store: &dyn Storage) {
     manifests_and_tags(store).await;
     referrers(store).await;
     listings(store).await;
+    repo_pages(store).await;
     store.check().await.expect("check() on a healthy store");
 }
 
@@ -287,4 +288,46 @@ pub async fn listings(store: &dyn Storage) {
     let mut sorted = repos.clone();
     sorted.sort();
     assert_eq!(repos, sorted, "repo_list is sorted");
+}
+
+/// Paged repository listing: exactly the matching slice of `repo_list` for
+/// every `after` (names, names of deleted repositories, non-names) and page
+/// size, across nested names whose bytewise order is not the walk order
+/// (`a` < `a-b` < `a.c` < `a/b` < `a0`), skipping deleted repositories.
+pub async fn repo_pages(store: &dyn Storage) {
+    const NAMES: [&str; 8] = [
+        "page/docker.io/library/a",
+        "page/docker.io/library/a-b",
+        "page/docker.io/library/a.c",
+        "page/docker.io/library/a/b",
+        "page/docker.io/library/a0",
+        "page/docker.io/libraryz",
+        "page/docker.io/libraryz/x",
+        "page/z",
+    ];
+    let bytes = manifest_bytes(98);
+    let d = Digest::sha256_of(&bytes);
+    let m = StoredManifest { media_type: OCI_MANIFEST.into(), bytes };
+    for name in NAMES.iter().chain(&["page/docker.io/library/gone", "page/docker.io/library/a/gone"]) {
+        store.manifest_put(&repo(name), &d, &m).await.expect("put");
+    }
+    for gone in ["page/docker.io/library/gone", "page/docker.io/library/a/gone"] {
+        assert!(store.manifest_delete(&repo(gone), &d).await.expect("delete"));
+    }
+    let all: Vec<String> = store.repo_list().await.expect("repos").iter().map(|r| r.to_string()).collect();
+    let ours: Vec<&str> = all.iter().map(String::as_str).filter(|r| r.starts_with("page/")).collect();
+    assert_eq!(ours, NAMES, "repo_list: nested names in bytewise order, deleted ones left out");
+    let mut afters: Vec<&str> = vec!["", "a", "page", "page/", "page/docker.io/library", "page/docker.io/library/"];
+    afters.extend(NAMES);
+    afters.extend(["page/docker.io/library/gone", "page/docker.io/library/a/a", "page/docker.io/m", "zzz"]);
+    for after in afters {
+        let want: Vec<&str> = all.iter().map(String::as_str).filter(|r| *r > after).collect();
+        for limit in [0, 1, 2, 3, want.len(), want.len() + 1] {
+            let got: Vec<String> =
+                store.repo_page(Some(after), limit).await.expect("page").iter().map(|r| r.to_string()).collect();
+            assert_eq!(got, want[..limit.min(want.len())], "repo_page after {after:?}, limit {limit}");
+        }
+    }
+    let first: Vec<String> = store.repo_page(None, 2).await.expect("page").iter().map(|r| r.to_string()).collect();
+    assert_eq!(first, all[..2.min(all.len())], "repo_page without after starts at the beginning");
 }
