@@ -457,6 +457,43 @@ impl Storage for ObjectStorage {
         Ok(Some(tags))
     }
 
+    /// Lists from the key of `after` on (the store lists keys in order), so
+    /// a page costs one listing request per 1,000 tags it returns.
+    async fn tag_page(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let dir = self.keys.tags_dir(repo);
+        let mut out = Vec::new();
+        if limit > 0 {
+            // Keys are built from validated tags only; any other `after`
+            // (not a tag, so no key) lists from the start.
+            let offset = after.and_then(|a| a.parse::<Tag>().ok()).map(|t| self.keys.tag(repo, &t));
+            let mut listed = match &offset {
+                Some(o) => self.store.list_with_offset(Some(&dir), o),
+                None => self.store.list(Some(&dir)),
+            };
+            while let Some(meta) = listed.next().await {
+                let meta = meta.map_err(map_err)?;
+                let Some(Ok([t])) = self.keys.rel(&dir, &meta.location).map(<[String; 1]>::try_from) else {
+                    continue;
+                };
+                if after.is_none_or(|a| t.as_str() > a) {
+                    out.push(t);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        if out.is_empty() && !self.any_under(&dir).await? && !self.any_under(&self.keys.manifests_dir(repo)).await? {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
     async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
         self.repo_page_walk(None, usize::MAX).await
     }

@@ -267,6 +267,16 @@ pub trait Storage: Send + Sync + 'static {
     /// The tags of `repo` in lexical order; `None` if the repository is unknown.
     async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError>;
 
+    /// At most `limit` tags of `repo` sorting strictly after `after`, in
+    /// lexical order (one page of [`Storage::tag_list`]); `None` if the
+    /// repository is unknown.
+    async fn tag_page(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StorageError>;
+
     /// Every repository holding at least one manifest, in lexical order.
     async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError>;
 

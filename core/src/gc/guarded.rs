@@ -139,6 +139,14 @@ impl Storage for GuardedStorage {
     async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
         self.inner.tag_list(repo).await
     }
+    async fn tag_page(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        self.inner.tag_page(repo, after, limit).await
+    }
     async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
         self.inner.repo_list().await
     }

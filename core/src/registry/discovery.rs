@@ -18,12 +18,14 @@ impl Registry {
             let tags = cache.tags(CachedRepo { storage: &self.storage, route: &route, remote: &remote, repo }).await?;
             return Ok(paginate(tags, n, last));
         }
-        let tags = self
-            .storage
-            .tag_list(repo)
-            .await?
-            .ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")))?;
-        Ok(paginate(tags, n, last))
+        // With `n`, one page and one more tag (to tell whether more follow).
+        let tags = match n {
+            Some(n) => self.storage.tag_page(repo, last, n.saturating_add(1)).await?,
+            None => self.storage.tag_list(repo).await?,
+        };
+        let tags =
+            tags.ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")))?;
+        Ok(paginate(tags, n, if n.is_some() { None } else { last }))
     }
 
     /// One page of the repositories for which `visible` holds. With `n`, the
