@@ -247,6 +247,7 @@ impl ObjectStorage {
         let mut walk = RepoWalk::new(after);
         let mut listed: HashMap<String, (bool, Vec<String>)> = HashMap::new();
         let mut out = Vec::new();
+        let mut requests = 0usize;
         while out.len() < limit {
             let Some(name) = walk.next_dir() else {
                 break;
@@ -263,6 +264,7 @@ impl ObjectStorage {
                             None => break,
                         }
                     }
+                    requests += batch.len();
                     let results =
                         futures::future::try_join_all(batch.iter().map(|n| self.list_repo_dir(n.clone()))).await?;
                     walk.requeue(batch.into_iter().skip(1));
@@ -278,6 +280,7 @@ impl ObjectStorage {
                 }
             }
         }
+        tracing::debug!(after, limit, found = out.len(), requests, "repository page listed");
         Ok(out)
     }
 }
