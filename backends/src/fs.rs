@@ -493,8 +493,27 @@ impl Storage for FsStorage {
         self.list_tags(repo).await
     }
 
+    /// The directory holds the tags unordered, so a page reads them all
+    /// (10,000 tags: a few milliseconds).
+    async fn tag_page(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        Ok(self
+            .list_tags(repo)
+            .await?
+            .map(|tags| tags.into_iter().filter(|t| after.is_none_or(|a| t.as_str() > a)).take(limit).collect()))
+    }
+
     async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
-        self.run(|inner| meta::walk_repos(&inner.repos)).await
+        self.run(|inner| meta::repo_page(&inner.repos, None, usize::MAX)).await
+    }
+
+    async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
+        let after = after.map(str::to_owned);
+        self.run(move |inner| meta::repo_page(&inner.repos, after.as_deref(), limit)).await
     }
 
     async fn referrer_put(

@@ -62,11 +62,12 @@ mod config;
 mod keys;
 mod upload;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cove_core::manifest::Descriptor;
-use cove_core::storage::{StoredManifest, UploadInfo};
+use cove_core::storage::{RepoWalk, StoredManifest, UploadInfo};
 use cove_core::{ByteRange, ByteStream, Digest, RepoName, Storage, StorageError, Tag};
 use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::MultipartStore;
@@ -217,32 +218,75 @@ impl ObjectStorage {
         }
     }
 
-    /// Walks `repositories/` one level at a time, collecting every directory
-    /// that has a `_manifests` child.
-    async fn walk_repos(&self) -> Result<Vec<RepoName>, StorageError> {
-        let root = self.keys.repositories_root();
-        let mut found = Vec::new();
-        let mut pending = vec![(root.clone(), String::new())];
-        while let Some((dir, name)) = pending.pop() {
-            let listed = self.store.list_with_delimiter(Some(&dir)).await.map_err(map_err)?;
-            for child in listed.common_prefixes {
-                let Some(last) = child.filename().map(str::to_owned) else {
-                    continue;
-                };
-                if last == "_manifests" {
-                    if let Ok(r) = name.parse::<RepoName>() {
-                        found.push(r);
+    /// The directory of repository-style name `name` (`""`: the root).
+    fn repo_dir_path(&self, name: &str) -> Path {
+        name.split('/').filter(|c| !c.is_empty()).fold(self.keys.repositories_root(), |p, c| p.join(c))
+    }
+
+    /// Lists one directory of `repositories/` (one delimiter listing):
+    /// whether it holds manifests, and its child directories that may be
+    /// repository components.
+    async fn list_repo_dir(&self, name: String) -> Result<(String, bool, Vec<String>), StorageError> {
+        let listed = self.store.list_with_delimiter(Some(&self.repo_dir_path(&name))).await.map_err(map_err)?;
+        let mut has_manifests = false;
+        let mut children = Vec::new();
+        for child in listed.common_prefixes {
+            match child.filename() {
+                Some("_manifests") => has_manifests = true,
+                Some(last) if !last.starts_with('_') => children.push(last.to_owned()),
+                _ => {}
+            }
+        }
+        Ok((name, has_manifests, children))
+    }
+
+    /// One page of repositories: the [`RepoWalk`] over delimiter listings,
+    /// one request per directory on the way to `after` and per directory of
+    /// the page, up to [`LIST_AHEAD`] of them in flight.
+    async fn repo_page_walk(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
+        let mut walk = RepoWalk::new(after);
+        let mut listed: HashMap<String, (bool, Vec<String>)> = HashMap::new();
+        let mut out = Vec::new();
+        let mut requests = 0usize;
+        while out.len() < limit {
+            let Some(name) = walk.next_dir() else {
+                break;
+            };
+            let (has_manifests, children) = match listed.remove(&name) {
+                Some(l) => l,
+                None => {
+                    // List the next few pending directories along with this
+                    // one; they stay pending and are visited in order.
+                    let mut batch = vec![name.clone()];
+                    while batch.len() < LIST_AHEAD.min(limit.saturating_sub(out.len()).saturating_add(1)) {
+                        match walk.next_dir() {
+                            Some(n) => batch.push(n),
+                            None => break,
+                        }
                     }
-                } else if !last.starts_with('_') {
-                    let sub = if name.is_empty() { last } else { format!("{name}/{last}") };
-                    pending.push((child, sub));
+                    requests += batch.len();
+                    let results =
+                        futures::future::try_join_all(batch.iter().map(|n| self.list_repo_dir(n.clone()))).await?;
+                    walk.requeue(batch.into_iter().skip(1));
+                    for (n, m, c) in results {
+                        listed.insert(n, (m, c));
+                    }
+                    listed.remove(&name).unwrap_or_default()
+                }
+            };
+            if let Some(found) = walk.visit(&name, has_manifests, children) {
+                if let Ok(r) = found.parse::<RepoName>() {
+                    out.push(r);
                 }
             }
         }
-        found.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        Ok(found)
+        tracing::debug!(after, limit, found = out.len(), requests, "repository page listed");
+        Ok(out)
     }
 }
+
+/// How many directory listings one page keeps in flight.
+const LIST_AHEAD: usize = 16;
 
 #[async_trait::async_trait]
 impl Storage for ObjectStorage {
@@ -416,8 +460,49 @@ impl Storage for ObjectStorage {
         Ok(Some(tags))
     }
 
+    /// Lists from the key of `after` on (the store lists keys in order), so
+    /// a page costs one listing request per 1,000 tags it returns.
+    async fn tag_page(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let dir = self.keys.tags_dir(repo);
+        let mut out = Vec::new();
+        if limit > 0 {
+            // Keys are built from validated tags only; any other `after`
+            // (not a tag, so no key) lists from the start.
+            let offset = after.and_then(|a| a.parse::<Tag>().ok()).map(|t| self.keys.tag(repo, &t));
+            let mut listed = match &offset {
+                Some(o) => self.store.list_with_offset(Some(&dir), o),
+                None => self.store.list(Some(&dir)),
+            };
+            while let Some(meta) = listed.next().await {
+                let meta = meta.map_err(map_err)?;
+                let Some(Ok([t])) = self.keys.rel(&dir, &meta.location).map(<[String; 1]>::try_from) else {
+                    continue;
+                };
+                if after.is_none_or(|a| t.as_str() > a) {
+                    out.push(t);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        if out.is_empty() && !self.any_under(&dir).await? && !self.any_under(&self.keys.manifests_dir(repo)).await? {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
     async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
-        self.walk_repos().await
+        self.repo_page_walk(None, usize::MAX).await
+    }
+
+    async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
+        self.repo_page_walk(after, limit).await
     }
 
     async fn referrer_put(

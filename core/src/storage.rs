@@ -12,6 +12,9 @@ use crate::digest::Digest;
 use crate::manifest::Descriptor;
 use crate::name::{RepoName, Tag};
 
+mod walk;
+pub use walk::RepoWalk;
+
 /// A stream of bytes; an `Err` item ends the stream with a failure.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -264,8 +267,24 @@ pub trait Storage: Send + Sync + 'static {
     /// The tags of `repo` in lexical order; `None` if the repository is unknown.
     async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError>;
 
+    /// At most `limit` tags of `repo` sorting strictly after `after`, in
+    /// lexical order (one page of [`Storage::tag_list`]); `None` if the
+    /// repository is unknown.
+    async fn tag_page(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StorageError>;
+
     /// Every repository holding at least one manifest, in lexical order.
     async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError>;
+
+    /// At most `limit` repositories holding at least one manifest whose names
+    /// sort strictly after `after`, in lexical order: one page of
+    /// [`Storage::repo_list`], at a cost proportional to the page rather than
+    /// to the number of repositories.
+    async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError>;
 
     /// Records that manifest `referrer` (described by `descriptor`) has
     /// `subject` as its subject.

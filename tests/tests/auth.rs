@@ -571,6 +571,34 @@ async fn matrix_htpasswd_basic_and_registry_tokens() {
             .filter_map(|x| x.as_str().map(str::to_owned))
             .collect();
         assert_eq!(got, want, "{user}'s catalog");
+        // Page by page, the filtered catalog is the same list, and `Link`
+        // is there exactly when more visible repositories follow.
+        for n in [1, 2] {
+            let mut paged: Vec<String> = Vec::new();
+            loop {
+                let mut url = format!("/v2/_catalog?n={n}");
+                if let Some(l) = paged.last() {
+                    url.push_str(&format!("&last={l}"));
+                }
+                let r = c.get(&url, Some(hdr)).await;
+                assert_eq!(r.status, 200, "{user} {url}: {}", r.body);
+                let v: serde_json::Value = serde_json::from_str(&r.body).expect("catalog json");
+                let page: Vec<String> = v["repositories"]
+                    .as_array()
+                    .expect("repositories")
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect();
+                assert!(page.len() <= n, "{user} {url}: {page:?}");
+                paged.extend(page);
+                let more = paged.len() < want.len();
+                assert_eq!(!r.header("link").is_empty(), more, "{user} {url}: Link iff more follow");
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(paged, want, "{user}'s catalog in pages of {n}");
+        }
     }
     // Through the token flow: bob's token with the catalog scope sees bob's list.
     let (bob_cat, _) = registry_token(&c, Some(&bob), &["registry:catalog:*".into()]).await;

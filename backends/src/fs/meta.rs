@@ -1,10 +1,10 @@
-//! Manifests, tags, referrers and the repository walk.
+//! Manifests, tags, referrers and the paged repository walk.
 
 use std::path::Path;
 
 use bytes::Bytes;
 use cove_core::manifest::Descriptor;
-use cove_core::storage::StoredManifest;
+use cove_core::storage::{RepoWalk, StoredManifest};
 use cove_core::{Digest, RepoName, StorageError, Tag};
 
 use super::atomic;
@@ -46,34 +46,54 @@ pub(super) fn manifest_digests(repo_dir: &Path, first_only: bool) -> Result<Vec<
     Ok(out)
 }
 
-/// Every repository under `repos` holding at least one manifest, sorted.
-pub(super) fn walk_repos(repos: &Path) -> Result<Vec<RepoName>, StorageError> {
+/// At most `limit` repositories under `repos` holding at least one manifest
+/// whose names sort strictly after `after`, in lexical order. Lists only the
+/// directories on the way to `after` and those of the page (see
+/// [`RepoWalk`]).
+pub(super) fn repo_page(repos: &Path, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
+    let mut walk = RepoWalk::new(after);
     let mut out = Vec::new();
-    // (directory, repository name so far)
-    let mut stack = vec![(repos.to_path_buf(), String::new())];
-    while let Some((dir, name)) = stack.pop() {
-        if !name.is_empty() && !manifest_digests(&dir, true)?.is_empty() {
-            match name.parse::<RepoName>() {
+    while out.len() < limit {
+        let Some(name) = walk.next_dir() else {
+            break;
+        };
+        let dir = if name.is_empty() { repos.to_path_buf() } else { repos.join(&name) };
+        let mut children = Vec::new();
+        let mut has_manifests = false;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            // Deleted since its parent was listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Ok(child) = entry.file_name().into_string() else {
+                continue;
+            };
+            if child == MANIFESTS {
+                has_manifests = true;
+            }
+            // `_manifests` etc.; repository components never start with `_`.
+            if child.starts_with('_') || child.starts_with('.') {
+                continue;
+            }
+            // Symbolic links are not followed, as nothing in the layout is one.
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                children.push(child);
+            }
+        }
+        let wanted = !name.is_empty() && after.is_none_or(|a| name.as_str() > a);
+        let is_repo = wanted && has_manifests && !manifest_digests(&dir, true)?.is_empty();
+        if let Some(found) = walk.visit(&name, is_repo, children) {
+            match found.parse::<RepoName>() {
                 Ok(r) => out.push(r),
                 Err(_) => {
                     tracing::warn!(dir = %dir.display(), "skipping directory with an invalid repository name")
                 }
             }
         }
-        for child in atomic::list_names(&dir)? {
-            // `_manifests` etc.; repository components never start with `_`.
-            if child.starts_with('_') || child.starts_with('.') {
-                continue;
-            }
-            let path = dir.join(&child);
-            let is_dir = std::fs::symlink_metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
-            if is_dir {
-                let child_name = if name.is_empty() { child } else { format!("{name}/{child}") };
-                stack.push((path, child_name));
-            }
-        }
     }
-    out.sort();
     Ok(out)
 }
 

@@ -139,8 +139,19 @@ impl Storage for GuardedStorage {
     async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
         self.inner.tag_list(repo).await
     }
+    async fn tag_page(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        self.inner.tag_page(repo, after, limit).await
+    }
     async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
         self.inner.repo_list().await
+    }
+    async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
+        self.inner.repo_page(after, limit).await
     }
     async fn referrer_put(&self, repo: &RepoName, subject: &Digest, d: &Descriptor) -> Result<(), StorageError> {
         let _pin = self.guard.pin(vec![d.digest.clone()]).await;

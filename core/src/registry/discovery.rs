@@ -9,29 +9,60 @@ use crate::error::{ErrorCode, RegistryError, Result};
 use crate::manifest::{Descriptor, OCI_INDEX};
 use crate::name::RepoName;
 
+/// The most repositories one store read of a catalog page asks for.
+pub const CATALOG_READ_MAX: usize = 4096;
+
 impl Registry {
     pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<Page> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
             let tags = cache.tags(CachedRepo { storage: &self.storage, route: &route, remote: &remote, repo }).await?;
             return Ok(paginate(tags, n, last));
         }
-        let tags = self
-            .storage
-            .tag_list(repo)
-            .await?
-            .ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")))?;
-        Ok(paginate(tags, n, last))
+        // With `n`, one page and one more tag (to tell whether more follow).
+        let tags = match n {
+            Some(n) => self.storage.tag_page(repo, last, n.saturating_add(1)).await?,
+            None => self.storage.tag_list(repo).await?,
+        };
+        let tags =
+            tags.ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")))?;
+        Ok(paginate(tags, n, if n.is_some() { None } else { last }))
     }
 
-    /// One page of the repositories for which `visible` holds.
+    /// One page of the repositories for which `visible` holds. With `n`, the
+    /// store is read one page at a time ([`crate::Storage::repo_page`]): one
+    /// more entry than asked tells whether more follow, and when `visible`
+    /// hides entries the next reads double in size (up to
+    /// [`CATALOG_READ_MAX`]), so a page costs the entries it shows plus
+    /// those hidden between them, never the whole store.
     pub async fn catalog(
         &self,
         n: Option<usize>,
         last: Option<&str>,
         visible: impl Fn(&RepoName) -> bool,
     ) -> Result<Page> {
-        let repos = self.storage.repo_list().await?.into_iter().filter(|r| visible(r)).map(|r| r.to_string()).collect();
-        Ok(paginate(repos, n, last))
+        let Some(n) = n else {
+            let repos =
+                self.storage.repo_list().await?.into_iter().filter(|r| visible(r)).map(|r| r.to_string()).collect();
+            return Ok(paginate(repos, None, last));
+        };
+        let want = n.saturating_add(1);
+        let mut found = Vec::new();
+        let mut after = last.map(str::to_owned);
+        let mut read = want;
+        loop {
+            let got = self.storage.repo_page(after.as_deref(), read).await?;
+            let exhausted = got.len() < read;
+            if let Some(l) = got.last() {
+                after = Some(l.to_string());
+            }
+            found.extend(got.iter().filter(|r| visible(r)).map(|r| r.to_string()));
+            if found.len() >= want || exhausted {
+                break;
+            }
+            read = read.saturating_mul(2).min(CATALOG_READ_MAX).max(want - found.len());
+        }
+        // Every entry found sorts after `last` already.
+        Ok(paginate(found, Some(n), None))
     }
 
     /// The referrers of `subject` as an image index, optionally filtered by

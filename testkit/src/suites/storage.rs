@@ -36,6 +36,8 @@ pub async fn run_all(store: &dyn Storage) {
     manifests_and_tags(store).await;
     referrers(store).await;
     listings(store).await;
+    repo_pages(store).await;
+    tag_pages(store).await;
     store.check().await.expect("check() on a healthy store");
 }
 
@@ -287,4 +289,77 @@ pub async fn listings(store: &dyn Storage) {
     let mut sorted = repos.clone();
     sorted.sort();
     assert_eq!(repos, sorted, "repo_list is sorted");
+}
+
+/// Paged repository listing: exactly the matching slice of `repo_list` for
+/// every `after` (names, names of deleted repositories, non-names) and page
+/// size, across nested names whose bytewise order is not the walk order
+/// (`a` < `a-b` < `a.c` < `a/b` < `a0`), skipping deleted repositories.
+pub async fn repo_pages(store: &dyn Storage) {
+    const NAMES: [&str; 8] = [
+        "page/docker.io/library/a",
+        "page/docker.io/library/a-b",
+        "page/docker.io/library/a.c",
+        "page/docker.io/library/a/b",
+        "page/docker.io/library/a0",
+        "page/docker.io/libraryz",
+        "page/docker.io/libraryz/x",
+        "page/z",
+    ];
+    let bytes = manifest_bytes(98);
+    let d = Digest::sha256_of(&bytes);
+    let m = StoredManifest { media_type: OCI_MANIFEST.into(), bytes };
+    for name in NAMES.iter().chain(&["page/docker.io/library/gone", "page/docker.io/library/a/gone"]) {
+        store.manifest_put(&repo(name), &d, &m).await.expect("put");
+    }
+    for gone in ["page/docker.io/library/gone", "page/docker.io/library/a/gone"] {
+        assert!(store.manifest_delete(&repo(gone), &d).await.expect("delete"));
+    }
+    let all: Vec<String> = store.repo_list().await.expect("repos").iter().map(|r| r.to_string()).collect();
+    let ours: Vec<&str> = all.iter().map(String::as_str).filter(|r| r.starts_with("page/")).collect();
+    assert_eq!(ours, NAMES, "repo_list: nested names in bytewise order, deleted ones left out");
+    let mut afters: Vec<&str> = vec!["", "a", "page", "page/", "page/docker.io/library", "page/docker.io/library/"];
+    afters.extend(NAMES);
+    afters.extend(["page/docker.io/library/gone", "page/docker.io/library/a/a", "page/docker.io/m", "zzz"]);
+    for after in afters {
+        let want: Vec<&str> = all.iter().map(String::as_str).filter(|r| *r > after).collect();
+        for limit in [0, 1, 2, 3, want.len(), want.len() + 1] {
+            let got: Vec<String> =
+                store.repo_page(Some(after), limit).await.expect("page").iter().map(|r| r.to_string()).collect();
+            assert_eq!(got, want[..limit.min(want.len())], "repo_page after {after:?}, limit {limit}");
+        }
+    }
+    let first: Vec<String> = store.repo_page(None, 2).await.expect("page").iter().map(|r| r.to_string()).collect();
+    assert_eq!(first, all[..2.min(all.len())], "repo_page without after starts at the beginning");
+}
+
+/// Paged tag listing: exactly the matching slice of `tag_list` for every
+/// `after` (tags, non-tags, strings that are no tag at all) and page size;
+/// an unknown repository is `None`, a known one past its last tag `Some([])`.
+pub async fn tag_pages(store: &dyn Storage) {
+    let r = repo("tagpage/app");
+    let bytes = manifest_bytes(97);
+    let d = Digest::sha256_of(&bytes);
+    store.manifest_put(&r, &d, &StoredManifest { media_type: OCI_MANIFEST.into(), bytes }).await.expect("put");
+    let names = ["B", "a", "a-b", "a.c", "a_d", "ab", "latest", "v1.0", "v1.0-rc1", "v10"];
+    for t in names {
+        store.tag_put(&r, &tag(t), &d).await.expect("tag");
+    }
+    let all = store.tag_list(&r).await.expect("tags").expect("known");
+    let mut sorted: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    sorted.sort();
+    assert_eq!(all, sorted, "tag_list sorted bytewise");
+    let mut afters: Vec<&str> = names.to_vec();
+    afters.extend(["", "A", "a/", "c", "v1", "zz/x", "~"]);
+    for after in afters {
+        let want: Vec<&str> = all.iter().map(String::as_str).filter(|t| *t > after).collect();
+        for limit in [0, 1, 2, 3, want.len(), want.len() + 1] {
+            let got = store.tag_page(&r, Some(after), limit).await.expect("page").expect("known repository");
+            assert_eq!(got, want[..limit.min(want.len())], "tag_page after {after:?}, limit {limit}");
+        }
+    }
+    let first = store.tag_page(&r, None, 3).await.expect("page").expect("known");
+    assert_eq!(first, all[..3], "tag_page without after starts at the beginning");
+    assert_eq!(store.tag_page(&repo("tagpage/none"), None, 5).await.expect("page"), None, "unknown repository");
+    assert_eq!(store.tag_page(&repo("tagpage/none"), Some("a"), 5).await.expect("page"), None, "unknown repository");
 }
