@@ -17,7 +17,7 @@
 //!   repositories/<repo>/_referrers/<alg>/<subject hex>/<alg>-<hex>
 //!                                               descriptor JSON of a manifest whose subject
 //!                                               is <subject>
-//!   state/<name>                                shared-state documents (`keys/<id>`: token
+//!   shared/<name>                               shared-state documents (`keys/<id>`: token
 //!                                               signing keys), written through `tmp/`
 //! ```
 //!
@@ -217,12 +217,12 @@ impl Inner {
     }
 }
 
-/// The path of a shared-state name below the root (`state/<name>`).
+/// The path of a shared-state name below the root (`shared/<name>`).
 fn state_path(name: &str) -> Result<PathBuf, StorageError> {
     if !cove_core::storage::valid_state_name(name) {
         return Err(StorageError::Backend(format!("invalid shared-state name {name:?}")));
     }
-    Ok(Path::new("state").join(name))
+    Ok(Path::new("shared").join(name))
 }
 
 fn parse_alg(s: &str) -> Option<Algorithm> {
@@ -266,7 +266,21 @@ impl Storage for FsStorage {
 
     async fn state_put(&self, name: &str, bytes: bytes::Bytes) -> Result<(), StorageError> {
         let path = state_path(name)?;
-        self.run(move |inner| Ok(atomic::write_atomic(&inner.tmp, &inner.root.join(path), &[&bytes])?)).await
+        self.run(move |inner| {
+            // Shared state holds secrets (signing keys): owner-only.
+            let mut tmp = TempFile::create(&inner.tmp)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                if let Some(f) = tmp.file() {
+                    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+                }
+            }
+            io::Write::write_all(&mut tmp, &bytes)?;
+            tmp.persist(&inner.root.join(path))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn state_get(&self, name: &str) -> Result<Option<bytes::Bytes>, StorageError> {

@@ -17,7 +17,7 @@
 //!                                                 descriptor JSON of a referrer of subject
 //!                                                 <alg>:<hex> (short name: s3s-fs key limit)
 //! _check/<uuid>                                   readiness probe, deleted right away
-//! _state/<name>                                   shared-state documents (`keys/<id>`:
+//! _shared/<name>                                  shared-state documents (`keys/<id>`:
 //!                                                 token signing keys), one PUT each
 //! ```
 //! Repository names cannot have a component starting with `_`, so the

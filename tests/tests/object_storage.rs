@@ -1146,7 +1146,7 @@ async fn replicas_accept_each_others_tokens_on_s3s_fs() {
     // The secret is in the bucket only, never in a log.
     let doc = peer
         .raw_s3()
-        .get(&object_store::path::Path::from(format!("{PREFIX}/_state/keys/{key_id}")))
+        .get(&object_store::path::Path::from(format!("{PREFIX}/_shared/keys/{key_id}")))
         .await
         .expect("key doc")
         .bytes()
@@ -1163,7 +1163,7 @@ async fn replicas_accept_each_others_tokens_on_s3s_fs() {
 /// The ids of the signing keys in the bucket (under [`PREFIX`]).
 async fn key_ids(peer: &S3Peer) -> Vec<String> {
     use futures::TryStreamExt as _;
-    let base = object_store::path::Path::from(format!("{PREFIX}/_state/keys"));
+    let base = object_store::path::Path::from(format!("{PREFIX}/_shared/keys"));
     let metas: Vec<_> = peer.raw_s3().list(Some(&base)).try_collect().await.expect("list keys");
     let mut ids: Vec<String> = metas.iter().filter_map(|m| m.location.filename().map(str::to_owned)).collect();
     ids.sort();

@@ -111,7 +111,7 @@ impl Keys {
 
     /// A shared-state document or directory (name already validated).
     pub fn state(&self, name: &str) -> Path {
-        self.join(&format!("_state/{name}"))
+        self.join(&format!("_shared/{name}"))
     }
 
     pub fn check(&self, id: &str) -> Path {
