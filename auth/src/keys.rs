@@ -11,8 +11,8 @@
 //!   the key), and the key with the smallest id signs, so replicas
 //!   converge on one key once they have seen the whole set;
 //! - a token naming an unknown id triggers a re-read of the set, at most
-//!   once per [`UNKNOWN_KID_REFRESH`]; signing re-reads it when it is older
-//!   than [`SIGNING_REFRESH`].
+//!   once per [`UNKNOWN_KID_REFRESH`] (the first one at any time); signing
+//!   re-reads it when it is older than [`SIGNING_REFRESH`].
 //!
 //! Secrets never appear in `Debug` output or logs; only ids do.
 
@@ -71,6 +71,10 @@ pub struct SigningKeys {
     /// When the set was last read from the store; the async lock makes
     /// concurrent refreshes wait for the one running instead of piling up.
     last_read: tokio::sync::Mutex<Instant>,
+    /// When an unknown key id last caused a re-read (`None`: never, so the
+    /// first one right after start, when another replica may just have
+    /// written its key, is not held back by the start-up read).
+    last_unknown: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for SigningKeys {
@@ -120,7 +124,12 @@ impl SigningKeys {
     }
 
     fn from_map(store: Option<Arc<dyn Storage>>, keys: BTreeMap<String, Arc<Key>>) -> SigningKeys {
-        SigningKeys { store, keys: RwLock::new(keys), last_read: tokio::sync::Mutex::new(Instant::now()) }
+        SigningKeys {
+            store,
+            keys: RwLock::new(keys),
+            last_read: tokio::sync::Mutex::new(Instant::now()),
+            last_unknown: tokio::sync::Mutex::new(None),
+        }
     }
 
     /// The set shared through `store`: reads it, and writes a new random
@@ -182,6 +191,22 @@ impl SigningKeys {
         h.update(b"\0");
         h.update(&key.secret);
         Some(h.finalize().into())
+    }
+
+    /// Re-reads the shared set because a token named an id it does not
+    /// hold, at most once per [`UNKNOWN_KID_REFRESH`] (so made-up ids cost
+    /// the store one listing per interval). Concurrent callers wait for the
+    /// re-read in progress. Returns whether it read.
+    pub async fn refresh_for_unknown_id(&self) -> bool {
+        if self.store.is_none() {
+            return false;
+        }
+        let mut last = self.last_unknown.lock().await;
+        if last.is_some_and(|t| t.elapsed() < UNKNOWN_KID_REFRESH) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        self.refresh_if_older(Duration::ZERO).await
     }
 
     /// Re-reads the shared set if the last read is older than `min_age`.
@@ -372,11 +397,18 @@ mod tests {
         let other = issuer(SigningKeys::shared(s.clone()).await.unwrap());
         let token = other.issue(&alice(), &[]).unwrap().token;
         assert_eq!(other.keys().signing().unwrap().0, "0000000000000001");
-        // b read the set less than UNKNOWN_KID_REFRESH ago: refused for now.
-        assert!(matches!(b.check(&token).await, TokenCheck::NotOurs));
-        *b.keys().last_read.lock().await -= UNKNOWN_KID_REFRESH;
+        // The first unknown id re-reads at once, even right after start.
         assert!(matches!(b.check(&token).await, TokenCheck::Valid(_)), "re-read on the unknown kid");
         assert_eq!(b.keys().signing().unwrap().0, "0000000000000001", "signs with the smallest id now");
+        // A key written next is only seen after UNKNOWN_KID_REFRESH.
+        s.state_put("keys/0000000000000000", key_doc(&[8u8; 32])).await.unwrap();
+        let newer = issuer(SigningKeys::shared(s.clone()).await.unwrap());
+        let token2 = newer.issue(&alice(), &[]).unwrap().token;
+        assert!(matches!(b.check(&token2).await, TokenCheck::NotOurs), "rate-limited");
+        assert!(b.keys().decoding("0000000000000000").is_none());
+        let earlier = b.keys().last_unknown.lock().await.map(|t| t - UNKNOWN_KID_REFRESH);
+        *b.keys().last_unknown.lock().await = earlier;
+        assert!(matches!(b.check(&token2).await, TokenCheck::Valid(_)), "re-read after the interval");
         // A tampered token with a known kid is invalid, not a reason to re-read.
         let mut bad = token.clone();
         bad.pop();

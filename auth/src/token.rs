@@ -9,7 +9,7 @@ use cove_core::{Action, Identity, RepoName};
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{SigningKeys, SIGNING_REFRESH, UNKNOWN_KID_REFRESH};
+use crate::keys::{SigningKeys, SIGNING_REFRESH};
 use crate::policy::Actions;
 
 /// One requested or granted scope.
@@ -247,15 +247,15 @@ impl TokenIssuer {
 
     /// Like [`TokenIssuer::verify`], but a token naming a key id the shared
     /// set does not hold (yet) makes it re-read the set, at most once per
-    /// [`UNKNOWN_KID_REFRESH`], before it is judged.
+    /// [`UNKNOWN_KID_REFRESH`](crate::keys::UNKNOWN_KID_REFRESH), before it
+    /// is judged.
     pub async fn check(&self, token: &str) -> TokenCheck {
         match self.verify(token) {
             TokenCheck::NotOurs if self.keys.is_shared() && may_be_shared_kid(token) => {
-                if self.keys.refresh_if_older(UNKNOWN_KID_REFRESH).await {
-                    self.verify(token)
-                } else {
-                    TokenCheck::NotOurs
-                }
+                // Judged again even when this call did not read: a re-read
+                // by a concurrent request may have brought the key.
+                self.keys.refresh_for_unknown_id().await;
+                self.verify(token)
             }
             other => other,
         }

@@ -1169,3 +1169,29 @@ async fn key_ids(peer: &S3Peer) -> Vec<String> {
     ids.sort();
     ids
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_together_on_an_empty_bucket_agree_on_the_key() {
+    let peer = S3Peer::s3s_fs();
+    let work = tempfile::tempdir().expect("tmp");
+    let htpasswd = work.path().join("htpasswd");
+    let line =
+        run(Command::new(require_tool("htpasswd", "apache2-utils")).args(["-nbB", "-C", "4", "alice", ALICE_PW]));
+    std::fs::write(&htpasswd, line).expect("write htpasswd");
+    let opts = || ServerOptions { config: Some(auth_config(&peer, PREFIX, &htpasswd, None)), ..Default::default() };
+    let (a, b) = tokio::join!(Server::start_with(opts()), Server::start_with(opts()));
+    let keys = key_ids(&peer).await;
+    report(&format!("replicas started together on an empty bucket wrote {} signing key(s)", keys.len()));
+    assert!((1..=2).contains(&keys.len()), "{keys:?}");
+    let img = Image::random(1);
+    let ta = alice_token(&a, "team/app").await;
+    assert_eq!(push_with_token(&a, &ta, "team/app", "v1", &img).await, 201);
+    // Right away, whichever key each signed with, each accepts the other's.
+    let tb = alice_token(&b, "team/app").await;
+    assert_eq!(pull_status(&b, &ta, "team/app", "v1").await, 200, "A's token on B");
+    assert_eq!(pull_status(&a, &tb, "team/app", "v1").await, 200, "B's token on A");
+    // Having seen each other's key, both now sign with the smallest id.
+    let (ta, tb) = (alice_token(&a, "team/app").await, alice_token(&b, "team/app").await);
+    assert_eq!(kid_of(&ta), keys[0], "A signs with the smallest id");
+    assert_eq!(kid_of(&tb), keys[0], "B signs with the smallest id");
+}
