@@ -10,11 +10,14 @@
 //!   (default, no logins), [`HtpasswdAuthenticator`], [`OidcAuthenticator`];
 //! - [`RulePolicy`]: `[[access]]` rules plus a default, as the
 //!   [`AccessPolicy`](cove_core::AccessPolicy);
-//! - [`TokenIssuer`]: short-lived registry JWTs for the Docker token flow.
+//! - [`TokenIssuer`]: short-lived registry JWTs for the Docker token flow,
+//!   signed with a [`SigningKeys`] set (a key file, or keys shared through
+//!   the storage by every replica).
 
 pub mod config;
 pub mod credentials;
 pub mod htpasswd;
+pub mod keys;
 pub mod network;
 pub mod oidc;
 pub mod oidc_login;
@@ -26,6 +29,7 @@ pub mod token;
 pub use config::{AccessRule, AuthConfig, AuthKind, ConfigProblem, DefaultPolicy, OidcConfig, TokenConfig};
 pub use credentials::{Credentials, Secret};
 pub use htpasswd::{HtpasswdAuthenticator, HtpasswdError, HtpasswdOptions};
+pub use keys::SigningKeys;
 pub use network::{NetworkAuthenticator, NetworkBoundary};
 pub use oidc::OidcAuthenticator;
 pub use policy::{Actions, RepoPattern, RulePolicy};

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use cove_core::{
     AccessPolicy, Action, AuthRequest, Authenticator, Challenge, ChallengeError, ErrorCode, Identity, RegistryError,
-    RepoName,
+    RepoName, Storage,
 };
 
 use crate::config::{self, AccessRule, AuthConfig, AuthKind, ConfigProblem};
 use crate::credentials::Credentials;
 use crate::htpasswd::{HtpasswdAuthenticator, HtpasswdError, HtpasswdOptions};
+use crate::keys::SigningKeys;
 use crate::network::{NetworkAuthenticator, NetworkBoundary};
 use crate::oidc::OidcAuthenticator;
 use crate::policy::{Actions, RulePolicy};
@@ -90,6 +91,20 @@ impl AuthService {
         upstream_hosts: &[String],
         public_url: Option<&str>,
     ) -> Result<Self, AuthBuildError> {
+        AuthService::from_config_with_state(auth, access, upstream_hosts, public_url, None).await
+    }
+
+    /// [`AuthService::from_config`] with the storage whose shared state
+    /// holds the token signing keys when `auth.token.signing_key_file` is
+    /// not set (see [`SigningKeys`]), so replicas on one store accept each
+    /// other's tokens. `None`: a random in-memory key.
+    pub async fn from_config_with_state(
+        auth: &AuthConfig,
+        access: &[AccessRule],
+        upstream_hosts: &[String],
+        public_url: Option<&str>,
+        state: Option<Arc<dyn Storage>>,
+    ) -> Result<Self, AuthBuildError> {
         let problems = config::validate(auth, access);
         if !problems.is_empty() {
             return Err(AuthBuildError::Config(problems));
@@ -115,17 +130,20 @@ impl AuthService {
         };
         let policy =
             RulePolicy::new(access, auth.effective_default_policy(), upstream_hosts).map_err(AuthBuildError::Setup)?;
-        let key = match &auth.token.signing_key_file {
-            Some(path) => {
+        let keys = match (&auth.token.signing_key_file, state) {
+            (Some(path), _) => {
                 let bytes = tokio::fs::read(path).await.map_err(|e| {
                     AuthBuildError::Setup(format!("auth.token.signing_key_file: cannot read {path}: {e}"))
                 })?;
-                Some(bytes.trim_ascii().to_vec())
+                SigningKeys::fixed(bytes.trim_ascii())
+                    .map_err(|e| AuthBuildError::Setup(format!("auth.token.signing_key_file: {e}")))?
             }
-            None => None,
+            (None, Some(store)) => {
+                SigningKeys::shared(store).await.map_err(|e| AuthBuildError::Setup(e.to_string()))?
+            }
+            (None, None) => SigningKeys::random(),
         };
-        let tokens = TokenIssuer::new(&auth.token.issuer, &service, auth.token.lifetime, key.as_deref())
-            .map_err(|e| AuthBuildError::Setup(format!("auth.token.signing_key_file: {e}")))?;
+        let tokens = TokenIssuer::with_keys(&auth.token.issuer, &service, auth.token.lifetime, Arc::new(keys));
         let realm =
             auth.token.realm.clone().or_else(|| public_url.map(|u| format!("{}/token", u.trim_end_matches('/'))));
         let limiter = FailureLimiter::new(auth.rate_limit.max_failures, auth.rate_limit.window);
@@ -143,6 +161,12 @@ impl AuthService {
         realm: Option<String>,
     ) -> Self {
         AuthService { boundary, authenticator, policy, tokens, limiter, realm: realm.map(|r| r.replace('"', "")) }
+    }
+
+    /// The token signing keys (the web interface derives its session key
+    /// from them).
+    pub fn signing_keys(&self) -> &Arc<SigningKeys> {
+        self.tokens.keys()
     }
 
     /// The source-address rules (`auth.trusted_networks`, `auth.trusted_proxies`).
@@ -183,7 +207,7 @@ impl AuthService {
         };
         self.limiter.check(client)?;
         if let Ok(Credentials::Bearer(t)) = Credentials::parse(header) {
-            match self.tokens.verify(t.expose()) {
+            match self.tokens.check(t.expose()).await {
                 TokenCheck::Valid(v) => return Ok((client, Caller::Token(v))),
                 // Expired tokens are routine (clients refresh on 401): not a failure.
                 TokenCheck::Invalid => {
@@ -346,7 +370,7 @@ impl AuthService {
                 self.limiter.check(client)?;
                 let basic = Challenge::Basic { realm: self.tokens.service().replace('"', "") };
                 let verified = match Credentials::parse(header) {
-                    Ok(Credentials::Bearer(t)) => match self.tokens.verify(t.expose()) {
+                    Ok(Credentials::Bearer(t)) => match self.tokens.check(t.expose()).await {
                         TokenCheck::Valid(v) => Some(v.identity),
                         _ => None,
                     },
@@ -389,7 +413,7 @@ impl AuthService {
             }
         }
         tracing::debug!(identity = ?identity, scopes = granted.len(), "registry token issued");
-        self.tokens.issue(&identity, &granted).map_err(RegistryError::internal)
+        self.tokens.issue_fresh(&identity, &granted).await.map_err(RegistryError::internal)
     }
 }
 

@@ -2,13 +2,14 @@
 //! short-lived HS256 JWTs Cove signs for itself, and the JSON response.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cove_core::{Action, Identity, RepoName};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
+use crate::keys::{SigningKeys, SIGNING_REFRESH};
 use crate::policy::Actions;
 
 /// One requested or granted scope.
@@ -151,14 +152,13 @@ pub enum TokenCheck {
     Invalid,
 }
 
-/// Signs and verifies registry tokens with an HS256 secret.
+/// Signs and verifies registry tokens with HS256 keys from a
+/// [`SigningKeys`] set: the token's `kid` header names the key.
 pub struct TokenIssuer {
     issuer: String,
     service: String,
     lifetime: Duration,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    kid: String,
+    keys: Arc<SigningKeys>,
 }
 
 impl fmt::Debug for TokenIssuer {
@@ -167,36 +167,32 @@ impl fmt::Debug for TokenIssuer {
             .field("issuer", &self.issuer)
             .field("service", &self.service)
             .field("lifetime", &self.lifetime)
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+            .field("keys", &self.keys)
+            .finish()
     }
 }
 
-/// Minimum HS256 secret length.
-pub const MIN_SIGNING_KEY_LEN: usize = 32;
+pub use crate::keys::MIN_SIGNING_KEY_LEN;
 
 impl TokenIssuer {
     /// A signer with `key` (at least [`MIN_SIGNING_KEY_LEN`] bytes) or, if
-    /// `None`, a fresh random key.
+    /// `None`, a fresh random key kept in memory.
     pub fn new(issuer: &str, service: &str, lifetime: Duration, key: Option<&[u8]>) -> Result<Self, String> {
-        let mut random = [0u8; 32];
-        let key = match key {
-            Some(k) if k.len() >= MIN_SIGNING_KEY_LEN => k,
-            Some(_) => return Err(format!("the token signing key must be at least {MIN_SIGNING_KEY_LEN} bytes")),
-            None => {
-                crate::random_bytes(&mut random);
-                &random[..]
-            }
+        let keys = match key {
+            Some(k) => SigningKeys::fixed(k).map_err(|e| e.to_string())?,
+            None => SigningKeys::random(),
         };
-        let fp = Sha256::digest(key);
-        Ok(TokenIssuer {
-            issuer: issuer.to_owned(),
-            service: service.to_owned(),
-            lifetime,
-            encoding: EncodingKey::from_secret(key),
-            decoding: DecodingKey::from_secret(key),
-            kid: format!("cove-{}", &hex::encode(fp)[..16]),
-        })
+        Ok(TokenIssuer::with_keys(issuer, service, lifetime, Arc::new(keys)))
+    }
+
+    /// A signer over a key set (e.g. one shared through storage).
+    pub fn with_keys(issuer: &str, service: &str, lifetime: Duration, keys: Arc<SigningKeys>) -> Self {
+        TokenIssuer { issuer: issuer.to_owned(), service: service.to_owned(), lifetime, keys }
+    }
+
+    /// The key set.
+    pub fn keys(&self) -> &Arc<SigningKeys> {
+        &self.keys
     }
 
     /// The `service` tokens are issued for.
@@ -234,21 +230,45 @@ impl TokenIssuer {
             access,
             groups: identity.groups().to_vec(),
         };
+        let (kid, encoding) = self.keys.signing().ok_or_else(|| "no token signing key".to_owned())?;
         let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(self.kid.clone());
-        let token =
-            jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| format!("cannot sign token: {e}"))?;
+        header.kid = Some(kid);
+        let token = jsonwebtoken::encode(&header, &claims, &encoding).map_err(|e| format!("cannot sign token: {e}"))?;
         Ok(TokenResponse { token, expires_in: self.lifetime.as_secs(), issued_at: rfc3339(now) })
     }
 
-    /// Checks whether `token` is ours and valid.
+    /// Signs like [`TokenIssuer::issue`], re-reading a shared key set first
+    /// when it is older than [`SIGNING_REFRESH`] (so replicas converge on
+    /// the key with the smallest id).
+    pub async fn issue_fresh(&self, identity: &Identity, scopes: &[Scope]) -> Result<TokenResponse, String> {
+        self.keys.refresh_if_older(SIGNING_REFRESH).await;
+        self.issue(identity, scopes)
+    }
+
+    /// Like [`TokenIssuer::verify`], but a token naming a key id the shared
+    /// set does not hold (yet) makes it re-read the set, at most once per
+    /// [`UNKNOWN_KID_REFRESH`](crate::keys::UNKNOWN_KID_REFRESH), before it
+    /// is judged.
+    pub async fn check(&self, token: &str) -> TokenCheck {
+        match self.verify(token) {
+            TokenCheck::NotOurs if self.keys.is_shared() && may_be_shared_kid(token) => {
+                // Judged again even when this call did not read: a re-read
+                // by a concurrent request may have brought the key.
+                self.keys.refresh_for_unknown_id().await;
+                self.verify(token)
+            }
+            other => other,
+        }
+    }
+
+    /// Checks whether `token` is ours and valid, against the keys in memory.
     pub fn verify(&self, token: &str) -> TokenCheck {
         let Ok(header) = jsonwebtoken::decode_header(token) else {
             return TokenCheck::NotOurs;
         };
-        if header.kid.as_deref() != Some(self.kid.as_str()) {
+        let Some(decoding) = header.kid.as_deref().and_then(|kid| self.keys.decoding(kid)) else {
             return TokenCheck::NotOurs;
-        }
+        };
         if header.alg != Algorithm::HS256 {
             return TokenCheck::Invalid;
         }
@@ -258,7 +278,7 @@ impl TokenIssuer {
         v.set_required_spec_claims(&["exp", "iss", "aud", "nbf"]);
         v.validate_nbf = true;
         v.leeway = 5;
-        let data = match jsonwebtoken::decode::<RegistryClaims>(token, &self.decoding, &v) {
+        let data = match jsonwebtoken::decode::<RegistryClaims>(token, &decoding, &v) {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(error = %e, "registry token rejected");
@@ -275,6 +295,12 @@ impl TokenIssuer {
             .collect();
         TokenCheck::Valid(VerifiedToken { identity, scopes })
     }
+}
+
+/// Whether the token's `kid` has the shape of a shared key id (16 hex
+/// digits), so other issuers' tokens (OIDC) do not cause store reads.
+fn may_be_shared_kid(token: &str) -> bool {
+    jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid).is_some_and(|k| crate::keys::is_key_id(&k))
 }
 
 /// Formats Unix seconds as RFC 3339 UTC (`2026-11-27T00:00:00Z`).

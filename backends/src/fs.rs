@@ -17,6 +17,8 @@
 //!   repositories/<repo>/_referrers/<alg>/<subject hex>/<alg>-<hex>
 //!                                               descriptor JSON of a manifest whose subject
 //!                                               is <subject>
+//!   shared/<name>                               shared-state documents (`keys/<id>`: token
+//!                                               signing keys), written through `tmp/`
 //! ```
 //!
 //! `<repo>` is the repository name with its `/`-separated components as
@@ -215,6 +217,14 @@ impl Inner {
     }
 }
 
+/// The path of a shared-state name below the root (`shared/<name>`).
+fn state_path(name: &str) -> Result<PathBuf, StorageError> {
+    if !cove_core::storage::valid_state_name(name) {
+        return Err(StorageError::Backend(format!("invalid shared-state name {name:?}")));
+    }
+    Ok(Path::new("shared").join(name))
+}
+
 fn parse_alg(s: &str) -> Option<Algorithm> {
     match s {
         "sha256" => Some(Algorithm::Sha256),
@@ -252,6 +262,44 @@ fn verify(
 impl Storage for FsStorage {
     fn kind(&self) -> &'static str {
         "filesystem"
+    }
+
+    async fn state_put(&self, name: &str, bytes: bytes::Bytes) -> Result<(), StorageError> {
+        let path = state_path(name)?;
+        self.run(move |inner| {
+            // Shared state holds secrets (signing keys): owner-only.
+            let mut tmp = TempFile::create(&inner.tmp)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                if let Some(f) = tmp.file() {
+                    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+                }
+            }
+            io::Write::write_all(&mut tmp, &bytes)?;
+            tmp.persist(&inner.root.join(path))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn state_get(&self, name: &str) -> Result<Option<bytes::Bytes>, StorageError> {
+        let path = state_path(name)?;
+        self.run(move |inner| Ok(atomic::read_if_exists(&inner.root.join(path))?.map(bytes::Bytes::from))).await
+    }
+
+    async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
+        let path = state_path(dir)?;
+        self.run(move |inner| {
+            let dir = inner.root.join(path);
+            let mut names: Vec<String> = atomic::list_names(&dir)?
+                .into_iter()
+                .filter(|n| cove_core::storage::valid_state_name(n) && dir.join(n).is_file())
+                .collect();
+            names.sort();
+            Ok(names)
+        })
+        .await
     }
 
     async fn check(&self) -> Result<(), StorageError> {

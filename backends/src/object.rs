@@ -17,6 +17,8 @@
 //!                                                 descriptor JSON of a referrer of subject
 //!                                                 <alg>:<hex> (short name: s3s-fs key limit)
 //! _check/<uuid>                                   readiness probe, deleted right away
+//! _shared/<name>                                  shared-state documents (`keys/<id>`:
+//!                                                 token signing keys), one PUT each
 //! ```
 //! Repository names cannot have a component starting with `_`, so the
 //! `_manifests`-style markers never collide with a name.
@@ -288,10 +290,42 @@ impl ObjectStorage {
 /// How many directory listings one page keeps in flight.
 const LIST_AHEAD: usize = 16;
 
+/// `name` if it is a valid shared-state name.
+fn checked_state_name(name: &str) -> Result<&str, StorageError> {
+    if cove_core::storage::valid_state_name(name) {
+        Ok(name)
+    } else {
+        Err(StorageError::Backend(format!("invalid shared-state name {name:?}")))
+    }
+}
+
 #[async_trait::async_trait]
 impl Storage for ObjectStorage {
     fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    async fn state_put(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
+        // One PUT of one object: atomic, last writer wins.
+        self.put_bytes(&self.keys.state(checked_state_name(name)?), bytes).await
+    }
+
+    async fn state_get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
+        self.get_bytes(&self.keys.state(checked_state_name(name)?)).await
+    }
+
+    async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
+        let mut names: Vec<String> = self
+            .list_rel(&self.keys.state(checked_state_name(dir)?))
+            .await?
+            .into_iter()
+            .filter_map(|p| match <[String; 1]>::try_from(p) {
+                Ok([n]) if cove_core::storage::valid_state_name(&n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     async fn check(&self) -> Result<(), StorageError> {

@@ -300,6 +300,30 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The descriptors of manifests whose subject is `subject`, by digest order.
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StorageError>;
+
+    // ---- shared state ------------------------------------------------------
+
+    /// Writes the small document `name` (see [`valid_state_name`]) of the
+    /// state replicas share (token signing keys, …), atomically replacing
+    /// any previous one: readers see the old bytes or the new, never a mix.
+    /// It lives under a reserved prefix that no repository can reach.
+    async fn state_put(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
+        let _ = (name, bytes);
+        Err(StorageError::NotSupported("shared state"))
+    }
+
+    /// The shared-state document `name`, or `None`.
+    async fn state_get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
+        let _ = name;
+        Err(StorageError::NotSupported("shared state"))
+    }
+
+    /// The names of the documents directly in the shared-state directory
+    /// `dir` (the last component only), in lexical order; empty if none.
+    async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
+        let _ = dir;
+        Err(StorageError::NotSupported("shared state"))
+    }
 }
 
 /// Validates an upload session id before it is used as a path or key.
@@ -307,6 +331,20 @@ pub fn valid_upload_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase() || b == b'-')
+}
+
+/// Validates a shared-state name (a document name or a directory) before it
+/// is used as a path or key: 1-4 `/`-separated components of 1-64
+/// characters `[a-z0-9._-]`, none starting with `.`.
+pub fn valid_state_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    parts.len() <= 4
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 64
+                && !p.starts_with('.')
+                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        })
 }
 
 /// Reads a file as a [`ByteStream`] in 1 MiB chunks (bounded memory).
@@ -330,6 +368,16 @@ fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Byte
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_names_are_plain_relative_paths() {
+        for ok in ["keys", "keys/0123abcd", "a/b.c/d_e-f"] {
+            assert!(valid_state_name(ok), "{ok}");
+        }
+        for bad in ["", "/keys", "keys/", "keys//a", "..", "keys/../x", ".hidden", "Keys", "a/b/c/d/e", "a b"] {
+            assert!(!valid_state_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn space_below_the_floor_and_the_bytes_retention_must_free() {

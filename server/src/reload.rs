@@ -207,11 +207,12 @@ impl Reloader {
         let auth_changed = get(&running.table, &["auth"]) != get(&effective.table, &["auth"])
             || get(&running.table, &["access"]) != get(&effective.table, &["access"]);
         let auth = if auth_changed || upstreams.added.len() + upstreams.removed.len() > 0 {
-            let auth = AuthService::from_config(
+            let auth = AuthService::from_config_with_state(
                 &effective.config.auth,
                 &effective.config.access,
                 &new_hosts,
                 effective.validated.public_url.as_deref(),
+                Some(self.targets.registry.storage().clone()),
             )
             .await
             .map_err(|e| vec![format!("auth: {e}")])?;

@@ -84,9 +84,18 @@ async fn build(
 ) -> Result<Built, StartError> {
     let (registry, gc_guard) = open_registry(config, validated).await?;
     let upstream_hosts = validated.upstream_hosts();
-    let auth = AuthService::from_config(&config.auth, &config.access, &upstream_hosts, validated.public_url.as_deref())
-        .await
-        .map_err(|e| StartError::Auth(e.to_string()))?;
+    // Without a key file the token signing keys live in the storage's
+    // shared state, so replicas on one bucket accept each other's tokens.
+    let auth = AuthService::from_config_with_state(
+        &config.auth,
+        &config.access,
+        &upstream_hosts,
+        validated.public_url.as_deref(),
+        Some(registry.storage().clone()),
+    )
+    .await
+    .map_err(|e| StartError::Auth(e.to_string()))?;
+    let ui_key = auth.signing_keys().derive("ui-session");
     log_network_trust(&config.auth);
     let auth = Arc::new(AuthSlot::new(Arc::new(auth)));
     let metrics = Arc::new(Metrics::new());
@@ -135,7 +144,7 @@ async fn build(
         reloader,
         quarantine_dir: config.storage.root.join("quarantine"),
         identity: crate::status::ServerIdentity { replica: config.server.replica_name(), started: SystemTime::now() },
-        ui: config.ui.enabled.then(|| crate::ui::Ui::new(config.ui.session_ttl(), browser_login(config))),
+        ui: config.ui.enabled.then(|| crate::ui::Ui::new(config.ui.session_ttl(), browser_login(config), ui_key)),
     };
     let tls_on = config.server.tls_cert.is_some();
     let app = Arc::new(App::new(registry, auth, tls_on, validated.http.clone(), ops));

@@ -20,6 +20,11 @@ impl TempFile {
         Ok(TempFile { file: Some(file), path })
     }
 
+    /// The open file (to set its permissions before it is persisted).
+    pub(crate) fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
     /// Flushes the data to disk and renames the file to `dest` (creating its
     /// parent directories). The rename is atomic: readers see the old `dest`
     /// or the whole new one.

@@ -109,6 +109,11 @@ impl Keys {
         )
     }
 
+    /// A shared-state document or directory (name already validated).
+    pub fn state(&self, name: &str) -> Path {
+        self.join(&format!("_shared/{name}"))
+    }
+
     pub fn check(&self, id: &str) -> Path {
         self.join(&format!("_check/{id}"))
     }

@@ -38,6 +38,15 @@ fn manifest_refs(bytes: &[u8], media_type: &str) -> Vec<Digest> {
 
 #[async_trait::async_trait]
 impl Storage for GuardedStorage {
+    async fn state_put(&self, name: &str, bytes: bytes::Bytes) -> Result<(), StorageError> {
+        self.inner.state_put(name, bytes).await
+    }
+    async fn state_get(&self, name: &str) -> Result<Option<bytes::Bytes>, StorageError> {
+        self.inner.state_get(name).await
+    }
+    async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.state_list(dir).await
+    }
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }

@@ -131,10 +131,20 @@ struct Req<'a> {
 }
 
 impl Ui {
-    /// The interface with sessions lasting `session_ttl` under a fresh key.
-    /// `oidc` is the browser login under `auth.kind = "oidc"`.
-    pub fn new(session_ttl: Duration, oidc: Option<cove_auth::oidc_login::BrowserLogin>) -> Ui {
-        Ui { sessions: Sessions::new(session_ttl), oidc }
+    /// The interface with sessions lasting `session_ttl`, signed with
+    /// `session_key` (derived from the token signing keys, so sessions
+    /// survive restarts and work on every replica) or else a fresh random
+    /// key. `oidc` is the browser login under `auth.kind = "oidc"`.
+    pub fn new(
+        session_ttl: Duration,
+        oidc: Option<cove_auth::oidc_login::BrowserLogin>,
+        session_key: Option<[u8; 32]>,
+    ) -> Ui {
+        let sessions = match session_key {
+            Some(key) => Sessions::with_key(key, session_ttl),
+            None => Sessions::new(session_ttl),
+        };
+        Ui { sessions, oidc }
     }
 
     /// Answers one request for `path`; never fails (errors become pages).

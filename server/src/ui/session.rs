@@ -1,8 +1,10 @@
 //! Browser sessions and CSRF protection for the web interface.
 //!
 //! A session is a cookie the server signed: `base64url(json) "." base64url(mac)`
-//! where the MAC is HMAC-SHA256 under a key drawn from the OS at start (so
-//! a restart logs everyone out, and nothing secret is ever written). It
+//! where the MAC is HMAC-SHA256 under a key derived from the token signing
+//! keys (the key file, or the key set shared through storage: sessions then
+//! survive restarts and are valid on every replica; with neither, a key
+//! drawn from the OS at start, and a restart logs everyone out). It
 //! holds who logged in, when it expires and a random nonce; the CSRF token
 //! of every form is HMAC(key, "csrf" ‖ nonce), so it is bound to the
 //! session and cannot be forged without the key. Every MAC is checked in
@@ -66,7 +68,7 @@ impl Sessions {
         Sessions::with_key(key, ttl)
     }
 
-    /// Sessions under a given key (tests).
+    /// Sessions under a given key (derived from the token signing keys).
     pub fn with_key(key: [u8; 32], ttl: Duration) -> Sessions {
         Sessions { key, ttl }
     }

@@ -38,7 +38,30 @@ pub async fn run_all(store: &dyn Storage) {
     listings(store).await;
     repo_pages(store).await;
     tag_pages(store).await;
+    shared_state(store).await;
     store.check().await.expect("check() on a healthy store");
+}
+
+/// Shared-state documents: put/get/replace, listing one directory in
+/// lexical order, invalid names refused, and no leak into repositories.
+pub async fn shared_state(store: &dyn Storage) {
+    assert!(store.state_list("keys").await.expect("list empty").is_empty(), "empty store lists no state");
+    assert!(store.state_get("keys/b").await.expect("get absent").is_none());
+    store.state_put("keys/b", Bytes::from_static(b"one")).await.expect("put");
+    store.state_put("keys/a", Bytes::from_static(b"two")).await.expect("put");
+    store.state_put("other/c", Bytes::from_static(b"three")).await.expect("put");
+    store.state_put("keys/b", Bytes::from_static(b"replaced")).await.expect("replace");
+    assert_eq!(store.state_get("keys/b").await.expect("get").as_deref(), Some(&b"replaced"[..]));
+    assert_eq!(store.state_list("keys").await.expect("list"), vec!["a".to_owned(), "b".to_owned()]);
+    assert_eq!(store.state_list("other").await.expect("list"), vec!["c".to_owned()]);
+    for bad in ["../x", "keys/../../etc", "/abs", "", "Keys/A", "keys/.tmp"] {
+        assert!(store.state_put(bad, Bytes::from_static(b"x")).await.is_err(), "state name {bad:?} accepted");
+        assert!(store.state_get(bad).await.is_err(), "state name {bad:?} accepted by get");
+    }
+    assert!(
+        store.repo_list().await.expect("repo list").iter().all(|r| !r.as_str().contains("keys")),
+        "shared state must not appear as a repository"
+    );
 }
 
 /// Whole-blob writes, links, stat, delete.
