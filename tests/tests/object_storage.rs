@@ -1070,7 +1070,19 @@ async fn pull_status(s: &Server, token: &str, repo: &str, tag: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_accept_each_others_tokens_on_s3s_fs() {
-    let peer = S3Peer::s3s_fs();
+    tokens_across_replicas(&S3Peer::s3s_fs()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_accept_each_others_tokens_on_garage() {
+    tokens_across_replicas(&S3Peer::garage()).await;
+}
+
+/// Two htpasswd replicas on `peer`'s bucket: one key in the bucket, tokens
+/// of each accepted by the other (HTTP and skopeo sent to the other's
+/// /token), a restart keeps the key, other key sets and tampered tokens
+/// are refused, the secret never logged.
+async fn tokens_across_replicas(peer: &S3Peer) {
     let work = tempfile::tempdir().expect("tmp");
     let htpasswd = work.path().join("htpasswd");
     let line =
@@ -1080,17 +1092,17 @@ async fn replicas_accept_each_others_tokens_on_s3s_fs() {
     // A creates the key set on the empty bucket; B, whose challenges send
     // clients to A's /token (a load balancer's worst case), loads it.
     let mut a = Server::start_with(ServerOptions {
-        config: Some(auth_config(&peer, PREFIX, &htpasswd, None)),
+        config: Some(auth_config(peer, PREFIX, &htpasswd, None)),
         ..Default::default()
     })
     .await;
     let realm = format!("{}/token", a.base);
     let b = Server::start_with(ServerOptions {
-        config: Some(auth_config(&peer, PREFIX, &htpasswd, Some(&realm))),
+        config: Some(auth_config(peer, PREFIX, &htpasswd, Some(&realm))),
         ..Default::default()
     })
     .await;
-    let keys = key_ids(&peer).await;
+    let keys = key_ids(peer).await;
     assert_eq!(keys.len(), 1, "one signing key in the bucket: {keys:?}");
     let key_id = keys[0].clone();
     assert!(a.logs().contains("created a token signing key in storage"), "A created the key");
@@ -1123,14 +1135,21 @@ async fn replicas_accept_each_others_tokens_on_s3s_fs() {
     assert_eq!(oci_layout_manifest_digest(&out, "v2"), img2.digest, "skopeo round trip through both replicas");
     assert!(a.logs().contains("/token"), "skopeo fetched its tokens from A");
 
+    // A web-interface session started on A is valid on B (its key is
+    // derived from the shared signing key), and on A after a restart.
+    let cookie = ui_login(&a).await;
+    assert!(ui_signed_in(&b, &cookie).await, "A's web session on B");
+    assert!(!ui_signed_in(&b, "cove_session=forged.forged").await, "a forged session cookie");
+
     // A restart keeps the key: the old token still works, no key is added.
     a.restart().await;
     assert_eq!(pull_status(&a, &from_a, "team/app", "v1").await, 200, "A's old token after A's restart");
-    assert_eq!(key_ids(&peer).await, vec![key_id.clone()], "a restart creates no key");
+    assert!(ui_signed_in(&a, &cookie).await, "the web session after A's restart");
+    assert_eq!(key_ids(peer).await, vec![key_id.clone()], "a restart creates no key");
 
     // A Cove on another prefix has its own key set: its tokens are refused.
     let other = Server::start_with(ServerOptions {
-        config: Some(auth_config(&peer, "elsewhere", &htpasswd, None)),
+        config: Some(auth_config(peer, "elsewhere", &htpasswd, None)),
         ..Default::default()
     })
     .await;
@@ -1158,6 +1177,35 @@ async fn replicas_accept_each_others_tokens_on_s3s_fs() {
     for s in [&a, &b, &other] {
         assert!(!s.logs().contains(&secret), "{}: the signing secret is in the log", s.base);
     }
+}
+
+/// Signs alice in to `s`'s web interface over plain HTTP (login page,
+/// CSRF token, same-origin POST); returns the session cookie.
+async fn ui_login(s: &Server) -> String {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let r = http.get(s.url("/ui/login")).send().await.expect("login page");
+    assert_eq!(r.status(), 200, "{}: login page", s.base);
+    let anon = header(&r, "set-cookie").split(';').next().unwrap_or_default().to_owned();
+    let page = r.text().await.expect("page");
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|v| v.split('"').next()).expect("csrf").to_owned();
+    let r = http
+        .post(s.url("/ui/login"))
+        .header("cookie", &anon)
+        .header("origin", &s.base)
+        .form(&[("username", "alice"), ("password", ALICE_PW), ("csrf", &csrf), ("next", "/")])
+        .send()
+        .await
+        .expect("POST login");
+    assert!(r.status().is_redirection(), "{}: sign-in answered {}", s.base, r.status());
+    header(&r, "set-cookie").split(';').next().unwrap_or_default().to_owned()
+}
+
+/// Whether `s`'s web interface takes `cookie` as alice's session (the
+/// repository list instead of a redirect to the login page).
+async fn ui_signed_in(s: &Server, cookie: &str) -> bool {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let r = http.get(s.url("/")).header("cookie", cookie).header("accept", "text/html").send().await.expect("GET /");
+    r.status() == 200 && r.text().await.expect("page").contains("alice")
 }
 
 /// The ids of the signing keys in the bucket (under [`PREFIX`]).
