@@ -9,6 +9,7 @@ pub mod copy;
 pub mod digest;
 pub mod error;
 pub mod gc;
+pub mod lease;
 pub mod manifest;
 pub mod name;
 pub mod range;

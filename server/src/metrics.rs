@@ -112,6 +112,9 @@ pub struct Metrics {
     connections: ConnectionMetrics,
     /// `cove_replica_info{replica="…"} 1`: which replica answered the scrape.
     replica_info: Family<ReplicaLabels, Gauge>,
+    /// The maintenance lease: held here (0/1), its epoch, acquisitions, losses.
+    lease: [Gauge; 2],
+    lease_counts: [Counter; 2],
 }
 
 /// Open connections and those refused at accept.
@@ -189,6 +192,8 @@ impl Metrics {
             enabled: AtomicBool::new(true),
             connections: ConnectionMetrics::default(),
             replica_info: Family::default(),
+            lease: Default::default(),
+            lease_counts: Default::default(),
             registry: PromRegistry::default(),
         };
         let r = &mut registry;
@@ -197,6 +202,14 @@ impl Metrics {
             "replica_info",
             "This replica's name (server.replica, default the host name)",
             m.replica_info.clone(),
+        );
+        r.register("lease_held", "1 while this replica holds the GC/retention lease", m.lease[0].clone());
+        r.register("lease_epoch", "Epoch of this replica's last GC/retention lease", m.lease[1].clone());
+        r.register("lease_acquisitions", "Times this replica took the GC/retention lease", m.lease_counts[0].clone());
+        r.register(
+            "lease_losses",
+            "Times this replica lost the lease before giving it back",
+            m.lease_counts[1].clone(),
         );
         r.register(
             "http_request_duration_seconds",
@@ -465,6 +478,17 @@ impl Metrics {
                 self.upstream_ratelimit_remaining.get_or_create(&upstream).set(r.remaining.min(i64::MAX as u64) as i64);
             }
         }
+    }
+
+    /// Records the maintenance lease as this replica sees it (before [`Metrics::render`]).
+    pub fn record_lease(&self, keeper: &cove_core::lease::LeaseKeeper) {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let (held, epoch) = keeper.held();
+        let (acquired, lost) = keeper.counts();
+        self.lease[0].set(i64::from(held));
+        self.lease[1].set(i64::try_from(epoch).unwrap_or(i64::MAX));
+        sync_counter(&self.lease_counts[0], acquired);
+        sync_counter(&self.lease_counts[1], lost);
     }
 
     /// Records the storage-full refusals so far and the free space (before

@@ -319,6 +319,9 @@ impl Reloader {
         if section_changed("retention") {
             report.changed.push("retention".into());
         }
+        if section_changed("gc") || section_changed("retention") {
+            t.gc.keeper().set_contend(crate::jobs::maintenance::contends(&effective.config));
+        }
         if section_changed("prefetch") {
             t.prefetch.set_specs(&effective.config);
             report.changed.push("prefetch".into());

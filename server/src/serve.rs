@@ -19,8 +19,8 @@ use crate::auth_slot::AuthSlot;
 use crate::config::{Config, ConfigError, GcSettings, RetentionSettings, StorageKind, Validated};
 use crate::jobs::gc::{guard_storage, GarbageCollector};
 use crate::jobs::prefetch::PrefetchJob;
-use crate::jobs::retention::RetentionJob;
-use crate::jobs::{activity, tls_watch, uploads, Jobs};
+use crate::jobs::retention::{RetentionHandles, RetentionJob};
+use crate::jobs::{activity, maintenance, tls_watch, uploads, Jobs};
 use crate::metrics::Metrics;
 use crate::reload::{self, ConfigSource, ReloadTargets, Reloader};
 use crate::tls::CertStore;
@@ -64,7 +64,8 @@ pub async fn serve(config: Config, source: ConfigSource, shutdown: impl Future<O
     tracing::info!(listen = %addr, scheme, storage = %config.storage.describe(), "cove is serving");
     crate::listener::run(server.app, listener, tls_config, validated.http.clone(), shutdown).await;
     jobs.stop();
-    activity::save_at_shutdown(&server.activity).await;
+    activity::save_at_shutdown(&server.activity, server.shared_activity.as_deref()).await;
+    server.lease.release().await;
     Ok(())
 }
 
@@ -73,6 +74,8 @@ struct Built {
     app: Arc<App>,
     jobs: Jobs,
     activity: Arc<ActivityLog>,
+    shared_activity: Option<Arc<activity::SharedActivity>>,
+    lease: Arc<cove_core::lease::LeaseKeeper>,
 }
 
 /// Builds every component and starts the background jobs.
@@ -102,20 +105,27 @@ async fn build(
     metrics.set_replica(&config.server.replica_name());
     metrics.set_enabled(config.metrics.enabled);
     let activity = Arc::new(ActivityLog::load(&activity::activity_path(config)));
+    let shared_activity = activity::SharedActivity::for_config(config, registry.storage().clone(), activity.clone());
+    if let Some(shared) = &shared_activity {
+        shared.restore().await;
+    }
     registry.set_activity(activity.clone());
+    let lease = maintenance::keeper(config, registry.storage().clone());
     let gc = Arc::new(GarbageCollector::new(
         registry.clone(),
         gc_guard.clone(),
         metrics.clone(),
         GcSettings::from_config(config),
+        lease.clone(),
     ));
-    let retention = Arc::new(RetentionJob::new(
-        registry.clone(),
-        gc_guard,
-        metrics.clone(),
-        RetentionSettings::from_config(config),
-        activity.clone(),
-    ));
+    let handles = RetentionHandles {
+        guard: gc_guard,
+        metrics: metrics.clone(),
+        activity: activity.clone(),
+        shared: shared_activity.clone(),
+        keeper: lease.clone(),
+    };
+    let retention = Arc::new(RetentionJob::new(registry.clone(), handles, RetentionSettings::from_config(config)));
     let prefetch = Arc::new(PrefetchJob::new(registry.clone(), validated.prefetch.clone()));
     let targets = ReloadTargets {
         auth: auth.clone(),
@@ -128,10 +138,11 @@ async fn build(
     };
     let reloader = Arc::new(Reloader::new(source, config, targets));
     let mut jobs = Jobs::default();
+    jobs.add(lease.spawn());
     jobs.add(gc.spawn_schedule());
     jobs.add(retention.spawn_schedule());
     jobs.add(prefetch.spawn_schedule());
-    jobs.add(activity::spawn_activity_saver(activity.clone()));
+    jobs.add(activity::spawn_activity_saver(activity.clone(), shared_activity.clone(), activity::save_every(config)));
     jobs.add(uploads::spawn_upload_expiry(registry.clone(), validated.upload_ttl));
     if let Some(task) = reload::spawn_sighup_handler(reloader.clone()) {
         jobs.add(task);
@@ -148,7 +159,7 @@ async fn build(
     };
     let tls_on = config.server.tls_cert.is_some();
     let app = Arc::new(App::new(registry, auth, tls_on, validated.http.clone(), ops));
-    Ok(Built { app, jobs, activity })
+    Ok(Built { app, jobs, activity, shared_activity, lease })
 }
 
 /// Opens storage (guarded so GC runs while serving) and the registry on it,

@@ -33,7 +33,40 @@ pub async fn status(
         obj.insert("replica".into(), who.replica.clone().into());
     }
     add_retention(retention, &mut v);
+    let lease = lease_status(gc.keeper()).await;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("lease".into(), lease);
+    }
     v
+}
+
+/// The maintenance lease (who runs GC and retention among the replicas):
+/// its record in the store, and this replica's part.
+async fn lease_status(keeper: &cove_core::lease::LeaseKeeper) -> serde_json::Value {
+    match keeper.status().await {
+        Ok(st) => {
+            let now = cove_core::retention::now_ms();
+            let at = |ms: u64| {
+                let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+                humantime::format_rfc3339_millis(t).to_string()
+            };
+            let r = st.record.as_ref();
+            serde_json::json!({
+                "holder": r.filter(|_| st.active).map(|r| r.holder.clone()),
+                "last_holder": r.map(|r| r.holder.clone()),
+                "epoch": r.map(|r| r.epoch),
+                "active": st.active,
+                "expires_at": r.map(|r| at(r.expires_ms)),
+                "expires_in_ms": r.map(|r| r.expires_ms.saturating_sub(now)),
+                "held_here": st.held_here,
+                "contending": st.contending,
+                "acquired_total": st.acquired_total,
+                "lost_total": st.lost_total,
+                "ttl_ms": keeper.lease().timing().ttl.as_millis() as u64,
+            })
+        }
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
 }
 
 /// Uptime, storage, upstreams (probed at once, each for at most

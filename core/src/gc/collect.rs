@@ -85,6 +85,11 @@ struct Collection<'a> {
 }
 
 impl Collection<'_> {
+    /// Before each deletion: the run's fence (its lease) must still hold.
+    async fn fence(&self) -> Result<(), GcError> {
+        crate::lease::FenceRef::check_opt(self.opts.fence.as_ref()).await.map_err(GcError::Fenced)
+    }
+
     /// Removes manifests that are not tagged, not a child of an index in
     /// the same repository and not a referrer. Returns those removed (or,
     /// in a dry run, that would be).
@@ -111,6 +116,7 @@ impl Collection<'_> {
                     }
                     continue;
                 }
+                self.fence().await?;
                 let Some(_claim) = guard.claim(digest, t0, opts.grace) else { continue };
                 // A tag may have arrived since the listing.
                 if tag_points_at(storage, repo, digest).await? {
@@ -156,6 +162,7 @@ impl Collection<'_> {
                 }
                 continue;
             }
+            self.fence().await?;
             let Some(_claim) = guard.claim(&digest, t0, opts.grace) else {
                 report.blobs_kept_recent += 1;
                 continue;
@@ -176,6 +183,7 @@ impl Collection<'_> {
         for info in self.storage.upload_list().await? {
             if now.duration_since(info.updated).unwrap_or_default() > ttl {
                 if !self.opts.dry_run {
+                    self.fence().await?;
                     match self.storage.upload_abort(&info.id).await {
                         Ok(()) | Err(StorageError::UploadUnknown) => {}
                         Err(e) => return Err(e.into()),

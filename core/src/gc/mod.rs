@@ -23,7 +23,10 @@
 //! mark phase, or pinned/touched its blobs after `t0`.
 //!
 //! One process must own the storage for this argument to hold: several Cove
-//! replicas sharing one bucket must not run GC (see `[gc] enabled`).
+//! replicas sharing one bucket run GC one at a time under a lease
+//! ([`crate::lease`], checked through [`GcOptions::fence`] before every
+//! deletion), but a replica cannot see another's in-flight pushes, so on
+//! shared object storage GC stays off by default (see `[gc] enabled`).
 
 mod collect;
 mod guard;
@@ -51,6 +54,9 @@ pub struct GcOptions {
     pub upload_ttl: Option<Duration>,
     /// Report what would be removed without removing anything.
     pub dry_run: bool,
+    /// Checked before every deletion: the run stops when it fails (the
+    /// replicas' maintenance lease, see [`crate::lease`]).
+    pub fence: Option<crate::lease::FenceRef>,
 }
 
 /// The outcome of a collection run.
@@ -86,4 +92,8 @@ pub enum GcError {
     /// nothing is removed.
     #[error("manifest {repo}@{digest} cannot be parsed ({reason}); nothing removed")]
     Unparsable { repo: RepoName, digest: Digest, reason: String },
+    /// The run's fence failed (its lease was lost): it stopped before the
+    /// next deletion.
+    #[error("stopped: {0}")]
+    Fenced(String),
 }

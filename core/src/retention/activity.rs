@@ -3,10 +3,16 @@
 //! request) and saved atomically to a small JSON file. Anything the log
 //! never saw counts as seen when a run first meets it, so a lost or new log
 //! never makes everything look ancient.
+//!
+//! Replicas on one storage each keep their own log and publish it as a
+//! document of the same JSON shape ([`ActivityLog::to_json`]); the replica
+//! that runs retention merges every replica's document into its log first
+//! ([`ActivityLog::merge_json`], the latest time wins), so a pull through
+//! any replica counts.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,6 +52,9 @@ struct ActivityState {
 #[derive(Serialize, Deserialize)]
 struct ActivityFile {
     version: u32,
+    /// When it was written (Unix ms); absent in files of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    written_ms: Option<u64>,
     manifests: Vec<ManifestEntry>,
     tags: Vec<TagEntry>,
 }
@@ -71,6 +80,8 @@ pub struct ActivityLog {
     path: Option<PathBuf>,
     state: Mutex<ActivityState>,
     dirty: AtomicBool,
+    /// Raised by every change (for other sinks than the file).
+    generation: AtomicU64,
     /// One save at a time (temp file name is fixed).
     saving: tokio::sync::Mutex<()>,
 }
@@ -82,6 +93,7 @@ impl ActivityLog {
             path: None,
             state: Mutex::new(ActivityState::default()),
             dirty: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             saving: tokio::sync::Mutex::new(()),
         }
     }
@@ -122,6 +134,18 @@ impl ActivityLog {
         log
     }
 
+    /// Notes a change: the file and the other sinks are behind.
+    fn mark(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// A number every change raises: a sink that wrote the log at
+    /// generation `g` is up to date while this is still `g`.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -139,7 +163,7 @@ impl ActivityLog {
                 .pulled = Some(now);
         }
         drop(st);
-        self.dirty.store(true, Ordering::Relaxed);
+        self.mark();
     }
 
     /// Records a push of `tag` in `repo`.
@@ -150,7 +174,7 @@ impl ActivityLog {
             st.tags.entry((repo.clone(), tag.as_str().to_owned())).or_insert(TagTimes { pushed: now, pulled: None });
         e.pushed = now;
         drop(st);
-        self.dirty.store(true, Ordering::Relaxed);
+        self.mark();
     }
 
     /// The last pull of a manifest, if the log knows it.
@@ -172,7 +196,7 @@ impl ActivityLog {
         }
         st.manifests.insert(key, now);
         drop(st);
-        self.dirty.store(true, Ordering::Relaxed);
+        self.mark();
         now
     }
 
@@ -186,7 +210,7 @@ impl ActivityLog {
         let t = TagTimes { pushed: now, pulled: None };
         st.tags.insert(key, t);
         drop(st);
-        self.dirty.store(true, Ordering::Relaxed);
+        self.mark();
         t
     }
 
@@ -197,7 +221,7 @@ impl ActivityLog {
         st.manifests.retain(|k, _| manifests.contains(k));
         st.tags.retain(|k, _| tags.contains(k));
         if st.manifests.len() + st.tags.len() != before {
-            self.dirty.store(true, Ordering::Relaxed);
+            self.mark();
         }
     }
 
@@ -222,10 +246,25 @@ impl ActivityLog {
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(false);
         }
+        let bytes = self.to_json();
+        let result = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        if result.is_err() {
+            // Try again next time.
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        result.map(|()| true)
+    }
+
+    /// The whole log as JSON (the file's format).
+    pub fn to_json(&self) -> Vec<u8> {
         let file = {
             let st = self.lock();
             ActivityFile {
                 version: 1,
+                written_ms: Some(now_ms()),
                 manifests: st
                     .manifests
                     .iter()
@@ -243,16 +282,38 @@ impl ActivityLog {
                     .collect(),
             }
         };
-        let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
-        let result = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
-        if result.is_err() {
-            // Try again next time.
-            self.dirty.store(true, Ordering::Relaxed);
+        serde_json::to_vec(&file).unwrap_or_default()
+    }
+
+    /// Merges a log in the [`ActivityLog::to_json`] format (another
+    /// replica's): for every manifest and tag the later time wins. Returns
+    /// how many entries changed; an unreadable document changes nothing.
+    pub fn merge_json(&self, bytes: &[u8]) -> Result<usize, serde_json::Error> {
+        let file: ActivityFile = serde_json::from_slice(bytes)?;
+        let mut changed = 0;
+        let mut st = self.lock();
+        for m in file.manifests {
+            let (Ok(r), Ok(d)) = (m.repository.parse::<RepoName>(), m.digest.parse::<Digest>()) else { continue };
+            let e = st.manifests.entry((r, d)).or_insert(0);
+            if m.pulled > *e {
+                *e = m.pulled;
+                changed += 1;
+            }
         }
-        result.map(|()| true)
+        for t in file.tags {
+            let (Ok(r), Ok(_)) = (t.repository.parse::<RepoName>(), t.tag.parse::<Tag>()) else { continue };
+            let e = st.tags.entry((r, t.tag)).or_insert(TagTimes { pushed: 0, pulled: None });
+            let merged = TagTimes { pushed: e.pushed.max(t.pushed), pulled: e.pulled.max(t.pulled) };
+            if merged != *e {
+                *e = merged;
+                changed += 1;
+            }
+        }
+        drop(st);
+        if changed > 0 {
+            self.mark();
+        }
+        Ok(changed)
     }
 }
 
@@ -309,6 +370,38 @@ mod tests {
         std::fs::write(&path, b"{not json").expect("corrupt");
         assert!(ActivityLog::load(&path).is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn merging_another_replicas_log_keeps_the_latest_times() {
+        let (r, d, d2) = (repo("docker.io/library/nginx"), Digest::sha256_of(b"m"), Digest::sha256_of(b"m2"));
+        let tag: Tag = "1.27".parse().expect("tag");
+        let ours = ActivityLog::in_memory();
+        ours.record_pull(&r, Some(&tag), &d);
+        let ta = ours.last_pull(&r, &d).expect("recorded");
+        let generation = ours.generation();
+        let theirs = serde_json::json!({
+            "version": 1,
+            "manifests": [
+                {"repository": r.to_string(), "digest": d.to_string(), "pulled": ta - 1000},
+                {"repository": r.to_string(), "digest": d2.to_string(), "pulled": ta + 5000},
+                {"repository": "NOT A NAME", "digest": d2.to_string(), "pulled": 1},
+            ],
+            "tags": [{"repository": r.to_string(), "tag": "1.27", "pushed": 1, "pulled": ta + 5000}],
+        });
+        let bytes = serde_json::to_vec(&theirs).expect("json");
+        assert_eq!(ours.merge_json(&bytes).expect("merge"), 2, "the newer manifest and the tag");
+        assert_eq!(ours.last_pull(&r, &d), Some(ta), "ours was later");
+        assert_eq!(ours.last_pull(&r, &d2), Some(ta + 5000), "theirs only");
+        let t = ours.tag_times(&r, "1.27").expect("tag");
+        assert_eq!((t.pushed, t.pulled), (ta, Some(ta + 5000)));
+        assert!(ours.generation() > generation, "a merge that changed something is a change");
+        assert_eq!(ours.merge_json(&bytes).expect("merge"), 0, "idempotent");
+        assert!(ours.merge_json(b"{nope").is_err());
+        // Our own document merges into a fresh log (a restart with no local file).
+        let fresh = ActivityLog::in_memory();
+        assert_eq!(fresh.merge_json(&ours.to_json()).expect("merge"), 3);
+        assert_eq!(fresh.len(), ours.len());
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl RetentionRun<'_> {
     ) -> Result<bool, GcError> {
         let storage = self.storage;
         let repo = &removal.repo;
+        crate::lease::FenceRef::check_opt(self.opts.fence.as_ref()).await.map_err(GcError::Fenced)?;
         let mut claimed: Vec<Digest> = removal.manifests.clone();
         claimed.extend(exclusive.iter().cloned());
         let Some(_claims) = self.guard.claim_all(&claimed, self.t0, self.opts.grace) else {

@@ -110,6 +110,9 @@ pub struct RetentionOptions {
     /// Whether `repository:tag` is pinned (`[[prefetch]] pin = true`): a
     /// cached image a pinned tag points at is never evicted by cache limits.
     pub pinned: PinnedTags,
+    /// Checked before each image's deletion: the run stops when it fails
+    /// (the replicas' maintenance lease, see [`crate::lease`]).
+    pub fence: Option<crate::lease::FenceRef>,
 }
 
 /// One evicted (or, in a dry run, evictable) cached image.

@@ -64,6 +64,7 @@ impl App {
         let counters = self.registry.cache().map(|c| c.counters()).unwrap_or_default();
         let space = self.registry.storage().space().await.ok().flatten();
         metrics.record_storage(self.registry.storage_full_count(), space);
+        metrics.record_lease(self.ops.gc.keeper());
         let fetches = self.registry.cache().map(|c| c.inflight_digests().len()).unwrap_or(0);
         let uploads = self.registry.storage().upload_list().await.ok().map(|l| l.len());
         let limits: Vec<_> = self
@@ -88,7 +89,7 @@ impl App {
         match op {
             AdminOp::Gc => match ops.gc.run(query.flag("dry_run")).await {
                 Ok(r) => Ok(json(StatusCode::OK, &serde_json::to_value(&r).unwrap_or_default())),
-                Err(e) => Err(RegistryError::internal(format!("garbage collection failed: {e}"))),
+                Err(e) => Err(job_error("garbage collection", &e)),
             },
             AdminOp::Scrub => {
                 let dir = query.flag("quarantine").then_some(ops.quarantine_dir.as_path());
@@ -99,7 +100,7 @@ impl App {
             }
             AdminOp::Retention => match ops.retention.run(query.flag("dry_run")).await {
                 Ok(r) => Ok(json(StatusCode::OK, &serde_json::to_value(&r).unwrap_or_default())),
-                Err(e) => Err(RegistryError::internal(format!("retention failed: {e}"))),
+                Err(e) => Err(job_error("retention", &e)),
             },
             AdminOp::Reload => Ok(self.reload().await),
             AdminOp::Status => {
@@ -177,5 +178,16 @@ impl App {
                 crate::error::errors_response(&errors, false)
             }
         }
+    }
+}
+
+/// A GC or retention run that did not happen or failed: refused with
+/// `UNAVAILABLE` (503, the holder named) while another replica holds the
+/// maintenance lease, else an internal error.
+fn job_error(what: &str, e: &crate::jobs::maintenance::JobError) -> RegistryError {
+    if e.is_busy() {
+        RegistryError::new(ErrorCode::Unavailable, format!("{what} {e}"))
+    } else {
+        RegistryError::internal(format!("{what} failed: {e}"))
     }
 }

@@ -14,7 +14,9 @@ pub struct GcConfig {
     /// Run garbage collection on a schedule. Default: `true` on the
     /// filesystem backend, `false` on object storage, where several replicas
     /// may share the bucket and one replica cannot see another's in-flight
-    /// pushes. Enable it on exactly one replica (or when only one runs).
+    /// pushes. Runs of all replicas are one at a time (the maintenance
+    /// lease), but enable it only when nobody pushes through another
+    /// replica meanwhile (or when only one runs).
     pub enabled: Option<bool>,
     /// Time between scheduled runs. Default `"24h"`.
     pub interval: String,
@@ -24,11 +26,26 @@ pub struct GcConfig {
     /// Also remove manifests that no tag, index or `subject` keeps (pushes by
     /// digest that were never tagged). Default `false`.
     pub untagged: bool,
+    /// How long the maintenance lease (one GC or retention runner among the
+    /// replicas of one storage) stays valid without a renew; the holder
+    /// renews every quarter of it. Another replica takes over this long
+    /// after the holder died. Default `"60s"`.
+    pub lease_ttl: String,
+    /// The wait between writing a claim of the lease and reading it back.
+    /// Default `"2s"` on object storage, `"20ms"` on the filesystem.
+    pub lease_settle: Option<String>,
 }
 
 impl Default for GcConfig {
     fn default() -> Self {
-        GcConfig { enabled: None, interval: "24h".into(), grace: "1h".into(), untagged: false }
+        GcConfig {
+            enabled: None,
+            interval: "24h".into(),
+            grace: "1h".into(),
+            untagged: false,
+            lease_ttl: "60s".into(),
+            lease_settle: None,
+        }
     }
 }
 
@@ -43,7 +60,31 @@ pub(super) fn validate(gc: &GcConfig) -> Vec<String> {
     if parse_duration(&gc.interval).is_ok_and(|d| d.is_zero()) {
         problems.push("gc.interval: must be longer than 0s".into());
     }
+    let ttl = parse_duration(&gc.lease_ttl);
+    match &ttl {
+        Ok(d) if *d < Duration::from_secs(1) => problems.push("gc.lease_ttl: must be at least 1s".into()),
+        Ok(_) => {}
+        Err(e) => problems.push(format!("gc.lease_ttl: {e}")),
+    }
+    if let Some(settle) = &gc.lease_settle {
+        match (parse_duration(settle), &ttl) {
+            (Err(e), _) => problems.push(format!("gc.lease_settle: {e}")),
+            (Ok(s), Ok(t)) if s.is_zero() || s >= *t / 4 => problems
+                .push("gc.lease_settle: must be longer than 0s and shorter than a quarter of gc.lease_ttl".into()),
+            _ => {}
+        }
+    }
     problems
+}
+
+/// The maintenance lease's timing from a validated config.
+pub fn lease_timing(config: &Config) -> cove_core::lease::LeaseTiming {
+    let fs = config.storage.kind == StorageKind::Filesystem;
+    let default_settle = if fs { Duration::from_millis(20) } else { Duration::from_secs(2) };
+    cove_core::lease::LeaseTiming {
+        ttl: parse_duration(&config.gc.lease_ttl).unwrap_or(Duration::from_secs(60)),
+        settle: config.gc.lease_settle.as_deref().and_then(|s| parse_duration(s).ok()).unwrap_or(default_settle),
+    }
 }
 
 /// GC settings derived from a validated config.
@@ -70,6 +111,6 @@ impl GcSettings {
 
     /// The options of one collection with these settings.
     pub fn options(&self, dry_run: bool) -> GcOptions {
-        GcOptions { grace: self.grace, untagged: self.untagged, upload_ttl: self.upload_ttl, dry_run }
+        GcOptions { grace: self.grace, untagged: self.untagged, upload_ttl: self.upload_ttl, dry_run, fence: None }
     }
 }

@@ -16,7 +16,7 @@ mod storage;
 mod ui;
 
 pub use cove_backends::fs::MinFree;
-pub use gc::{GcConfig, GcSettings};
+pub use gc::{lease_timing, GcConfig, GcSettings};
 pub use metrics::MetricsConfig;
 pub use mirror::MirrorConfig;
 pub use retention::{parse_size, RetentionConfig, RetentionSettings, TagRetention, UpstreamRetention};

@@ -40,11 +40,21 @@ pub struct RetentionConfig {
     pub upstreams: BTreeMap<String, UpstreamRetention>,
     /// `[[retention.tags]]`: tag retention by repository pattern.
     pub tags: Vec<TagRetention>,
+    /// Time between saves of the activity log (last pulls) when it
+    /// changed; on object storage each save also rewrites this replica's
+    /// record in the bucket (one PUT). Default `"60s"`.
+    pub activity_interval: String,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { enabled: None, interval: "1h".into(), upstreams: BTreeMap::new(), tags: Vec::new() }
+        RetentionConfig {
+            enabled: None,
+            interval: "1h".into(),
+            upstreams: BTreeMap::new(),
+            tags: Vec::new(),
+            activity_interval: "60s".into(),
+        }
     }
 }
 
@@ -109,6 +119,11 @@ pub(super) fn validate(config: &Config, upstream_hosts: &[String]) -> Vec<String
         Ok(d) if d.is_zero() => problems.push("retention.interval: must be longer than 0s".into()),
         Ok(_) => {}
         Err(e) => problems.push(format!("retention.interval: {e}")),
+    }
+    match parse_duration(&r.activity_interval) {
+        Ok(d) if d < Duration::from_secs(1) => problems.push("retention.activity_interval: must be at least 1s".into()),
+        Ok(_) => {}
+        Err(e) => problems.push(format!("retention.activity_interval: {e}")),
     }
     for (host, u) in &r.upstreams {
         let key = format!("retention.upstreams.\"{host}\"");
@@ -230,13 +245,20 @@ impl RetentionSettings {
                 let pins = self.pins.clone();
                 Box::new(move |repo: &RepoName, tag: &str| pins.iter().any(|p| p.pins(repo, tag)))
             },
+            fence: None,
         }
     }
 
     /// The options of the blob sweep that follows a run which removed
     /// manifests (the `[gc]` grace and untagged settings, never a dry run).
     pub fn sweep_options(&self) -> GcOptions {
-        GcOptions { grace: self.grace, untagged: self.gc_untagged, upload_ttl: self.upload_ttl, dry_run: false }
+        GcOptions {
+            grace: self.grace,
+            untagged: self.gc_untagged,
+            upload_ttl: self.upload_ttl,
+            dry_run: false,
+            fence: None,
+        }
     }
 }
 

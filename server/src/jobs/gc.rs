@@ -1,13 +1,17 @@
 //! Online garbage collection: the scheduled runs and the ones the admin
-//! endpoint asks for, one at a time, while the server keeps serving.
+//! endpoint asks for, one at a time, while the server keeps serving; among
+//! replicas one at a time too, under the maintenance lease
+//! ([`crate::jobs::maintenance`]).
 
 use std::sync::{Arc, Mutex};
 
-use cove_core::gc::{self, GcError, GcGuard, GcReport, GuardedStorage};
+use cove_core::gc::{self, GcGuard, GcReport, GuardedStorage};
+use cove_core::lease::LeaseKeeper;
 use cove_core::{Registry, Storage};
 use tokio::task::JoinHandle;
 
 use crate::config::GcSettings;
+use crate::jobs::maintenance::{self, JobError};
 use crate::metrics::Metrics;
 
 /// Wraps storage so garbage collection can run while serving. Call before
@@ -32,6 +36,7 @@ pub struct GarbageCollector {
     registry: Registry,
     guard: Arc<GcGuard>,
     metrics: Arc<Metrics>,
+    keeper: Arc<LeaseKeeper>,
     /// Replaced by a config reload; each run reads it afresh.
     settings: Mutex<GcSettings>,
     /// The last run that was not a dry run (for `/admin/status`).
@@ -39,9 +44,21 @@ pub struct GarbageCollector {
 }
 
 impl GarbageCollector {
-    /// `registry` must run on the storage [`guard_storage`] returned with `guard`.
-    pub fn new(registry: Registry, guard: Arc<GcGuard>, metrics: Arc<Metrics>, settings: GcSettings) -> Self {
-        GarbageCollector { registry, guard, metrics, settings: Mutex::new(settings), last: Mutex::new(None) }
+    /// `registry` must run on the storage [`guard_storage`] returned with
+    /// `guard`; runs that delete hold the lease `keeper` keeps.
+    pub fn new(
+        registry: Registry,
+        guard: Arc<GcGuard>,
+        metrics: Arc<Metrics>,
+        settings: GcSettings,
+        keeper: Arc<LeaseKeeper>,
+    ) -> Self {
+        GarbageCollector { registry, guard, metrics, keeper, settings: Mutex::new(settings), last: Mutex::new(None) }
+    }
+
+    /// The maintenance lease's keeper (shared with retention).
+    pub fn keeper(&self) -> &Arc<LeaseKeeper> {
+        &self.keeper
     }
 
     fn settings(&self) -> GcSettings {
@@ -53,12 +70,22 @@ impl GarbageCollector {
         *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
     }
 
-    /// Runs one garbage collection over the registry's storage.
-    pub async fn run(&self, dry_run: bool) -> Result<GcReport, GcError> {
+    /// Runs one garbage collection over the registry's storage; unless it
+    /// is a dry run, under the maintenance lease (refused while another
+    /// replica holds it).
+    pub async fn run(&self, dry_run: bool) -> Result<GcReport, JobError> {
         let settings = self.settings();
+        let mut options = settings.options(dry_run);
+        let hold = if dry_run { None } else { Some(self.keeper.hold().await?) };
+        options.fence = hold.as_ref().map(maintenance::fence);
         let protect = fetch_protect(&self.registry);
-        let result =
-            gc::collect(self.registry.storage().as_ref(), &self.guard, &protect, &settings.options(dry_run)).await;
+        let result = gc::collect(self.registry.storage().as_ref(), &self.guard, &protect, &options)
+            .await
+            .map_err(JobError::from);
+        if let Some(h) = &hold {
+            tracing::debug!(epoch = h.epoch(), "garbage collection ran under the maintenance lease");
+            self.keeper.done(h).await;
+        }
         self.metrics.record_gc(result.as_ref().map_err(|_| ()));
         if !dry_run {
             let keep = match &result {
@@ -85,8 +112,10 @@ impl GarbageCollector {
                 if !gc.settings().enabled {
                     continue;
                 }
-                if let Err(e) = gc.run(false).await {
-                    tracing::warn!(error = %e, "scheduled garbage collection failed");
+                match gc.run(false).await {
+                    Err(e) if e.is_busy() => tracing::debug!(reason = %e, "scheduled garbage collection skipped"),
+                    Err(e) => tracing::warn!(error = %e, "scheduled garbage collection failed"),
+                    Ok(_) => {}
                 }
             }
         })

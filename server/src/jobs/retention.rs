@@ -1,7 +1,10 @@
 //! Cache retention per upstream and tag retention per repository pattern:
 //! the scheduled runs, the ones the admin endpoint asks for, and offline
 //! runs (`cove retention` with the server stopped). The policies are
-//! `[retention]` (see [`crate::config::RetentionConfig`]).
+//! `[retention]` (see [`crate::config::RetentionConfig`]). Runs that
+//! delete hold the maintenance lease ([`crate::jobs::maintenance`]); on
+//! shared storage every run first merges the other replicas' activity
+//! records ([`crate::jobs::activity::SharedActivity`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -9,13 +12,15 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use cove_core::gc::{self, GcError, GcGuard, GcReport};
+use cove_core::gc::{self, GcGuard, GcReport};
+use cove_core::lease::{FenceRef, LeaseKeeper};
 use cove_core::retention::{self as core_retention, ActivityLog, BlobSizes, RetentionReport};
 use cove_core::{Registry, RepoName};
 
 use crate::config::{Config, RetentionSettings};
-use crate::jobs::activity::activity_path;
+use crate::jobs::activity::{activity_path, SharedActivity};
 use crate::jobs::gc::fetch_protect;
+use crate::jobs::maintenance::{self, JobError};
 use crate::metrics::Metrics;
 
 /// The outcome of `POST /admin/retention`: the retention run and the blob
@@ -40,25 +45,37 @@ pub struct RetentionJob {
     metrics: Arc<Metrics>,
     settings: Mutex<RetentionSettings>,
     activity: Arc<ActivityLog>,
+    /// The replicas' activity records (shared storage only).
+    shared: Option<Arc<SharedActivity>>,
+    keeper: Arc<LeaseKeeper>,
     sizes: BlobSizes,
     last: Mutex<LastRun>,
 }
 
+/// The shared handles of a [`RetentionJob`] besides the registry.
+pub struct RetentionHandles {
+    /// The garbage collector's guard: a run and a collection never overlap.
+    pub guard: Arc<GcGuard>,
+    pub metrics: Arc<Metrics>,
+    pub activity: Arc<ActivityLog>,
+    /// The replicas' activity records, on shared storage.
+    pub shared: Option<Arc<SharedActivity>>,
+    /// The maintenance lease's keeper (the garbage collector's).
+    pub keeper: Arc<LeaseKeeper>,
+}
+
 impl RetentionJob {
-    /// `guard` is the garbage collector's: a run and a collection never overlap.
-    pub fn new(
-        registry: Registry,
-        guard: Arc<GcGuard>,
-        metrics: Arc<Metrics>,
-        settings: RetentionSettings,
-        activity: Arc<ActivityLog>,
-    ) -> Self {
+    /// A job on `registry` with the handles it shares with the other jobs.
+    pub fn new(registry: Registry, handles: RetentionHandles, settings: RetentionSettings) -> Self {
+        let RetentionHandles { guard, metrics, activity, shared, keeper } = handles;
         RetentionJob {
             registry,
             guard,
             metrics,
             settings: Mutex::new(settings),
             activity,
+            shared,
+            keeper,
             sizes: BlobSizes::default(),
             last: Mutex::new(None),
         }
@@ -113,8 +130,10 @@ impl RetentionJob {
                 if !s.enabled || (s.upstreams.is_empty() && s.tags.is_empty() && !upstreams) {
                     continue;
                 }
-                if let Err(e) = job.run(false).await {
-                    tracing::warn!(error = %e, "scheduled retention run failed");
+                match job.run(false).await {
+                    Err(e) if e.is_busy() => tracing::debug!(reason = %e, "scheduled retention run skipped"),
+                    Err(e) => tracing::warn!(error = %e, "scheduled retention run failed"),
+                    Ok(_) => {}
                 }
             }
         })
@@ -123,9 +142,17 @@ impl RetentionJob {
     /// Runs retention once (one run or GC at a time): evictions and tag
     /// removals, then, if anything was removed, the garbage collector's sweep
     /// in the same exclusive run.
-    pub async fn run(&self, dry_run: bool) -> Result<RunReport, GcError> {
+    pub async fn run(&self, dry_run: bool) -> Result<RunReport, JobError> {
         let settings = self.settings();
-        let result = self.run_locked(&settings, dry_run).await;
+        let hold = if dry_run { None } else { Some(self.keeper.hold().await?) };
+        if let Some(shared) = &self.shared {
+            shared.merge_all().await;
+        }
+        let fence = hold.as_ref().map(maintenance::fence);
+        let result = self.run_locked(&settings, dry_run, fence).await;
+        if let Some(h) = &hold {
+            self.keeper.done(h).await;
+        }
         if !dry_run {
             if let Err(e) = self.activity.save().await {
                 tracing::warn!(error = %e, "cannot save the activity log");
@@ -147,7 +174,12 @@ impl RetentionJob {
     }
 
     /// The run and its sweep, holding the guard's run lock throughout.
-    async fn run_locked(&self, settings: &RetentionSettings, dry_run: bool) -> Result<RunReport, GcError> {
+    async fn run_locked(
+        &self,
+        settings: &RetentionSettings,
+        dry_run: bool,
+        fence: Option<FenceRef>,
+    ) -> Result<RunReport, JobError> {
         let cache = self.registry.cache().cloned();
         let upstream_of = {
             let cache = cache.clone();
@@ -162,6 +194,7 @@ impl RetentionJob {
         let protect = fetch_protect(&self.registry);
         let storage = self.registry.storage().as_ref();
         let mut options = settings.options(dry_run);
+        options.fence = fence.clone();
         // Below the storage.min_free floor: evict cached images to get back above it.
         if let Ok(Some(space)) = storage.space().await {
             if space.low() {
@@ -190,7 +223,9 @@ impl RetentionJob {
                 .await?;
         let mut out = RunReport { retention: r, gc: None };
         if !dry_run && !out.retention.manifests_removed.is_empty() {
-            let swept = gc::collect_locked(storage, &self.guard, &protect, &settings.sweep_options(), &running).await;
+            let mut sweep = settings.sweep_options();
+            sweep.fence = fence;
+            let swept = gc::collect_locked(storage, &self.guard, &protect, &sweep, &running).await;
             self.metrics.record_gc(swept.as_ref().map_err(|_| ()));
             out.gc = Some(swept?);
         }

@@ -9,7 +9,29 @@ use cove_core::gc::GcReport;
 use cove_core::scrub::ScrubReport;
 use cove_server::jobs::retention::RunReport;
 
-/// Renders `/admin/status` JSON as a summary line and one row per upstream.
+/// The maintenance lease line of `cove status` (empty for servers without one).
+fn format_lease(l: &serde_json::Value) -> String {
+    if l.is_null() {
+        return String::new();
+    }
+    if let Some(e) = l["error"].as_str() {
+        return format!("gc/retention lease: unknown ({e})\n");
+    }
+    let epoch = l["epoch"].as_u64().unwrap_or(0);
+    let here = if l["held_here"].as_bool() == Some(true) { ", this replica" } else { "" };
+    match (l["holder"].as_str(), l["last_holder"].as_str()) {
+        (Some(h), _) => format!(
+            "gc/retention lease: held by {h} (epoch {epoch}{here}), expires {} (in {:.1}s)\n",
+            l["expires_at"].as_str().unwrap_or("?"),
+            l["expires_in_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+        ),
+        (None, Some(last)) => format!("gc/retention lease: free (last held by {last}, epoch {epoch})\n"),
+        (None, None) => "gc/retention lease: free (never taken)\n".to_owned(),
+    }
+}
+
+/// Renders `/admin/status` JSON as a summary line, the maintenance lease
+/// and one row per upstream.
 pub fn format_status(v: &serde_json::Value) -> String {
     use std::fmt::Write as _;
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
@@ -46,6 +68,7 @@ pub fn format_status(v: &serde_json::Value) -> String {
         }
     }
     out.push('\n');
+    out.push_str(&format_lease(&v["lease"]));
     let rows = v["upstreams"].as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
         out.push_str("no upstreams configured\n");

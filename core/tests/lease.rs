@@ -1,0 +1,191 @@
+//! The maintenance lease ([`cove_core::lease`]) on the filesystem driver,
+//! which, like Garage, offers no conditional writes: contenders at once,
+//! expiry and takeover, a holder whose renew time lapsed, growing epochs,
+//! the keeper, and a fenced garbage collection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cove_core::gc::{self, GcError, GcGuard, GcOptions};
+use cove_core::lease::{Fence, FenceRef, Lease, LeaseError, LeaseKeeper, LeaseTiming};
+use cove_core::{Digest, Storage};
+
+fn store() -> (tempfile::TempDir, Arc<dyn Storage>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = cove_backends::FsStorage::open(dir.path()).expect("fs storage");
+    (dir, Arc::new(s))
+}
+
+fn timing(ttl_ms: u64, settle_ms: u64) -> LeaseTiming {
+    LeaseTiming { ttl: Duration::from_millis(ttl_ms), settle: Duration::from_millis(settle_ms) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contenders_at_once_exactly_one_wins() {
+    let (_d, s) = store();
+    for round in 0..15u64 {
+        let name = format!("leases/round-{round}");
+        let contenders: Vec<Arc<Lease>> =
+            (0..3).map(|i| Lease::new(s.clone(), &name, &format!("r{i}"), timing(5000, 150))).collect();
+        let tasks: Vec<_> = contenders
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let l = l.clone();
+                // Starts spread over the settle time, and all at once.
+                let delay = Duration::from_millis((round * 37 + i as u64 * 53) % 150 * (round % 2));
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    l.try_acquire().await
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(h) => winners.push(h),
+                Err(LeaseError::Busy { .. }) | Err(LeaseError::Lost(_)) => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one winner");
+        let record = contenders[0].read().await.expect("read").expect("record");
+        assert_eq!(record.epoch, winners[0].epoch(), "round {round}: the record is the winner's claim");
+        winners[0].check().await.expect("the winner may act");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_with_a_higher_epoch() {
+    let (_d, s) = store();
+    let a = Lease::new(s.clone(), "leases/m", "a", timing(600, 20));
+    let b = Lease::new(s.clone(), "leases/m", "b", timing(600, 20));
+    let ha = a.try_acquire().await.expect("a takes the free lease");
+    assert_eq!(ha.epoch(), 1);
+    match b.try_acquire().await {
+        Err(LeaseError::Busy { holder, epoch, remaining_ms }) => {
+            assert_eq!((holder.as_str(), epoch), ("a", 1));
+            assert!(remaining_ms <= 600, "{remaining_ms}");
+        }
+        other => panic!("b while a holds: {other:?}"),
+    }
+    // a dies (no renew); once the ttl passed b takes over.
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    let hb = b.try_acquire().await.expect("b takes the expired lease");
+    assert_eq!(hb.epoch(), 2, "epoch raised");
+    assert!(ha.check().await.is_err(), "a may not act any more");
+    assert!(ha.renew().await.is_err(), "nor renew");
+    assert_eq!(b.read().await.expect("read").expect("record").holder, "b", "a's failed renew wrote nothing");
+    hb.check().await.expect("b acts");
+}
+
+#[tokio::test]
+async fn a_holder_whose_renew_time_lapsed_refuses_to_act() {
+    let (_d, s) = store();
+    let a = Lease::new(s.clone(), "leases/m", "a", timing(400, 20));
+    let ha = a.try_acquire().await.expect("acquire");
+    ha.check().await.expect("fresh hold acts");
+    // Paused (SIGSTOP) past ttl - margin: the record still names a and is
+    // not even expired, but a's own clock says it must stop.
+    tokio::time::sleep(Duration::from_millis(310)).await;
+    let r = a.read().await.expect("read").expect("record");
+    assert!(!r.expired_at(cove_core::retention::now_ms()), "still unexpired in the store");
+    assert!(matches!(ha.check().await, Err(LeaseError::Lost(_))), "refuses to act");
+    assert!(matches!(ha.renew().await, Err(LeaseError::Lost(_))), "a lapsed hold is not renewed");
+    assert!(Fence::check(&ha).await.is_err());
+    // It must acquire again like anyone, after the expiry.
+    assert!(matches!(a.try_acquire().await, Err(LeaseError::Busy { .. })));
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let again = a.try_acquire().await.expect("re-acquired after expiry");
+    assert_eq!(again.epoch(), 2);
+}
+
+#[tokio::test]
+async fn renewing_keeps_the_lease_and_releasing_frees_it_at_once() {
+    let (_d, s) = store();
+    let a = Lease::new(s.clone(), "leases/m", "a", timing(400, 20));
+    let b = Lease::new(s.clone(), "leases/m", "b", timing(400, 20));
+    let ha = a.try_acquire().await.expect("acquire");
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ha.renew().await.expect("renew");
+        ha.check().await.expect("acts");
+        assert!(matches!(b.try_acquire().await, Err(LeaseError::Busy { .. })), "renewed lease stays a's");
+    }
+    ha.release().await.expect("release");
+    assert!(ha.check().await.is_err(), "released: no more acting");
+    let hb = b.try_acquire().await.expect("free at once after release");
+    assert_eq!(hb.epoch(), 2);
+}
+
+#[tokio::test]
+async fn epochs_only_grow() {
+    let (_d, s) = store();
+    let leases: Vec<Arc<Lease>> =
+        ["a", "b", "c"].iter().map(|h| Lease::new(s.clone(), "leases/m", h, timing(400, 5))).collect();
+    let mut last = 0;
+    for i in 0..9 {
+        let h = leases[i % 3].try_acquire().await.expect("acquire");
+        assert!(h.epoch() > last, "epoch {} after {last}", h.epoch());
+        last = h.epoch();
+        h.release().await.expect("release");
+    }
+    assert_eq!(last, 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepers_have_one_holder_and_the_survivor_takes_over() {
+    let (_d, s) = store();
+    let t = timing(800, 20);
+    let ka = LeaseKeeper::new(Lease::new(s.clone(), "leases/m", "a", t), true);
+    let kb = LeaseKeeper::new(Lease::new(s.clone(), "leases/m", "b", t), true);
+    let (ta, tb) = (ka.spawn(), kb.spawn());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (a_held, b_held) = (ka.held().0, kb.held().0);
+    assert!(a_held ^ b_held, "exactly one holds: a {a_held}, b {b_held}");
+    let (holder, survivor, dead_task, live_task) = if a_held { (ka, kb, ta, tb) } else { (kb, ka, tb, ta) };
+    let epoch = holder.held().1;
+    assert!(matches!(survivor.hold().await, Err(LeaseError::Busy { .. })), "on demand on the other: busy");
+    // The holder dies (its keeper stops renewing).
+    dead_task.abort();
+    let died = std::time::Instant::now();
+    while !survivor.held().0 {
+        assert!(died.elapsed() < Duration::from_secs(3), "no takeover");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = died.elapsed();
+    assert!(took >= Duration::from_millis(500), "not before the expiry: {took:?}");
+    assert!(survivor.held().1 > epoch, "higher epoch");
+    let st = survivor.status().await.expect("status");
+    assert!(st.held_here && st.active);
+    live_task.abort();
+}
+
+/// A GC run whose fence fails deletes nothing; with a valid fence it sweeps.
+#[tokio::test]
+async fn a_fenced_gc_stops_before_deleting() {
+    let (_d, s) = store();
+    let data = b"unreferenced".to_vec();
+    let digest = Digest::sha256_of(&data);
+    let body: cove_core::ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(data))]));
+    s.blob_write(&digest, body, None).await.expect("blob");
+    let lease = Lease::new(s.clone(), "leases/m", "a", timing(300, 5));
+    let stale = Arc::new(lease.try_acquire().await.expect("acquire"));
+    tokio::time::sleep(Duration::from_millis(240)).await;
+    let opts = |h: &Arc<cove_core::lease::Hold>| GcOptions {
+        grace: Duration::ZERO,
+        untagged: false,
+        upload_ttl: None,
+        dry_run: false,
+        fence: Some(FenceRef(h.clone() as Arc<dyn Fence>)),
+    };
+    let guard = GcGuard::offline();
+    let r = gc::collect(s.as_ref(), &guard, &|_| false, &opts(&stale)).await;
+    assert!(matches!(r, Err(GcError::Fenced(_))), "{r:?}");
+    assert_eq!(s.blob_size(&digest).await.expect("size"), Some(12), "nothing deleted");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fresh = Arc::new(lease.try_acquire().await.expect("acquire again"));
+    let r = gc::collect(s.as_ref(), &guard, &|_| false, &opts(&fresh)).await.expect("gc");
+    assert_eq!(r.blobs_removed.len(), 1);
+    assert_eq!(s.blob_size(&digest).await.expect("size"), None);
+}
