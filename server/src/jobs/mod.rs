@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod gc;
+pub mod keys;
 pub mod prefetch;
 pub mod retention;
 pub mod tls_watch;
