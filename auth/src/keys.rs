@@ -370,18 +370,18 @@ async fn rotate(store: &dyn Storage, keys: &mut BTreeMap<String, Arc<Key>>, rota
             Err(e) => tracing::warn!(error = %e, "cannot write a new token signing key; keeping the current ones"),
         }
     }
-    // The newest published generation signs since `t + publish`; keys
-    // older than that generation signed at most until then.
+    // A key stopped signing when the next generation was published (its
+    // first key created more than `publish` after it, plus `publish`); it
+    // retires `overlap` after that.
     let publish = rotation.publish().as_secs();
-    let Some(t) = keys.values().map(|k| k.created).filter(|c| c.saturating_add(publish) <= now).max() else {
-        return;
-    };
-    let signing_since = t.saturating_add(publish);
-    if now < signing_since.saturating_add(rotation.overlap.as_secs()) {
-        return;
-    }
-    let retired: Vec<String> =
-        keys.iter().filter(|(_, k)| k.created.saturating_add(publish) < t).map(|(id, _)| id.clone()).collect();
+    let retired: Vec<String> = keys
+        .iter()
+        .filter(|(_, k)| {
+            let successor = keys.values().map(|j| j.created).filter(|c| *c > k.created.saturating_add(publish)).min();
+            successor.is_some_and(|c| now >= c.saturating_add(publish).saturating_add(rotation.overlap.as_secs()))
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
     for id in retired {
         match store.state_delete(&format!("{KEYS_DIR}/{id}")).await {
             Ok(_) => {
