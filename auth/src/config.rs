@@ -141,9 +141,15 @@ pub struct TokenConfig {
     #[serde(deserialize_with = "de_duration")]
     pub lifetime: Duration,
     /// A file holding the HS256 signing secret (at least 32 bytes). Default:
-    /// a random key generated at start (tokens do not survive a restart and
-    /// are not shared between replicas).
+    /// a key set kept in the storage's shared state (shared by every replica
+    /// on one store, kept across restarts), or a random key when the storage
+    /// has no shared state.
     pub signing_key_file: Option<String>,
+    /// How often the shared key set gets a new signing key (old keys keep
+    /// verifying until what they signed has expired). `0s`: never. Default
+    /// `30d`. Not used with `signing_key_file`.
+    #[serde(deserialize_with = "de_duration")]
+    pub key_rotation: Duration,
 }
 
 impl Default for TokenConfig {
@@ -154,6 +160,7 @@ impl Default for TokenConfig {
             realm: None,
             lifetime: Duration::from_secs(300),
             signing_key_file: None,
+            key_rotation: Duration::from_secs(30 * 86400),
         }
     }
 }
@@ -166,6 +173,7 @@ impl fmt::Debug for TokenConfig {
             .field("realm", &self.realm)
             .field("lifetime", &self.lifetime)
             .field("signing_key_file", &self.signing_key_file)
+            .field("key_rotation", &self.key_rotation)
             .finish()
     }
 }
@@ -313,6 +321,9 @@ pub fn validate(auth: &AuthConfig, access: &[AccessRule]) -> Vec<ConfigProblem> 
     }
     if auth.token.lifetime.is_zero() || auth.token.lifetime > Duration::from_secs(24 * 3600) {
         problem("auth.token.lifetime".into(), "must be between 1s and 24h".into());
+    }
+    if !auth.token.key_rotation.is_zero() && auth.token.key_rotation < Duration::from_secs(1) {
+        problem("auth.token.key_rotation".into(), "must be 0s (never) or at least 1s".into());
     }
     if auth.token.service.is_empty() || auth.token.service.contains('"') {
         problem("auth.token.service".into(), "must be non-empty and contain no '\"'".into());

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cove_core::{
     AccessPolicy, Action, AuthRequest, Authenticator, Challenge, ChallengeError, ErrorCode, Identity, RegistryError,
@@ -11,7 +12,7 @@ use cove_core::{
 use crate::config::{self, AccessRule, AuthConfig, AuthKind, ConfigProblem};
 use crate::credentials::Credentials;
 use crate::htpasswd::{HtpasswdAuthenticator, HtpasswdError, HtpasswdOptions};
-use crate::keys::SigningKeys;
+use crate::keys::{Rotation, SigningKeys};
 use crate::network::{NetworkAuthenticator, NetworkBoundary};
 use crate::oidc::OidcAuthenticator;
 use crate::policy::{Actions, RulePolicy};
@@ -91,19 +92,23 @@ impl AuthService {
         upstream_hosts: &[String],
         public_url: Option<&str>,
     ) -> Result<Self, AuthBuildError> {
-        AuthService::from_config_with_state(auth, access, upstream_hosts, public_url, None).await
+        AuthService::from_config_with_state(auth, access, upstream_hosts, public_url, None, Duration::ZERO).await
     }
 
     /// [`AuthService::from_config`] with the storage whose shared state
     /// holds the token signing keys when `auth.token.signing_key_file` is
     /// not set (see [`SigningKeys`]), so replicas on one store accept each
-    /// other's tokens. `None`: a random in-memory key.
+    /// other's tokens. `None`: a random in-memory key. `credential_ttl` is
+    /// the lifetime of other credentials signed with keys derived from the
+    /// set (web sessions): a rotated-out key verifies that long, or the
+    /// token lifetime if longer.
     pub async fn from_config_with_state(
         auth: &AuthConfig,
         access: &[AccessRule],
         upstream_hosts: &[String],
         public_url: Option<&str>,
         state: Option<Arc<dyn Storage>>,
+        credential_ttl: Duration,
     ) -> Result<Self, AuthBuildError> {
         let problems = config::validate(auth, access);
         if !problems.is_empty() {
@@ -139,7 +144,11 @@ impl AuthService {
                     .map_err(|e| AuthBuildError::Setup(format!("auth.token.signing_key_file: {e}")))?
             }
             (None, Some(store)) => {
-                SigningKeys::shared(store).await.map_err(|e| AuthBuildError::Setup(e.to_string()))?
+                // Old keys verify as long as anything they signed lives.
+                let margin = (auth.token.key_rotation / 8).min(Duration::from_secs(60));
+                let overlap = auth.token.lifetime.max(credential_ttl) + margin;
+                let rotation = Rotation::new(auth.token.key_rotation, overlap);
+                SigningKeys::shared(store, Some(rotation)).await.map_err(|e| AuthBuildError::Setup(e.to_string()))?
             }
             (None, None) => SigningKeys::random(),
         };

@@ -288,6 +288,11 @@ impl Storage for FsStorage {
         self.run(move |inner| Ok(atomic::read_if_exists(&inner.root.join(path))?.map(bytes::Bytes::from))).await
     }
 
+    async fn state_delete(&self, name: &str) -> Result<bool, StorageError> {
+        let path = state_path(name)?;
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.root.join(path))?)).await
+    }
+
     async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
         let path = state_path(dir)?;
         self.run(move |inner| {

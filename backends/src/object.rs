@@ -314,6 +314,10 @@ impl Storage for ObjectStorage {
         self.get_bytes(&self.keys.state(checked_state_name(name)?)).await
     }
 
+    async fn state_delete(&self, name: &str) -> Result<bool, StorageError> {
+        self.delete_existing(&self.keys.state(checked_state_name(name)?)).await
+    }
+
     async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
         let mut names: Vec<String> = self
             .list_rel(&self.keys.state(checked_state_name(dir)?))

@@ -324,6 +324,13 @@ pub trait Storage: Send + Sync + 'static {
         let _ = dir;
         Err(StorageError::NotSupported("shared state"))
     }
+
+    /// Removes the shared-state document `name`; returns whether it was
+    /// there. Removing one that is gone is not an error.
+    async fn state_delete(&self, name: &str) -> Result<bool, StorageError> {
+        let _ = name;
+        Err(StorageError::NotSupported("shared state"))
+    }
 }
 
 /// Validates an upload session id before it is used as a path or key.

@@ -213,6 +213,7 @@ impl Reloader {
                 &new_hosts,
                 effective.validated.public_url.as_deref(),
                 Some(self.targets.registry.storage().clone()),
+                effective.config.ui.signed_credential_ttl(),
             )
             .await
             .map_err(|e| vec![format!("auth: {e}")])?;

@@ -20,7 +20,7 @@ use crate::config::{Config, ConfigError, GcSettings, RetentionSettings, StorageK
 use crate::jobs::gc::{guard_storage, GarbageCollector};
 use crate::jobs::prefetch::PrefetchJob;
 use crate::jobs::retention::{RetentionHandles, RetentionJob};
-use crate::jobs::{activity, maintenance, tls_watch, uploads, Jobs};
+use crate::jobs::{activity, keys, maintenance, tls_watch, uploads, Jobs};
 use crate::metrics::Metrics;
 use crate::reload::{self, ConfigSource, ReloadTargets, Reloader};
 use crate::tls::CertStore;
@@ -95,10 +95,11 @@ async fn build(
         &upstream_hosts,
         validated.public_url.as_deref(),
         Some(registry.storage().clone()),
+        config.ui.signed_credential_ttl(),
     )
     .await
     .map_err(|e| StartError::Auth(e.to_string()))?;
-    let ui_key = auth.signing_keys().derive("ui-session");
+    let ui_keys = auth.signing_keys().clone();
     log_network_trust(&config.auth);
     let auth = Arc::new(AuthSlot::new(Arc::new(auth)));
     let metrics = Arc::new(Metrics::new());
@@ -144,6 +145,9 @@ async fn build(
     jobs.add(prefetch.spawn_schedule());
     jobs.add(activity::spawn_activity_saver(activity.clone(), shared_activity.clone(), activity::save_every(config)));
     jobs.add(uploads::spawn_upload_expiry(registry.clone(), validated.upload_ttl));
+    if let Some(task) = keys::spawn_key_refresh(auth.clone(), Some(ui_keys.clone())) {
+        jobs.add(task);
+    }
     if let Some(task) = reload::spawn_sighup_handler(reloader.clone()) {
         jobs.add(task);
     }
@@ -155,7 +159,10 @@ async fn build(
         reloader,
         quarantine_dir: config.storage.root.join("quarantine"),
         identity: crate::status::ServerIdentity { replica: config.server.replica_name(), started: SystemTime::now() },
-        ui: config.ui.enabled.then(|| crate::ui::Ui::new(config.ui.session_ttl(), browser_login(config), ui_key)),
+        ui: config
+            .ui
+            .enabled
+            .then(|| crate::ui::Ui::new(config.ui.session_ttl(), browser_login(config), Some(ui_keys))),
     };
     let tls_on = config.server.tls_cert.is_some();
     let app = Arc::new(App::new(registry, auth, tls_on, validated.http.clone(), ops));

@@ -46,25 +46,7 @@ const PREFIX: &str = "reg";
 
 /// A `cove serve` config storing in `peer`'s bucket under `prefix`.
 fn s3_config(peer: &S3Peer, prefix: &str) -> String {
-    format!(
-        r#"[storage]
-kind = "s3"
-root = "@DATA@"
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-region = "{region}"
-access_key_id = "{ak}"
-secret_access_key = "{sk}"
-allow_http = true
-prefix = "{prefix}"
-part_size = {PART}
-"#,
-        bucket = peer.bucket,
-        endpoint = peer.endpoint,
-        region = peer.region,
-        ak = peer.access_key,
-        sk = peer.secret_key,
-    )
+    peer.cove_storage_section(prefix, PART)
 }
 
 /// Starts a Cove replica on `peer`'s bucket (shared prefix [`PREFIX`]).
@@ -1210,12 +1192,7 @@ async fn ui_signed_in(s: &Server, cookie: &str) -> bool {
 
 /// The ids of the signing keys in the bucket (under [`PREFIX`]).
 async fn key_ids(peer: &S3Peer) -> Vec<String> {
-    use futures::TryStreamExt as _;
-    let base = object_store::path::Path::from(format!("{PREFIX}/_shared/keys"));
-    let metas: Vec<_> = peer.raw_s3().list(Some(&base)).try_collect().await.expect("list keys");
-    let mut ids: Vec<String> = metas.iter().filter_map(|m| m.location.filename().map(str::to_owned)).collect();
-    ids.sort();
-    ids
+    peer.list_names(&format!("{PREFIX}/_shared/keys")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

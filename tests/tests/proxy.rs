@@ -10,94 +10,15 @@
 mod common;
 mod pull_through_support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use cove_testkit::layout::Layout;
+use cove_testkit::peers::caddy::Caddy;
 use cove_testkit::peers::containerd::Containerd;
 use cove_testkit::peers::distribution::Distribution;
 use cove_testkit::peers::skopeo::{skopeo_pull, skopeo_push};
 use pull_through_support::{cove_config, UpstreamTable};
-
-/// A running Caddy reverse proxy on `127.0.0.1:PORT` in front of one
-/// upstream; killed on drop.
-struct Caddy {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Caddy {
-    /// Starts Caddy proxying to `upstream` (`127.0.0.1:PORT`), plain HTTP, no
-    /// admin API. `extra` are extra `reverse_proxy` subdirectives.
-    fn start(upstream: &str, extra: &str) -> Caddy {
-        let bin = require_tool("caddy", "caddy");
-        let dir = tempfile::Builder::new().prefix("caddy-").tempdir().expect("tempdir");
-        let port = free_port();
-        // What large pushes and pulls need: no request buffering (Caddy
-        // streams by default), immediate response flushing, no body limit
-        // (none by default) and no read timeout on long uploads.
-        let caddyfile = format!(
-            "{{\n  admin off\n  auto_https off\n}}\n\
-             http://127.0.0.1:{port} {{\n  bind 127.0.0.1\n  reverse_proxy {upstream} {{\n    flush_interval -1\n    {extra}\n  }}\n}}\n"
-        );
-        let file = dir.path().join("Caddyfile");
-        std::fs::write(&file, caddyfile).expect("Caddyfile");
-        let log = dir.path().join("caddy.log");
-        let logf = std::fs::File::create(&log).expect("caddy log");
-        let child = Command::new(&bin)
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(&file)
-            .env("HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path().join("data"))
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("dup"))
-            .stderr(logf)
-            .spawn()
-            .expect("spawn caddy");
-        let mut c = Caddy { child: Some(child), port, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(Ok(Some(st))) = c.child.as_mut().map(|ch| ch.try_wait()) {
-                panic!("caddy exited with {st}:\n{}", c.logs());
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return c;
-            }
-            assert!(Instant::now() < deadline, "caddy not listening within 20 s:\n{}", c.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn authority(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.authority())
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn status(r: reqwest::RequestBuilder) -> (u16, String) {
     let r = r.send().await.expect("request");

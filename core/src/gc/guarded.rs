@@ -47,6 +47,9 @@ impl Storage for GuardedStorage {
     async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
         self.inner.state_list(dir).await
     }
+    async fn state_delete(&self, name: &str) -> Result<bool, StorageError> {
+        self.inner.state_delete(name).await
+    }
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }

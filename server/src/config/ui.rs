@@ -31,6 +31,17 @@ impl UiConfig {
     pub fn session_ttl(&self) -> Duration {
         parse_duration(&self.session_ttl).unwrap_or(Duration::from_secs(3600))
     }
+
+    /// How long a credential signed with a key derived from the token
+    /// signing keys lives besides tokens: a web session, when the interface
+    /// is on (a rotated-out signing key keeps verifying that long).
+    pub fn signed_credential_ttl(&self) -> Duration {
+        if self.enabled {
+            self.session_ttl()
+        } else {
+            Duration::ZERO
+        }
+    }
 }
 
 /// Checks the `[ui]` section; every problem names its key.

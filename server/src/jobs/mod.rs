@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod gc;
+pub mod keys;
 pub mod maintenance;
 pub mod prefetch;
 pub mod retention;

@@ -131,17 +131,17 @@ struct Req<'a> {
 }
 
 impl Ui {
-    /// The interface with sessions lasting `session_ttl`, signed with
-    /// `session_key` (derived from the token signing keys, so sessions
-    /// survive restarts and work on every replica) or else a fresh random
+    /// The interface with sessions lasting `session_ttl`, signed with keys
+    /// derived from the token signing `keys` (so sessions survive restarts,
+    /// work on every replica and follow rotation) or else a fresh random
     /// key. `oidc` is the browser login under `auth.kind = "oidc"`.
     pub fn new(
         session_ttl: Duration,
         oidc: Option<cove_auth::oidc_login::BrowserLogin>,
-        session_key: Option<[u8; 32]>,
+        keys: Option<std::sync::Arc<cove_auth::keys::SigningKeys>>,
     ) -> Ui {
-        let sessions = match session_key {
-            Some(key) => Sessions::with_key(key, session_ttl),
+        let sessions = match keys {
+            Some(keys) => Sessions::derived(keys, session_ttl),
             None => Sessions::new(session_ttl),
         };
         Ui { sessions, oidc }

@@ -3,14 +3,17 @@
 //! A session is a cookie the server signed: `base64url(json) "." base64url(mac)`
 //! where the MAC is HMAC-SHA256 under a key derived from the token signing
 //! keys (the key file, or the key set shared through storage: sessions then
-//! survive restarts and are valid on every replica; with neither, a key
-//! drawn from the OS at start, and a restart logs everyone out). It
+//! survive restarts, are valid on every replica and follow key rotation:
+//! signed under the key derived from the signing key, accepted under any
+//! key of the set; with neither, a key drawn from the OS at start, and a
+//! restart logs everyone out). It
 //! holds who logged in, when it expires and a random nonce; the CSRF token
 //! of every form is HMAC(key, "csrf" ‖ nonce), so it is bound to the
 //! session and cannot be forged without the key. Every MAC is checked in
 //! constant time (`hmac`'s `verify_slice`). The cookie is `HttpOnly`,
 //! `SameSite=Strict`, `Path=/`, `Secure` over https, and short-lived.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,6 +23,7 @@ use http::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use cove_auth::keys::SigningKeys;
 use cove_core::Identity;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -50,11 +54,23 @@ struct Payload {
     n: String,
 }
 
-/// Signs and checks sessions and CSRF tokens with one process-wide key.
+/// The keys sessions are signed with.
+enum SessionKeys {
+    /// One key (random at start, or given).
+    Fixed([u8; 32]),
+    /// Derived from the token signing keys: sign with the one derived from
+    /// the signing key, accept any, so sessions follow key rotation.
+    Derived(Arc<SigningKeys>),
+}
+
+/// Signs and checks sessions and CSRF tokens.
 pub struct Sessions {
-    key: [u8; 32],
+    keys: SessionKeys,
     ttl: Duration,
 }
+
+/// The label of the session keys derived from the token signing keys.
+const DERIVE_LABEL: &str = "ui-session";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -68,9 +84,15 @@ impl Sessions {
         Sessions::with_key(key, ttl)
     }
 
-    /// Sessions under a given key (derived from the token signing keys).
+    /// Sessions under a given key.
     pub fn with_key(key: [u8; 32], ttl: Duration) -> Sessions {
-        Sessions { key, ttl }
+        Sessions { keys: SessionKeys::Fixed(key), ttl }
+    }
+
+    /// Sessions under keys derived from the token signing keys (the same
+    /// on every replica, across restarts, following rotation).
+    pub fn derived(keys: Arc<SigningKeys>, ttl: Duration) -> Sessions {
+        Sessions { keys: SessionKeys::Derived(keys), ttl }
     }
 
     /// How long a session lasts.
@@ -78,9 +100,29 @@ impl Sessions {
         self.ttl
     }
 
+    /// The keys to check with; the first one signs.
+    fn keys(&self) -> Vec<[u8; 32]> {
+        match &self.keys {
+            SessionKeys::Fixed(k) => vec![*k],
+            SessionKeys::Derived(set) => set.derive_all(DERIVE_LABEL),
+        }
+    }
+
+    /// A MAC under the signing key.
     fn mac(&self) -> HmacSha256 {
-        // HMAC accepts keys of any length: this cannot fail.
-        <HmacSha256 as KeyInit>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+        mac_with(self.keys().first().unwrap_or(&[0u8; 32]))
+    }
+
+    /// Whether `sig` is the MAC of `parts` under any of the keys (each
+    /// check in constant time).
+    fn verifies(&self, parts: &[&[u8]], sig: &[u8]) -> bool {
+        self.keys().iter().any(|k| {
+            let mut mac = mac_with(k);
+            for p in parts {
+                mac.update(p);
+            }
+            mac.verify_slice(sig).is_ok()
+        })
     }
 
     /// A new session for `identity`, expiring after the TTL.
@@ -110,9 +152,9 @@ impl Sessions {
         }
         let (payload, sig) = value.split_once('.')?;
         let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
-        let mut mac = self.mac();
-        mac.update(payload.as_bytes());
-        mac.verify_slice(&sig).ok()?;
+        if !self.verifies(&[payload.as_bytes()], &sig) {
+            return None;
+        }
         let p: Payload = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
         if p.e <= now() {
             return None;
@@ -141,10 +183,9 @@ impl Sessions {
         }
         let (payload, sig) = value.split_once('.')?;
         let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
-        let mut mac = self.mac();
-        mac.update(b"data\0");
-        mac.update(payload.as_bytes());
-        mac.verify_slice(&sig).ok()?;
+        if !self.verifies(&[b"data\0", payload.as_bytes()], &sig) {
+            return None;
+        }
         URL_SAFE_NO_PAD.decode(payload).ok()
     }
 
@@ -178,11 +219,13 @@ impl Sessions {
         let Ok(sig) = URL_SAFE_NO_PAD.decode(token.trim()) else {
             return false;
         };
-        let mut mac = self.mac();
-        mac.update(b"csrf\0");
-        mac.update(s.nonce.as_bytes());
-        mac.verify_slice(&sig).is_ok()
+        self.verifies(&[b"csrf\0", s.nonce.as_bytes()], &sig)
     }
+}
+
+fn mac_with(key: &[u8; 32]) -> HmacSha256 {
+    // HMAC accepts keys of any length: this cannot fail.
+    <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
 }
 
 /// Every value of cookie `name` in the request's `Cookie` headers.

@@ -37,6 +37,32 @@ impl Drop for S3Peer {
 }
 
 impl S3Peer {
+    /// The `[storage]` section of a `cove serve` config on this bucket
+    /// under `prefix`, with multipart parts of `part_size` bytes; `root`
+    /// (the replica's own local directory) is `@DATA@`, which the e2e
+    /// harness replaces with the server's data directory.
+    pub fn cove_storage_section(&self, prefix: &str, part_size: usize) -> String {
+        format!(
+            "[storage]\nkind = \"s3\"\nroot = \"@DATA@\"\nbucket = \"{}\"\nendpoint = \"{}\"\nregion = \"{}\"\n\
+             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\nallow_http = true\nprefix = \"{prefix}\"\npart_size = {part_size}\n",
+            self.bucket, self.endpoint, self.region, self.access_key, self.secret_key
+        )
+    }
+
+    /// The names of the objects below `dir` in the bucket (last path
+    /// component), sorted: what a test reads of the layout behind Cove.
+    pub async fn list_names(&self, dir: &str) -> Vec<String> {
+        use futures::TryStreamExt as _;
+        let base = object_store::path::Path::from(dir);
+        let metas: Vec<_> = object_store::ObjectStore::list(&self.raw_s3(), Some(&base))
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("list {dir}: {e}"));
+        let mut names: Vec<String> = metas.iter().filter_map(|m| m.location.filename().map(str::to_owned)).collect();
+        names.sort();
+        names
+    }
+
     /// The `[storage]` config pointing at this server.
     pub fn config(&self, prefix: &str) -> ObjectStorageConfig {
         toml::from_str(&format!(

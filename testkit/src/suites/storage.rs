@@ -42,7 +42,7 @@ pub async fn run_all(store: &dyn Storage) {
     store.check().await.expect("check() on a healthy store");
 }
 
-/// Shared-state documents: put/get/replace, listing one directory in
+/// Shared-state documents: put/get/replace/delete, listing one directory in
 /// lexical order, invalid names refused, and no leak into repositories.
 pub async fn shared_state(store: &dyn Storage) {
     assert!(store.state_list("keys").await.expect("list empty").is_empty(), "empty store lists no state");
@@ -54,9 +54,14 @@ pub async fn shared_state(store: &dyn Storage) {
     assert_eq!(store.state_get("keys/b").await.expect("get").as_deref(), Some(&b"replaced"[..]));
     assert_eq!(store.state_list("keys").await.expect("list"), vec!["a".to_owned(), "b".to_owned()]);
     assert_eq!(store.state_list("other").await.expect("list"), vec!["c".to_owned()]);
+    assert!(store.state_delete("keys/a").await.expect("delete"), "deleting a document reports it was there");
+    assert!(!store.state_delete("keys/a").await.expect("delete again"), "deleting it again reports it gone");
+    assert!(store.state_get("keys/a").await.expect("get deleted").is_none());
+    assert_eq!(store.state_list("keys").await.expect("list"), vec!["b".to_owned()], "a deleted document is not listed");
     for bad in ["../x", "keys/../../etc", "/abs", "", "Keys/A", "keys/.tmp"] {
         assert!(store.state_put(bad, Bytes::from_static(b"x")).await.is_err(), "state name {bad:?} accepted");
         assert!(store.state_get(bad).await.is_err(), "state name {bad:?} accepted by get");
+        assert!(store.state_delete(bad).await.is_err(), "state name {bad:?} accepted by delete");
     }
     assert!(
         store.repo_list().await.expect("repo list").iter().all(|r| !r.as_str().contains("keys")),
