@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use auth_support::*;
 use common::{
-    cove_bin, oci_layout_manifest_digest, random_name, report, require_tool, run, sha256_digest, write_oci_layout,
-    Image, Podman, OCI_MANIFEST,
+    cove_bin, oci_layout_manifest_digest, random_name, report, request_log, require_tool, run, sha256_digest,
+    write_oci_layout, Image, Podman, OCI_MANIFEST,
 };
 use cove_testkit::fault::{FaultServer, Reply};
 use cove_testkit::peers::containerd;
@@ -860,21 +860,6 @@ fn tar_layer(dir: &std::path::Path, name: &str) -> Vec<u8> {
     let tar = dir.join(format!("layer-{name}.tar"));
     run(Command::new(require_tool("tar", "tar")).arg("-cf").arg(&tar).arg("-C").arg(&root).arg("."));
     std::fs::read(&tar).expect("read tar")
-}
-
-/// The request lines of the server log as (method, path, status, auth scheme).
-fn request_log(logs: &str) -> Vec<(String, String, u16, String)> {
-    let field = |line: &str, k: &str| -> String {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .trim_matches('"')
-            .to_owned()
-    };
-    logs.lines()
-        .filter(|l| l.contains(" request") && l.contains("path="))
-        .map(|l| (field(l, "method"), field(l, "path"), field(l, "status").parse().unwrap_or(0), field(l, "auth")))
-        .collect()
 }
 
 #[tokio::test]

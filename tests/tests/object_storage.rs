@@ -987,24 +987,12 @@ fn auth_config(peer: &S3Peer, prefix: &str, htpasswd: &Path, realm: Option<&str>
 
 /// `GET /token` on `s` as alice for pull+push on `repo`.
 async fn alice_token(s: &Server, repo: &str) -> String {
-    let r = s
-        .http
-        .get(s.url(&format!("/token?service=cove&scope=repository:{repo}:pull,push")))
-        .basic_auth("alice", Some(ALICE_PW))
-        .send()
-        .await
-        .expect("GET /token");
-    assert_eq!(r.status(), 200, "{}: /token for alice", s.base);
-    json(r).await["token"].as_str().expect("token").to_owned()
+    password_token(s, "alice", ALICE_PW, repo).await
 }
 
 /// The `kid` header of a JWT.
 fn kid_of(token: &str) -> String {
-    use base64::Engine as _;
-    let head = token.split('.').next().expect("jwt header");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head).expect("base64 header");
-    let v: serde_json::Value = serde_json::from_slice(&raw).expect("json header");
-    v["kid"].as_str().expect("kid").to_owned()
+    jwt_kid(token)
 }
 
 /// Pushes `img` to `s` as `repo:tag` with a bearer token; every status is

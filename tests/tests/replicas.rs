@@ -77,17 +77,7 @@ impl Recipe {
 /// The `(status, path)` of every request in a Cove log that carried a
 /// bearer token.
 fn bearer_requests(logs: &str) -> Vec<(u16, String)> {
-    let field = |line: &str, k: &str| -> String {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .trim_matches('"')
-            .to_owned()
-    };
-    logs.lines()
-        .filter(|l| l.contains(" request") && l.contains("path=") && field(l, "auth") == "bearer")
-        .map(|l| (field(l, "status").parse().unwrap_or(0), field(l, "path")))
-        .collect()
+    request_log(logs).into_iter().filter(|(_, _, _, auth)| auth == "bearer").map(|(_, p, s, _)| (s, p)).collect()
 }
 
 fn htpasswd_auth(dir: &Path) -> String {
@@ -326,24 +316,11 @@ async fn a_blob_missed_on_every_replica_at_once_is_fetched_at_most_once_per_repl
 
 /// `GET /token` on `s` as alice for pull+push on `team/app`.
 async fn alice_token(s: &Server) -> String {
-    let r = s
-        .http
-        .get(s.url("/token?service=cove&scope=repository:team/app:pull,push"))
-        .basic_auth("alice", Some(ALICE_PW))
-        .send()
-        .await
-        .expect("GET /token");
-    assert_eq!(r.status(), 200, "{}: /token for alice", s.base);
-    json(r).await["token"].as_str().expect("token").to_owned()
+    password_token(s, "alice", ALICE_PW, "team/app").await
 }
 
-/// The `kid` header of a JWT.
 fn kid_of(token: &str) -> String {
-    use base64::Engine as _;
-    let head = token.split('.').next().expect("jwt header");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head).expect("base64 header");
-    let v: serde_json::Value = serde_json::from_slice(&raw).expect("json header");
-    v["kid"].as_str().expect("kid").to_owned()
+    jwt_kid(token)
 }
 
 /// `GET /v2/team/app/tags/list` on `s` with `token`: the status.

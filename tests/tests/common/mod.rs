@@ -504,3 +504,40 @@ pub fn cove(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The request lines of a Cove log as (method, path, status, auth scheme).
+pub fn request_log(logs: &str) -> Vec<(String, String, u16, String)> {
+    let field = |line: &str, k: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_owned()
+    };
+    logs.lines()
+        .filter(|l| l.contains(" request") && l.contains("path="))
+        .map(|l| (field(l, "method"), field(l, "path"), field(l, "status").parse().unwrap_or(0), field(l, "auth")))
+        .collect()
+}
+
+/// `GET /token` on `s` with a password, for pull+push on `repo`: the token.
+pub async fn password_token(s: &Server, user: &str, password: &str, repo: &str) -> String {
+    let r = s
+        .http
+        .get(s.url(&format!("/token?service=cove&scope=repository:{repo}:pull,push")))
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .expect("GET /token");
+    assert_eq!(r.status(), 200, "{}: /token for {user}", s.base);
+    json(r).await["token"].as_str().expect("token").to_owned()
+}
+
+/// The `kid` header of a JWT.
+pub fn jwt_kid(token: &str) -> String {
+    use base64::Engine as _;
+    let head = token.split('.').next().expect("jwt header");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head).expect("base64 header");
+    let v: serde_json::Value = serde_json::from_slice(&raw).expect("json header");
+    v["kid"].as_str().expect("kid").to_owned()
+}
