@@ -58,8 +58,8 @@ async fn contenders_at_once_exactly_one_wins() {
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_with_a_higher_epoch() {
     let (_d, s) = store();
-    let a = Lease::new(s.clone(), "leases/m", "a", timing(600, 20));
-    let b = Lease::new(s.clone(), "leases/m", "b", timing(600, 20));
+    let a = Lease::new(s.clone(), "leases/m", "a", timing(600, 50));
+    let b = Lease::new(s.clone(), "leases/m", "b", timing(600, 50));
     let ha = a.try_acquire().await.expect("a takes the free lease");
     assert_eq!(ha.epoch(), 1);
     match b.try_acquire().await {
@@ -82,7 +82,7 @@ async fn an_expired_lease_is_taken_over_with_a_higher_epoch() {
 #[tokio::test]
 async fn a_holder_whose_renew_time_lapsed_refuses_to_act() {
     let (_d, s) = store();
-    let a = Lease::new(s.clone(), "leases/m", "a", timing(400, 20));
+    let a = Lease::new(s.clone(), "leases/m", "a", timing(400, 50));
     let ha = a.try_acquire().await.expect("acquire");
     ha.check().await.expect("fresh hold acts");
     // Paused (SIGSTOP) past ttl - margin: the record still names a and is
@@ -103,8 +103,8 @@ async fn a_holder_whose_renew_time_lapsed_refuses_to_act() {
 #[tokio::test]
 async fn renewing_keeps_the_lease_and_releasing_frees_it_at_once() {
     let (_d, s) = store();
-    let a = Lease::new(s.clone(), "leases/m", "a", timing(400, 20));
-    let b = Lease::new(s.clone(), "leases/m", "b", timing(400, 20));
+    let a = Lease::new(s.clone(), "leases/m", "a", timing(400, 50));
+    let b = Lease::new(s.clone(), "leases/m", "b", timing(400, 50));
     let ha = a.try_acquire().await.expect("acquire");
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -122,7 +122,7 @@ async fn renewing_keeps_the_lease_and_releasing_frees_it_at_once() {
 async fn epochs_only_grow() {
     let (_d, s) = store();
     let leases: Vec<Arc<Lease>> =
-        ["a", "b", "c"].iter().map(|h| Lease::new(s.clone(), "leases/m", h, timing(400, 5))).collect();
+        ["a", "b", "c"].iter().map(|h| Lease::new(s.clone(), "leases/m", h, timing(400, 50))).collect();
     let mut last = 0;
     for i in 0..9 {
         let h = leases[i % 3].try_acquire().await.expect("acquire");
@@ -136,7 +136,7 @@ async fn epochs_only_grow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepers_have_one_holder_and_the_survivor_takes_over() {
     let (_d, s) = store();
-    let t = timing(800, 20);
+    let t = timing(800, 50);
     let ka = LeaseKeeper::new(Lease::new(s.clone(), "leases/m", "a", t), true);
     let kb = LeaseKeeper::new(Lease::new(s.clone(), "leases/m", "b", t), true);
     let (ta, tb) = (ka.spawn(), kb.spawn());
@@ -169,7 +169,7 @@ async fn a_fenced_gc_stops_before_deleting() {
     let digest = Digest::sha256_of(&data);
     let body: cove_core::ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(data))]));
     s.blob_write(&digest, body, None).await.expect("blob");
-    let lease = Lease::new(s.clone(), "leases/m", "a", timing(300, 5));
+    let lease = Lease::new(s.clone(), "leases/m", "a", timing(300, 50));
     let stale = Arc::new(lease.try_acquire().await.expect("acquire"));
     tokio::time::sleep(Duration::from_millis(240)).await;
     let opts = |h: &Arc<cove_core::lease::Hold>| GcOptions {

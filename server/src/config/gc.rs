@@ -32,7 +32,7 @@ pub struct GcConfig {
     /// after the holder died. Default `"60s"`.
     pub lease_ttl: String,
     /// The wait between writing a claim of the lease and reading it back.
-    /// Default `"2s"` on object storage, `"20ms"` on the filesystem.
+    /// Default `"2s"` on object storage, `"100ms"` on the filesystem.
     pub lease_settle: Option<String>,
 }
 
@@ -80,7 +80,7 @@ pub(super) fn validate(gc: &GcConfig) -> Vec<String> {
 /// The maintenance lease's timing from a validated config.
 pub fn lease_timing(config: &Config) -> cove_core::lease::LeaseTiming {
     let fs = config.storage.kind == StorageKind::Filesystem;
-    let default_settle = if fs { Duration::from_millis(20) } else { Duration::from_secs(2) };
+    let default_settle = if fs { Duration::from_millis(100) } else { Duration::from_secs(2) };
     cove_core::lease::LeaseTiming {
         ttl: parse_duration(&config.gc.lease_ttl).unwrap_or(Duration::from_secs(60)),
         settle: config.gc.lease_settle.as_deref().and_then(|s| parse_duration(s).ok()).unwrap_or(default_settle),
