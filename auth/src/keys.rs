@@ -45,6 +45,10 @@ pub const UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(3);
 /// How old the set may get before signing re-reads it (convergence bound).
 pub const SIGNING_REFRESH: Duration = Duration::from_secs(30);
 
+/// How long a key written at start waits before it signs when keys are
+/// not rotated (and the upper bound of [`Rotation::publish`]).
+const NO_ROTATION_PUBLISH: Duration = Duration::from_secs(60);
+
 /// Minimum HS256 secret length.
 pub const MIN_SIGNING_KEY_LEN: usize = 32;
 
@@ -67,7 +71,11 @@ impl Rotation {
     /// How long a new key waits before it signs: long enough for every
     /// replica to have re-read the set ([`Rotation::refresh`]).
     pub fn publish(&self) -> Duration {
-        (self.every / 8).min(Duration::from_secs(60))
+        if self.every.is_zero() {
+            // Never rotated: only keys written at start need publishing.
+            return NO_ROTATION_PUBLISH;
+        }
+        (self.every / 8).min(NO_ROTATION_PUBLISH)
     }
 
     /// How often the server re-reads the set (and rotates).
@@ -236,7 +244,7 @@ impl SigningKeys {
     }
 
     fn publish(&self) -> Duration {
-        self.rotation.map(|r| r.publish()).unwrap_or(Duration::from_secs(60))
+        self.rotation.map(|r| r.publish()).unwrap_or(NO_ROTATION_PUBLISH)
     }
 
     /// The signing key (see the module doc).
@@ -560,6 +568,9 @@ mod tests {
         let rotation = Rotation::new(Duration::from_secs(100), Duration::from_secs(50));
         let publish = rotation.publish();
         assert_eq!(publish, Duration::from_millis(12_500));
+        // `0s` (never rotate) must not turn the refresh into a busy loop.
+        let never = Rotation::new(Duration::ZERO, Duration::from_secs(50));
+        assert_eq!(never.refresh(), SIGNING_REFRESH);
         let (k1, _) = create_key_at(s.as_ref(), 1000).await.unwrap();
         let mut keys = set_of(&s).await;
         rotate(s.as_ref(), &mut keys, rotation, 1099).await;
