@@ -32,6 +32,19 @@
 //! again like anyone else. [`Hold::check`] is what every destructive step
 //! calls: the local bound each time, and the record in the store (still
 //! our nonce and epoch) at most every [`RECHECK`].
+//!
+//! # A claim that was too slow
+//! A claim whose read + write took `settle` or longer does not count, but
+//! its record stays in the store, unexpired for `ttl`. Left alone it would
+//! keep everyone, its writer included, out for a whole `ttl` (a minute by
+//! default) after one slow disk write. Its writer remembers it and may
+//! claim over it (or release it) once [`RECLAIM_AFTER`] has passed since
+//! it read the record back: the only replica that could have believed it
+//! held the lease then is one whose claim our record overwrote, whose
+//! read-back came before our write landed; it reads the record again at
+//! its next [`Hold::check`] after [`RECHECK`] and stops, and the second
+//! `RECHECK` covers a step it had already begun. Nobody else may claim
+//! over the record before it expires.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +60,31 @@ pub use keeper::{LeaseKeeper, LeaseStatus};
 
 /// The most time between two reads of the record by [`Hold::check`].
 pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// How long after reading back its own too-slow claim a replica may claim
+/// over it (see the module docs).
+pub const RECLAIM_AFTER: Duration = Duration::from_secs(2 * RECHECK.as_secs());
+
+/// Where a lease record lives: the two shared-state calls of [`Storage`]
+/// (every storage is one), and a seam for tests.
+#[async_trait::async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// The document `name`, if any.
+    async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError>;
+    /// Replaces the document `name`.
+    async fn put(&self, name: &str, bytes: Bytes) -> Result<(), StorageError>;
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for Arc<dyn Storage> {
+    async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
+        self.state_get(name).await
+    }
+
+    async fn put(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
+        self.state_put(name, bytes).await
+    }
+}
 
 /// Timing of a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,10 +150,13 @@ pub enum LeaseError {
 
 /// A named lease in `store`'s shared state, contended for as `holder`.
 pub struct Lease {
-    store: Arc<dyn Storage>,
+    store: Box<dyn LeaseStore>,
     name: String,
     holder: String,
     timing: LeaseTiming,
+    /// Our last claim that did not count (too slow), while its record may
+    /// still be in the store: its nonce, and when we read it back.
+    slow_claim: Mutex<Option<(String, Instant)>>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -127,8 +168,53 @@ impl std::fmt::Debug for Lease {
 impl Lease {
     /// The lease kept in the shared-state document `name` (a valid state
     /// name, e.g. `leases/maintenance`).
-    pub fn new(store: Arc<dyn Storage>, name: &str, holder: &str, timing: LeaseTiming) -> Arc<Lease> {
-        Arc::new(Lease { store, name: name.to_owned(), holder: holder.to_owned(), timing })
+    pub fn new(store: impl LeaseStore + 'static, name: &str, holder: &str, timing: LeaseTiming) -> Arc<Lease> {
+        Arc::new(Lease {
+            store: Box::new(store),
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            timing,
+            slow_claim: Mutex::new(None),
+        })
+    }
+
+    fn slow_claim(&self) -> std::sync::MutexGuard<'_, Option<(String, Instant)>> {
+        self.slow_claim.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `record` is our own too-slow claim, and if so how long until
+    /// we may claim over it (zero: now).
+    fn own_slow_claim(&self, record: &LeaseRecord) -> Option<Duration> {
+        let slow = self.slow_claim();
+        let (nonce, read_back) = slow.as_ref()?;
+        (*nonce == record.nonce).then(|| RECLAIM_AFTER.saturating_sub(read_back.elapsed()))
+    }
+
+    /// When the record in the store is our own too-slow claim: how long
+    /// until we may claim over it. `None` when it is not (or cannot be read).
+    pub async fn own_slow_claim_wait(&self) -> Option<Duration> {
+        let record = self.read().await.ok()??;
+        if record.expired_at(now_ms()) {
+            return None;
+        }
+        self.own_slow_claim(&record)
+    }
+
+    /// Frees the lease if the record is still our own too-slow claim and
+    /// [`RECLAIM_AFTER`] has passed (graceful shutdown: the next replica
+    /// need not wait for its expiry).
+    pub async fn release_slow_claim(&self) -> Result<(), LeaseError> {
+        let Some(mut record) = self.read().await? else {
+            return Ok(());
+        };
+        if record.expired_at(now_ms()) || self.own_slow_claim(&record) != Some(Duration::ZERO) {
+            return Ok(());
+        }
+        record.expires_ms = now_ms();
+        self.write(&record).await?;
+        *self.slow_claim() = None;
+        tracing::info!(lease = %self.name, epoch = record.epoch, "released our claim that was too slow to count");
+        Ok(())
     }
 
     /// The timing this lease was built with.
@@ -144,7 +230,7 @@ impl Lease {
     /// The record as stored; `None` if there is none or it does not parse
     /// (a claim then starts again at epoch 1).
     pub async fn read(&self) -> Result<Option<LeaseRecord>, StorageError> {
-        let Some(raw) = self.store.state_get(&self.name).await? else {
+        let Some(raw) = self.store.get(&self.name).await? else {
             return Ok(None);
         };
         match serde_json::from_slice(&raw) {
@@ -158,7 +244,7 @@ impl Lease {
 
     async fn write(&self, record: &LeaseRecord) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(record).map_err(|e| StorageError::Backend(format!("encoding a lease: {e}")))?;
-        self.store.state_put(&self.name, Bytes::from(bytes)).await
+        self.store.put(&self.name, Bytes::from(bytes)).await
     }
 
     /// Tries to take the lease (see the module docs). Takes about `settle`
@@ -168,11 +254,24 @@ impl Lease {
         let current = self.read().await?;
         let now = now_ms();
         if let Some(r) = current.as_ref().filter(|r| !r.expired_at(now)) {
-            return Err(LeaseError::Busy {
-                holder: r.holder.clone(),
-                epoch: r.epoch,
-                remaining_ms: r.expires_ms.saturating_sub(now),
-            });
+            match self.own_slow_claim(r) {
+                // Our own claim that did not count: ours to claim over.
+                Some(Duration::ZERO) => {}
+                Some(wait) => {
+                    return Err(LeaseError::Busy {
+                        holder: r.holder.clone(),
+                        epoch: r.epoch,
+                        remaining_ms: wait.as_millis() as u64,
+                    })
+                }
+                None => {
+                    return Err(LeaseError::Busy {
+                        holder: r.holder.clone(),
+                        epoch: r.epoch,
+                        remaining_ms: r.expires_ms.saturating_sub(now),
+                    })
+                }
+            }
         }
         let epoch = current.as_ref().map_or(0, |r| r.epoch) + 1;
         let claim = LeaseRecord {
@@ -196,8 +295,10 @@ impl Lease {
         }
         if claim_took >= self.timing.settle {
             // Another claim may have been read back as the winner before
-            // ours landed: ours cannot count (see the module docs). It
-            // blocks the lease until it expires.
+            // ours landed: ours cannot count (see the module docs). Its
+            // record blocks the lease until it expires, or until we claim
+            // over it after RECLAIM_AFTER.
+            *self.slow_claim() = Some((claim.nonce.clone(), Instant::now()));
             return Err(LeaseError::Lost(format!(
                 "the claim took {} ms to read and write, not under the settle time of {} ms",
                 claim_took.as_millis(),
@@ -205,8 +306,10 @@ impl Lease {
             )));
         }
         if started.elapsed() >= self.timing.act_within() {
+            *self.slow_claim() = Some((claim.nonce.clone(), Instant::now()));
             return Err(LeaseError::Lost("the claim took longer than the lease may be acted on".into()));
         }
+        *self.slow_claim() = None;
         tracing::info!(lease = %self.name, holder = %self.holder, epoch, "lease acquired");
         Ok(Hold {
             lease: self.clone(),

@@ -1,13 +1,18 @@
 //! The maintenance lease ([`cove_core::lease`]) on the filesystem driver,
 //! which, like Garage, offers no conditional writes: contenders at once,
 //! expiry and takeover, a holder whose renew time lapsed, growing epochs,
-//! the keeper, and a fenced garbage collection.
+//! the keeper, a claim too slow to count (and its writer taking the lease
+//! over it), and a fenced garbage collection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cove_core::gc::{self, GcError, GcGuard, GcOptions};
-use cove_core::lease::{Fence, FenceRef, Lease, LeaseError, LeaseKeeper, LeaseTiming};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use cove_core::lease::{Fence, FenceRef, Lease, LeaseError, LeaseKeeper, LeaseStore, LeaseTiming, RECLAIM_AFTER};
+use cove_core::StorageError;
 use cove_core::{Digest, Storage};
 
 fn store() -> (tempfile::TempDir, Arc<dyn Storage>) {
@@ -18,6 +23,31 @@ fn store() -> (tempfile::TempDir, Arc<dyn Storage>) {
 
 fn timing(ttl_ms: u64, settle_ms: u64) -> LeaseTiming {
     LeaseTiming { ttl: Duration::from_millis(ttl_ms), settle: Duration::from_millis(settle_ms) }
+}
+
+/// A store whose next `slow_puts` writes take `delay` (a loaded disk).
+struct SlowStore {
+    inner: Arc<dyn Storage>,
+    slow_puts: AtomicU64,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for SlowStore {
+    async fn get(&self, name: &str) -> Result<Option<bytes::Bytes>, StorageError> {
+        self.inner.state_get(name).await
+    }
+
+    async fn put(&self, name: &str, bytes: bytes::Bytes) -> Result<(), StorageError> {
+        if self.slow_puts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.state_put(name, bytes).await
+    }
+}
+
+fn slow(s: &Arc<dyn Storage>, slow_puts: u64) -> SlowStore {
+    SlowStore { inner: s.clone(), slow_puts: AtomicU64::new(slow_puts), delay: Duration::from_millis(80) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -116,6 +146,60 @@ async fn renewing_keeps_the_lease_and_releasing_frees_it_at_once() {
     assert!(ha.check().await.is_err(), "released: no more acting");
     let hb = b.try_acquire().await.expect("free at once after release");
     assert_eq!(hb.epoch(), 2);
+}
+
+/// A claim whose write took longer than the settle time does not count;
+/// its record keeps every other replica out until it expires, but its
+/// writer may claim over it after RECLAIM_AFTER (not before).
+#[tokio::test]
+async fn a_too_slow_claim_is_claimed_over_by_its_writer_only() {
+    let (_d, s) = store();
+    let a = Lease::new(slow(&s, 1), "leases/m", "a", timing(60_000, 50));
+    let b = Lease::new(s.clone(), "leases/m", "b", timing(60_000, 50));
+    assert!(matches!(a.try_acquire().await, Err(LeaseError::Lost(_))), "an 80 ms write with a 50 ms settle");
+    let lost = Instant::now();
+    let record = a.read().await.expect("read").expect("the slow claim is in the store");
+    assert_eq!((record.holder.as_str(), record.epoch), ("a", 1));
+    match a.try_acquire().await {
+        Err(LeaseError::Busy { remaining_ms, .. }) => {
+            assert!(remaining_ms <= RECLAIM_AFTER.as_millis() as u64, "a waits for RECLAIM_AFTER: {remaining_ms}")
+        }
+        other => panic!("a right after its slow claim: {other:?}"),
+    }
+    assert!(a.own_slow_claim_wait().await.is_some(), "a knows the record is its own slow claim");
+    assert!(b.own_slow_claim_wait().await.is_none(), "b does not");
+    tokio::time::sleep(RECLAIM_AFTER.saturating_sub(lost.elapsed()) + Duration::from_millis(20)).await;
+    assert!(matches!(b.try_acquire().await, Err(LeaseError::Busy { .. })), "b waits for the expiry");
+    let ha = a.try_acquire().await.expect("a claims over its own slow claim");
+    assert_eq!(ha.epoch(), 2, "a new epoch");
+    ha.check().await.expect("a acts");
+    assert!(a.own_slow_claim_wait().await.is_none(), "the slow claim is forgotten once a holds");
+}
+
+/// An on-demand run whose attempt was too slow waits and takes the lease;
+/// a graceful shutdown frees a slow claim for the next replica.
+#[tokio::test]
+async fn the_keeper_recovers_from_a_slow_claim_and_releases_one() {
+    let (_d, s) = store();
+    let ka = LeaseKeeper::new(Lease::new(slow(&s, 1), "leases/m", "a", timing(60_000, 50)), false);
+    let started = Instant::now();
+    let h = ka.hold().await.expect("on demand: the second attempt counts");
+    assert!(started.elapsed() >= RECLAIM_AFTER, "waited for RECLAIM_AFTER: {:?}", started.elapsed());
+    assert_eq!(h.epoch(), 2);
+    ka.done(&h).await;
+
+    let kb = LeaseKeeper::new(Lease::new(slow(&s, 1), "leases/m", "b", timing(60_000, 50)), true);
+    let kc = LeaseKeeper::new(Lease::new(s.clone(), "leases/m", "c", timing(60_000, 50)), true);
+    kb.tick().await;
+    assert!(!kb.held().0, "b's slow claim does not count");
+    assert!(matches!(kc.hold().await, Err(LeaseError::Busy { .. })), "and keeps c out");
+    // Released too early, the record stays (another holder may still act).
+    kb.release().await;
+    assert!(matches!(kc.hold().await, Err(LeaseError::Busy { .. })), "not released before RECLAIM_AFTER");
+    tokio::time::sleep(RECLAIM_AFTER + Duration::from_millis(20)).await;
+    kb.release().await;
+    let hc = kc.hold().await.expect("c takes the lease once b released its slow claim");
+    assert_eq!(hc.epoch(), 4);
 }
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 //! lease when it is free and renews it while it lives, so one replica is
 //! the runner until it dies or is paused; runs asked for on demand use the
 //! hold, or try once to acquire it and, on a replica that does not
-//! contend, give it back afterwards.
+//! contend, give it back afterwards. An on-demand run whose attempt met
+//! this replica's own claim that was too slow to count (see
+//! [`super::RECLAIM_AFTER`]) waits for it and tries again, twice at most.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::{Hold, Lease, LeaseError, LeaseRecord};
+use super::{Hold, Lease, LeaseError, LeaseRecord, RECLAIM_AFTER};
 use crate::retention::now_ms;
 
 /// The lease as one replica sees it (`/admin/status`).
@@ -109,14 +111,28 @@ impl LeaseKeeper {
         }
     }
 
-    /// The hold a run acts under: the current one while valid, else one
-    /// attempt to acquire (about `settle` when free; at once when busy).
+    /// The hold a run acts under: the current one while valid, else an
+    /// attempt to acquire (about `settle` when free; at once when another
+    /// replica holds it; a few seconds at most when the record is our own
+    /// claim that was too slow to count).
     pub async fn hold(&self) -> Result<Arc<Hold>, LeaseError> {
         let mut slot = self.hold.lock().await;
         if let Some(h) = self.valid(&mut slot) {
             return Ok(h);
         }
-        self.acquire_into(&mut slot).await
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let err = match self.acquire_into(&mut slot).await {
+                Ok(h) => return Ok(h),
+                Err(e @ LeaseError::Storage(_)) => return Err(e),
+                Err(e) => e,
+            };
+            match self.lease.own_slow_claim_wait().await {
+                Some(wait) if attempts < 3 => tokio::time::sleep(wait + Duration::from_millis(10)).await,
+                _ => return Err(err),
+            }
+        }
     }
 
     /// After a run on `hold`: a replica that does not contend gives the
@@ -158,8 +174,13 @@ impl LeaseKeeper {
         match self.acquire_into(&mut slot).await {
             Ok(_) => every,
             Err(LeaseError::Busy { remaining_ms, .. }) => {
-                // Try right after it expires (its holder may be dead).
+                // Try right after it expires (its holder may be dead), or
+                // once our own too-slow claim may be claimed over.
                 every.min(Duration::from_millis(remaining_ms + 20))
+            }
+            Err(LeaseError::Lost(why)) => {
+                tracing::warn!(reason = %why, "our claim of the lease did not count; trying again");
+                every.min(RECLAIM_AFTER + Duration::from_millis(20))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the lease");
@@ -179,14 +200,19 @@ impl LeaseKeeper {
         })
     }
 
-    /// Gives the lease back if held (graceful shutdown).
+    /// Gives the lease back if held, or our own claim that was too slow to
+    /// count (graceful shutdown).
     pub async fn release(&self) {
         let mut slot = self.hold.lock().await;
-        if let Some(h) = slot.take() {
-            self.held.store(false, Ordering::Relaxed);
-            if let Err(e) = h.release().await {
-                tracing::warn!(error = %e, "cannot release the lease; it expires by itself");
+        let released = match slot.take() {
+            Some(h) => {
+                self.held.store(false, Ordering::Relaxed);
+                h.release().await
             }
+            None => self.lease.release_slow_claim().await,
+        };
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "cannot release the lease; it expires by itself");
         }
     }
 
