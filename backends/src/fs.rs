@@ -1,31 +1,23 @@
 //! The filesystem [`Storage`]: everything lives under one root directory.
 //!
 //! # Layout
+//! [`Layout::FILESYSTEM`] (written once, in `cove_core::storage::layout`)
+//! below the root: `blobs/<alg>/<first 2 hex>/<hex>`, `repositories/<repo>/…`
+//! with `<repo>`'s components as nested directories, `shared/<name>`. This
+//! backend adds its own working files:
 //!
 //! ```text
 //! <root>/
-//!   blobs/<alg>/<first 2 hex>/<hex>             committed blob bytes, shared by all repositories
 //!   tmp/<random>                                files being written; emptied at open
 //!   uploads/<id>/data                           bytes an upload session received so far
 //!   uploads/<id>/state.json                     {"repo", "size", "started", "updated"}
 //!                                               (times in Unix milliseconds), written once
 //!   uploads/<id>/progress                       acknowledged size, overwritten in place by
 //!                                               each append (two checksummed slots)
-//!   repositories/<repo>/_manifests/<alg>/<hex>  media type, a newline, then the exact manifest bytes
-//!   repositories/<repo>/_tags/<tag>             the digest the tag points at (`sha256:…`)
-//!   repositories/<repo>/_links/<alg>/<hex>      empty file: <repo> may serve that blob
-//!   repositories/<repo>/_referrers/<alg>/<subject hex>/<alg>-<hex>
-//!                                               descriptor JSON of a manifest whose subject
-//!                                               is <subject>
-//!   shared/<name>                               shared-state documents (`keys/<id>`: token
-//!                                               signing keys), written through `tmp/`
 //! ```
 //!
-//! `<repo>` is the repository name with its `/`-separated components as
-//! nested directories (`repositories/library/nginx/…`). Name components never
-//! start with `_`, so `_manifests` and friends cannot collide with a nested
-//! repository such as `library/nginx/_x`. Upload ids are random UUIDv4
-//! strings; ids from clients are validated before they touch a path.
+//! Upload ids are random UUIDv4 strings; ids from clients are validated
+//! before they touch a path.
 //!
 //! # Guarantees
 //! - Every write that makes something visible (blob, manifest, tag, referrer,
@@ -66,9 +58,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use cove_core::digest::Algorithm;
 use cove_core::manifest::Descriptor;
-use cove_core::storage::{StoredManifest, UploadInfo};
+use cove_core::storage::{layout, Layout, StoredManifest, UploadInfo};
 use cove_core::{ByteRange, ByteStream, Digest, DigestHasher, RepoName, Storage, StorageError, Tag};
 
 use atomic::TempFile;
@@ -129,10 +120,10 @@ impl FsStorage {
         let root = root.into();
         let inner = Inner {
             space: Arc::new(space::SpaceGauge::new(root.clone(), min_free)),
-            blobs: root.join("blobs"),
+            blobs: root.join(layout::BLOBS),
             tmp: root.join("tmp"),
-            uploads: root.join("uploads"),
-            repos: root.join("repositories"),
+            uploads: root.join(layout::UPLOADS),
+            repos: root.join(layout::REPOSITORIES),
             root,
             sessions: Mutex::new(HashMap::new()),
         };
@@ -188,48 +179,36 @@ impl FsStorage {
     }
 }
 
+/// The layout on disk (see [`Layout`]).
+const L: Layout = Layout::FILESYSTEM;
+
 impl Inner {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
     fn blob_path(&self, d: &Digest) -> PathBuf {
-        let hex = d.hex();
-        self.blobs.join(d.algorithm().as_str()).join(&hex[..2]).join(hex)
+        self.path(&L.blob(d))
     }
 
     fn repo_dir(&self, repo: &RepoName) -> PathBuf {
-        let mut p = self.repos.clone();
-        p.extend(repo.components());
-        p
+        self.path(&L.repo(repo))
     }
 
     fn manifest_path(&self, repo: &RepoName, d: &Digest) -> PathBuf {
-        self.repo_dir(repo).join("_manifests").join(d.algorithm().as_str()).join(d.hex())
+        self.path(&L.manifest(repo, d))
     }
 
     fn tag_path(&self, repo: &RepoName, tag: &Tag) -> PathBuf {
-        self.repo_dir(repo).join("_tags").join(meta::tag_file_name(tag))
+        self.path(&L.tag(repo, tag))
     }
 
     fn link_path(&self, repo: &RepoName, d: &Digest) -> PathBuf {
-        self.repo_dir(repo).join("_links").join(d.algorithm().as_str()).join(d.hex())
+        self.path(&L.link(repo, d))
     }
 
     fn referrer_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
-        self.repo_dir(repo).join("_referrers").join(subject.algorithm().as_str()).join(subject.hex())
-    }
-}
-
-/// The path of a shared-state name below the root (`shared/<name>`).
-fn state_path(name: &str) -> Result<PathBuf, StorageError> {
-    if !cove_core::storage::valid_state_name(name) {
-        return Err(StorageError::Backend(format!("invalid shared-state name {name:?}")));
-    }
-    Ok(Path::new("shared").join(name))
-}
-
-fn parse_alg(s: &str) -> Option<Algorithm> {
-    match s {
-        "sha256" => Some(Algorithm::Sha256),
-        "sha512" => Some(Algorithm::Sha512),
-        _ => None,
+        self.path(&L.referrers(repo, subject))
     }
 }
 
@@ -265,7 +244,7 @@ impl Storage for FsStorage {
     }
 
     async fn state_put(&self, name: &str, bytes: bytes::Bytes) -> Result<(), StorageError> {
-        let path = state_path(name)?;
+        let path = L.state(name)?;
         self.run(move |inner| {
             // Shared state holds secrets (signing keys): owner-only.
             let mut tmp = TempFile::create(&inner.tmp)?;
@@ -277,26 +256,26 @@ impl Storage for FsStorage {
                 }
             }
             io::Write::write_all(&mut tmp, &bytes)?;
-            tmp.persist(&inner.root.join(path))?;
+            tmp.persist(&inner.path(&path))?;
             Ok(())
         })
         .await
     }
 
     async fn state_get(&self, name: &str) -> Result<Option<bytes::Bytes>, StorageError> {
-        let path = state_path(name)?;
-        self.run(move |inner| Ok(atomic::read_if_exists(&inner.root.join(path))?.map(bytes::Bytes::from))).await
+        let path = L.state(name)?;
+        self.run(move |inner| Ok(atomic::read_if_exists(&inner.path(&path))?.map(bytes::Bytes::from))).await
     }
 
     async fn state_delete(&self, name: &str) -> Result<bool, StorageError> {
-        let path = state_path(name)?;
-        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.root.join(path))?)).await
+        let path = L.state(name)?;
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.path(&path))?)).await
     }
 
     async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
-        let path = state_path(dir)?;
+        let path = L.state(dir)?;
         self.run(move |inner| {
-            let dir = inner.root.join(path);
+            let dir = inner.path(&path);
             let mut names: Vec<String> = atomic::list_names(&dir)?
                 .into_iter()
                 .filter(|n| cove_core::storage::valid_state_name(n) && dir.join(n).is_file())
@@ -437,18 +416,11 @@ impl Storage for FsStorage {
     async fn blob_list(&self) -> Result<Vec<Digest>, StorageError> {
         self.run(|inner| {
             let mut out = Vec::new();
-            for alg_name in atomic::list_names(&inner.blobs)? {
-                let Some(alg) = parse_alg(&alg_name) else {
-                    continue;
-                };
-                let alg_dir = inner.blobs.join(&alg_name);
-                for prefix in atomic::list_names(&alg_dir)? {
-                    for hex in atomic::list_names(&alg_dir.join(&prefix))? {
-                        if let Ok(d) = Digest::new(alg, &hex) {
-                            if hex.starts_with(&prefix) {
-                                out.push(d);
-                            }
-                        }
+            for alg in atomic::list_names(&inner.blobs)? {
+                let alg_dir = inner.blobs.join(&alg);
+                for fan in atomic::list_names(&alg_dir)? {
+                    for hex in atomic::list_names(&alg_dir.join(&fan))? {
+                        out.extend(L.blob_from_parts(&[&alg, &fan, &hex]));
                     }
                 }
             }
@@ -533,7 +505,7 @@ impl Storage for FsStorage {
     }
 
     async fn tag_put(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<(), StorageError> {
-        let (r, t, d) = (repo.clone(), tag.clone(), digest.to_string());
+        let (r, t, d) = (repo.clone(), tag.clone(), layout::encode_tag(digest));
         self.run(move |inner| Ok(atomic::write_atomic(&inner.tmp, &inner.tag_path(&r, &t), &[d.as_bytes()])?)).await
     }
 
@@ -581,7 +553,7 @@ impl Storage for FsStorage {
     async fn referrer_delete(&self, repo: &RepoName, subject: &Digest, referrer: &Digest) -> Result<(), StorageError> {
         let (r, s, d) = (repo.clone(), subject.clone(), referrer.clone());
         self.run(move |inner| {
-            let path = inner.referrer_dir(&r, &s).join(meta::referrer_file_name(&d));
+            let path = inner.referrer_dir(&r, &s).join(L.referrer_name(&d));
             atomic::remove_if_exists(&path)?;
             Ok(())
         })

@@ -3,25 +3,18 @@
 //! stateless on top of it, so several replicas can share one bucket.
 //!
 //! # Key layout
-//! Below an optional prefix (`prefix = "cove"` → `cove/blobs/…`):
+//! [`Layout::OBJECT`] (written once, in `cove_core::storage::layout`) below
+//! an optional prefix (`prefix = "cove"` → `cove/blobs/…`): `blobs/<alg>/<hex>`,
+//! `repositories/<repo>/…` (referrer records named by the first 32 hex digits
+//! of the referrer: s3s-fs's key limit), `_shared/<name>` (one PUT each).
+//! This backend adds:
 //! ```text
-//! blobs/<alg>/<hex>                               committed blob bytes (only verified bytes)
 //! uploads/<id>/session.json                       upload session: repo, times, size, SHA-256
 //!                                                 state, multipart upload id + part ids, tail list
 //! uploads/<id>/tail/<offset>-<rand>               acknowledged bytes not yet in a full part
 //! uploads/<id>/data                               multipart target, copied to blobs/ at commit
-//! repositories/<repo>/_manifests/<alg>/<hex>      "<media type>\n<exact manifest bytes>"
-//! repositories/<repo>/_tags/<tag>                 "<alg>:<hex>" of the tagged manifest
-//! repositories/<repo>/_links/<alg>/<hex>          empty: repo may serve that blob
-//! repositories/<repo>/_referrers/<alg>/<hex>/<alg>-<hex[..32]>
-//!                                                 descriptor JSON of a referrer of subject
-//!                                                 <alg>:<hex> (short name: s3s-fs key limit)
 //! _check/<uuid>                                   readiness probe, deleted right away
-//! _shared/<name>                                  shared-state documents (`keys/<id>`:
-//!                                                 token signing keys), one PUT each
 //! ```
-//! Repository names cannot have a component starting with `_`, so the
-//! `_manifests`-style markers never collide with a name.
 //!
 //! # Streaming and verification
 //! Bytes are buffered only up to the part size (default 8 MiB, at least the
@@ -69,6 +62,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cove_core::manifest::Descriptor;
+use cove_core::storage::layout::{self, Layout};
 use cove_core::storage::{RepoWalk, StoredManifest, UploadInfo};
 use cove_core::{ByteRange, ByteStream, Digest, RepoName, Storage, StorageError, Tag};
 use futures::{StreamExt, TryStreamExt};
@@ -80,7 +74,10 @@ pub use config::{ConfigProblem, ObjectConfigError, ObjectKind, ObjectStorageConf
 
 /// The largest object S3's CopyObject copies in one request (5 GiB).
 pub const S3_COPY_LIMIT: u64 = 5 * 1024 * 1024 * 1024;
-use keys::{digest_from_parts, Keys};
+use keys::Keys;
+
+/// The layout in a bucket (see [`Layout`]).
+const L: Layout = Layout::OBJECT;
 
 /// A [`Storage`] on an `object_store` bucket (see the module doc for the key
 /// layout and the guarantees with several replicas).
@@ -222,7 +219,7 @@ impl ObjectStorage {
 
     /// The directory of repository-style name `name` (`""`: the root).
     fn repo_dir_path(&self, name: &str) -> Path {
-        name.split('/').filter(|c| !c.is_empty()).fold(self.keys.repositories_root(), |p, c| p.join(c))
+        name.split('/').filter(|c| !c.is_empty()).fold(self.keys.at(layout::REPOSITORIES), |p, c| p.join(c))
     }
 
     /// Lists one directory of `repositories/` (one delimiter listing):
@@ -234,7 +231,7 @@ impl ObjectStorage {
         let mut children = Vec::new();
         for child in listed.common_prefixes {
             match child.filename() {
-                Some("_manifests") => has_manifests = true,
+                Some(layout::MANIFESTS) => has_manifests = true,
                 Some(last) if !last.starts_with('_') => children.push(last.to_owned()),
                 _ => {}
             }
@@ -290,15 +287,6 @@ impl ObjectStorage {
 /// How many directory listings one page keeps in flight.
 const LIST_AHEAD: usize = 16;
 
-/// `name` if it is a valid shared-state name.
-fn checked_state_name(name: &str) -> Result<&str, StorageError> {
-    if cove_core::storage::valid_state_name(name) {
-        Ok(name)
-    } else {
-        Err(StorageError::Backend(format!("invalid shared-state name {name:?}")))
-    }
-}
-
 #[async_trait::async_trait]
 impl Storage for ObjectStorage {
     fn kind(&self) -> &'static str {
@@ -307,20 +295,20 @@ impl Storage for ObjectStorage {
 
     async fn state_put(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
         // One PUT of one object: atomic, last writer wins.
-        self.put_bytes(&self.keys.state(checked_state_name(name)?), bytes).await
+        self.put_bytes(&self.keys.state(name)?, bytes).await
     }
 
     async fn state_get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
-        self.get_bytes(&self.keys.state(checked_state_name(name)?)).await
+        self.get_bytes(&self.keys.state(name)?).await
     }
 
     async fn state_delete(&self, name: &str) -> Result<bool, StorageError> {
-        self.delete_existing(&self.keys.state(checked_state_name(name)?)).await
+        self.delete_existing(&self.keys.state(name)?).await
     }
 
     async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
         let mut names: Vec<String> = self
-            .list_rel(&self.keys.state(checked_state_name(dir)?))
+            .list_rel(&self.keys.state(dir)?)
             .await?
             .into_iter()
             .filter_map(|p| match <[String; 1]>::try_from(p) {
@@ -367,15 +355,8 @@ impl Storage for ObjectStorage {
     }
 
     async fn blob_list(&self) -> Result<Vec<Digest>, StorageError> {
-        let mut out: Vec<Digest> = self
-            .list_rel(&self.keys.blobs_root())
-            .await?
-            .iter()
-            .filter_map(|p| match p.as_slice() {
-                [alg, hex] => digest_from_parts(alg, hex),
-                _ => None,
-            })
-            .collect();
+        let mut out: Vec<Digest> =
+            self.list_rel(&self.keys.at(layout::BLOBS)).await?.iter().filter_map(|p| L.blob_from_parts(p)).collect();
         out.sort();
         Ok(out)
     }
@@ -422,28 +403,14 @@ impl Storage for ObjectStorage {
         digest: &Digest,
         manifest: &StoredManifest,
     ) -> Result<(), StorageError> {
-        if manifest.media_type.contains(['\n', '\r']) {
-            return Err(StorageError::Backend("manifest media type contains a line break".into()));
-        }
-        let mut body = Vec::with_capacity(manifest.media_type.len() + 1 + manifest.bytes.len());
-        body.extend_from_slice(manifest.media_type.as_bytes());
-        body.push(b'\n');
-        body.extend_from_slice(&manifest.bytes);
-        self.put_bytes(&self.keys.manifest(repo, digest), body).await
+        self.put_bytes(&self.keys.manifest(repo, digest), layout::encode_manifest(manifest)?).await
     }
 
     async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>, StorageError> {
         let Some(raw) = self.get_bytes(&self.keys.manifest(repo, digest)).await? else {
             return Ok(None);
         };
-        let nl = raw
-            .iter()
-            .position(|b| *b == b'\n')
-            .ok_or_else(|| StorageError::Backend("corrupt stored manifest".into()))?;
-        let media_type = std::str::from_utf8(&raw[..nl])
-            .map_err(|_| StorageError::Backend("corrupt stored manifest media type".into()))?
-            .to_owned();
-        Ok(Some(StoredManifest { media_type, bytes: raw.slice(nl + 1..) }))
+        layout::decode_manifest(raw, digest).map(Some)
     }
 
     async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
@@ -452,11 +419,11 @@ impl Storage for ObjectStorage {
 
     async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError> {
         let mut out: Vec<Digest> = self
-            .list_rel(&self.keys.manifests_dir(repo))
+            .list_rel(&self.keys.at(&L.manifests(repo)))
             .await?
             .iter()
             .filter_map(|p| match p.as_slice() {
-                [alg, hex] => digest_from_parts(alg, hex),
+                [alg, hex] => layout::digest_from_parts(alg, hex),
                 _ => None,
             })
             .collect();
@@ -468,13 +435,12 @@ impl Storage for ObjectStorage {
         let Some(raw) = self.get_bytes(&self.keys.tag(repo, tag)).await? else {
             return Ok(None);
         };
-        let s = std::str::from_utf8(&raw).map_err(|_| StorageError::Backend("corrupt tag object".into()))?;
-        s.trim().parse::<Digest>().map(Some).map_err(|_| StorageError::Backend("corrupt tag object".into()))
+        layout::decode_tag(&raw, repo, tag).map(Some)
     }
 
     async fn tag_put(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<(), StorageError> {
         // One PUT of one object: atomic, last writer wins.
-        self.put_bytes(&self.keys.tag(repo, tag), digest.to_string()).await
+        self.put_bytes(&self.keys.tag(repo, tag), layout::encode_tag(digest)).await
     }
 
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
@@ -483,15 +449,15 @@ impl Storage for ObjectStorage {
 
     async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
         let mut tags: Vec<String> = self
-            .list_rel(&self.keys.tags_dir(repo))
+            .list_rel(&self.keys.at(&L.tags(repo)))
             .await?
             .into_iter()
             .filter_map(|p| match <[String; 1]>::try_from(p) {
-                Ok([t]) => Some(t),
+                Ok([t]) => L.tag_from_name(&t),
                 Err(_) => None,
             })
             .collect();
-        if tags.is_empty() && !self.any_under(&self.keys.manifests_dir(repo)).await? {
+        if tags.is_empty() && !self.any_under(&self.keys.at(&L.manifests(repo))).await? {
             return Ok(None);
         }
         tags.sort();
@@ -506,7 +472,7 @@ impl Storage for ObjectStorage {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Option<Vec<String>>, StorageError> {
-        let dir = self.keys.tags_dir(repo);
+        let dir = self.keys.at(&L.tags(repo));
         let mut out = Vec::new();
         if limit > 0 {
             // Keys are built from validated tags only; any other `after`
@@ -529,7 +495,7 @@ impl Storage for ObjectStorage {
                 }
             }
         }
-        if out.is_empty() && !self.any_under(&dir).await? && !self.any_under(&self.keys.manifests_dir(repo)).await? {
+        if out.is_empty() && !self.any_under(&dir).await? && !self.any_under(&self.keys.at(&L.manifests(repo))).await? {
             return Ok(None);
         }
         Ok(Some(out))
@@ -549,7 +515,7 @@ impl Storage for ObjectStorage {
         subject: &Digest,
         descriptor: &Descriptor,
     ) -> Result<(), StorageError> {
-        let body = serde_json::to_vec(descriptor).map_err(|e| StorageError::Backend(e.to_string()))?;
+        let body = layout::encode_referrer(descriptor)?;
         self.put_bytes(&self.keys.referrer(repo, subject, &descriptor.digest), body).await
     }
 
@@ -559,15 +525,13 @@ impl Storage for ObjectStorage {
     }
 
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
-        let dir = self.keys.referrers_dir(repo, subject);
+        let dir = self.keys.at(&L.referrers(repo, subject));
         let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await.map_err(map_err)?;
         let mut out = Vec::with_capacity(metas.len());
         for m in metas {
             // A record deleted between list and get is simply skipped.
             if let Some(raw) = self.get_bytes(&m.location).await? {
-                let desc: Descriptor = serde_json::from_slice(&raw)
-                    .map_err(|e| StorageError::Backend(format!("corrupt referrer record: {e}")))?;
-                out.push(desc);
+                out.push(layout::decode_referrer(&raw)?);
             }
         }
         out.sort_by(|a, b| a.digest.cmp(&b.digest));

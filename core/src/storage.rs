@@ -12,7 +12,9 @@ use crate::digest::Digest;
 use crate::manifest::Descriptor;
 use crate::name::{RepoName, Tag};
 
+pub mod layout;
 mod walk;
+pub use layout::Layout;
 pub use walk::RepoWalk;
 
 /// A stream of bytes; an `Err` item ends the stream with a failure.

@@ -7,34 +7,19 @@ use cove_core::manifest::Descriptor;
 use cove_core::storage::{RepoWalk, StoredManifest};
 use cove_core::{Digest, RepoName, StorageError, Tag};
 
+use cove_core::storage::layout::{self, digest_from_parts, MANIFESTS};
+
 use super::atomic;
-use super::{parse_alg, FsStorage};
-
-const MANIFESTS: &str = "_manifests";
-const TAGS: &str = "_tags";
-
-/// The file name of a referrer record: `<alg>-<hex>`, which sorts like the
-/// digests themselves.
-pub(super) fn referrer_file_name(d: &Digest) -> String {
-    format!("{}-{}", d.algorithm().as_str(), d.hex())
-}
-
-fn parse_referrer_file_name(name: &str) -> Option<Digest> {
-    let (alg, hex) = name.split_once('-')?;
-    Digest::new(parse_alg(alg)?, hex).ok()
-}
+use super::{FsStorage, L};
 
 /// The manifest digests of the repository at `repo_dir`, sorted. With
 /// `first_only`, stops at the first one found (an existence check).
 pub(super) fn manifest_digests(repo_dir: &Path, first_only: bool) -> Result<Vec<Digest>, StorageError> {
     let dir = repo_dir.join(MANIFESTS);
     let mut out = Vec::new();
-    for alg_name in atomic::list_names(&dir)? {
-        let Some(alg) = parse_alg(&alg_name) else {
-            continue;
-        };
-        for hex in atomic::list_names(&dir.join(&alg_name))? {
-            if let Ok(d) = Digest::new(alg, &hex) {
+    for alg in atomic::list_names(&dir)? {
+        for hex in atomic::list_names(&dir.join(&alg))? {
+            if let Some(d) = digest_from_parts(&alg, &hex) {
                 out.push(d);
                 if first_only {
                     return Ok(out);
@@ -104,18 +89,9 @@ impl FsStorage {
         digest: &Digest,
         manifest: &StoredManifest,
     ) -> Result<(), StorageError> {
-        if manifest.media_type.contains(['\n', '\r']) {
-            return Err(StorageError::Backend("manifest media type contains a line break".into()));
-        }
-        let (r, d, m) = (repo.clone(), digest.clone(), manifest.clone());
-        self.run(move |inner| {
-            Ok(atomic::write_atomic(
-                &inner.tmp,
-                &inner.manifest_path(&r, &d),
-                &[m.media_type.as_bytes(), b"\n", &m.bytes],
-            )?)
-        })
-        .await
+        let record = layout::encode_manifest(manifest)?;
+        let (r, d) = (repo.clone(), digest.clone());
+        self.run(move |inner| Ok(atomic::write_atomic(&inner.tmp, &inner.manifest_path(&r, &d), &[&record])?)).await
     }
 
     pub(super) async fn get_manifest(
@@ -128,15 +104,7 @@ impl FsStorage {
             let Some(raw) = atomic::read_if_exists(&inner.manifest_path(&r, &d))? else {
                 return Ok(None);
             };
-            let raw = Bytes::from(raw);
-            let nl = raw
-                .iter()
-                .position(|b| *b == b'\n')
-                .ok_or_else(|| StorageError::Backend(format!("manifest file of {d} is corrupt")))?;
-            let media_type = std::str::from_utf8(&raw[..nl])
-                .map_err(|_| StorageError::Backend(format!("manifest file of {d} is corrupt")))?
-                .to_owned();
-            Ok(Some(StoredManifest { media_type, bytes: raw.slice(nl + 1..) }))
+            layout::decode_manifest(Bytes::from(raw), &d).map(Some)
         })
         .await
     }
@@ -147,12 +115,7 @@ impl FsStorage {
             let Some(raw) = atomic::read_if_exists(&inner.tag_path(&r, &t))? else {
                 return Ok(None);
             };
-            let s = String::from_utf8_lossy(&raw);
-            let d = s
-                .trim()
-                .parse::<Digest>()
-                .map_err(|_| StorageError::Backend(format!("tag file of {r}:{t} is corrupt")))?;
-            Ok(Some(d))
+            layout::decode_tag(&raw, &r, &t).map(Some)
         })
         .await
     }
@@ -161,11 +124,8 @@ impl FsStorage {
         let r = repo.clone();
         self.run(move |inner| {
             let dir = inner.repo_dir(&r);
-            let mut tags: Vec<String> = atomic::list_names(&dir.join(TAGS))?
-                .into_iter()
-                .map(|name| tag_from_file_name(&name))
-                .filter(|t| t.parse::<Tag>().is_ok())
-                .collect();
+            let mut tags: Vec<String> =
+                atomic::list_names(&inner.path(&L.tags(&r)))?.iter().filter_map(|n| L.tag_from_name(n)).collect();
             if tags.is_empty() && manifest_digests(&dir, true)?.is_empty() {
                 return Ok(None);
             }
@@ -181,9 +141,8 @@ impl FsStorage {
         subject: &Digest,
         descriptor: &Descriptor,
     ) -> Result<(), StorageError> {
-        let json =
-            serde_json::to_vec(descriptor).map_err(|e| StorageError::Backend(format!("encoding referrer: {e}")))?;
-        let (r, s, name) = (repo.clone(), subject.clone(), referrer_file_name(&descriptor.digest));
+        let json = layout::encode_referrer(descriptor)?;
+        let (r, s, name) = (repo.clone(), subject.clone(), L.referrer_name(&descriptor.digest));
         self.run(move |inner| {
             let dest = inner.referrer_dir(&r, &s).join(name);
             Ok(atomic::write_atomic(&inner.tmp, &dest, &[&json])?)
@@ -201,7 +160,7 @@ impl FsStorage {
             let dir = inner.referrer_dir(&r, &s);
             let mut names: Vec<(Digest, String)> = atomic::list_names(&dir)?
                 .into_iter()
-                .filter_map(|n| parse_referrer_file_name(&n).map(|d| (d, n)))
+                .filter_map(|n| L.referrer_from_name(&n).map(|d| (d, n)))
                 .collect();
             names.sort();
             let mut out = Vec::with_capacity(names.len());
@@ -209,7 +168,7 @@ impl FsStorage {
                 let Some(raw) = atomic::read_if_exists(&dir.join(&name))? else {
                     continue; // deleted meanwhile
                 };
-                match serde_json::from_slice::<Descriptor>(&raw) {
+                match layout::decode_referrer(&raw) {
                     Ok(desc) => out.push(desc),
                     Err(e) => {
                         tracing::warn!(referrer = %d, error = %e, "skipping unreadable referrer record")
@@ -220,37 +179,4 @@ impl FsStorage {
         })
         .await
     }
-}
-
-/// The file name of a tag. Upper-case letters are written as `^` + the
-/// lower-case letter (`^` cannot occur in a tag), so tags that differ only in
-/// case stay distinct on case-insensitive filesystems (macOS by default).
-pub(super) fn tag_file_name(tag: &Tag) -> String {
-    let mut out = String::with_capacity(tag.as_str().len());
-    for c in tag.as_str().chars() {
-        if c.is_ascii_uppercase() {
-            out.push('^');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The inverse of [`tag_file_name`].
-fn tag_from_file_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = false;
-    for c in name.chars() {
-        if c == '^' {
-            upper = true;
-        } else if upper {
-            out.push(c.to_ascii_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -403,7 +403,7 @@ impl ObjectStorage {
 
     /// All sessions in the bucket.
     pub(crate) async fn sessions(&self) -> Result<Vec<UploadInfo>, StorageError> {
-        let root = self.keys.uploads_root();
+        let root = self.keys.at(cove_core::storage::layout::UPLOADS);
         let listed = self.store.list_with_delimiter(Some(&root)).await.map_err(map_err)?;
         let mut out = Vec::new();
         for dir in listed.common_prefixes {
