@@ -201,7 +201,8 @@ impl LeaseKeeper {
     }
 
     /// Gives the lease back if held, or our own claim that was too slow to
-    /// count (graceful shutdown).
+    /// count, waiting (at most [`RECLAIM_AFTER`]) until that may be released
+    /// (graceful shutdown: the next process need not wait for the expiry).
     pub async fn release(&self) {
         let mut slot = self.hold.lock().await;
         let released = match slot.take() {
@@ -209,7 +210,12 @@ impl LeaseKeeper {
                 self.held.store(false, Ordering::Relaxed);
                 h.release().await
             }
-            None => self.lease.release_slow_claim().await,
+            None => {
+                if let Some(wait) = self.lease.own_slow_claim_wait().await {
+                    tokio::time::sleep(wait + Duration::from_millis(10)).await;
+                }
+                self.lease.release_slow_claim().await
+            }
         };
         if let Err(e) = released {
             tracing::warn!(error = %e, "cannot release the lease; it expires by itself");
