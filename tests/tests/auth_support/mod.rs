@@ -1,4 +1,4 @@
-//! Helpers for the authentication end-to-end tests (tests/auth.rs): a server
+//! Helpers for the authentication end-to-end tests (tests/tests/auth/): a server
 //! launcher that accepts any answer from `/v2/` as "ready" (with auth on,
 //! `/v2/` is 401 or 403), HTTP clients bound to a chosen loopback source
 //! address, `WWW-Authenticate` parsing, htpasswd files made with the real

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+mod uploads;
+
 #[allow(unused_imports)] // each test binary uses a different subset
 pub use cove_testkit::content::{memory_of, FastSha256, Memory, Pattern};
 #[allow(unused_imports)]
@@ -302,13 +304,7 @@ impl Server {
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let digest = sha256_digest(data);
         let url = self.start_upload(repo).await;
-        let r = self
-            .req("PUT", &with_query(&url, &format!("digest={digest}")))
-            .header("content-type", "application/octet-stream")
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("PUT blob");
+        let r = self.put_final(&url, &digest, None, data).await;
         assert_eq!(r.status(), 201, "push blob {digest} to {repo}");
         digest
     }

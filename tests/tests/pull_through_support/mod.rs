@@ -1,5 +1,5 @@
 //! Cove-side helpers for the pull-through cache tests
-//! (tests/tests/pull_through.rs, retention.rs, reload.rs): Cove's config
+//! (tests/tests/pull_through/, retention/, reload.rs): Cove's config
 //! for a set of upstreams, and where the cache lands on disk. The peers
 //! themselves (distribution, the fault registry, the token issuer,
 //! containerd, skopeo) are in cove-testkit.
