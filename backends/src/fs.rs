@@ -243,6 +243,10 @@ impl Storage for FsStorage {
         "filesystem"
     }
 
+    fn capabilities(&self) -> cove_core::storage::Capabilities {
+        cove_core::storage::Capabilities::FILESYSTEM
+    }
+
     async fn state_put(&self, name: &str, bytes: bytes::Bytes) -> Result<(), StorageError> {
         let path = L.state(name)?;
         self.run(move |inner| {

@@ -293,6 +293,10 @@ impl Storage for ObjectStorage {
         self.kind
     }
 
+    fn capabilities(&self) -> cove_core::storage::Capabilities {
+        cove_core::storage::Capabilities::OBJECT
+    }
+
     async fn state_put(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
         // One PUT of one object: atomic, last writer wins.
         self.put_bytes(&self.keys.state(name)?, bytes).await

@@ -37,6 +37,29 @@ impl ByteRange {
     }
 }
 
+/// What a store is, for the decisions that depend on it (made in one
+/// place instead of asking which backend it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Several processes (replicas) may serve from this store at once: an
+    /// object store's bucket. A filesystem root belongs to one process.
+    /// Decides whether GC and retention run by default (one owner: yes;
+    /// replicas: opted in, one at a time under the lease), whether the
+    /// activity log is shared through the store, and how long a lease claim
+    /// settles.
+    pub shared: bool,
+    /// The store has local capacity to measure ([`Storage::space`]), hence a
+    /// free-space floor.
+    pub local_space: bool,
+}
+
+impl Capabilities {
+    /// A local filesystem.
+    pub const FILESYSTEM: Capabilities = Capabilities { shared: false, local_space: true };
+    /// An object store's bucket.
+    pub const OBJECT: Capabilities = Capabilities { shared: true, local_space: false };
+}
+
 /// What a storage backend can fail with. Variants are named by meaning;
 /// backends map their private errors into them.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +181,9 @@ pub struct UploadInfo {
 pub trait Storage: Send + Sync + 'static {
     /// A short name for logs (`filesystem`, `s3`, …).
     fn kind(&self) -> &'static str;
+
+    /// What this store is (see [`Capabilities`]).
+    fn capabilities(&self) -> Capabilities;
 
     /// Checks that the backend is reachable and writable (readiness).
     async fn check(&self) -> Result<(), StorageError>;

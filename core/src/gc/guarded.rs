@@ -53,6 +53,10 @@ impl Storage for GuardedStorage {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
+
+    fn capabilities(&self) -> crate::storage::Capabilities {
+        self.inner.capabilities()
+    }
     async fn check(&self) -> Result<(), StorageError> {
         self.inner.check().await
     }

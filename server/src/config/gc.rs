@@ -5,7 +5,7 @@ use std::time::Duration;
 use cove_core::gc::GcOptions;
 use serde::Deserialize;
 
-use super::{parse_duration, Config, StorageKind};
+use super::{parse_duration, Config};
 
 /// `[gc]`: online garbage collection.
 #[derive(Debug, Clone, Deserialize)]
@@ -79,8 +79,10 @@ pub(super) fn validate(gc: &GcConfig) -> Vec<String> {
 
 /// The maintenance lease's timing from a validated config.
 pub fn lease_timing(config: &Config) -> cove_core::lease::LeaseTiming {
-    let fs = config.storage.kind == StorageKind::Filesystem;
-    let default_settle = if fs { Duration::from_millis(100) } else { Duration::from_secs(2) };
+    // A shared store's writes may take long to become visible to all;
+    // a local filesystem's are visible at once.
+    let shared = config.storage.capabilities().shared;
+    let default_settle = if shared { Duration::from_secs(2) } else { Duration::from_millis(100) };
     cove_core::lease::LeaseTiming {
         ttl: parse_duration(&config.gc.lease_ttl).unwrap_or(Duration::from_secs(60)),
         settle: config.gc.lease_settle.as_deref().and_then(|s| parse_duration(s).ok()).unwrap_or(default_settle),
@@ -101,7 +103,7 @@ impl GcSettings {
     /// Reads the settings of a config that passed validation.
     pub fn from_config(config: &Config) -> GcSettings {
         GcSettings {
-            enabled: config.gc.enabled.unwrap_or(config.storage.kind == StorageKind::Filesystem),
+            enabled: config.gc.enabled.unwrap_or(!config.storage.capabilities().shared),
             interval: parse_duration(&config.gc.interval).unwrap_or(Duration::from_secs(86400)),
             grace: parse_duration(&config.gc.grace).unwrap_or(Duration::from_secs(3600)),
             untagged: config.gc.untagged,

@@ -23,7 +23,7 @@ use cove_core::retention::{self as core_retention, RetentionOptions};
 use cove_core::RepoName;
 use serde::Deserialize;
 
-use super::{parse_duration, Config, StorageKind};
+use super::{parse_duration, Config};
 
 /// `[retention]`: cache retention per upstream and tag retention.
 #[derive(Debug, Clone, Deserialize)]
@@ -187,7 +187,7 @@ impl RetentionSettings {
     pub fn from_config(config: &Config) -> RetentionSettings {
         let r = &config.retention;
         RetentionSettings {
-            enabled: r.enabled.unwrap_or(config.storage.kind == StorageKind::Filesystem),
+            enabled: r.enabled.unwrap_or(!config.storage.capabilities().shared),
             interval: parse_duration(&r.interval).unwrap_or(Duration::from_secs(3600)),
             upstreams: r
                 .upstreams

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::parse_duration;
 use cove_backends::fs::MinFree;
+use cove_core::storage::Capabilities;
 
 /// The default floor: 1 GiB or 5% of the disk, whichever is smaller.
 pub const DEFAULT_MIN_FREE: MinFree = MinFree::LesserOf(1 << 30, 5.0);
@@ -146,6 +147,18 @@ pub enum StorageKind {
     Object,
 }
 
+impl StorageConfig {
+    /// What the configured store will be, for the defaults decided before
+    /// it is opened (the opened store answers the same:
+    /// [`cove_core::Storage::capabilities`]).
+    pub fn capabilities(&self) -> Capabilities {
+        match self.kind {
+            StorageKind::Filesystem => Capabilities::FILESYSTEM,
+            StorageKind::Object => Capabilities::OBJECT,
+        }
+    }
+}
+
 /// Checks `[storage]`; returns `storage.upload_ttl` when it parses.
 pub(super) fn validate(storage: &StorageConfig, problems: &mut Vec<String>) -> Option<Duration> {
     let upload_ttl = match parse_duration(&storage.upload_ttl) {
@@ -177,6 +190,18 @@ pub(super) fn validate(storage: &StorageConfig, problems: &mut Vec<String>) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cove_core::Storage;
+
+    /// The defaults decided from the config match the store once opened.
+    #[test]
+    fn configured_capabilities_are_the_opened_stores() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs = cove_backends::FsStorage::open(dir.path()).expect("fs");
+        assert_eq!(StorageConfig::default().capabilities(), fs.capabilities());
+        assert!(!fs.capabilities().shared && fs.capabilities().local_space);
+        let object = StorageConfig { kind: StorageKind::Object, ..StorageConfig::default() };
+        assert_eq!(object.capabilities(), cove_core::storage::Capabilities::OBJECT, "as ObjectStorage answers");
+    }
 
     #[test]
     fn min_free_sizes_and_percentages() {

@@ -16,7 +16,7 @@ use cove_core::{Storage, StorageError};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
 
-use crate::config::{parse_duration, Config, StorageKind};
+use crate::config::{parse_duration, Config};
 
 /// The shared-state directory of the replicas' activity records.
 pub const ACTIVITY_DIR: &str = "activity";
@@ -71,8 +71,7 @@ impl SharedActivity {
     /// (see [`replica_record_id`]). `None` on the filesystem backend: one
     /// replica owns it and its log file is the record.
     pub fn for_config(config: &Config, store: Arc<dyn Storage>, log: Arc<ActivityLog>) -> Option<Arc<SharedActivity>> {
-        (config.storage.kind != StorageKind::Filesystem)
-            .then(|| SharedActivity::new(store, &replica_record_id(config), log))
+        config.storage.capabilities().shared.then(|| SharedActivity::new(store, &replica_record_id(config), log))
     }
 
     /// The records on `store`, this replica's being `activity/<id>`.

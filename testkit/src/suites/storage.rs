@@ -39,7 +39,16 @@ pub async fn run_all(store: &dyn Storage) {
     repo_pages(store).await;
     tag_pages(store).await;
     shared_state(store).await;
+    capabilities(store).await;
     store.check().await.expect("check() on a healthy store");
+}
+
+/// The store's [`Capabilities`](cove_core::storage::Capabilities) say what
+/// it does: free space measured exactly when it has local capacity.
+pub async fn capabilities(store: &dyn Storage) {
+    let caps = store.capabilities();
+    let space = store.space().await.expect("space");
+    assert_eq!(space.is_some(), caps.local_space, "{}: space() {space:?} vs {caps:?}", store.kind());
 }
 
 /// Shared-state documents: put/get/replace/delete, listing one directory in
