@@ -127,7 +127,7 @@ impl Default for RateLimitConfig {
 }
 
 /// `[auth.token]`: registry-issued JWTs for the Docker token flow.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenConfig {
     /// The `iss` of issued tokens. Default `cove`.
@@ -162,19 +162,6 @@ impl Default for TokenConfig {
             signing_key_file: None,
             key_rotation: Duration::from_secs(30 * 86400),
         }
-    }
-}
-
-impl fmt::Debug for TokenConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenConfig")
-            .field("issuer", &self.issuer)
-            .field("service", &self.service)
-            .field("realm", &self.realm)
-            .field("lifetime", &self.lifetime)
-            .field("signing_key_file", &self.signing_key_file)
-            .field("key_rotation", &self.key_rotation)
-            .finish()
     }
 }
 

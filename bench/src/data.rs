@@ -206,6 +206,11 @@ impl Image {
     }
 }
 
+/// A blob of `size` bytes unique to `id`.
+pub fn big_blob(pool: &Bytes, id: u64, size: u64) -> Blob {
+    Blob::unique(pool, id, (id as usize) * 4096, size as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,11 +2,21 @@
 //! distribution registry side by side, interleaved in pairs, and prints both
 //! absolute figures and the per-pair ratio Cove/distribution. See
 //! `cove-bench --help` and the README's Benchmarks section.
+//!
+//! This file holds the command line and the run itself (which workloads,
+//! in which order, and the report). `plan` sizes each mode; `limits`
+//! measures the machine's SHA-256 and disk speed; `dedicated` holds the
+//! workloads that start servers of their own (start-up, blob GET vs nginx,
+//! pull-through cache); `verdicts` checks the figures against the
+//! performance targets; `workloads` and `client` are the rest.
 
 mod client;
 mod data;
+mod limits;
+mod plan;
 mod report;
 mod server;
+mod verdicts;
 mod workloads;
 
 use std::io::Write as _;
@@ -15,14 +25,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser;
-use sha2::Digest as _;
 
 use client::Registry;
-use data::{Blob, Image};
-use report::{fmt_num, summary, Run, WorkloadResult};
+use data::{big_blob, Blob, Image};
+use limits::measure_limits;
+use plan::{Mode, Plan};
+use report::{fmt_num, Run, WorkloadResult};
 use server::{Binaries, Kind, Server};
+use verdicts::targets_summary;
 use workloads::Target;
 
 /// Why a request, a check or the set-up failed.
@@ -75,118 +86,6 @@ struct Args {
     keep: bool,
 }
 
-/// How big a run is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Smoke,
-    Short,
-    Full,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Smoke => "smoke",
-            Mode::Short => "short",
-            Mode::Full => "full",
-        }
-    }
-}
-
-/// Sizes and repetitions of one mode.
-struct Plan {
-    /// Bytes of random data every blob is cut from.
-    pool: usize,
-    pairs: usize,
-    dur: Duration,
-    workers: usize,
-    blob_count: usize,
-    blob_large_max: u64,
-    blob_huge: u64,
-    blob_requests: usize,
-    push_size: u64,
-    push_pairs: usize,
-    storm_images: usize,
-    mixed_rates: Vec<f64>,
-    mixed_dur: Duration,
-    mixed_pairs: usize,
-    startup_repos: usize,
-    startup_pairs: usize,
-    cache_size: u64,
-    cache_pairs: usize,
-    disk_bytes: u64,
-}
-
-impl Plan {
-    fn new(mode: Mode) -> Plan {
-        match mode {
-            Mode::Smoke => Plan {
-                pool: 64 << 20,
-                pairs: 1,
-                dur: Duration::from_millis(300),
-                workers: 4,
-                blob_count: 8,
-                blob_large_max: 12 * MIB,
-                blob_huge: 16 * MIB,
-                blob_requests: 16,
-                push_size: 16 * MIB,
-                push_pairs: 1,
-                storm_images: 4,
-                mixed_rates: vec![20.0],
-                mixed_dur: Duration::from_millis(500),
-                mixed_pairs: 1,
-                startup_repos: 20,
-                startup_pairs: 1,
-                cache_size: 8 * MIB,
-                cache_pairs: 1,
-                disk_bytes: 16 * MIB,
-            },
-            Mode::Short => Plan {
-                pool: 1 << 30,
-                pairs: 3,
-                dur: Duration::from_secs(2),
-                workers: 8,
-                blob_count: 20,
-                blob_large_max: 40 * MIB,
-                blob_huge: 160 * MIB,
-                blob_requests: 80,
-                push_size: 1 << 30,
-                push_pairs: 2,
-                storm_images: 48,
-                mixed_rates: vec![25.0, 100.0, 200.0],
-                mixed_dur: Duration::from_secs(3),
-                mixed_pairs: 2,
-                startup_repos: 10_000,
-                startup_pairs: 3,
-                cache_size: 64 * MIB,
-                cache_pairs: 3,
-                disk_bytes: 512 * MIB,
-            },
-            Mode::Full => Plan {
-                pool: 1 << 30,
-                pairs: 5,
-                dur: Duration::from_secs(5),
-                workers: 8,
-                blob_count: 40,
-                blob_large_max: 100 * MIB,
-                blob_huge: 1 << 30,
-                blob_requests: 300,
-                push_size: 1 << 30,
-                push_pairs: 4,
-                storm_images: 200,
-                mixed_rates: vec![25.0, 50.0, 100.0, 200.0, 400.0],
-                mixed_dur: Duration::from_secs(8),
-                mixed_pairs: 3,
-                startup_repos: 10_000,
-                startup_pairs: 5,
-                cache_size: 256 * MIB,
-                cache_pairs: 5,
-                disk_bytes: 1 << 30,
-            },
-        }
-    }
-}
-
 /// Runs `$body` (an async expression using `$t: &Target` and pair `$i`)
 /// against both targets in pairs, alternating which goes first.
 macro_rules! interleave {
@@ -207,6 +106,10 @@ macro_rules! interleave {
         w
     }};
 }
+
+// After the macro: its workloads use `interleave!`.
+mod dedicated;
+use dedicated::{blob_get_vs_nginx, cache, startup};
 
 fn progress(w: &WorkloadResult) {
     let mut s = String::new();
@@ -237,12 +140,6 @@ impl Args {
             Mode::Full
         }
     }
-}
-
-/// Physical limits measured in this run.
-struct Limits {
-    sha_mbs: f64,
-    disk_mbs: f64,
 }
 
 async fn run(args: Args) -> Result<bool, BenchError> {
@@ -440,289 +337,4 @@ fn header(out: &mut String, mode: Mode, bins: &Binaries, dir: &Path) {
         dir.display()
     ));
     out.push_str("pairs alternate which server goes first; figures are medians over pairs; ↑ higher is better, ↓ lower is better\n");
-}
-
-/// A blob of `size` bytes unique to `id`.
-fn big_blob(pool: &Bytes, id: u64, size: u64) -> Blob {
-    Blob::unique(pool, id, (id as usize) * 4096, size as usize)
-}
-
-/// Single-core SHA-256 and sequential write+fsync throughput of `dir`'s disk.
-async fn measure_limits(pool: &Bytes, dir: &Path, disk_bytes: u64) -> Result<Limits, BenchError> {
-    let pool = pool.clone();
-    let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut sha = Vec::new();
-        for _ in 0..3 {
-            let data = &pool[..pool.len().min(256 << 20)];
-            let t = Instant::now();
-            let d = sha2::Sha256::digest(data);
-            std::hint::black_box(d);
-            sha.push(data.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
-        }
-        let mut disk = Vec::new();
-        for i in 0..2 {
-            let path = dir.join(format!("disk-test-{i}"));
-            let t = Instant::now();
-            let mut f = std::fs::File::create(&path)?;
-            let mut written = 0u64;
-            while written < disk_bytes {
-                let n = (disk_bytes - written).min(MIB) as usize;
-                let off = (written as usize) % (pool.len() - n);
-                f.write_all(&pool[off..off + n])?;
-                written += n as u64;
-            }
-            f.sync_all()?;
-            disk.push(disk_bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
-            drop(f);
-            std::fs::remove_file(&path)?;
-        }
-        let best = |v: Vec<f64>| summary(v).map(|s| s.0).unwrap_or(f64::NAN);
-        Ok(Limits { sha_mbs: best(sha), disk_mbs: best(disk) })
-    })
-    .await
-    .map_err(|e| BenchError::Setup(e.to_string()))?
-}
-
-/// Time from spawn until `/v2/` answers, with `repos` repositories in
-/// storage, and idle RSS. The storage is built once and kept in `base/`.
-async fn startup(bins: &Binaries, base: &Path, plan: &Plan) -> Result<WorkloadResult, BenchError> {
-    let root = base.join(format!("startup-{}", plan.startup_repos));
-    let image = Image::new(3, vec![Blob::from_bytes(Bytes::from_static(b"a tiny layer for start-up"))]);
-    for kind in [Kind::Cove, Kind::Distribution] {
-        let dir = root.join(kind.name());
-        if dir.join("ready").exists() {
-            continue;
-        }
-        eprintln!("building {} repositories for {}…", plan.startup_repos, kind.name());
-        let _ = std::fs::remove_dir_all(&dir);
-        let (mut s, _) = Server::start(kind, bins, &dir, "")?;
-        Registry::new(s.base(), "").push_image("many/r00000", "latest", &image).await?;
-        s.stop();
-        let repos = match kind {
-            Kind::Cove => dir.join("storage/repositories/many"),
-            Kind::Distribution => dir.join("storage/docker/registry/v2/repositories/many"),
-            Kind::Nginx => continue,
-        };
-        let n = plan.startup_repos;
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            for i in 1..n {
-                copy_dir(&repos.join("r00000"), &repos.join(format!("r{i:05}")))?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| BenchError::Setup(e.to_string()))??;
-        std::fs::write(dir.join("ready"), b"")?;
-    }
-    let last = format!("many/r{:05}", plan.startup_repos - 1);
-    let name = format!("start-up with {} repositories in storage", plan.startup_repos);
-    let kinds = [Kind::Cove, Kind::Distribution];
-    let mut pairs = Vec::new();
-    for i in 0..plan.startup_pairs {
-        let mut slots = [Run::default(), Run::default()];
-        let order = if i % 2 == 0 { [0usize, 1] } else { [1, 0] };
-        for j in order {
-            let mut run = Run::default();
-            match Server::start(kinds[j], bins, &root.join(kinds[j].name()), "") {
-                Ok((s, ready)) => {
-                    run.m("ready ms", ready.as_secs_f64() * 1e3, false);
-                    if let Err(e) =
-                        Registry::new(s.base(), "").get_manifest(&last, "latest", &image.manifest_digest).await
-                    {
-                        run.fail(e);
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    if let Some(k) = server::rss_kib(s.pid) {
-                        run.m("idle RSS MiB", k as f64 / 1024.0, false);
-                    }
-                }
-                Err(e) => run.fail(e),
-            }
-            slots[j] = run;
-        }
-        pairs.push(slots);
-    }
-    let w = WorkloadResult { name, pairs, against: Kind::Distribution.name() };
-    progress(&w);
-    Ok(w)
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let target = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &target)?;
-        } else {
-            std::fs::copy(e.path(), target)?;
-        }
-    }
-    Ok(())
-}
-
-/// Blob GETs from Cove vs nginx serving the same files from the same disk
-/// (the physical reference), for single sizes at 1, 4 and 32 clients. Empty
-/// when nginx is not installed.
-async fn blob_get_vs_nginx(
-    bins: &Binaries,
-    run_dir: &Path,
-    cove: &Target,
-    mix: &Arc<Vec<(usize, Blob)>>,
-    plan: &Plan,
-) -> Result<Vec<WorkloadResult>, BenchError> {
-    if bins.nginx.is_none() {
-        eprintln!("nginx not found: no blob GET reference rows (install nginx or pass --nginx)");
-        return Ok(Vec::new());
-    }
-    let cove_storage = run_dir.join("cove").join("storage");
-    let (nginx, _) = Server::start(Kind::Nginx, bins, &run_dir.join("nginx"), &cove_storage.to_string_lossy())?;
-    let targets = [
-        Target { kind: Kind::Cove, pid: cove.pid, reg: cove.reg.clone() },
-        Target { kind: Kind::Nginx, pid: nginx.pid, reg: Registry::new(nginx.base(), "") },
-    ];
-    let mut results = Vec::new();
-    // One size class at a time: the smallest and the largest blob of the mix.
-    let by_len = |pick: fn(&Blob, &Blob) -> bool| {
-        mix.iter().enumerate().fold(None::<usize>, |best, (i, (_, b))| match best {
-            Some(j) if !pick(b, &mix[j].1) => Some(j),
-            _ => Some(i),
-        })
-    };
-    let sizes = [by_len(|a, b| a.len < b.len), by_len(|a, b| a.len > b.len)];
-    for index in sizes.into_iter().flatten() {
-        let kib = mix[index].1.len / 1024;
-        for c in [1usize, 4, 32] {
-            let name = format!("blob GET {kib} KiB, c={c}: Cove vs nginx (sendfile, same files)");
-            results.push(interleave!(name, targets, plan.pairs, |t, _i| {
-                let seq = Arc::new(vec![index; plan.blob_requests.max(c * 4)]);
-                async move { workloads::blob_get(t, mix, &seq, c).await }
-            }));
-        }
-    }
-    Ok(results)
-}
-
-/// Pull-through: Cove with `dist` as its docker.io upstream, blob miss and
-/// hit through Cove vs the same blob straight from `dist`.
-async fn cache(
-    bins: &Binaries,
-    run_dir: &Path,
-    dist: &Server,
-    pool: &Bytes,
-    plan: &Plan,
-) -> Result<Vec<WorkloadResult>, BenchError> {
-    let config = format!("[upstreams.\"docker.io\"]\nurl = \"{}\"\n", dist.base());
-    let (cove, _) = Server::start(Kind::Cove, bins, &run_dir.join("cove-cache"), &config)?;
-    let direct = Registry::new(dist.base(), "");
-    let blobs: Vec<Blob> = (0..plan.cache_pairs).map(|i| big_blob(pool, 50_000 + i as u64, plan.cache_size)).collect();
-    for b in &blobs {
-        direct.push_monolithic("library/cachebench", b).await?;
-    }
-    let targets = [
-        Target { kind: Kind::Cove, pid: cove.pid, reg: Registry::new(cove.base(), "docker.io/") },
-        Target { kind: Kind::Distribution, pid: dist.pid, reg: direct },
-    ];
-    let mib = plan.cache_size / MIB;
-    let miss_name = format!("pull-through cache miss, {mib} MiB blob: through Cove vs direct from distribution");
-    let miss = interleave!(miss_name, targets, plan.cache_pairs, |t, i| {
-        let want = (t.kind == Kind::Cove).then_some("miss");
-        workloads::fetch_once(t, "library/cachebench", &blobs[i], want)
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let hit_name = format!("pull-through cache hit, {mib} MiB blob: Cove vs direct from distribution");
-    let hit = interleave!(hit_name, targets, plan.cache_pairs, |t, i| {
-        let want = (t.kind == Kind::Cove).then_some("hit");
-        workloads::fetch_once(t, "library/cachebench", &blobs[i], want)
-    });
-    Ok(vec![miss, hit])
-}
-
-/// The performance targets, each as measured in this run.
-fn targets_summary(out: &mut String, results: &[WorkloadResult], limits: &Limits, idle_cove: Option<u64>) {
-    out.push_str("\ntargets (performance issue: ratios to references measured in this run)\n");
-    fn find<'a>(results: &'a [WorkloadResult], prefix: &'a str) -> impl Iterator<Item = &'a WorkloadResult> + 'a {
-        results.iter().filter(move |r| r.name.starts_with(prefix))
-    }
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    let floor = GIB / (limits.sha_mbs * 1e6);
-    out.push_str(&format!(
-        "  SHA-256 floor: {floor:.2} s CPU per GiB ({} MB/s on one core)\n",
-        fmt_num(limits.sha_mbs)
-    ));
-    for r in find(results, "push ") {
-        if let Some(cpu) = r.median(0, "CPU s/GiB") {
-            out.push_str(&format!(
-                "  {:<62} {:.2} s CPU/GiB (target ≤ 1.2): {}; {:.2} × distribution's MB/s\n",
-                r.name,
-                cpu,
-                verdict(cpu <= 1.2),
-                r.ratio("MB/s").map(|x| x.0).unwrap_or(f64::NAN)
-            ));
-        }
-    }
-    for r in find(results, "pull-through cache miss") {
-        if let (Some(t), Some(cpu)) = (r.ratio("total ms"), r.median(0, "CPU s/GiB")) {
-            let ttfb = r.median(0, "TTFB ms").zip(r.median(1, "TTFB ms")).map(|(c, d)| c - d);
-            out.push_str(&format!(
-                "  {:<62} {:.2} × direct time (target ≤ 1.25): {}; {:.2} s CPU/GiB (target ≤ 1.2): {}; TTFB direct + {:.1} ms (target ≤ 2): {}\n",
-                r.name,
-                t.0,
-                verdict(t.0 <= 1.25),
-                cpu,
-                verdict(cpu <= 1.2),
-                ttfb.unwrap_or(f64::NAN),
-                verdict(ttfb.is_some_and(|x| x <= 2.0))
-            ));
-        }
-    }
-    for r in find(results, "pull-through cache hit") {
-        if let Some((m, _, _)) = r.ratio("MB/s") {
-            out.push_str(&format!("  {:<62} {:.2} × direct (target ≥ 1.5): {}\n", r.name, m, verdict(m >= 1.5)));
-        }
-    }
-    for r in results.iter().filter(|r| r.against == Kind::Nginx.name()) {
-        if let Some((m, lo, _)) = r.ratio("MB/s") {
-            out.push_str(&format!(
-                "  {:<62} {:.2} × nginx (min {:.2}) (target ≥ 0.9): {}\n",
-                r.name,
-                m,
-                lo,
-                verdict(m >= 0.9)
-            ));
-        }
-    }
-    let mut idle: Vec<f64> = idle_cove.map(|k| k as f64 / 1024.0).into_iter().collect();
-    if let Some(r) = find(results, "start-up").next() {
-        idle.extend(
-            r.pairs.iter().filter_map(|p| p[0].metrics.iter().find(|m| m.name == "idle RSS MiB")).map(|m| m.value),
-        );
-        if let Some(ms) = r.median(0, "ready ms") {
-            out.push_str(&format!("  {:<62} {:.1} ms (target < 100): {}\n", r.name, ms, verdict(ms < 100.0)));
-        }
-    }
-    if let Some((med, _, hi)) = summary(idle) {
-        out.push_str(&format!(
-            "  {:<62} median {:.1} MiB, max {:.1} (target ≤ 10): {}\n",
-            "idle RSS",
-            med,
-            hi,
-            verdict(hi <= 10.0)
-        ));
-    }
-    let peak = results
-        .iter()
-        .flat_map(|r| r.pairs.iter().map(move |p| (r, &p[0])))
-        .flat_map(|(r, run)| run.metrics.iter().filter(|m| m.name == "peak RSS MiB").map(move |m| (m.value, &r.name)))
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    if let Some((v, name)) = peak {
-        out.push_str(&format!(
-            "  {:<62} {:.1} MiB, in \"{}\" (target ≤ 48): {}\n",
-            "peak RSS under load (max over all runs, filesystem backend)",
-            v,
-            name,
-            verdict(v <= 48.0)
-        ));
-    }
 }

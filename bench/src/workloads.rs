@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::client::Registry;
 use crate::data::{Blob, Image, Rng};
 use crate::report::{quantile_ms, Run};
-use crate::server::{Kind, Meter};
+use crate::server::{Kind, Meter, Usage};
 use crate::BenchError;
 
 const MIB: u64 = 1 << 20;
@@ -122,6 +122,20 @@ fn loop_run(r: &LoopResult, meter: &Meter, unit: &str) -> Run {
     run.m(&format!("{unit} p99 ms"), quantile_ms(&r.latencies, 0.99), false);
     run.usage(&meter.finish(), "µs/req", r.requests as f64, 1e6);
     run.add_failures(r.failures, r.first_error.clone());
+    run
+}
+
+/// The figures of a loop counted per operation over `elapsed` seconds:
+/// operations per second (named `rate`), `<unit> p50 ms` and `<unit> p99 ms`
+/// latency, CPU in `ms/<unit>`, and the failures.
+fn per_op_run(mut r: LoopResult, elapsed: f64, usage: &Usage, rate: &str, unit: &str) -> Run {
+    r.latencies.sort();
+    let mut run = Run::default();
+    run.m(rate, r.ops as f64 / elapsed, true);
+    run.m(&format!("{unit} p50 ms"), quantile_ms(&r.latencies, 0.5), false);
+    run.m(&format!("{unit} p99 ms"), quantile_ms(&r.latencies, 0.99), false);
+    run.usage(usage, &format!("ms/{unit}"), r.ops as f64, 1e3);
+    run.add_failures(r.failures, r.first_error);
     run
 }
 
@@ -350,13 +364,7 @@ pub async fn push_storm(t: &Target, images: &Arc<Vec<Image>>, parallel: usize, r
     }
     let elapsed = start.elapsed().as_secs_f64();
     let usage = meter.finish();
-    total.latencies.sort();
-    let mut run = Run::default();
-    run.m("images/s", total.ops as f64 / elapsed, true);
-    run.m("image p50 ms", quantile_ms(&total.latencies, 0.5), false);
-    run.m("image p99 ms", quantile_ms(&total.latencies, 0.99), false);
-    run.usage(&usage, "ms/image", total.ops as f64, 1e3);
-    run.add_failures(total.failures, total.first_error);
+    let mut run = per_op_run(total, elapsed, &usage, "images/s", "image");
     for (i, img) in images.iter().enumerate() {
         if let Err(e) =
             t.reg.head_manifest(&format!("storm/r{}", i % 16), &format!("t{run_id}-{i}"), &img.manifest_digest).await
@@ -412,14 +420,7 @@ pub async fn mixed(t: &Target, base: &Image, pushes: &Arc<Vec<Image>>, rate: f64
     }
     let elapsed = start.elapsed().as_secs_f64();
     let usage = meter.finish();
-    r.latencies.sort();
-    let mut run = Run::default();
-    run.m("done ops/s", r.ops as f64 / elapsed, true);
-    run.m("op p50 ms", quantile_ms(&r.latencies, 0.5), false);
-    run.m("op p99 ms", quantile_ms(&r.latencies, 0.99), false);
-    run.usage(&usage, "ms/op", r.ops as f64, 1e3);
-    run.add_failures(r.failures, r.first_error);
-    run
+    per_op_run(r, elapsed, &usage, "done ops/s", "op")
 }
 
 /// One blob GET through the cache or directly, with the expected

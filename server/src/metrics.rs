@@ -6,17 +6,17 @@
 //! the label of the request's parsed route; the
 //! pull-through cache's per-upstream counters, in-flight uploads and fetches
 //! are read when the metrics are scraped.
+//!
+//! This file holds [`Metrics`] and its recording methods; `names` is the
+//! table of every metric's name and help text; `labels` the label sets;
+//! `retention` the retention-run metrics; `body` the byte-counting
+//! response body.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -29,41 +29,17 @@ use cove_core::retention::RetentionReport;
 
 use crate::body::Body;
 
+mod body;
+mod labels;
+mod names;
+mod retention;
+
+use body::CountedBody;
+use labels::{CacheLabels, EndpointLabels, ReasonLabels, ReplicaLabels, RequestLabels, ResultLabels, UpstreamLabels};
+use retention::RetentionMetrics;
+
 /// The `Content-Type` of the rendered metrics.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    endpoint: &'static str,
-    method: String,
-    status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    endpoint: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CacheLabels {
-    upstream: String,
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabels {
-    upstream: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReplicaLabels {
-    replica: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
 
 fn latency_histogram() -> Histogram {
     // 1 ms … ~65 s
@@ -123,11 +99,6 @@ struct ConnectionMetrics {
     open: Gauge,
     refused: Family<ReasonLabels, Counter>,
     limited: Family<ReasonLabels, Counter>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
 }
 
 /// Counts a connection as open until dropped.
@@ -196,147 +167,7 @@ impl Metrics {
             lease_counts: Default::default(),
             registry: PromRegistry::default(),
         };
-        let r = &mut registry;
-        r.register("http_requests", "HTTP requests by endpoint, method and status", m.requests.clone());
-        r.register(
-            "replica_info",
-            "This replica's name (server.replica, default the host name)",
-            m.replica_info.clone(),
-        );
-        r.register("lease_held", "1 while this replica holds the GC/retention lease", m.lease[0].clone());
-        r.register("lease_epoch", "Epoch of this replica's last GC/retention lease", m.lease[1].clone());
-        r.register("lease_acquisitions", "Times this replica took the GC/retention lease", m.lease_counts[0].clone());
-        r.register(
-            "lease_losses",
-            "Times this replica lost the lease before giving it back",
-            m.lease_counts[1].clone(),
-        );
-        r.register(
-            "http_request_duration_seconds",
-            "Time from request to response headers, by endpoint",
-            m.latency.clone(),
-        );
-        r.register(
-            "http_request_bytes",
-            "Request body bytes by endpoint (as declared by Content-Length)",
-            m.bytes_in.clone(),
-        );
-        r.register("http_response_bytes", "Response body bytes sent, by endpoint", m.bytes_out.clone());
-        r.register(
-            "cache_requests",
-            "Pull-through manifest and blob requests by upstream and result (hit, miss, revalidated, stale)",
-            m.cache.clone(),
-        );
-        r.register("upstream_errors", "Failed upstream requests by upstream", m.upstream_errors.clone());
-        r.register(
-            "upstream_rate_limited",
-            "Upstream answers of 429 Too Many Requests, by upstream",
-            m.upstream_rate_limited.clone(),
-        );
-        r.register(
-            "cache_bytes_saved",
-            "Blob bytes served from the cache without fetching them upstream, by upstream",
-            m.cache_bytes_saved.clone(),
-        );
-        r.register(
-            "upstream_bytes_fetched",
-            "Blob bytes fetched from upstream, verified and cached, by upstream",
-            m.upstream_bytes_fetched.clone(),
-        );
-        r.register("uploads_in_progress", "Open upload sessions", m.uploads_in_progress.clone());
-        r.register(
-            "storage_full",
-            "Writes refused with 507 because storage was full (disk, quota or storage.min_free)",
-            m.storage_full.clone(),
-        );
-        r.register(
-            "storage_available_bytes",
-            "Free bytes of the filesystem backend's disk",
-            m.storage_available.clone(),
-        );
-        r.register(
-            "storage_min_free_bytes",
-            "The storage.min_free floor in bytes (pushes are refused below it)",
-            m.storage_min_free.clone(),
-        );
-        r.register(
-            "cache_uncached_misses",
-            "Blob misses streamed to the client but not cached (no room to spool them), by upstream",
-            m.cache_uncached.clone(),
-        );
-        r.register("upstream_fetches_in_flight", "Blob fetches from upstreams in flight", m.fetches_in_flight.clone());
-        r.register(
-            "upstream_healthy",
-            "1 while the upstream answers, 0 while its circuit is open (requests fail at once, cache served)",
-            m.upstream_healthy.clone(),
-        );
-        r.register(
-            "upstream_health_changes",
-            "Healthy/unhealthy transitions of an upstream",
-            m.upstream_health_changes.clone(),
-        );
-        r.register(
-            "upstream_unhealthy_seconds",
-            "Time an upstream spent unhealthy (not answering)",
-            m.upstream_unhealthy_seconds.clone(),
-        );
-        r.register(
-            "upstream_ratelimit_limit",
-            "Pulls per window the upstream announced (ratelimit-limit), as last seen on a manifest response",
-            m.upstream_ratelimit_limit.clone(),
-        );
-        r.register(
-            "upstream_ratelimit_remaining",
-            "Pulls left in the window the upstream announced (ratelimit-remaining), as last seen",
-            m.upstream_ratelimit_remaining.clone(),
-        );
-        r.register(
-            "cache_headroom_skips",
-            "Cached tags served without revalidation because the upstream's rate-limit headroom was below ratelimit_floor",
-            m.cache_headroom_skips.clone(),
-        );
-        r.register("gc_runs", "Garbage collection runs by result", m.gc_runs.clone());
-        r.register("gc_blobs_removed", "Blobs removed by garbage collection", m.gc_blobs_removed.clone());
-        r.register("gc_bytes_freed", "Bytes freed by garbage collection", m.gc_bytes_freed.clone());
-        r.register(
-            "gc_manifests_removed",
-            "Untagged manifests removed by garbage collection",
-            m.gc_manifests_removed.clone(),
-        );
-        r.register(
-            "gc_uploads_removed",
-            "Expired upload sessions removed by garbage collection",
-            m.gc_uploads_removed.clone(),
-        );
-        r.register(
-            "gc_last_success_timestamp_seconds",
-            "Unix time of the last successful garbage collection",
-            m.gc_last_success.clone(),
-        );
-        r.register("storage_blobs", "Committed blobs seen by the last garbage collection", m.storage_blobs.clone());
-        r.register(
-            "storage_bytes",
-            "Bytes of the blobs referenced by manifests, as of the last garbage collection",
-            m.storage_bytes.clone(),
-        );
-        m.retention.register(r);
-        r.register("config_reloads", "Configuration reloads by result (ok, error)", m.config_reloads.clone());
-        r.register(
-            "config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful configuration reload",
-            m.config_last_reload_success.clone(),
-        );
-        r.register("connections_open", "Open client connections", m.connections.open.clone());
-        r.register(
-            "connections_refused",
-            "Connections closed at accept, by reason (untrusted: outside auth.trusted_networks; max_connections)",
-            m.connections.refused.clone(),
-        );
-        r.register(
-            "requests_limited",
-            "Requests refused by a [server] limit, by reason (uploads, uploads_per_source, max_blob_size)",
-            m.connections.limited.clone(),
-        );
+        names::register_all(&m, &mut registry);
         Metrics { registry, ..m }
     }
 
@@ -508,97 +339,10 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// Metrics of retention runs (registered with the others in `/metrics`).
-#[derive(Default)]
-struct RetentionMetrics {
-    runs: Family<ResultLabels, Counter>,
-    evicted_images: Family<UpstreamLabels, Counter>,
-    evicted_bytes: Family<UpstreamLabels, Counter>,
-    tags_removed: Counter,
-    cache_bytes: Family<UpstreamLabels, Gauge>,
-}
-
-impl RetentionMetrics {
-    /// Registers every retention metric in `r` (prefix `cove_`).
-    fn register(&self, r: &mut prometheus_client::registry::Registry) {
-        r.register("retention_runs", "Retention runs by result (ok, dry_run, error)", self.runs.clone());
-        r.register(
-            "retention_evicted_images",
-            "Cached images evicted by retention, by upstream",
-            self.evicted_images.clone(),
-        );
-        r.register(
-            "retention_evicted_bytes",
-            "Bytes freed by cache evictions (manifests and blobs nothing else references), by upstream",
-            self.evicted_bytes.clone(),
-        );
-        r.register("retention_tags_removed", "Tags removed by tag retention policies", self.tags_removed.clone());
-        r.register(
-            "cache_bytes",
-            "Size of an upstream's cache (distinct blob and manifest bytes of its cached images) at the last retention run",
-            self.cache_bytes.clone(),
-        );
-    }
-
-    fn record(&self, result: &Result<RetentionReport, String>) {
-        match result {
-            Ok(r) if r.dry_run => {
-                self.runs.get_or_create(&ResultLabels { result: "dry_run" }).inc();
-            }
-            Ok(r) => {
-                self.runs.get_or_create(&ResultLabels { result: "ok" }).inc();
-                for e in &r.evicted {
-                    let l = UpstreamLabels { upstream: e.upstream.clone() };
-                    self.evicted_images.get_or_create(&l).inc();
-                    self.evicted_bytes.get_or_create(&l).inc_by(e.bytes);
-                }
-                let evicted_tags: usize = r.evicted.iter().map(|e| e.tags.len()).sum();
-                self.tags_removed.inc_by(r.tags_removed.len().saturating_sub(evicted_tags) as u64);
-                for u in &r.upstreams {
-                    let l = UpstreamLabels { upstream: u.host.clone() };
-                    self.cache_bytes.get_or_create(&l).set(i64::try_from(u.bytes).unwrap_or(i64::MAX));
-                }
-            }
-            Err(_) => {
-                self.runs.get_or_create(&ResultLabels { result: "error" }).inc();
-            }
-        }
-    }
-}
-
 /// Brings a counter up to a monotonic total kept elsewhere.
 fn sync_counter(c: &Counter, total: u64) {
     let now = c.get();
     if total > now {
         c.inc_by(total - now);
-    }
-}
-
-/// A response body that counts the data bytes it yields.
-struct CountedBody {
-    inner: Body,
-    counter: Counter,
-}
-
-impl http_body::Body for CountedBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.counter.inc_by(data.len() as u64);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

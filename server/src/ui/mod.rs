@@ -11,6 +11,13 @@
 //! CSRF token and must come from a page of the same origin. Pages are read
 //! from storage only ([`model`]): looking never contacts an upstream.
 //!
+//! This file holds the request flow: [`Ui::handle`] reads the session and
+//! the form, checks origin and CSRF token on every POST, dispatches by path
+//! and turns errors into pages. The rest by job: `login` (the htpasswd form
+//! and the OIDC authorization-code flow), `browse` (the repository, image,
+//! delete, dashboard and dry-run pages behind a session), `response` (the
+//! frame, security headers and cookies of every answer, and the assets).
+//!
 //! [`Access::Browser`]: crate::app::router::Access::Browser
 
 pub mod assets;
@@ -19,22 +26,24 @@ pub mod model;
 pub mod pages;
 pub mod session;
 
-use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+mod browse;
+mod login;
+mod response;
 
-use base64::Engine as _;
-use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::HeaderMap;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use maud::Markup;
 
-use cove_core::{Action, ErrorCode, Identity, Reference, Registry, RegistryError, RepoName};
+use cove_core::{ErrorCode, Identity, Registry, RegistryError, RepoName};
 
 use crate::app::access::Grant;
 use crate::app::request::Query;
 use crate::app::router::UiMethod;
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::conn::body::RequestBody;
 use crate::jobs::gc::GarbageCollector;
 use crate::jobs::retention::RetentionJob;
@@ -57,19 +66,6 @@ pub struct Ui {
     sessions: Sessions,
     /// The OIDC browser login (authorization code + PKCE), under OIDC.
     oidc: Option<cove_auth::oidc_login::BrowserLogin>,
-}
-
-/// The OIDC login's cookie: state, PKCE verifier and where to go after.
-const OIDC_COOKIE: &str = "cove_oidc";
-/// How long a browser may take at the issuer.
-const OIDC_FLOW_SECONDS: u64 = 600;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct OidcFlow {
-    state: String,
-    verifier: String,
-    next: String,
-    expires: u64,
 }
 
 /// What the interface reads and acts on for one request.
@@ -157,7 +153,7 @@ impl Ui {
     ) -> Response<Body> {
         let head = method == UiMethod::Head;
         if path.starts_with("/ui/assets/") {
-            return asset(path, method);
+            return response::asset(path, method);
         }
         let (parts, body) = req.into_parts();
         let forwarded_https = parts.headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes() == b"https");
@@ -276,323 +272,6 @@ impl Ui {
         };
         result.unwrap_or_else(|e| registry_error(&e))
     }
-
-    fn redirect_uri(r: &Req<'_>) -> String {
-        format!("{}://{}/ui/oidc/callback", r.scheme, r.host)
-    }
-
-    /// `GET /ui/login` under OIDC: off to the issuer with a fresh state and
-    /// PKCE verifier, kept in a signed cookie until the browser comes back.
-    async fn oidc_start(&self, r: &mut Req<'_>) -> Reply {
-        let Some(oidc) = &self.oidc else { return Reply::not_found() };
-        let mut state = [0u8; 16];
-        let mut verifier = [0u8; 32];
-        session::random(&mut state);
-        session::random(&mut verifier);
-        let flow = OidcFlow {
-            state: hex::encode(state),
-            verifier: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(verifier),
-            next: safe_next(r.query.get("next")),
-            expires: unix_now() + OIDC_FLOW_SECONDS,
-        };
-        match oidc.authorization_url(&Ui::redirect_uri(r), &flow.state, &flow.verifier).await {
-            Ok(url) => {
-                let value = self.sessions.sign(&serde_json::to_vec(&flow).unwrap_or_default());
-                let secure = if r.scheme == "https" { "; Secure" } else { "" };
-                // Lax: the issuer's redirect back is a cross-site navigation.
-                r.extra_cookies.push(format!(
-                    "{OIDC_COOKIE}={value}; Path=/ui/oidc; HttpOnly; SameSite=Lax; Max-Age={OIDC_FLOW_SECONDS}{secure}"
-                ));
-                Reply::Redirect(url)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "web interface: OIDC issuer unusable");
-                Reply::error(StatusCode::BAD_GATEWAY, "Sign-in not available", "The OIDC issuer could not be reached.")
-            }
-        }
-    }
-
-    /// `GET /ui/oidc/callback?code=…&state=…`: the state must be the one
-    /// this browser was sent with; the code is exchanged (with the PKCE
-    /// verifier) for an ID token, which the API's OIDC authenticator checks.
-    async fn oidc_callback(&self, r: &mut Req<'_>) -> Reply {
-        let Some(oidc) = &self.oidc else { return Reply::not_found() };
-        r.extra_cookies.push(format!("{OIDC_COOKIE}=; Path=/ui/oidc; HttpOnly; SameSite=Lax; Max-Age=0"));
-        let refused = |why: &str| Reply::error(StatusCode::FORBIDDEN, "Sign-in failed", why);
-        if let Some(e) = r.query.get("error") {
-            return refused(&format!("The issuer refused the sign-in: {e}."));
-        }
-        let flow: Option<OidcFlow> = Sessions::cookies(&r.headers, OIDC_COOKIE)
-            .iter()
-            .filter_map(|v| self.sessions.verify(v))
-            .filter_map(|b| serde_json::from_slice::<OidcFlow>(&b).ok())
-            .find(|f| f.expires > unix_now() && Some(f.state.as_str()) == r.query.get("state"));
-        let Some(flow) = flow else {
-            return refused("This sign-in was not started here, or took too long. Start again.");
-        };
-        let code = r.query.get("code").unwrap_or_default().to_owned();
-        let id_token = match oidc.exchange(&code, &flow.verifier, &Ui::redirect_uri(r)).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "web interface: OIDC code exchange failed");
-                return refused("The issuer did not confirm the sign-in.");
-            }
-        };
-        match r.cx.grant.login(&r.headers, r.cx.peer, &format!("Bearer {id_token}")).await {
-            Ok(identity) if identity.is_authenticated() => {
-                tracing::info!(user = identity.name().unwrap_or(""), "web interface: signed in with OIDC");
-                r.session = self.sessions.start(identity);
-                r.set_cookie = true;
-                Reply::Refresh(flow.next)
-            }
-            Ok(_) => refused("The ID token names no user."),
-            Err(e) => refused(&e.message),
-        }
-    }
-
-    /// `POST /ui/login`: the form's user name and password go through the
-    /// API's authenticator as a Basic header.
-    async fn login(&self, r: &mut Req<'_>, form: &Form) -> Reply {
-        let next = safe_next(form.get("next"));
-        let (user, password) = (form.get("username").unwrap_or_default(), form.get("password").unwrap_or_default());
-        let failed = |status: StatusCode, msg: &str, csrf: &str| Reply::Page {
-            status,
-            title: "Sign in".into(),
-            nav: "",
-            body: pages::login(csrf, &next, Some(msg)),
-        };
-        let csrf = self.sessions.csrf_token(&r.session);
-        if user.is_empty() || user.contains(':') {
-            return failed(StatusCode::UNAUTHORIZED, "Wrong user name or password.", &csrf);
-        }
-        let basic = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}").as_bytes())
-        );
-        match r.cx.grant.login(&r.headers, r.cx.peer, &basic).await {
-            Ok(identity) if identity.is_authenticated() => {
-                tracing::info!(user = identity.name().unwrap_or(""), "web interface: signed in");
-                r.session = self.sessions.start(identity);
-                r.set_cookie = true;
-                Reply::Redirect(next)
-            }
-            Ok(_) => failed(StatusCode::UNAUTHORIZED, "Wrong user name or password.", &csrf),
-            Err(e) if e.code == ErrorCode::TooManyRequests => {
-                failed(StatusCode::TOO_MANY_REQUESTS, "Too many failed sign-ins: wait a little and try again.", &csrf)
-            }
-            Err(e) if e.code == ErrorCode::Denied => failed(StatusCode::FORBIDDEN, &e.message, &csrf),
-            Err(_) => failed(StatusCode::UNAUTHORIZED, "Wrong user name or password.", &csrf),
-        }
-    }
-
-    async fn repo_list(&self, r: &Req<'_>) -> Result<Reply, RegistryError> {
-        let filter = r.query.get("q").unwrap_or_default().trim().to_owned();
-        let needle = filter.to_ascii_lowercase();
-        let auth = &r.cx.grant.auth;
-        let id = &r.session.identity;
-        let mut all = model::repositories(r.cx.registry, |n| auth.allows(id, Action::Pull, n)).await?;
-        if !needle.is_empty() {
-            all.retain(|e| e.name.as_str().contains(&needle));
-        }
-        let total = all.len();
-        let (page, pages) = page_of(r.query.get("page"), total, REPOS_PER_PAGE);
-        let mut entries: Vec<model::RepoEntry> =
-            all.into_iter().skip((page - 1) * REPOS_PER_PAGE).take(REPOS_PER_PAGE).collect();
-        for e in &mut entries {
-            e.tags = r.cx.registry.storage().tag_list(&e.name).await.ok().flatten().map(|t| t.len());
-        }
-        let view = pages::ListView { entries: &entries, filter: &filter, page, pages, total };
-        Ok(Reply::page("Repositories", "repos", pages::repo_list(&view)))
-    }
-
-    /// The repository `name` if the identity may pull it (else `None`, the
-    /// same answer as for one that does not exist).
-    fn visible_repo(&self, r: &Req<'_>, name: &str) -> Option<RepoName> {
-        let repo: RepoName = name.parse().ok()?;
-        r.cx.grant.auth.allows(&r.session.identity, Action::Pull, &repo).then_some(repo)
-    }
-
-    fn upstream_of(r: &Req<'_>, repo: &RepoName) -> Option<String> {
-        r.cx.registry.cache().filter(|c| c.is_cached(repo)).map(|_| repo.first_component().to_owned())
-    }
-
-    async fn repo_page(&self, r: &Req<'_>, name: &str) -> Result<Reply, RegistryError> {
-        let Some(repo) = self.visible_repo(r, name) else { return Ok(Reply::not_found()) };
-        let storage = r.cx.registry.storage();
-        let Some(tags) = storage.tag_list(&repo).await? else { return Ok(Reply::not_found()) };
-        let manifests = storage.manifest_list(&repo).await?.len();
-        let total = tags.len();
-        let (page, pages) = page_of(r.query.get("page"), total, TAGS_PER_PAGE);
-        let activity = r.cx.registry.activity().map(|a| a.as_ref());
-        let mut rows = Vec::new();
-        for t in tags.iter().skip((page - 1) * TAGS_PER_PAGE).take(TAGS_PER_PAGE) {
-            rows.push(model::tag_row(storage.as_ref(), activity, &repo, t).await);
-        }
-        let upstream = Ui::upstream_of(r, &repo);
-        let view =
-            pages::RepoView { repo: &repo, upstream: upstream.as_deref(), rows: &rows, page, pages, total, manifests };
-        Ok(Reply::page(repo.to_string(), "repos", pages::repo_page(&view)))
-    }
-
-    async fn image_page(&self, r: &Req<'_>, name: &str) -> Result<Reply, RegistryError> {
-        let Some(repo) = self.visible_repo(r, name) else { return Ok(Reply::not_found()) };
-        let raw_ref = r.query.get("ref").unwrap_or("latest").to_owned();
-        let Ok(reference) = raw_ref.parse::<Reference>() else {
-            return Ok(Reply::error(
-                StatusCode::BAD_REQUEST,
-                "Not a tag or digest",
-                &format!("{raw_ref:?} is neither a tag nor a digest."),
-            ));
-        };
-        let Some(image) = model::image(r.cx.registry.storage().as_ref(), &repo, &reference).await? else {
-            return Ok(Reply::not_found());
-        };
-        let authority = &r.host;
-        let tag = match &reference {
-            Reference::Tag(t) => Some(t.to_string()),
-            Reference::Digest(_) => None,
-        };
-        let cached = Ui::upstream_of(r, &repo).is_some();
-        let pull = pages::PullRefs {
-            by_tag: tag.as_ref().map(|t| format!("{authority}/{repo}:{t}")),
-            by_digest: format!("{authority}/{repo}@{}", image.digest),
-            plain_http: r.scheme == "http",
-            origin: cached.then(|| match &tag {
-                Some(t) => format!("{repo}:{t}"),
-                None => format!("{repo}@{}", image.digest),
-            }),
-        };
-        let can_delete = self.may_delete(r, &repo);
-        let view = pages::ImageView {
-            repo: &repo,
-            reference: &raw_ref,
-            image: &image,
-            pull: &pull,
-            raw: r.query.flag("raw"),
-            can_delete,
-        };
-        Ok(Reply::page(format!("{repo}:{raw_ref}"), "repos", pages::image_page(&view)))
-    }
-
-    /// Delete is offered when the policy allows it and the repository is
-    /// private (cached namespaces are pull-only).
-    fn may_delete(&self, r: &Req<'_>, repo: &RepoName) -> bool {
-        r.cx.grant.auth.allows(&r.session.identity, Action::Delete, repo) && Ui::upstream_of(r, repo).is_none()
-    }
-
-    async fn confirm_delete(&self, r: &Req<'_>, name: &str) -> Result<Reply, RegistryError> {
-        let Some(repo) = self.visible_repo(r, name) else { return Ok(Reply::not_found()) };
-        if !self.may_delete(r, &repo) {
-            return Ok(not_allowed(&r.session.identity, "delete", &repo));
-        }
-        let reference = r.query.get("ref").unwrap_or_default().to_owned();
-        let Ok(parsed) = reference.parse::<Reference>() else { return Ok(Reply::not_found()) };
-        let storage = r.cx.registry.storage();
-        let mut tags_too = Vec::new();
-        if let Reference::Digest(d) = &parsed {
-            for t in storage.tag_list(&repo).await?.unwrap_or_default() {
-                if let Ok(tag) = t.parse() {
-                    if storage.tag_get(&repo, &tag).await?.as_ref() == Some(d) {
-                        tags_too.push(t);
-                    }
-                }
-            }
-        }
-        let body = pages::confirm_delete(&repo, &reference, &self.sessions.csrf_token(&r.session), &tags_too);
-        Ok(Reply::page("Delete", "repos", body))
-    }
-
-    async fn delete(&self, r: &Req<'_>, name: &str, form: &Form) -> Result<Reply, RegistryError> {
-        let Some(repo) = self.visible_repo(r, name) else { return Ok(Reply::not_found()) };
-        if !self.may_delete(r, &repo) {
-            return Ok(not_allowed(&r.session.identity, "delete", &repo));
-        }
-        let reference: Reference = form.get("ref").unwrap_or_default().parse()?;
-        r.cx.registry.delete_manifest(&repo, &reference).await?;
-        tracing::info!(
-            user = r.session.identity.name().unwrap_or("anonymous"),
-            repository = %repo, reference = %reference, "web interface: deleted"
-        );
-        Ok(Reply::Redirect(format!("{}?deleted={}", pages::repo_url(&repo), pages::q(&reference.to_string()))))
-    }
-
-    /// Dry runs are offered to identities the policy lets delete somewhere.
-    async fn may_dry_run(&self, r: &Req<'_>) -> bool {
-        let auth = &r.cx.grant.auth;
-        let repos = r.cx.registry.storage().repo_list().await.unwrap_or_default();
-        repos.iter().any(|repo| auth.allows(&r.session.identity, Action::Delete, repo))
-    }
-
-    async fn dashboard(&self, r: &Req<'_>) -> Result<Reply, RegistryError> {
-        let status = crate::status::status(r.cx.registry, r.cx.gc, r.cx.retention, r.cx.identity).await;
-        let dry = self.may_dry_run(r).await;
-        let body = dashboard::dashboard(&status, dry, &self.sessions.csrf_token(&r.session));
-        Ok(Reply::page("Cache", "dashboard", body))
-    }
-
-    async fn dry_run(&self, r: &Req<'_>, kind: &str) -> Result<Reply, RegistryError> {
-        if !self.may_dry_run(r).await {
-            return Ok(Reply::error(StatusCode::FORBIDDEN, "Not allowed", "Dry runs need delete permission."));
-        }
-        let report = match kind {
-            "gc" => r.cx.gc.run(true).await.map(|x| serde_json::to_value(&x).unwrap_or_default()),
-            "retention" => r.cx.retention.run(true).await.map(|x| serde_json::to_value(&x).unwrap_or_default()),
-            _ => return Ok(Reply::not_found()),
-        }
-        .map_err(|e| RegistryError::internal(format!("{kind} dry run failed: {e}")))?;
-        let auth = &r.cx.grant.auth;
-        let id = &r.session.identity;
-        let visible = |name: &str| name.parse::<RepoName>().is_ok_and(|n| auth.allows(id, Action::Pull, &n));
-        Ok(Reply::page("Dry run", "dashboard", dashboard::dry_run_result(kind, &report, visible)))
-    }
-
-    /// Adds the frame, the security headers and the session cookie.
-    fn respond(&self, r: &Req<'_>, reply: Reply, head: bool) -> Response<Body> {
-        let mut resp = match reply {
-            Reply::Redirect(to) => {
-                let mut resp = Response::new(body::empty());
-                *resp.status_mut() = StatusCode::SEE_OTHER;
-                set(resp.headers_mut(), http::header::LOCATION, &to);
-                resp
-            }
-            Reply::Refresh(to) => {
-                let html = Bytes::from(pages::refresh(&to).into_string());
-                let mut resp = Response::new(if head { body::empty() } else { body::full(html) });
-                set(resp.headers_mut(), http::header::CONTENT_TYPE, "text/html; charset=utf-8");
-                resp
-            }
-            Reply::Page { status, title, nav, body: content } => {
-                let csrf = self.sessions.csrf_token(&r.session);
-                let frame = pages::Frame {
-                    title: &title,
-                    nav,
-                    user: r.session.identity.name(),
-                    csrf: &csrf,
-                    logins: Ui::logins(r),
-                };
-                let html = Bytes::from(pages::layout(&frame, content).into_string());
-                let len = html.len();
-                let mut resp = Response::new(if head { body::empty() } else { body::full(html) });
-                *resp.status_mut() = status;
-                set(resp.headers_mut(), http::header::CONTENT_TYPE, "text/html; charset=utf-8");
-                set(resp.headers_mut(), http::header::CONTENT_LENGTH, &len.to_string());
-                resp
-            }
-        };
-        let h = resp.headers_mut();
-        security_headers(h);
-        set(h, http::header::CACHE_CONTROL, "no-store");
-        set(h, http::header::VARY, "Cookie");
-        if r.set_cookie {
-            set(h, http::header::SET_COOKIE, &self.sessions.set_cookie(&r.session, r.scheme == "https"));
-        }
-        for c in &r.extra_cookies {
-            if let Ok(v) = HeaderValue::from_str(c) {
-                h.append(http::header::SET_COOKIE, v);
-            }
-        }
-        resp
-    }
 }
 
 impl Req<'_> {
@@ -601,10 +280,6 @@ impl Req<'_> {
         let pairs: Vec<String> = self.query.pairs().map(|(k, v)| format!("{}={}", pages::q(k), pages::q(v))).collect();
         (!pairs.is_empty()).then(|| pairs.join("&"))
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A form's fields.
@@ -681,51 +356,10 @@ fn registry_error(e: &RegistryError) -> Reply {
     }
 }
 
-fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(name, v);
-    }
-}
-
-/// The headers every interface response carries.
-fn security_headers(h: &mut HeaderMap) {
-    set(h, http::header::CONTENT_SECURITY_POLICY, CSP);
-    set(h, http::header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, http::header::X_FRAME_OPTIONS, "DENY");
-    set(h, http::header::REFERRER_POLICY, "same-origin");
-    set(h, HeaderName::from_static("cross-origin-opener-policy"), "same-origin");
-    set(h, HeaderName::from_static("cross-origin-resource-policy"), "same-origin");
-}
-
-/// An embedded asset, cached by browsers for a year (its name changes
-/// with its content).
-fn asset(path: &str, method: UiMethod) -> Response<Body> {
-    let mut resp = match (assets::find(path), method) {
-        (Some(a), UiMethod::Get | UiMethod::Head) => {
-            let mut resp = Response::new(if method == UiMethod::Head {
-                body::empty()
-            } else {
-                body::full(Bytes::from_static(a.body.as_bytes()))
-            });
-            let h = resp.headers_mut();
-            set(h, http::header::CONTENT_TYPE, a.content_type);
-            set(h, http::header::CONTENT_LENGTH, &a.body.len().to_string());
-            set(h, http::header::CACHE_CONTROL, "public, max-age=31536000, immutable");
-            resp
-        }
-        _ => {
-            let mut resp = Response::new(body::full(Bytes::from_static(b"not found\n")));
-            *resp.status_mut() = StatusCode::NOT_FOUND;
-            set(resp.headers_mut(), http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
-            resp
-        }
-    };
-    security_headers(resp.headers_mut());
-    resp
-}
-
 #[cfg(test)]
 mod tests {
+    use http::header::HeaderValue;
+
     use super::*;
 
     #[test]

@@ -1,0 +1,118 @@
+//! How big a run is: the [`Mode`] picked on the command line and the
+//! [`Plan`] of sizes and repetitions it stands for.
+
+use std::time::Duration;
+
+use crate::MIB;
+
+/// How big a run is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Smoke,
+    Short,
+    Full,
+}
+
+impl Mode {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::Smoke => "smoke",
+            Mode::Short => "short",
+            Mode::Full => "full",
+        }
+    }
+}
+
+/// Sizes and repetitions of one mode.
+pub(crate) struct Plan {
+    /// Bytes of random data every blob is cut from.
+    pub(crate) pool: usize,
+    pub(crate) pairs: usize,
+    pub(crate) dur: Duration,
+    pub(crate) workers: usize,
+    pub(crate) blob_count: usize,
+    pub(crate) blob_large_max: u64,
+    pub(crate) blob_huge: u64,
+    pub(crate) blob_requests: usize,
+    pub(crate) push_size: u64,
+    pub(crate) push_pairs: usize,
+    pub(crate) storm_images: usize,
+    pub(crate) mixed_rates: Vec<f64>,
+    pub(crate) mixed_dur: Duration,
+    pub(crate) mixed_pairs: usize,
+    pub(crate) startup_repos: usize,
+    pub(crate) startup_pairs: usize,
+    pub(crate) cache_size: u64,
+    pub(crate) cache_pairs: usize,
+    pub(crate) disk_bytes: u64,
+}
+
+impl Plan {
+    pub(crate) fn new(mode: Mode) -> Plan {
+        match mode {
+            Mode::Smoke => Plan {
+                pool: 64 << 20,
+                pairs: 1,
+                dur: Duration::from_millis(300),
+                workers: 4,
+                blob_count: 8,
+                blob_large_max: 12 * MIB,
+                blob_huge: 16 * MIB,
+                blob_requests: 16,
+                push_size: 16 * MIB,
+                push_pairs: 1,
+                storm_images: 4,
+                mixed_rates: vec![20.0],
+                mixed_dur: Duration::from_millis(500),
+                mixed_pairs: 1,
+                startup_repos: 20,
+                startup_pairs: 1,
+                cache_size: 8 * MIB,
+                cache_pairs: 1,
+                disk_bytes: 16 * MIB,
+            },
+            Mode::Short => Plan {
+                pool: 1 << 30,
+                pairs: 3,
+                dur: Duration::from_secs(2),
+                workers: 8,
+                blob_count: 20,
+                blob_large_max: 40 * MIB,
+                blob_huge: 160 * MIB,
+                blob_requests: 80,
+                push_size: 1 << 30,
+                push_pairs: 2,
+                storm_images: 48,
+                mixed_rates: vec![25.0, 100.0, 200.0],
+                mixed_dur: Duration::from_secs(3),
+                mixed_pairs: 2,
+                startup_repos: 10_000,
+                startup_pairs: 3,
+                cache_size: 64 * MIB,
+                cache_pairs: 3,
+                disk_bytes: 512 * MIB,
+            },
+            Mode::Full => Plan {
+                pool: 1 << 30,
+                pairs: 5,
+                dur: Duration::from_secs(5),
+                workers: 8,
+                blob_count: 40,
+                blob_large_max: 100 * MIB,
+                blob_huge: 1 << 30,
+                blob_requests: 300,
+                push_size: 1 << 30,
+                push_pairs: 4,
+                storm_images: 200,
+                mixed_rates: vec![25.0, 50.0, 100.0, 200.0, 400.0],
+                mixed_dur: Duration::from_secs(8),
+                mixed_pairs: 3,
+                startup_repos: 10_000,
+                startup_pairs: 5,
+                cache_size: 256 * MIB,
+                cache_pairs: 5,
+                disk_bytes: 1 << 30,
+            },
+        }
+    }
+}
