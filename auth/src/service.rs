@@ -157,8 +157,19 @@ impl AuthService {
             auth.token.realm.clone().or_else(|| public_url.map(|u| format!("{}/token", u.trim_end_matches('/'))));
         let limiter = FailureLimiter::new(auth.rate_limit.max_failures, auth.rate_limit.window);
         tracing::info!(kind = auth.kind.as_str(), token_realm = ?realm, "authentication configured");
-        let realm = realm.map(|r| r.replace('"', ""));
-        Ok(AuthService { boundary, authenticator, policy: Arc::new(policy), tokens, limiter, realm })
+        Ok(AuthService::new(boundary, authenticator, Arc::new(policy), tokens, limiter, realm))
+    }
+
+    /// Assembles a service from parts (custom authenticators, tests).
+    pub fn new(
+        boundary: NetworkBoundary,
+        authenticator: Arc<dyn Authenticator>,
+        policy: Arc<dyn AccessPolicy>,
+        tokens: TokenIssuer,
+        limiter: FailureLimiter,
+        realm: Option<String>,
+    ) -> Self {
+        AuthService { boundary, authenticator, policy, tokens, limiter, realm: realm.map(|r| r.replace('"', "")) }
     }
 
     /// The token signing keys (the web interface derives its session key
