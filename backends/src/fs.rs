@@ -45,7 +45,6 @@
 //!   tags differing only in case share one file.
 
 mod atomic;
-mod meta;
 mod pipe;
 mod space;
 mod uploads;
@@ -58,9 +57,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use cove_core::manifest::Descriptor;
-use cove_core::storage::{layout, Layout, StoredManifest, UploadInfo};
-use cove_core::{ByteRange, ByteStream, Digest, DigestHasher, RepoName, Storage, StorageError, Tag};
+use bytes::Bytes;
+use cove_core::storage::{layout, Capabilities, Driver, Layout, Listing, UploadInfo};
+use cove_core::{ByteRange, ByteStream, Digest, DigestHasher, RepoName, StorageError};
 
 use atomic::TempFile;
 
@@ -183,32 +182,13 @@ impl FsStorage {
 const L: Layout = Layout::FILESYSTEM;
 
 impl Inner {
+    /// The path of a layout name.
     fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
         self.path(&L.blob(d))
-    }
-
-    fn repo_dir(&self, repo: &RepoName) -> PathBuf {
-        self.path(&L.repo(repo))
-    }
-
-    fn manifest_path(&self, repo: &RepoName, d: &Digest) -> PathBuf {
-        self.path(&L.manifest(repo, d))
-    }
-
-    fn tag_path(&self, repo: &RepoName, tag: &Tag) -> PathBuf {
-        self.path(&L.tag(repo, tag))
-    }
-
-    fn link_path(&self, repo: &RepoName, d: &Digest) -> PathBuf {
-        self.path(&L.link(repo, d))
-    }
-
-    fn referrer_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
-        self.path(&L.referrers(repo, subject))
     }
 }
 
@@ -238,56 +218,17 @@ fn verify(
 }
 
 #[async_trait::async_trait]
-impl Storage for FsStorage {
+impl Driver for FsStorage {
     fn kind(&self) -> &'static str {
         "filesystem"
     }
 
-    fn capabilities(&self) -> cove_core::storage::Capabilities {
-        cove_core::storage::Capabilities::FILESYSTEM
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::FILESYSTEM
     }
 
-    async fn state_put(&self, name: &str, bytes: bytes::Bytes) -> Result<(), StorageError> {
-        let path = L.state(name)?;
-        self.run(move |inner| {
-            // Shared state holds secrets (signing keys): owner-only.
-            let mut tmp = TempFile::create(&inner.tmp)?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt as _;
-                if let Some(f) = tmp.file() {
-                    f.set_permissions(fs::Permissions::from_mode(0o600))?;
-                }
-            }
-            io::Write::write_all(&mut tmp, &bytes)?;
-            tmp.persist(&inner.path(&path))?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn state_get(&self, name: &str) -> Result<Option<bytes::Bytes>, StorageError> {
-        let path = L.state(name)?;
-        self.run(move |inner| Ok(atomic::read_if_exists(&inner.path(&path))?.map(bytes::Bytes::from))).await
-    }
-
-    async fn state_delete(&self, name: &str) -> Result<bool, StorageError> {
-        let path = L.state(name)?;
-        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.path(&path))?)).await
-    }
-
-    async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
-        let path = L.state(dir)?;
-        self.run(move |inner| {
-            let dir = inner.path(&path);
-            let mut names: Vec<String> = atomic::list_names(&dir)?
-                .into_iter()
-                .filter(|n| cove_core::storage::valid_state_name(n) && dir.join(n).is_file())
-                .collect();
-            names.sort();
-            Ok(names)
-        })
-        .await
+    fn layout(&self) -> Layout {
+        L
     }
 
     async fn check(&self) -> Result<(), StorageError> {
@@ -309,21 +250,19 @@ impl Storage for FsStorage {
         self.run(|inner| Ok(Some(inner.space.space()?))).await
     }
 
-    // ---- blobs -------------------------------------------------------------
-
-    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        let d = digest.clone();
+    async fn stat(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        let name = name.to_owned();
         self.run(move |inner| {
-            Ok(not_found_as_none(fs::metadata(inner.blob_path(&d)))?.filter(|m| m.is_file()).map(|m| m.len()))
+            Ok(not_found_as_none(fs::metadata(inner.path(&name)))?.filter(|m| m.is_file()).map(|m| m.len()))
         })
         .await
     }
 
-    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
-        let d = digest.clone();
+    async fn read(&self, name: &str, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
+        let name = name.to_owned();
         let (file, size) = self
             .run(move |inner| {
-                let f = not_found_as_none(fs::File::open(inner.blob_path(&d)))?.ok_or(StorageError::NotFound)?;
+                let f = not_found_as_none(fs::File::open(inner.path(&name)))?.ok_or(StorageError::NotFound)?;
                 let size = f.metadata()?.len();
                 Ok((f, size))
             })
@@ -338,14 +277,89 @@ impl Storage for FsStorage {
         Ok(pipe::read_stream(file, start, len))
     }
 
-    async fn blob_write(
+    async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
+        let name = name.to_owned();
+        self.run(move |inner| Ok(atomic::read_if_exists(&inner.path(&name))?.map(Bytes::from))).await
+    }
+
+    /// Through a fsynced temp file renamed into place; an empty marker is
+    /// created directly (`open(O_CREAT)` is atomic by itself). Shared state
+    /// holds secrets (signing keys): owner-only.
+    async fn put(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
+        let name = name.to_owned();
+        let secret = name.starts_with(L.shared) && name.as_bytes().get(L.shared.len()) == Some(&b'/');
+        self.run(move |inner| {
+            let dest = inner.path(&name);
+            if bytes.is_empty() {
+                return Ok(atomic::touch(&dest)?);
+            }
+            let mut tmp = TempFile::create(&inner.tmp)?;
+            #[cfg(unix)]
+            if secret {
+                use std::os::unix::fs::PermissionsExt as _;
+                if let Some(f) = tmp.file() {
+                    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = secret;
+            io::Write::write_all(&mut tmp, &bytes)?;
+            tmp.persist(&dest)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<bool, StorageError> {
+        let name = name.to_owned();
+        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.path(&name))?)).await
+    }
+
+    /// Symbolic links are not followed, as nothing in the layout is one.
+    async fn list(&self, dir: &str) -> Result<Listing, StorageError> {
+        let dir = dir.to_owned();
+        self.run(move |inner| {
+            let mut out = Listing::default();
+            let entries = match fs::read_dir(inner.path(&dir)) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(e.into()),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => out.dirs.push(name),
+                    Ok(t) if t.is_file() => out.files.push(name),
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn walk(&self, dir: &str) -> Result<Vec<Vec<String>>, StorageError> {
+        let dir = dir.to_owned();
+        self.run(move |inner| walk_files(&inner.path(&dir), false)).await
+    }
+
+    async fn any_below(&self, dir: &str) -> Result<bool, StorageError> {
+        let dir = dir.to_owned();
+        self.run(move |inner| Ok(!walk_files(&inner.path(&dir), true)?.is_empty())).await
+    }
+
+    async fn write_verified(
         &self,
+        name: &str,
         digest: &Digest,
         body: ByteStream,
         expected_size: Option<u64>,
     ) -> Result<u64, StorageError> {
         let hasher = DigestHasher::new(digest.algorithm());
-        if self.blob_size(digest).await?.is_some() {
+        if Driver::stat(self, name).await?.is_some() {
             // Already stored: verify the body without writing it again.
             let out = pipe::pump(
                 body,
@@ -374,14 +388,14 @@ impl Storage for FsStorage {
         let size = out.size;
         let checked = out.result.and_then(|()| verify(size, out.hasher, digest, expected_size));
         let (writer, flusher) = (out.writer, out.token);
-        let d = digest.clone();
+        let name = name.to_owned();
         // Persist, or drop (remove) the temp file, on a blocking thread.
         self.run(move |inner| {
             let flushed = flusher.map(pipe::Flusher::finish).unwrap_or(Ok(()));
             checked?;
             flushed?;
             let tmp = writer.ok_or_else(|| StorageError::Backend("temp file lost".into()))?.inner;
-            let dest = inner.blob_path(&d);
+            let dest = inner.path(&name);
             tmp.persist(&dest)?;
             if let Some(parent) = dest.parent() {
                 atomic::sync_dir(parent)?;
@@ -391,10 +405,12 @@ impl Storage for FsStorage {
         .await
     }
 
-    async fn blob_import(&self, digest: &Digest, path: &Path, size: u64) -> Result<u64, StorageError> {
-        let (d, src) = (digest.clone(), path.to_path_buf());
+    /// Renames the file into place (copied through `tmp/` only across
+    /// filesystems).
+    async fn import(&self, name: &str, _digest: &Digest, path: &Path, size: u64) -> Result<u64, StorageError> {
+        let (name, src) = (name.to_owned(), path.to_path_buf());
         self.run(move |inner| {
-            let dest = inner.blob_path(&d);
+            let dest = inner.path(&name);
             if let Some(m) = not_found_as_none(fs::metadata(&dest))?.filter(|m| m.is_file()) {
                 // Already stored (content addressed): nothing to do.
                 return Ok(m.len());
@@ -411,49 +427,6 @@ impl Storage for FsStorage {
         })
         .await
     }
-
-    async fn blob_delete(&self, digest: &Digest) -> Result<bool, StorageError> {
-        let d = digest.clone();
-        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.blob_path(&d))?)).await
-    }
-
-    async fn blob_list(&self) -> Result<Vec<Digest>, StorageError> {
-        self.run(|inner| {
-            let mut out = Vec::new();
-            for alg in atomic::list_names(&inner.blobs)? {
-                let alg_dir = inner.blobs.join(&alg);
-                for fan in atomic::list_names(&alg_dir)? {
-                    for hex in atomic::list_names(&alg_dir.join(&fan))? {
-                        out.extend(L.blob_from_parts(&[&alg, &fan, &hex]));
-                    }
-                }
-            }
-            out.sort();
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<(), StorageError> {
-        let (r, d) = (repo.clone(), digest.clone());
-        self.run(move |inner| Ok(atomic::touch(&inner.link_path(&r, &d))?)).await
-    }
-
-    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
-        let (r, d) = (repo.clone(), digest.clone());
-        self.run(move |inner| {
-            let linked = not_found_as_none(fs::metadata(inner.link_path(&r, &d)))?.is_some();
-            Ok(linked && not_found_as_none(fs::metadata(inner.blob_path(&d)))?.is_some())
-        })
-        .await
-    }
-
-    async fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
-        let (r, d) = (repo.clone(), digest.clone());
-        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.link_path(&r, &d))?)).await
-    }
-
-    // ---- uploads -----------------------------------------------------------
 
     async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
         self.start_session(repo).await
@@ -478,154 +451,42 @@ impl Storage for FsStorage {
     async fn upload_list(&self) -> Result<Vec<UploadInfo>, StorageError> {
         self.list_sessions().await
     }
+}
 
-    // ---- manifests, tags, referrers ----------------------------------------
-
-    async fn manifest_put(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        manifest: &StoredManifest,
-    ) -> Result<(), StorageError> {
-        self.put_manifest(repo, digest, manifest).await
+/// The files below `dir` as name parts relative to it (`first_only`: stop
+/// at the first one found, an existence check). Missing directories, and
+/// entries removed during the walk, are skipped.
+fn walk_files(dir: &Path, first_only: bool) -> Result<Vec<Vec<String>>, StorageError> {
+    let mut out = Vec::new();
+    let mut pending: Vec<Vec<String>> = vec![Vec::new()];
+    while let Some(rel) = pending.pop() {
+        let here = rel.iter().fold(dir.to_path_buf(), |p, c| p.join(c));
+        let entries = match fs::read_dir(&here) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let mut parts = rel.clone();
+            parts.push(name);
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(parts),
+                Ok(t) if t.is_file() => {
+                    out.push(parts);
+                    if first_only {
+                        return Ok(out);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
-
-    async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>, StorageError> {
-        self.get_manifest(repo, digest).await
-    }
-
-    async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
-        let (r, d) = (repo.clone(), digest.clone());
-        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.manifest_path(&r, &d))?)).await
-    }
-
-    async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError> {
-        let r = repo.clone();
-        self.run(move |inner| meta::manifest_digests(&inner.repo_dir(&r), false)).await
-    }
-
-    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StorageError> {
-        self.get_tag(repo, tag).await
-    }
-
-    async fn tag_put(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<(), StorageError> {
-        let (r, t, d) = (repo.clone(), tag.clone(), layout::encode_tag(digest));
-        self.run(move |inner| Ok(atomic::write_atomic(&inner.tmp, &inner.tag_path(&r, &t), &[d.as_bytes()])?)).await
-    }
-
-    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
-        let (r, t) = (repo.clone(), tag.clone());
-        self.run(move |inner| Ok(atomic::remove_if_exists(&inner.tag_path(&r, &t))?)).await
-    }
-
-    async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
-        self.list_tags(repo).await
-    }
-
-    /// The directory holds the tags unordered, so a page reads them all
-    /// (10,000 tags: a few milliseconds).
-    async fn tag_page(
-        &self,
-        repo: &RepoName,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Option<Vec<String>>, StorageError> {
-        Ok(self
-            .list_tags(repo)
-            .await?
-            .map(|tags| tags.into_iter().filter(|t| after.is_none_or(|a| t.as_str() > a)).take(limit).collect()))
-    }
-
-    async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
-        self.run(|inner| meta::repo_page(&inner.repos, None, usize::MAX)).await
-    }
-
-    async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
-        let after = after.map(str::to_owned);
-        self.run(move |inner| meta::repo_page(&inner.repos, after.as_deref(), limit)).await
-    }
-
-    async fn referrer_put(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-        descriptor: &Descriptor,
-    ) -> Result<(), StorageError> {
-        self.put_referrer(repo, subject, descriptor).await
-    }
-
-    async fn referrer_delete(&self, repo: &RepoName, subject: &Digest, referrer: &Digest) -> Result<(), StorageError> {
-        let (r, s, d) = (repo.clone(), subject.clone(), referrer.clone());
-        self.run(move |inner| {
-            let path = inner.referrer_dir(&r, &s).join(L.referrer_name(&d));
-            atomic::remove_if_exists(&path)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
-        self.list_referrers(repo, subject).await
-    }
+    Ok(out)
 }
 
 #[cfg(test)]
-mod import_tests {
-    use super::*;
-
-    fn data(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 31 % 251) as u8).collect()
-    }
-
-    /// A spool beside the blobs is renamed into place (not copied): a handle
-    /// opened before the import still reads it, and nothing is left in tmp/.
-    #[tokio::test]
-    async fn import_on_the_same_filesystem_renames() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = FsStorage::open(dir.path().join("store")).expect("open");
-        let spool_dir = dir.path().join("store").join("spool");
-        fs::create_dir_all(&spool_dir).expect("spool dir");
-        let bytes = data(3_000_000);
-        let d = Digest::sha256_of(&bytes);
-        let spool = spool_dir.join("x");
-        fs::write(&spool, &bytes).expect("spool");
-        let reader = fs::File::open(&spool).expect("open spool");
-        assert_eq!(store.blob_import(&d, &spool, bytes.len() as u64).await.expect("import"), 3_000_000);
-        assert!(!spool.exists(), "the spool file was moved, not copied");
-        let blob = store.inner.blob_path(&d);
-        assert_eq!(fs::read(&blob).expect("blob"), bytes);
-        let mut again = Vec::new();
-        io::Read::read_to_end(&mut &reader, &mut again).expect("read through the old handle");
-        assert_eq!(again, bytes, "a reader's handle survives the rename");
-        assert!(atomic::list_names(&dir.path().join("store").join("tmp")).expect("tmp").is_empty());
-    }
-
-    /// Across filesystems (/dev/shm is tmpfs on Linux) the file is copied
-    /// through tmp/ and left where it was. Skipped where no second
-    /// filesystem is at hand.
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn import_across_filesystems_copies() {
-        use std::os::unix::fs::MetadataExt;
-        let shm = Path::new("/dev/shm");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let other = match fs::metadata(shm) {
-            Ok(m) if m.is_dir() && m.dev() != fs::metadata(dir.path()).expect("stat").dev() => {
-                tempfile::tempdir_in(shm).expect("tempdir in /dev/shm")
-            }
-            _ => {
-                eprintln!("no second filesystem at /dev/shm: cross-device import not tested here");
-                return;
-            }
-        };
-        let store = FsStorage::open(dir.path()).expect("open");
-        let bytes = data(2_500_000);
-        let d = Digest::sha256_of(&bytes);
-        let spool = other.path().join("x");
-        fs::write(&spool, &bytes).expect("spool");
-        assert_eq!(store.blob_import(&d, &spool, bytes.len() as u64).await.expect("import"), 2_500_000);
-        assert_eq!(fs::read(store.inner.blob_path(&d)).expect("blob"), bytes);
-        assert_eq!(fs::read(&spool).expect("source left in place"), bytes);
-        assert!(atomic::list_names(&dir.path().join("tmp")).expect("tmp").is_empty(), "no temp file left");
-    }
-}
+mod import_tests;

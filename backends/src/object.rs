@@ -57,14 +57,11 @@ mod config;
 mod keys;
 mod upload;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cove_core::manifest::Descriptor;
-use cove_core::storage::layout::{self, Layout};
-use cove_core::storage::{RepoWalk, StoredManifest, UploadInfo};
-use cove_core::{ByteRange, ByteStream, Digest, RepoName, Storage, StorageError, Tag};
+use cove_core::storage::{Capabilities, Driver, Layout, Listing, UploadInfo};
+use cove_core::{ByteRange, ByteStream, Digest, RepoName, StorageError};
 use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
@@ -208,120 +205,26 @@ impl ObjectStorage {
         let metas: Vec<_> = self.store.list(Some(base)).try_collect().await.map_err(map_err)?;
         Ok(metas.iter().filter_map(|m| self.keys.rel(base, &m.location)).collect())
     }
-
-    async fn any_under(&self, base: &Path) -> Result<bool, StorageError> {
-        match self.store.list(Some(base)).next().await {
-            None => Ok(false),
-            Some(Ok(_)) => Ok(true),
-            Some(Err(e)) => Err(map_err(e)),
-        }
-    }
-
-    /// The directory of repository-style name `name` (`""`: the root).
-    fn repo_dir_path(&self, name: &str) -> Path {
-        name.split('/').filter(|c| !c.is_empty()).fold(self.keys.at(layout::REPOSITORIES), |p, c| p.join(c))
-    }
-
-    /// Lists one directory of `repositories/` (one delimiter listing):
-    /// whether it holds manifests, and its child directories that may be
-    /// repository components.
-    async fn list_repo_dir(&self, name: String) -> Result<(String, bool, Vec<String>), StorageError> {
-        let listed = self.store.list_with_delimiter(Some(&self.repo_dir_path(&name))).await.map_err(map_err)?;
-        let mut has_manifests = false;
-        let mut children = Vec::new();
-        for child in listed.common_prefixes {
-            match child.filename() {
-                Some(layout::MANIFESTS) => has_manifests = true,
-                Some(last) if !last.starts_with('_') => children.push(last.to_owned()),
-                _ => {}
-            }
-        }
-        Ok((name, has_manifests, children))
-    }
-
-    /// One page of repositories: the [`RepoWalk`] over delimiter listings,
-    /// one request per directory on the way to `after` and per directory of
-    /// the page, up to [`LIST_AHEAD`] of them in flight.
-    async fn repo_page_walk(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
-        let mut walk = RepoWalk::new(after);
-        let mut listed: HashMap<String, (bool, Vec<String>)> = HashMap::new();
-        let mut out = Vec::new();
-        let mut requests = 0usize;
-        while out.len() < limit {
-            let Some(name) = walk.next_dir() else {
-                break;
-            };
-            let (has_manifests, children) = match listed.remove(&name) {
-                Some(l) => l,
-                None => {
-                    // List the next few pending directories along with this
-                    // one; they stay pending and are visited in order.
-                    let mut batch = vec![name.clone()];
-                    while batch.len() < LIST_AHEAD.min(limit.saturating_sub(out.len()).saturating_add(1)) {
-                        match walk.next_dir() {
-                            Some(n) => batch.push(n),
-                            None => break,
-                        }
-                    }
-                    requests += batch.len();
-                    let results =
-                        futures::future::try_join_all(batch.iter().map(|n| self.list_repo_dir(n.clone()))).await?;
-                    walk.requeue(batch.into_iter().skip(1));
-                    for (n, m, c) in results {
-                        listed.insert(n, (m, c));
-                    }
-                    listed.remove(&name).unwrap_or_default()
-                }
-            };
-            if let Some(found) = walk.visit(&name, has_manifests, children) {
-                if let Ok(r) = found.parse::<RepoName>() {
-                    out.push(r);
-                }
-            }
-        }
-        tracing::debug!(after, limit, found = out.len(), requests, "repository page listed");
-        Ok(out)
-    }
 }
 
-/// How many directory listings one page keeps in flight.
-const LIST_AHEAD: usize = 16;
+/// Whether `name` is a key part that sorts as itself (no percent-encoding),
+/// so a listing may start at it.
+fn plain_key_part(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
 
 #[async_trait::async_trait]
-impl Storage for ObjectStorage {
+impl Driver for ObjectStorage {
     fn kind(&self) -> &'static str {
         self.kind
     }
 
-    fn capabilities(&self) -> cove_core::storage::Capabilities {
-        cove_core::storage::Capabilities::OBJECT
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::OBJECT
     }
 
-    async fn state_put(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
-        // One PUT of one object: atomic, last writer wins.
-        self.put_bytes(&self.keys.state(name)?, bytes).await
-    }
-
-    async fn state_get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
-        self.get_bytes(&self.keys.state(name)?).await
-    }
-
-    async fn state_delete(&self, name: &str) -> Result<bool, StorageError> {
-        self.delete_existing(&self.keys.state(name)?).await
-    }
-
-    async fn state_list(&self, dir: &str) -> Result<Vec<String>, StorageError> {
-        let mut names: Vec<String> = self
-            .list_rel(&self.keys.state(dir)?)
-            .await?
-            .into_iter()
-            .filter_map(|p| match <[String; 1]>::try_from(p) {
-                Ok([n]) if cove_core::storage::valid_state_name(&n) => Some(n),
-                _ => None,
-            })
-            .collect();
-        names.sort();
-        Ok(names)
+    fn layout(&self) -> Layout {
+        L
     }
 
     async fn check(&self) -> Result<(), StorageError> {
@@ -330,51 +233,89 @@ impl Storage for ObjectStorage {
         self.store.delete(&p).await.map_err(map_err)
     }
 
-    /// Object stores have no local capacity to measure: no floor.
-    async fn space(&self) -> Result<Option<cove_core::storage::Space>, StorageError> {
-        Ok(None)
+    async fn stat(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        self.head_size(&self.keys.at(name)).await
     }
 
-    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        self.head_size(&self.keys.blob(digest)).await
-    }
-
-    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
+    async fn read(&self, name: &str, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
         let opts = GetOptions { range: range.map(|r| GetRange::Bounded(r.start..r.end + 1)), ..Default::default() };
-        let got = self.store.get_opts(&self.keys.blob(digest), opts).await.map_err(map_err)?;
+        let got = self.store.get_opts(&self.keys.at(name), opts).await.map_err(map_err)?;
         Ok(Box::pin(got.into_stream().map_err(|e| std::io::Error::other(e.to_string()))))
     }
 
-    async fn blob_write(
+    async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
+        self.get_bytes(&self.keys.at(name)).await
+    }
+
+    /// One PUT of one object: atomic, last writer wins.
+    async fn put(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
+        self.put_bytes(&self.keys.at(name), bytes).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<bool, StorageError> {
+        self.delete_existing(&self.keys.at(name)).await
+    }
+
+    /// One delimiter listing.
+    async fn list(&self, dir: &str) -> Result<Listing, StorageError> {
+        let listed = self.store.list_with_delimiter(Some(&self.keys.at(dir))).await.map_err(map_err)?;
+        let name = |p: &Path| p.filename().map(str::to_owned);
+        Ok(Listing {
+            files: listed.objects.iter().filter_map(|m| name(&m.location)).collect(),
+            dirs: listed.common_prefixes.iter().filter_map(name).collect(),
+        })
+    }
+
+    async fn walk(&self, dir: &str) -> Result<Vec<Vec<String>>, StorageError> {
+        self.list_rel(&self.keys.at(dir)).await
+    }
+
+    /// One listing request, stopped at the first object.
+    async fn any_below(&self, dir: &str) -> Result<bool, StorageError> {
+        match self.store.list(Some(&self.keys.at(dir))).next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(map_err(e)),
+        }
+    }
+
+    /// Lists from the key of `after` on (the store lists keys in order), so
+    /// a page costs one listing request per 1,000 names it returns.
+    async fn list_after(&self, dir: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, StorageError> {
+        let base = self.keys.at(dir);
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        // Any other `after` (not a plain key part) lists from the start.
+        let offset = after.filter(|a| plain_key_part(a)).map(|a| base.clone().join(a));
+        let mut listed = match &offset {
+            Some(o) => self.store.list_with_offset(Some(&base), o),
+            None => self.store.list(Some(&base)),
+        };
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(map_err)?;
+            let Some(Ok([n])) = self.keys.rel(&base, &meta.location).map(<[String; 1]>::try_from) else {
+                continue;
+            };
+            if after.is_none_or(|a| n.as_str() > a) {
+                out.push(n);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write_verified(
         &self,
+        name: &str,
         digest: &Digest,
         body: ByteStream,
         expected_size: Option<u64>,
     ) -> Result<u64, StorageError> {
-        self.write_blob(digest, body, expected_size).await
-    }
-
-    async fn blob_delete(&self, digest: &Digest) -> Result<bool, StorageError> {
-        self.delete_existing(&self.keys.blob(digest)).await
-    }
-
-    async fn blob_list(&self) -> Result<Vec<Digest>, StorageError> {
-        let mut out: Vec<Digest> =
-            self.list_rel(&self.keys.at(layout::BLOBS)).await?.iter().filter_map(|p| L.blob_from_parts(p)).collect();
-        out.sort();
-        Ok(out)
-    }
-
-    async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<(), StorageError> {
-        self.put_bytes(&self.keys.link(repo, digest), Bytes::new()).await
-    }
-
-    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
-        Ok(self.head_size(&self.keys.link(repo, digest)).await?.is_some() && self.blob_size(digest).await?.is_some())
-    }
-
-    async fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
-        self.delete_existing(&self.keys.link(repo, digest)).await
+        self.write_blob(self.keys.at(name), digest, body, expected_size).await
     }
 
     async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
@@ -399,147 +340,5 @@ impl Storage for ObjectStorage {
 
     async fn upload_list(&self) -> Result<Vec<UploadInfo>, StorageError> {
         self.sessions().await
-    }
-
-    async fn manifest_put(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        manifest: &StoredManifest,
-    ) -> Result<(), StorageError> {
-        self.put_bytes(&self.keys.manifest(repo, digest), layout::encode_manifest(manifest)?).await
-    }
-
-    async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>, StorageError> {
-        let Some(raw) = self.get_bytes(&self.keys.manifest(repo, digest)).await? else {
-            return Ok(None);
-        };
-        layout::decode_manifest(raw, digest).map(Some)
-    }
-
-    async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
-        self.delete_existing(&self.keys.manifest(repo, digest)).await
-    }
-
-    async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError> {
-        let mut out: Vec<Digest> = self
-            .list_rel(&self.keys.at(&L.manifests(repo)))
-            .await?
-            .iter()
-            .filter_map(|p| match p.as_slice() {
-                [alg, hex] => layout::digest_from_parts(alg, hex),
-                _ => None,
-            })
-            .collect();
-        out.sort();
-        Ok(out)
-    }
-
-    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StorageError> {
-        let Some(raw) = self.get_bytes(&self.keys.tag(repo, tag)).await? else {
-            return Ok(None);
-        };
-        layout::decode_tag(&raw, repo, tag).map(Some)
-    }
-
-    async fn tag_put(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<(), StorageError> {
-        // One PUT of one object: atomic, last writer wins.
-        self.put_bytes(&self.keys.tag(repo, tag), layout::encode_tag(digest)).await
-    }
-
-    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
-        self.delete_existing(&self.keys.tag(repo, tag)).await
-    }
-
-    async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
-        let mut tags: Vec<String> = self
-            .list_rel(&self.keys.at(&L.tags(repo)))
-            .await?
-            .into_iter()
-            .filter_map(|p| match <[String; 1]>::try_from(p) {
-                Ok([t]) => L.tag_from_name(&t),
-                Err(_) => None,
-            })
-            .collect();
-        if tags.is_empty() && !self.any_under(&self.keys.at(&L.manifests(repo))).await? {
-            return Ok(None);
-        }
-        tags.sort();
-        Ok(Some(tags))
-    }
-
-    /// Lists from the key of `after` on (the store lists keys in order), so
-    /// a page costs one listing request per 1,000 tags it returns.
-    async fn tag_page(
-        &self,
-        repo: &RepoName,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Option<Vec<String>>, StorageError> {
-        let dir = self.keys.at(&L.tags(repo));
-        let mut out = Vec::new();
-        if limit > 0 {
-            // Keys are built from validated tags only; any other `after`
-            // (not a tag, so no key) lists from the start.
-            let offset = after.and_then(|a| a.parse::<Tag>().ok()).map(|t| self.keys.tag(repo, &t));
-            let mut listed = match &offset {
-                Some(o) => self.store.list_with_offset(Some(&dir), o),
-                None => self.store.list(Some(&dir)),
-            };
-            while let Some(meta) = listed.next().await {
-                let meta = meta.map_err(map_err)?;
-                let Some(Ok([t])) = self.keys.rel(&dir, &meta.location).map(<[String; 1]>::try_from) else {
-                    continue;
-                };
-                if after.is_none_or(|a| t.as_str() > a) {
-                    out.push(t);
-                    if out.len() == limit {
-                        break;
-                    }
-                }
-            }
-        }
-        if out.is_empty() && !self.any_under(&dir).await? && !self.any_under(&self.keys.at(&L.manifests(repo))).await? {
-            return Ok(None);
-        }
-        Ok(Some(out))
-    }
-
-    async fn repo_list(&self) -> Result<Vec<RepoName>, StorageError> {
-        self.repo_page_walk(None, usize::MAX).await
-    }
-
-    async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
-        self.repo_page_walk(after, limit).await
-    }
-
-    async fn referrer_put(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-        descriptor: &Descriptor,
-    ) -> Result<(), StorageError> {
-        let body = layout::encode_referrer(descriptor)?;
-        self.put_bytes(&self.keys.referrer(repo, subject, &descriptor.digest), body).await
-    }
-
-    async fn referrer_delete(&self, repo: &RepoName, subject: &Digest, referrer: &Digest) -> Result<(), StorageError> {
-        self.delete_quietly(&self.keys.referrer(repo, subject, referrer)).await;
-        Ok(())
-    }
-
-    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
-        let dir = self.keys.at(&L.referrers(repo, subject));
-        let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await.map_err(map_err)?;
-        let mut out = Vec::with_capacity(metas.len());
-        for m in metas {
-            // A record deleted between list and get is simply skipped.
-            if let Some(raw) = self.get_bytes(&m.location).await? {
-                out.push(layout::decode_referrer(&raw)?);
-            }
-        }
-        out.sort_by(|a, b| a.digest.cmp(&b.digest));
-        out.dedup_by(|a, b| a.digest == b.digest);
-        Ok(out)
     }
 }

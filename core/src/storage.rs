@@ -12,8 +12,11 @@ use crate::digest::Digest;
 use crate::manifest::Descriptor;
 use crate::name::{RepoName, Tag};
 
+pub mod driver;
 pub mod layout;
+mod on_driver;
 mod walk;
+pub use driver::{Driver, Listing};
 pub use layout::Layout;
 pub use walk::RepoWalk;
 
@@ -51,13 +54,16 @@ pub struct Capabilities {
     /// The store has local capacity to measure ([`Storage::space`]), hence a
     /// free-space floor.
     pub local_space: bool,
+    /// A directory can remain with nothing below it (a filesystem); in an
+    /// object store a prefix exists only while objects are below it.
+    pub empty_dirs: bool,
 }
 
 impl Capabilities {
     /// A local filesystem.
-    pub const FILESYSTEM: Capabilities = Capabilities { shared: false, local_space: true };
+    pub const FILESYSTEM: Capabilities = Capabilities { shared: false, local_space: true, empty_dirs: true };
     /// An object store's bucket.
-    pub const OBJECT: Capabilities = Capabilities { shared: true, local_space: false };
+    pub const OBJECT: Capabilities = Capabilities { shared: true, local_space: false, empty_dirs: false };
 }
 
 /// What a storage backend can fail with. Variants are named by meaning;

@@ -3,7 +3,7 @@
 //! doc of `object`). Every key is built from validated values only.
 
 use cove_core::storage::Layout;
-use cove_core::{Digest, RepoName, StorageError, Tag};
+use cove_core::Digest;
 use object_store::path::Path;
 
 /// The layout in a bucket.
@@ -32,27 +32,6 @@ impl Keys {
 
     pub fn blob(&self, d: &Digest) -> Path {
         self.at(&L.blob(d))
-    }
-
-    pub fn manifest(&self, repo: &RepoName, d: &Digest) -> Path {
-        self.at(&L.manifest(repo, d))
-    }
-
-    pub fn tag(&self, repo: &RepoName, tag: &Tag) -> Path {
-        self.at(&L.tag(repo, tag))
-    }
-
-    pub fn link(&self, repo: &RepoName, d: &Digest) -> Path {
-        self.at(&L.link(repo, d))
-    }
-
-    pub fn referrer(&self, repo: &RepoName, subject: &Digest, referrer: &Digest) -> Path {
-        self.at(&L.referrer(repo, subject, referrer))
-    }
-
-    /// A shared-state document or directory (validated here).
-    pub fn state(&self, name: &str) -> Result<Path, StorageError> {
-        Ok(self.at(&L.state(name)?))
     }
 
     /// Every object of one upload session lives below this.

@@ -344,7 +344,7 @@ impl ObjectStorage {
                                 .into_stream()
                                 .map_err(|e| std::io::Error::other(e.to_string())),
                         );
-                        if let Err(e) = self.write_blob(digest, body, Some(staged)).await {
+                        if let Err(e) = self.write_blob(self.keys.blob(digest), digest, body, Some(staged)).await {
                             if matches!(e, StorageError::DigestMismatch { .. } | StorageError::SizeMismatch { .. }) {
                                 self.abort(id).await?;
                             }
@@ -424,11 +424,11 @@ impl ObjectStorage {
     /// onto the blob key that is completed only after verification.
     pub(crate) async fn write_blob(
         &self,
+        target: Path,
         digest: &Digest,
         mut body: ByteStream,
         expected_size: Option<u64>,
     ) -> Result<u64, StorageError> {
-        let target = self.keys.blob(digest);
         if let Some(size) = self.head_size(&target).await? {
             while let Some(chunk) = body.next().await {
                 chunk.map_err(body_err)?;
