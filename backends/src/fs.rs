@@ -58,8 +58,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cove_core::storage::{layout, Capabilities, Driver, Layout, Listing, UploadInfo};
-use cove_core::{ByteRange, ByteStream, Digest, DigestHasher, RepoName, StorageError};
+use cove_core::storage::{layout, Capabilities, Driver, Layout, Listing};
+use cove_core::{ByteRange, ByteStream, Digest, DigestHasher, StorageError};
 
 use atomic::TempFile;
 
@@ -426,30 +426,6 @@ impl Driver for FsStorage {
             Ok(size)
         })
         .await
-    }
-
-    async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
-        self.start_session(repo).await
-    }
-
-    async fn upload_info(&self, id: &str) -> Result<UploadInfo, StorageError> {
-        self.session_info(id).await
-    }
-
-    async fn upload_append(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
-        self.append_session(id, offset, body).await
-    }
-
-    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, StorageError> {
-        self.commit_session(id, digest).await
-    }
-
-    async fn upload_abort(&self, id: &str) -> Result<(), StorageError> {
-        self.abort_session(id).await
-    }
-
-    async fn upload_list(&self) -> Result<Vec<UploadInfo>, StorageError> {
-        self.list_sessions().await
     }
 }
 

@@ -60,8 +60,8 @@ mod upload;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cove_core::storage::{Capabilities, Driver, Layout, Listing, UploadInfo};
-use cove_core::{ByteRange, ByteStream, Digest, RepoName, StorageError};
+use cove_core::storage::{Capabilities, Driver, Layout, Listing};
+use cove_core::{ByteRange, ByteStream, Digest, StorageError};
 use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
@@ -316,29 +316,5 @@ impl Driver for ObjectStorage {
         expected_size: Option<u64>,
     ) -> Result<u64, StorageError> {
         self.write_blob(self.keys.at(name), digest, body, expected_size).await
-    }
-
-    async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
-        self.start_session(repo).await
-    }
-
-    async fn upload_info(&self, id: &str) -> Result<UploadInfo, StorageError> {
-        self.session_info(id).await
-    }
-
-    async fn upload_append(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
-        self.append(id, offset, body).await
-    }
-
-    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, StorageError> {
-        self.commit(id, digest).await
-    }
-
-    async fn upload_abort(&self, id: &str) -> Result<(), StorageError> {
-        self.abort(id).await
-    }
-
-    async fn upload_list(&self) -> Result<Vec<UploadInfo>, StorageError> {
-        self.sessions().await
     }
 }

@@ -16,7 +16,7 @@ pub mod driver;
 pub mod layout;
 mod on_driver;
 mod walk;
-pub use driver::{Driver, Listing};
+pub use driver::{Driver, Listing, UploadSessions};
 pub use layout::Layout;
 pub use walk::RepoWalk;
 

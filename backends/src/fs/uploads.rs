@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cove_core::digest::Algorithm;
-use cove_core::storage::{valid_upload_id, UploadInfo};
+use cove_core::storage::{valid_upload_id, UploadInfo, UploadSessions};
 use cove_core::{ByteStream, Digest, DigestHasher, RepoName, StorageError};
 use serde::{Deserialize, Serialize};
 
@@ -243,8 +243,9 @@ fn open_data_at(path: &Path, size: u64) -> io::Result<File> {
     Ok(f)
 }
 
-impl FsStorage {
-    pub(super) async fn start_session(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
+#[async_trait::async_trait]
+impl UploadSessions for FsStorage {
+    async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let state = State { repo: repo.to_string(), size: 0, started: now, updated: now, seq: 0 };
@@ -266,7 +267,7 @@ impl FsStorage {
         state.info(&id)
     }
 
-    pub(super) async fn session_info(&self, id: &str) -> Result<UploadInfo, StorageError> {
+    async fn upload_info(&self, id: &str) -> Result<UploadInfo, StorageError> {
         let id = id.to_owned();
         self.run(move |inner| {
             let dir = inner.session_dir(&id)?;
@@ -275,7 +276,7 @@ impl FsStorage {
         .await
     }
 
-    pub(super) async fn list_sessions(&self) -> Result<Vec<UploadInfo>, StorageError> {
+    async fn upload_list(&self) -> Result<Vec<UploadInfo>, StorageError> {
         self.run(|inner| {
             let mut ids = atomic::list_names(&inner.uploads)?;
             ids.sort();
@@ -295,7 +296,7 @@ impl FsStorage {
         .await
     }
 
-    pub(super) async fn append_session(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
+    async fn upload_append(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
         let dir = self.inner.session_dir(id)?;
         let lock = self.inner.session_lock(id);
         let guard = lock.lock_owned().await;
@@ -355,7 +356,7 @@ impl FsStorage {
         .await
     }
 
-    pub(super) async fn commit_session(&self, id: &str, digest: &Digest) -> Result<u64, StorageError> {
+    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, StorageError> {
         let dir = self.inner.session_dir(id)?;
         let lock = self.inner.session_lock(id);
         let mut guard = lock.lock_owned().await;
@@ -420,7 +421,7 @@ impl FsStorage {
         result
     }
 
-    pub(super) async fn abort_session(&self, id: &str) -> Result<(), StorageError> {
+    async fn upload_abort(&self, id: &str) -> Result<(), StorageError> {
         let dir = self.inner.session_dir(id)?;
         let lock = self.inner.session_lock(id);
         let guard = lock.lock_owned().await;
@@ -449,7 +450,6 @@ impl FsStorage {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use cove_core::Storage;
 
     fn body(b: &'static [u8]) -> ByteStream {
         Box::pin(futures::stream::iter([Ok(Bytes::from_static(b))]))
@@ -497,7 +497,7 @@ mod tests {
         assert_eq!(store.upload_append(&info.id, 6, body(b"there")).await.expect("append"), 11);
         let d = Digest::sha256_of(b"hello there");
         assert_eq!(store.upload_commit(&info.id, &d).await.expect("commit"), 11);
-        assert_eq!(store.blob_size(&d).await.expect("stat"), Some(11));
+        assert_eq!(cove_core::Storage::blob_size(&store, &d).await.expect("stat"), Some(11));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use cove_core::storage::{valid_upload_id, UploadInfo};
+use cove_core::storage::{valid_upload_id, UploadInfo, UploadSessions};
 use cove_core::{Algorithm, ByteStream, Digest, DigestHasher, RepoName, StorageError};
 use futures::stream::{FuturesOrdered, StreamExt, TryStreamExt};
 use object_store::multipart::PartId;
@@ -115,37 +115,6 @@ impl ObjectStorage {
         Ok(())
     }
 
-    pub(crate) async fn start_session(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let now = now_ms();
-        let s = Session {
-            v: 1,
-            repo: repo.to_string(),
-            started_ms: now,
-            updated_ms: now,
-            size: 0,
-            sha256: save_hasher(&sha2::Sha256::default()),
-            multipart: None,
-            tail: Vec::new(),
-        };
-        let body = serde_json::to_vec(&s).map_err(|e| StorageError::Backend(e.to_string()))?;
-        let key = self.keys.upload_session(&id);
-        // Create-only where the store supports it; ids are random, so a store
-        // that ignores the condition (Garage) is still safe.
-        match self.store.put_opts(&key, PutPayload::from(body.clone()), PutMode::Create.into()).await {
-            Ok(_) => {}
-            Err(object_store::Error::NotImplemented { .. }) => {
-                self.store.put(&key, PutPayload::from(body)).await.map_err(map_err)?;
-            }
-            Err(e) => return Err(map_err(e)),
-        }
-        s.info(&id)
-    }
-
-    pub(crate) async fn session_info(&self, id: &str) -> Result<UploadInfo, StorageError> {
-        self.load_session(id).await?.info(id)
-    }
-
     async fn read_tail(&self, id: &str, tail: &[TailPiece]) -> Result<BytesMut, StorageError> {
         let total: u64 = tail.iter().map(|p| p.len).sum();
         let mut buf = BytesMut::with_capacity(total as usize);
@@ -182,182 +151,6 @@ impl ObjectStorage {
         })
     }
 
-    /// Appends `body` to session `id` at `offset`; see `Storage::upload_append`.
-    pub(crate) async fn append(&self, id: &str, offset: u64, mut body: ByteStream) -> Result<u64, StorageError> {
-        let mut sess = self.load_session(id).await?;
-        if offset != sess.size {
-            return Err(StorageError::OffsetMismatch { expected: sess.size, got: offset });
-        }
-        let part_size = self.part_size;
-        let mut hasher = load_hasher(&sess.sha256)?;
-        // Old tail pieces stay in the bucket until a part absorbs them.
-        let mut old_tail: Vec<TailPiece> = sess.tail.clone();
-        let mut old_tail_len: u64 = old_tail.iter().map(|p| p.len).sum();
-        let mut absorbed: Vec<TailPiece> = Vec::new();
-        let mut buf = BytesMut::new();
-        let mut received = 0u64;
-        let mut in_flight: FuturesOrdered<PartFuture> = FuturesOrdered::new();
-        let mut new_parts: Vec<String> = Vec::new();
-        let mut new_part_bytes = 0u64;
-        let first_idx = sess.multipart.as_ref().map_or(0, |m| m.parts.len());
-        let mut next_idx = first_idx;
-
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(body_err)?;
-            hasher.update(&chunk);
-            received += chunk.len() as u64;
-            buf.extend_from_slice(&chunk);
-            if old_tail_len + buf.len() as u64 >= part_size {
-                let data = if old_tail.is_empty() {
-                    buf.split().freeze()
-                } else {
-                    let mut d = self.read_tail(id, &old_tail).await?;
-                    d.extend_from_slice(&buf);
-                    buf.clear();
-                    absorbed.append(&mut old_tail);
-                    old_tail_len = 0;
-                    d.freeze()
-                };
-                if next_idx >= MAX_PARTS {
-                    return Err(StorageError::Backend("upload exceeds the store's part count limit".into()));
-                }
-                if sess.multipart.is_none() {
-                    // Record the multipart upload before any part goes up,
-                    // so upload_abort can always find and abort it.
-                    let mp = self.multipart.as_ref().ok_or(StorageError::NotSupported(
-                        "chunked uploads larger than one part need a store with multipart uploads",
-                    ))?;
-                    let upload_id = mp.create_multipart(&self.keys.upload_data(id)).await.map_err(map_err)?;
-                    sess.multipart = Some(MultipartState { upload_id, parts: Vec::new(), bytes: 0 });
-                    self.save_session(id, &sess).await?;
-                }
-                let upload_id = sess.multipart.as_ref().map(|m| m.upload_id.clone()).unwrap_or_default();
-                new_part_bytes += data.len() as u64;
-                in_flight.push_back(self.part_future(id, &upload_id, next_idx, data));
-                next_idx += 1;
-                if in_flight.len() >= PARTS_IN_FLIGHT {
-                    if let Some(done) = in_flight.next().await {
-                        new_parts.push(done?.content_id);
-                    }
-                }
-            }
-        }
-        while let Some(done) = in_flight.next().await {
-            new_parts.push(done?.content_id);
-        }
-        let mut tail = old_tail;
-        if !buf.is_empty() {
-            let name = format!("{:020}-{}", sess.size + received - buf.len() as u64, uuid::Uuid::new_v4().simple());
-            let len = buf.len() as u64;
-            self.store.put(&self.keys.upload_tail(id, &name), PutPayload::from(buf.freeze())).await.map_err(map_err)?;
-            tail.push(TailPiece { name, len });
-        }
-        if let Some(m) = sess.multipart.as_mut() {
-            m.parts.extend(new_parts);
-            m.bytes += new_part_bytes;
-        }
-        sess.tail = tail;
-        sess.size += received;
-        sess.sha256 = save_hasher(&hasher);
-        sess.updated_ms = now_ms();
-        self.save_session(id, &sess).await?;
-        for p in absorbed {
-            self.delete_quietly(&self.keys.upload_tail(id, &p.name)).await;
-        }
-        Ok(sess.size)
-    }
-
-    /// Verifies and publishes session `id` as blob `digest`; see
-    /// `Storage::upload_commit`.
-    pub(crate) async fn commit(&self, id: &str, digest: &Digest) -> Result<u64, StorageError> {
-        let sess = self.load_session(id).await?;
-        let sha256 = DigestHasher::Sha256(load_hasher(&sess.sha256)?).finish();
-        if digest.algorithm() == Algorithm::Sha256 && &sha256 != digest {
-            self.abort(id).await?;
-            return Err(StorageError::DigestMismatch { expected: digest.clone(), actual: sha256 });
-        }
-        let target = self.keys.blob(digest);
-        let tail = self.read_tail(id, &sess.tail).await?.freeze();
-        match sess.multipart.as_ref().filter(|m| !m.parts.is_empty()) {
-            None => {
-                if let Some(m) = &sess.multipart {
-                    if let Some(mp) = &self.multipart {
-                        let _ = mp.abort_multipart(&self.keys.upload_data(id), &m.upload_id).await;
-                    }
-                }
-                if digest.algorithm() != Algorithm::Sha256 {
-                    let mut h = DigestHasher::new(digest.algorithm());
-                    h.update(&tail);
-                    let actual = h.finish();
-                    if &actual != digest {
-                        self.abort(id).await?;
-                        return Err(StorageError::DigestMismatch { expected: digest.clone(), actual });
-                    }
-                }
-                self.store.put(&target, PutPayload::from(tail)).await.map_err(map_err)?;
-            }
-            Some(m) => {
-                let mp = self.multipart.as_ref().ok_or(StorageError::NotSupported(
-                    "chunked uploads larger than one part need a store with multipart uploads",
-                ))?;
-                let data = self.keys.upload_data(id);
-                let mut parts: Vec<PartId> = m.parts.iter().map(|c| PartId { content_id: c.clone() }).collect();
-                if !tail.is_empty() {
-                    parts.push(
-                        mp.put_part(&data, &m.upload_id, parts.len(), PutPayload::from(tail)).await.map_err(map_err)?,
-                    );
-                }
-                mp.complete_multipart(&data, &m.upload_id, parts).await.map_err(map_err)?;
-                let staged = self.store.head(&data).await.map_err(map_err)?.size;
-                if staged != sess.size {
-                    self.abort(id).await?;
-                    return Err(StorageError::Backend(format!(
-                        "assembled upload has {staged} bytes, session acknowledged {}",
-                        sess.size
-                    )));
-                }
-                if digest.algorithm() != Algorithm::Sha256 {
-                    // The running hash is SHA-256 only: re-read the staged
-                    // object once to verify other algorithms.
-                    let actual = self.hash_object(&data, digest.algorithm()).await?;
-                    if &actual != digest {
-                        self.abort(id).await?;
-                        return Err(StorageError::DigestMismatch { expected: digest.clone(), actual });
-                    }
-                }
-                if self.head_size(&target).await?.is_none() {
-                    if staged <= self.copy_limit {
-                        self.store.copy(&data, &target).await.map_err(map_err)?;
-                    } else {
-                        // Too large for a server-side copy: stream it into
-                        // place (verified again on the way).
-                        tracing::info!(
-                            upload = id,
-                            bytes = staged,
-                            "upload too large to copy server-side; streaming it into place"
-                        );
-                        let body: ByteStream = Box::pin(
-                            self.store
-                                .get(&data)
-                                .await
-                                .map_err(map_err)?
-                                .into_stream()
-                                .map_err(|e| std::io::Error::other(e.to_string())),
-                        );
-                        if let Err(e) = self.write_blob(self.keys.blob(digest), digest, body, Some(staged)).await {
-                            if matches!(e, StorageError::DigestMismatch { .. } | StorageError::SizeMismatch { .. }) {
-                                self.abort(id).await?;
-                            }
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-        }
-        self.cleanup_upload(id).await?;
-        Ok(sess.size)
-    }
-
     async fn hash_object(&self, path: &Path, alg: Algorithm) -> Result<Digest, StorageError> {
         let mut h = DigestHasher::new(alg);
         let mut s = self.store.get(path).await.map_err(map_err)?.into_stream();
@@ -365,22 +158,6 @@ impl ObjectStorage {
             h.update(&chunk.map_err(map_err)?);
         }
         Ok(h.finish())
-    }
-
-    /// Aborts the multipart upload (if any) and deletes every object of the
-    /// session, the session object last (so an interrupted cleanup is still
-    /// listed and retried by expiry).
-    pub(crate) async fn abort(&self, id: &str) -> Result<(), StorageError> {
-        let sess = self.load_session(id).await?;
-        if let (Some(m), Some(mp)) = (&sess.multipart, &self.multipart) {
-            match mp.abort_multipart(&self.keys.upload_data(id), &m.upload_id).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => {
-                    tracing::warn!(upload = id, error = %e, "aborting multipart upload failed")
-                }
-            }
-        }
-        self.cleanup_upload(id).await
     }
 
     async fn cleanup_upload(&self, id: &str) -> Result<(), StorageError> {
@@ -399,24 +176,6 @@ impl ObjectStorage {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(map_err(e)),
         }
-    }
-
-    /// All sessions in the bucket.
-    pub(crate) async fn sessions(&self) -> Result<Vec<UploadInfo>, StorageError> {
-        let root = self.keys.at(cove_core::storage::layout::UPLOADS);
-        let listed = self.store.list_with_delimiter(Some(&root)).await.map_err(map_err)?;
-        let mut out = Vec::new();
-        for dir in listed.common_prefixes {
-            let Some(id) = dir.filename().map(str::to_owned) else {
-                continue;
-            };
-            match self.session_info(&id).await {
-                Ok(info) => out.push(info),
-                Err(StorageError::UploadUnknown) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
     }
 
     /// Writes a whole blob whose digest is known up front: small blobs with
@@ -504,5 +263,244 @@ impl ObjectStorage {
                 Ok(size)
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl UploadSessions for ObjectStorage {
+    async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let s = Session {
+            v: 1,
+            repo: repo.to_string(),
+            started_ms: now,
+            updated_ms: now,
+            size: 0,
+            sha256: save_hasher(&sha2::Sha256::default()),
+            multipart: None,
+            tail: Vec::new(),
+        };
+        let body = serde_json::to_vec(&s).map_err(|e| StorageError::Backend(e.to_string()))?;
+        let key = self.keys.upload_session(&id);
+        // Create-only where the store supports it; ids are random, so a store
+        // that ignores the condition (Garage) is still safe.
+        match self.store.put_opts(&key, PutPayload::from(body.clone()), PutMode::Create.into()).await {
+            Ok(_) => {}
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.store.put(&key, PutPayload::from(body)).await.map_err(map_err)?;
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+        s.info(&id)
+    }
+    async fn upload_info(&self, id: &str) -> Result<UploadInfo, StorageError> {
+        self.load_session(id).await?.info(id)
+    }
+    /// Appends `body` to session `id` at `offset`; see `Storage::upload_append`.
+    async fn upload_append(&self, id: &str, offset: u64, mut body: ByteStream) -> Result<u64, StorageError> {
+        let mut sess = self.load_session(id).await?;
+        if offset != sess.size {
+            return Err(StorageError::OffsetMismatch { expected: sess.size, got: offset });
+        }
+        let part_size = self.part_size;
+        let mut hasher = load_hasher(&sess.sha256)?;
+        // Old tail pieces stay in the bucket until a part absorbs them.
+        let mut old_tail: Vec<TailPiece> = sess.tail.clone();
+        let mut old_tail_len: u64 = old_tail.iter().map(|p| p.len).sum();
+        let mut absorbed: Vec<TailPiece> = Vec::new();
+        let mut buf = BytesMut::new();
+        let mut received = 0u64;
+        let mut in_flight: FuturesOrdered<PartFuture> = FuturesOrdered::new();
+        let mut new_parts: Vec<String> = Vec::new();
+        let mut new_part_bytes = 0u64;
+        let first_idx = sess.multipart.as_ref().map_or(0, |m| m.parts.len());
+        let mut next_idx = first_idx;
+
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(body_err)?;
+            hasher.update(&chunk);
+            received += chunk.len() as u64;
+            buf.extend_from_slice(&chunk);
+            if old_tail_len + buf.len() as u64 >= part_size {
+                let data = if old_tail.is_empty() {
+                    buf.split().freeze()
+                } else {
+                    let mut d = self.read_tail(id, &old_tail).await?;
+                    d.extend_from_slice(&buf);
+                    buf.clear();
+                    absorbed.append(&mut old_tail);
+                    old_tail_len = 0;
+                    d.freeze()
+                };
+                if next_idx >= MAX_PARTS {
+                    return Err(StorageError::Backend("upload exceeds the store's part count limit".into()));
+                }
+                if sess.multipart.is_none() {
+                    // Record the multipart upload before any part goes up,
+                    // so upload_abort can always find and abort it.
+                    let mp = self.multipart.as_ref().ok_or(StorageError::NotSupported(
+                        "chunked uploads larger than one part need a store with multipart uploads",
+                    ))?;
+                    let upload_id = mp.create_multipart(&self.keys.upload_data(id)).await.map_err(map_err)?;
+                    sess.multipart = Some(MultipartState { upload_id, parts: Vec::new(), bytes: 0 });
+                    self.save_session(id, &sess).await?;
+                }
+                let upload_id = sess.multipart.as_ref().map(|m| m.upload_id.clone()).unwrap_or_default();
+                new_part_bytes += data.len() as u64;
+                in_flight.push_back(self.part_future(id, &upload_id, next_idx, data));
+                next_idx += 1;
+                if in_flight.len() >= PARTS_IN_FLIGHT {
+                    if let Some(done) = in_flight.next().await {
+                        new_parts.push(done?.content_id);
+                    }
+                }
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            new_parts.push(done?.content_id);
+        }
+        let mut tail = old_tail;
+        if !buf.is_empty() {
+            let name = format!("{:020}-{}", sess.size + received - buf.len() as u64, uuid::Uuid::new_v4().simple());
+            let len = buf.len() as u64;
+            self.store.put(&self.keys.upload_tail(id, &name), PutPayload::from(buf.freeze())).await.map_err(map_err)?;
+            tail.push(TailPiece { name, len });
+        }
+        if let Some(m) = sess.multipart.as_mut() {
+            m.parts.extend(new_parts);
+            m.bytes += new_part_bytes;
+        }
+        sess.tail = tail;
+        sess.size += received;
+        sess.sha256 = save_hasher(&hasher);
+        sess.updated_ms = now_ms();
+        self.save_session(id, &sess).await?;
+        for p in absorbed {
+            self.delete_quietly(&self.keys.upload_tail(id, &p.name)).await;
+        }
+        Ok(sess.size)
+    }
+    /// Verifies and publishes session `id` as blob `digest`; see
+    /// `Storage::upload_commit`.
+    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, StorageError> {
+        let sess = self.load_session(id).await?;
+        let sha256 = DigestHasher::Sha256(load_hasher(&sess.sha256)?).finish();
+        if digest.algorithm() == Algorithm::Sha256 && &sha256 != digest {
+            self.upload_abort(id).await?;
+            return Err(StorageError::DigestMismatch { expected: digest.clone(), actual: sha256 });
+        }
+        let target = self.keys.blob(digest);
+        let tail = self.read_tail(id, &sess.tail).await?.freeze();
+        match sess.multipart.as_ref().filter(|m| !m.parts.is_empty()) {
+            None => {
+                if let Some(m) = &sess.multipart {
+                    if let Some(mp) = &self.multipart {
+                        let _ = mp.abort_multipart(&self.keys.upload_data(id), &m.upload_id).await;
+                    }
+                }
+                if digest.algorithm() != Algorithm::Sha256 {
+                    let mut h = DigestHasher::new(digest.algorithm());
+                    h.update(&tail);
+                    let actual = h.finish();
+                    if &actual != digest {
+                        self.upload_abort(id).await?;
+                        return Err(StorageError::DigestMismatch { expected: digest.clone(), actual });
+                    }
+                }
+                self.store.put(&target, PutPayload::from(tail)).await.map_err(map_err)?;
+            }
+            Some(m) => {
+                let mp = self.multipart.as_ref().ok_or(StorageError::NotSupported(
+                    "chunked uploads larger than one part need a store with multipart uploads",
+                ))?;
+                let data = self.keys.upload_data(id);
+                let mut parts: Vec<PartId> = m.parts.iter().map(|c| PartId { content_id: c.clone() }).collect();
+                if !tail.is_empty() {
+                    parts.push(
+                        mp.put_part(&data, &m.upload_id, parts.len(), PutPayload::from(tail)).await.map_err(map_err)?,
+                    );
+                }
+                mp.complete_multipart(&data, &m.upload_id, parts).await.map_err(map_err)?;
+                let staged = self.store.head(&data).await.map_err(map_err)?.size;
+                if staged != sess.size {
+                    self.upload_abort(id).await?;
+                    return Err(StorageError::Backend(format!(
+                        "assembled upload has {staged} bytes, session acknowledged {}",
+                        sess.size
+                    )));
+                }
+                if digest.algorithm() != Algorithm::Sha256 {
+                    // The running hash is SHA-256 only: re-read the staged
+                    // object once to verify other algorithms.
+                    let actual = self.hash_object(&data, digest.algorithm()).await?;
+                    if &actual != digest {
+                        self.upload_abort(id).await?;
+                        return Err(StorageError::DigestMismatch { expected: digest.clone(), actual });
+                    }
+                }
+                if self.head_size(&target).await?.is_none() {
+                    if staged <= self.copy_limit {
+                        self.store.copy(&data, &target).await.map_err(map_err)?;
+                    } else {
+                        // Too large for a server-side copy: stream it into
+                        // place (verified again on the way).
+                        tracing::info!(
+                            upload = id,
+                            bytes = staged,
+                            "upload too large to copy server-side; streaming it into place"
+                        );
+                        let body: ByteStream = Box::pin(
+                            self.store
+                                .get(&data)
+                                .await
+                                .map_err(map_err)?
+                                .into_stream()
+                                .map_err(|e| std::io::Error::other(e.to_string())),
+                        );
+                        if let Err(e) = self.write_blob(self.keys.blob(digest), digest, body, Some(staged)).await {
+                            if matches!(e, StorageError::DigestMismatch { .. } | StorageError::SizeMismatch { .. }) {
+                                self.upload_abort(id).await?;
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        self.cleanup_upload(id).await?;
+        Ok(sess.size)
+    }
+    /// Aborts the multipart upload (if any) and deletes every object of the
+    /// session, the session object last (so an interrupted cleanup is still
+    /// listed and retried by expiry).
+    async fn upload_abort(&self, id: &str) -> Result<(), StorageError> {
+        let sess = self.load_session(id).await?;
+        if let (Some(m), Some(mp)) = (&sess.multipart, &self.multipart) {
+            match mp.abort_multipart(&self.keys.upload_data(id), &m.upload_id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(upload = id, error = %e, "aborting multipart upload failed")
+                }
+            }
+        }
+        self.cleanup_upload(id).await
+    }
+    /// All sessions in the bucket.
+    async fn upload_list(&self) -> Result<Vec<UploadInfo>, StorageError> {
+        let root = self.keys.at(cove_core::storage::layout::UPLOADS);
+        let listed = self.store.list_with_delimiter(Some(&root)).await.map_err(map_err)?;
+        let mut out = Vec::new();
+        for dir in listed.common_prefixes {
+            let Some(id) = dir.filename().map(str::to_owned) else {
+                continue;
+            };
+            match self.upload_info(&id).await {
+                Ok(info) => out.push(info),
+                Err(StorageError::UploadUnknown) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }

@@ -32,7 +32,7 @@ pub struct Listing {
 
 /// A storage backend (see the module docs).
 #[async_trait::async_trait]
-pub trait Driver: Send + Sync + 'static {
+pub trait Driver: UploadSessions + 'static {
     /// A short name for logs (`filesystem`, `s3`, …).
     fn kind(&self) -> &'static str;
 
@@ -111,9 +111,13 @@ pub trait Driver: Send + Sync + 'static {
         let body: ByteStream = Box::pin(file_stream(file));
         self.write_verified(name, digest, body, Some(size)).await
     }
+}
 
-    // ---- upload sessions (each driver's own files below `Layout::upload`)
-
+/// Upload sessions, which each medium keeps its own way (files appended in
+/// place; multipart uploads and tail objects) below `Layout::upload`; the
+/// [`crate::Storage`] `upload_*` methods are these.
+#[async_trait::async_trait]
+pub trait UploadSessions: Send + Sync {
     /// See [`crate::Storage::upload_start`].
     async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError>;
     /// See [`crate::Storage::upload_info`].

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::driver::Driver;
+use super::driver::{Driver, UploadSessions};
 use super::layout::{self, MANIFESTS, REPOSITORIES};
 use super::{
     valid_state_name, ByteRange, ByteStream, Capabilities, RepoWalk, Space, Storage, StorageError, StoredManifest,
@@ -88,27 +88,27 @@ impl<D: Driver> Storage for D {
     // ---- uploads -----------------------------------------------------------
 
     async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, StorageError> {
-        Driver::upload_start(self, repo).await
+        UploadSessions::upload_start(self, repo).await
     }
 
     async fn upload_info(&self, id: &str) -> Result<UploadInfo, StorageError> {
-        Driver::upload_info(self, id).await
+        UploadSessions::upload_info(self, id).await
     }
 
     async fn upload_append(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
-        Driver::upload_append(self, id, offset, body).await
+        UploadSessions::upload_append(self, id, offset, body).await
     }
 
     async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, StorageError> {
-        Driver::upload_commit(self, id, digest).await
+        UploadSessions::upload_commit(self, id, digest).await
     }
 
     async fn upload_abort(&self, id: &str) -> Result<(), StorageError> {
-        Driver::upload_abort(self, id).await
+        UploadSessions::upload_abort(self, id).await
     }
 
     async fn upload_list(&self) -> Result<Vec<UploadInfo>, StorageError> {
-        Driver::upload_list(self).await
+        UploadSessions::upload_list(self).await
     }
 
     // ---- manifests, tags, referrers ----------------------------------------
