@@ -283,7 +283,8 @@ impl Driver for FsStorage {
     }
 
     /// Through a fsynced temp file renamed into place; an empty marker is
-    /// created directly (`open(O_CREAT)` is atomic by itself). Shared state
+    /// created directly (`open(O_CREAT)` is atomic by itself) unless it
+    /// replaces bytes. Shared state
     /// holds secrets (signing keys): owner-only.
     async fn put(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
         let name = name.to_owned();
@@ -291,7 +292,12 @@ impl Driver for FsStorage {
         self.run(move |inner| {
             let dest = inner.path(&name);
             if bytes.is_empty() {
-                return Ok(atomic::touch(&dest)?);
+                atomic::touch(&dest)?;
+                // A marker is new, or was empty already: done. Something
+                // with bytes in it is replaced below like any document.
+                if fs::metadata(&dest)?.len() == 0 {
+                    return Ok(());
+                }
             }
             let mut tmp = TempFile::create(&inner.tmp)?;
             #[cfg(unix)]

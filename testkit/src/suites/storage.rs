@@ -61,6 +61,10 @@ pub async fn shared_state(store: &dyn Storage) {
     store.state_put("other/c", Bytes::from_static(b"three")).await.expect("put");
     store.state_put("keys/b", Bytes::from_static(b"replaced")).await.expect("replace");
     assert_eq!(store.state_get("keys/b").await.expect("get").as_deref(), Some(&b"replaced"[..]));
+    store.state_put("other/empty", Bytes::from_static(b"full")).await.expect("put");
+    store.state_put("other/empty", Bytes::new()).await.expect("replace with nothing");
+    assert_eq!(store.state_get("other/empty").await.expect("get").as_deref(), Some(&b""[..]), "emptied");
+    assert!(store.state_delete("other/empty").await.expect("delete"));
     assert_eq!(store.state_list("keys").await.expect("list"), vec!["a".to_owned(), "b".to_owned()]);
     assert_eq!(store.state_list("other").await.expect("list"), vec!["c".to_owned()]);
     assert!(store.state_delete("keys/a").await.expect("delete"), "deleting a document reports it was there");
