@@ -182,6 +182,11 @@ impl Lease {
         self.slow_claim.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Remembers our claim `nonce` that did not count, read back now.
+    fn remember_slow_claim(&self, nonce: &str) {
+        *self.slow_claim() = Some((nonce.to_owned(), Instant::now()));
+    }
+
     /// Whether `record` is our own too-slow claim, and if so how long until
     /// we may claim over it (zero: now).
     fn own_slow_claim(&self, record: &LeaseRecord) -> Option<Duration> {
@@ -254,23 +259,14 @@ impl Lease {
         let current = self.read().await?;
         let now = now_ms();
         if let Some(r) = current.as_ref().filter(|r| !r.expired_at(now)) {
-            match self.own_slow_claim(r) {
+            let remaining_ms = match self.own_slow_claim(r) {
                 // Our own claim that did not count: ours to claim over.
-                Some(Duration::ZERO) => {}
-                Some(wait) => {
-                    return Err(LeaseError::Busy {
-                        holder: r.holder.clone(),
-                        epoch: r.epoch,
-                        remaining_ms: wait.as_millis() as u64,
-                    })
-                }
-                None => {
-                    return Err(LeaseError::Busy {
-                        holder: r.holder.clone(),
-                        epoch: r.epoch,
-                        remaining_ms: r.expires_ms.saturating_sub(now),
-                    })
-                }
+                Some(Duration::ZERO) => None,
+                Some(wait) => Some(wait.as_millis() as u64),
+                None => Some(r.expires_ms.saturating_sub(now)),
+            };
+            if let Some(remaining_ms) = remaining_ms {
+                return Err(LeaseError::Busy { holder: r.holder.clone(), epoch: r.epoch, remaining_ms });
             }
         }
         let epoch = current.as_ref().map_or(0, |r| r.epoch) + 1;
@@ -298,7 +294,7 @@ impl Lease {
             // ours landed: ours cannot count (see the module docs). Its
             // record blocks the lease until it expires, or until we claim
             // over it after RECLAIM_AFTER.
-            *self.slow_claim() = Some((claim.nonce.clone(), Instant::now()));
+            self.remember_slow_claim(&claim.nonce);
             return Err(LeaseError::Lost(format!(
                 "the claim took {} ms to read and write, not under the settle time of {} ms",
                 claim_took.as_millis(),
@@ -306,7 +302,7 @@ impl Lease {
             )));
         }
         if started.elapsed() >= self.timing.act_within() {
-            *self.slow_claim() = Some((claim.nonce.clone(), Instant::now()));
+            self.remember_slow_claim(&claim.nonce);
             return Err(LeaseError::Lost("the claim took longer than the lease may be acted on".into()));
         }
         *self.slow_claim() = None;
