@@ -97,6 +97,14 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
+/// Names order exactly as their text does (the derived `Ord` compares the
+/// one `String`), so sets of names can be searched by `&str`.
+impl std::borrow::Borrow<str> for RepoName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

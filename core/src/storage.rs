@@ -13,10 +13,12 @@ use crate::manifest::Descriptor;
 use crate::name::{RepoName, Tag};
 
 pub mod driver;
+pub mod index;
 pub mod layout;
 mod on_driver;
 mod walk;
 pub use driver::{Driver, Listing, UploadSessions};
+pub use index::RepoIndex;
 pub use layout::Layout;
 pub use walk::RepoWalk;
 
@@ -319,6 +321,10 @@ pub trait Storage: Send + Sync + 'static {
     /// [`Storage::repo_list`], at a cost proportional to the page rather than
     /// to the number of repositories.
     async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError>;
+
+    /// Whether `repo` holds at least one manifest (is listed by
+    /// [`Storage::repo_list`]).
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool, StorageError>;
 
     /// Records that manifest `referrer` (described by `descriptor`) has
     /// `subject` as its subject.

@@ -12,6 +12,7 @@ use cove_auth::AuthService;
 use cove_backends::{FsStorage, ObjectStorage};
 use cove_core::cache::PullThrough;
 use cove_core::retention::ActivityLog;
+use cove_core::storage::RepoIndex;
 use cove_core::Registry;
 
 use crate::app::{App, Operations};
@@ -20,7 +21,7 @@ use crate::config::{Config, ConfigError, GcSettings, RetentionSettings, StorageK
 use crate::jobs::gc::{guard_storage, GarbageCollector};
 use crate::jobs::prefetch::PrefetchJob;
 use crate::jobs::retention::{RetentionHandles, RetentionJob};
-use crate::jobs::{activity, keys, maintenance, tls_watch, uploads, Jobs};
+use crate::jobs::{activity, keys, maintenance, repo_index, tls_watch, uploads, Jobs};
 use crate::metrics::Metrics;
 use crate::reload::{self, ConfigSource, ReloadTargets, Reloader};
 use crate::tls::CertStore;
@@ -145,6 +146,9 @@ async fn build(
     jobs.add(prefetch.spawn_schedule());
     jobs.add(activity::spawn_activity_saver(activity.clone(), shared_activity.clone(), activity::save_every(config)));
     jobs.add(uploads::spawn_upload_expiry(registry.clone(), validated.upload_ttl));
+    if let Some(task) = repo_index::spawn_repo_index(registry.clone()) {
+        jobs.add(task);
+    }
     if let Some(task) = keys::spawn_key_refresh(auth.clone(), Some(ui_keys.clone())) {
         jobs.add(task);
     }
@@ -188,13 +192,14 @@ async fn open_registry(
             ))
         })?;
     }
-    let (storage, gc_guard) = guard_storage(storage);
+    let index = RepoIndex::new(storage.capabilities().shared);
+    let (storage, gc_guard) = guard_storage(storage, index.clone());
     let routes = crate::upstreams::build_routes(&validated.upstreams)
         .map_err(|problems| StartError::Config(ConfigError::Invalid(problems)))?;
     let spool = config.storage.root.join("spool");
     let cache = PullThrough::new(routes, validated.name_rules(), spool.clone())
         .map_err(|e| StartError::Storage { path: spool.display().to_string(), source: e.into() })?;
-    Ok((Registry::new(storage).with_cache(cache), gc_guard))
+    Ok((Registry::new(storage).with_cache(cache).with_repo_index(index), gc_guard))
 }
 
 /// The registry and pull-through cache of `config` without a server (for

@@ -1,5 +1,6 @@
 //! [`GuardedStorage`]: the [`Storage`] wrapper through which every write
-//! tells the [`GcGuard`] what it makes reachable.
+//! tells the [`GcGuard`] what it makes reachable, and the [`RepoIndex`]
+//! which repositories exist.
 
 use std::sync::Arc;
 
@@ -7,19 +8,26 @@ use super::GcGuard;
 use crate::digest::Digest;
 use crate::manifest::{parse_manifest, Descriptor};
 use crate::name::{RepoName, Tag};
-use crate::storage::{ByteRange, ByteStream, Storage, StorageError, StoredManifest, UploadInfo};
+use crate::storage::{ByteRange, ByteStream, RepoIndex, Storage, StorageError, StoredManifest, UploadInfo};
 
 /// A [`Storage`] wrapper that reports every digest a write makes reachable
 /// to a [`GcGuard`]. Reads pass straight through.
 pub struct GuardedStorage {
     inner: Arc<dyn Storage>,
     guard: Arc<GcGuard>,
+    index: Option<Arc<RepoIndex>>,
 }
 
 impl GuardedStorage {
     /// Wraps `inner`; the same `guard` must be given to [`collect`](super::collect).
     pub fn new(inner: Arc<dyn Storage>, guard: Arc<GcGuard>) -> GuardedStorage {
-        GuardedStorage { inner, guard }
+        GuardedStorage { inner, guard, index: None }
+    }
+
+    /// Also keeps `index` up to date with every manifest stored or deleted.
+    pub fn with_index(mut self, index: Arc<RepoIndex>) -> GuardedStorage {
+        self.index = Some(index);
+        self
     }
 
     /// The guard shared with garbage collection.
@@ -127,13 +135,21 @@ impl Storage for GuardedStorage {
         let mut digests = manifest_refs(&m.bytes, &m.media_type);
         digests.push(digest.clone());
         let _pin = self.guard.pin(digests).await;
-        self.inner.manifest_put(repo, digest, m).await
+        self.inner.manifest_put(repo, digest, m).await?;
+        if let Some(index) = &self.index {
+            index.stored(self.inner.as_ref(), repo).await;
+        }
+        Ok(())
     }
     async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>, StorageError> {
         self.inner.manifest_get(repo, digest).await
     }
     async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
-        self.inner.manifest_delete(repo, digest).await
+        let deleted = self.inner.manifest_delete(repo, digest).await?;
+        if let (true, Some(index)) = (deleted, &self.index) {
+            index.deleted(self.inner.as_ref(), repo).await;
+        }
+        Ok(deleted)
     }
     async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError> {
         self.inner.manifest_list(repo).await
@@ -168,6 +184,9 @@ impl Storage for GuardedStorage {
     }
     async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>, StorageError> {
         self.inner.repo_page(after, limit).await
+    }
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool, StorageError> {
+        self.inner.repo_exists(repo).await
     }
     async fn referrer_put(&self, repo: &RepoName, subject: &Digest, d: &Descriptor) -> Result<(), StorageError> {
         let _pin = self.guard.pin(vec![d.digest.clone()]).await;

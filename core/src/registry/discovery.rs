@@ -50,7 +50,7 @@ impl Registry {
         let mut after = last.map(str::to_owned);
         let mut read = want;
         loop {
-            let got = self.storage.repo_page(after.as_deref(), read).await?;
+            let got = self.repo_page(after.as_deref(), read).await?;
             let exhausted = got.len() < read;
             if let Some(l) = got.last() {
                 after = Some(l.to_string());
@@ -63,6 +63,19 @@ impl Registry {
         }
         // Every entry found sorts after `last` already.
         Ok(paginate(found, Some(n), None))
+    }
+
+    /// One page of repository names: from the index on a shared store once
+    /// it is ready (no store request; other replicas' changes show within
+    /// [`crate::storage::index::POLL`]), else from the store's ordered walk
+    /// (the layout itself, exact).
+    async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>> {
+        if self.storage.capabilities().shared {
+            if let Some(page) = self.repo_index.as_ref().and_then(|i| i.page(after, limit)) {
+                return Ok(page);
+            }
+        }
+        Ok(self.storage.repo_page(after, limit).await?)
     }
 
     /// The referrers of `subject` as an image index, optionally filtered by

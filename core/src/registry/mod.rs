@@ -84,11 +84,14 @@ pub struct Registry {
     activity: Arc<std::sync::OnceLock<Arc<crate::retention::ActivityLog>>>,
     /// Writes refused because storage was full (disk, quota or `min_free`).
     storage_full: Arc<std::sync::atomic::AtomicU64>,
+    /// The repository names in memory, when the storage keeps it current
+    /// (see [`crate::storage::index`]).
+    repo_index: Option<Arc<crate::storage::RepoIndex>>,
 }
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Registry { storage, cache: None, activity: Arc::default(), storage_full: Arc::default() }
+        Registry { storage, cache: None, activity: Arc::default(), storage_full: Arc::default(), repo_index: None }
     }
 
     /// Starts recording manifest pulls and tag pushes in `log` (for
@@ -113,6 +116,18 @@ impl Registry {
     }
 
     /// Adds the pull-through cache for the configured upstreams.
+    /// Lists from `index`, which the storage (a
+    /// [`crate::gc::GuardedStorage`] with that index) keeps current.
+    pub fn with_repo_index(mut self, index: Arc<crate::storage::RepoIndex>) -> Self {
+        self.repo_index = Some(index);
+        self
+    }
+
+    /// The repository names in memory, if kept; ready after its first sweep.
+    pub fn repo_index(&self) -> Option<&Arc<crate::storage::RepoIndex>> {
+        self.repo_index.as_ref()
+    }
+
     pub fn with_cache(mut self, cache: PullThrough) -> Self {
         self.cache = Some(Arc::new(cache));
         self

@@ -211,6 +211,10 @@ impl<D: Driver> Storage for D {
         repo_page_walk(self, after, limit).await
     }
 
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool, StorageError> {
+        self.any_below(&self.layout().manifests(repo)).await
+    }
+
     async fn referrer_put(
         &self,
         repo: &RepoName,

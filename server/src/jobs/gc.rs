@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use cove_core::gc::{self, GcGuard, GcReport, GuardedStorage};
 use cove_core::lease::LeaseKeeper;
+use cove_core::storage::RepoIndex;
 use cove_core::{Registry, Storage};
 use tokio::task::JoinHandle;
 
@@ -14,11 +15,12 @@ use crate::config::GcSettings;
 use crate::jobs::maintenance::{self, JobError};
 use crate::metrics::Metrics;
 
-/// Wraps storage so garbage collection can run while serving. Call before
-/// the registry is built, then give the guard to [`GarbageCollector::new`].
-pub fn guard_storage(storage: Arc<dyn Storage>) -> (Arc<dyn Storage>, Arc<GcGuard>) {
+/// Wraps storage so garbage collection can run while serving, and so every
+/// manifest write keeps `index` current. Call before the registry is built,
+/// then give the guard to [`GarbageCollector::new`].
+pub fn guard_storage(storage: Arc<dyn Storage>, index: Arc<RepoIndex>) -> (Arc<dyn Storage>, Arc<GcGuard>) {
     let guard = GcGuard::new();
-    (Arc::new(GuardedStorage::new(storage, guard.clone())), guard)
+    (Arc::new(GuardedStorage::new(storage, guard.clone()).with_index(index)), guard)
 }
 
 /// What garbage collection and retention keep whatever references say:

@@ -8,6 +8,7 @@ pub mod gc;
 pub mod keys;
 pub mod maintenance;
 pub mod prefetch;
+pub mod repo_index;
 pub mod retention;
 pub mod tls_watch;
 pub mod uploads;

@@ -15,14 +15,17 @@ impl Ui {
         let needle = filter.to_ascii_lowercase();
         let auth = &r.cx.grant.auth;
         let id = &r.session.identity;
-        let mut all = model::repositories(r.cx.registry, |n| auth.allows(id, Action::Pull, n)).await?;
-        if !needle.is_empty() {
-            all.retain(|e| e.name.as_str().contains(&needle));
-        }
-        let total = all.len();
-        let (page, pages) = page_of(r.query.get("page"), total, REPOS_PER_PAGE);
-        let mut entries: Vec<model::RepoEntry> =
-            all.into_iter().skip((page - 1) * REPOS_PER_PAGE).take(REPOS_PER_PAGE).collect();
+        let asked = r.query.get("page");
+        let (mut entries, total) = model::repositories(
+            r.cx.registry,
+            |n| auth.allows(id, Action::Pull, n) && n.as_str().contains(&needle),
+            |total| {
+                let (page, _) = page_of(asked, total, REPOS_PER_PAGE);
+                (page - 1) * REPOS_PER_PAGE..page * REPOS_PER_PAGE
+            },
+        )
+        .await?;
+        let (page, pages) = page_of(asked, total, REPOS_PER_PAGE);
         for e in &mut entries {
             e.tags = r.cx.registry.storage().tag_list(&e.name).await.ok().flatten().map(|t| t.len());
         }
@@ -144,8 +147,11 @@ impl Ui {
     /// Dry runs are offered to identities the policy lets delete somewhere.
     async fn may_dry_run(&self, r: &Req<'_>) -> bool {
         let auth = &r.cx.grant.auth;
-        let repos = r.cx.registry.storage().repo_list().await.unwrap_or_default();
-        repos.iter().any(|repo| auth.allows(&r.session.identity, Action::Delete, repo))
+        let may = |repo: &RepoName| auth.allows(&r.session.identity, Action::Delete, repo);
+        if let Some(any) = r.cx.registry.repo_index().and_then(|i| i.read(|names| names.iter().any(may))) {
+            return any;
+        }
+        r.cx.registry.storage().repo_list().await.unwrap_or_default().iter().any(may)
     }
 
     pub(super) async fn dashboard(&self, r: &Req<'_>) -> Result<Reply, RegistryError> {

@@ -23,25 +23,41 @@ pub struct RepoEntry {
     pub tags: Option<usize>,
 }
 
-/// Every repository `visible` admits, grouped: private first, then cached
-/// ones by upstream host, each in name order.
+/// The repositories `visible` admits, grouped: private first, then cached
+/// ones by upstream host, each in name order. `pick` is given how many there
+/// are and answers which of them to return (a page); returns those and the
+/// count. Read from the in-memory index once it is ready (no store
+/// request), else from a walk of the store.
 pub async fn repositories(
     registry: &Registry,
     visible: impl Fn(&RepoName) -> bool,
-) -> Result<Vec<RepoEntry>, RegistryError> {
-    let mut out: Vec<RepoEntry> = registry
-        .storage()
-        .repo_list()
-        .await?
-        .into_iter()
-        .filter(|r| visible(r))
-        .map(|name| {
-            let upstream = registry.cache().filter(|c| c.is_cached(&name)).map(|_| name.first_component().to_owned());
-            RepoEntry { name, upstream, tags: None }
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.upstream, &a.name).cmp(&(&b.upstream, &b.name)));
-    Ok(out)
+    pick: impl Fn(usize) -> std::ops::Range<usize>,
+) -> Result<(Vec<RepoEntry>, usize), RegistryError> {
+    let is_cached = |name: &RepoName| registry.cache().is_some_and(|c| c.is_cached(name));
+    let select = |names: &mut dyn Iterator<Item = &RepoName>| {
+        let mut admitted: Vec<(bool, &RepoName)> = names.filter(|n| visible(n)).map(|n| (is_cached(n), n)).collect();
+        // Stable: names stay in order within each group, and a cached name
+        // starts with its upstream host, so name order groups by upstream.
+        admitted.sort_by_key(|(cached, _)| *cached);
+        let total = admitted.len();
+        let range = pick(total);
+        let entries = admitted
+            .into_iter()
+            .skip(range.start)
+            .take(range.len())
+            .map(|(cached, name)| RepoEntry {
+                name: name.clone(),
+                upstream: cached.then(|| name.first_component().to_owned()),
+                tags: None,
+            })
+            .collect();
+        (entries, total)
+    };
+    let indexed = registry.repo_index().and_then(|index| index.read(|names| select(&mut names.iter())));
+    match indexed {
+        Some(found) => Ok(found),
+        None => Ok(select(&mut registry.storage().repo_list().await?.iter())),
+    }
 }
 
 /// One tag of a repository, as its row shows it.

@@ -355,7 +355,13 @@ pub async fn repo_pages(store: &dyn Storage) {
     }
     for gone in ["page/docker.io/library/gone", "page/docker.io/library/a/gone"] {
         assert!(store.manifest_delete(&repo(gone), &d).await.expect("delete"));
+        assert!(!store.repo_exists(&repo(gone)).await.expect("exists"), "{gone}: no manifest left, not a repository");
     }
+    for name in NAMES {
+        assert!(store.repo_exists(&repo(name)).await.expect("exists"), "{name} exists");
+    }
+    // A directory on the way to repositories is not one.
+    assert!(!store.repo_exists(&repo("page/docker.io")).await.expect("exists"), "a parent is not a repository");
     let all: Vec<String> = store.repo_list().await.expect("repos").iter().map(|r| r.to_string()).collect();
     let ours: Vec<&str> = all.iter().map(String::as_str).filter(|r| r.starts_with("page/")).collect();
     assert_eq!(ours, NAMES, "repo_list: nested names in bytewise order, deleted ones left out");
