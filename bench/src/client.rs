@@ -42,7 +42,7 @@ pub struct Fetched {
     pub cache: Option<String>,
 }
 
-fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Empty::new().boxed_unsync()
 }
 

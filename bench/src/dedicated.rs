@@ -81,7 +81,7 @@ pub(crate) async fn startup(bins: &Binaries, base: &Path, plan: &Plan) -> Result
     Ok(w)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;

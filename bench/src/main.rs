@@ -15,6 +15,7 @@ mod data;
 mod limits;
 mod plan;
 mod report;
+mod scale;
 mod server;
 mod verdicts;
 mod workloads;
@@ -51,7 +52,8 @@ pub enum BenchError {
 
 const MIB: u64 = 1 << 20;
 const GIB: f64 = (1u64 << 30) as f64;
-const ALL: &[&str] = &["v2", "manifest", "pull-check", "blob-get", "push", "storm", "mixed", "startup", "cache"];
+const ALL: &[&str] =
+    &["v2", "manifest", "pull-check", "blob-get", "push", "storm", "mixed", "startup", "cache", "scale"];
 
 /// Cove vs the CNCF distribution registry on this machine.
 #[derive(Parser)]
@@ -78,7 +80,7 @@ struct Args {
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
     /// Workloads to run, comma-separated (default: all):
-    /// v2, manifest, pull-check, blob-get, push, storm, mixed, startup, cache.
+    /// v2, manifest, pull-check, blob-get, push, storm, mixed, startup, cache, scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Keep this run's storage directories afterwards.
@@ -289,6 +291,8 @@ async fn run(args: Args) -> Result<bool, BenchError> {
     }
     drop(cove);
     drop(dist);
+    // Its own server on its own store, with the shared pair stopped.
+    let scale = if wanted("scale") { Some(scale::scale(&bins, &base_dir, &plan).await?) } else { None };
 
     out.push_str(&format!(
         "{:<26} {:>12} {:>14}   {}\n",
@@ -302,6 +306,10 @@ async fn run(args: Args) -> Result<bool, BenchError> {
         rss_after[0].map(|k| fmt_num(k as f64 / 1024.0)).unwrap_or_else(|| "-".into()),
         rss_after[1].map(|k| fmt_num(k as f64 / 1024.0)).unwrap_or_else(|| "-".into()),
     ));
+    if let Some(section) = &scale {
+        out.push('\n');
+        out.push_str(section);
+    }
     let failures: u64 = results.iter().map(|r| r.failures(0) + r.failures(1)).sum();
     targets_summary(&mut out, &results, &limits, idle[0]);
     out.push_str(&format!(

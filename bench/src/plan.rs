@@ -45,6 +45,9 @@ pub(crate) struct Plan {
     pub(crate) cache_size: u64,
     pub(crate) cache_pairs: usize,
     pub(crate) disk_bytes: u64,
+    /// Repositories of the scale store, and tags of its one big repository.
+    pub(crate) scale_repos: usize,
+    pub(crate) scale_tags: usize,
 }
 
 impl Plan {
@@ -70,6 +73,8 @@ impl Plan {
                 cache_size: 8 * MIB,
                 cache_pairs: 1,
                 disk_bytes: 16 * MIB,
+                scale_repos: 300,
+                scale_tags: 60,
             },
             Mode::Short => Plan {
                 pool: 1 << 30,
@@ -91,6 +96,8 @@ impl Plan {
                 cache_size: 64 * MIB,
                 cache_pairs: 3,
                 disk_bytes: 512 * MIB,
+                scale_repos: 100_000,
+                scale_tags: 10_000,
             },
             Mode::Full => Plan {
                 pool: 1 << 30,
@@ -112,6 +119,8 @@ impl Plan {
                 cache_size: 256 * MIB,
                 cache_pairs: 5,
                 disk_bytes: 1 << 30,
+                scale_repos: 100_000,
+                scale_tags: 10_000,
             },
         }
     }

@@ -406,3 +406,65 @@ async fn everything_survives_a_graceful_restart() {
     assert_eq!(list[0]["digest"], serde_json::json!(sig_digest));
     assert_eq!(list[0]["artifactType"], "application/vnd.example.sig");
 }
+
+/// Every name of the paged catalog (read from the in-memory repository
+/// index once it is ready) and of the full one (a walk of the layout).
+async fn both_catalogs(s: &Server) -> (serde_json::Value, serde_json::Value) {
+    let paged = json(s.get("/v2/_catalog?n=1000").await).await["repositories"].clone();
+    let walked = json(s.get("/v2/_catalog").await).await["repositories"].clone();
+    (paged, walked)
+}
+
+async fn wait_for_index(s: &Server, sweeps: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.logs().matches("repository index swept").count() < sweeps {
+        assert!(Instant::now() < deadline, "no repository index sweep logged:\n{}", s.logs_tail(3000));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn kill9_during_pushes_and_deletes_listings_match_the_layout() {
+    let mut s = Server::start().await;
+    wait_for_index(&s, 1).await;
+    let base = s.base.clone();
+    // Pushes of new repositories and deletions of whole ones, in flight
+    // when the process is killed.
+    let writer = tokio::spawn(async move {
+        let http = http_client();
+        for i in 0.. {
+            let repo = format!("crash/idx{i:03}");
+            let img = Image::random(1);
+            push_image_to(&base, &repo, "v1", &img).await;
+            if i % 3 == 0 {
+                let url = format!("{base}/v2/{repo}/manifests/{}", img.digest);
+                let _ = http.delete(url).send().await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.restart().await; // kill -9 mid-write, then start on the same data dir
+    writer.abort();
+    let _ = writer.await;
+    let before_sweep = both_catalogs(&s).await;
+    assert_eq!(before_sweep.0, before_sweep.1, "paged and full catalog differ before the index is ready");
+    wait_for_index(&s, 2).await; // the log file is appended to across restarts
+    let (paged, walked) = both_catalogs(&s).await;
+    assert_eq!(paged, walked, "the index lists exactly what the layout holds after kill -9");
+    let names = walked.as_array().expect("names").clone();
+    assert!(names.len() >= 2, "some pushes landed before the kill: {names:?}");
+    for n in &names {
+        let r = s.get(&format!("/v2/{}/tags/list", n.as_str().expect("name"))).await;
+        assert_eq!(r.status(), 200, "{n} is listed and holds its tags");
+    }
+    // After the restart, writes keep it exact at once: a new repository
+    // shows, one whose last manifest is deleted goes.
+    let img = s.push_image("crash/after", "v1", 1).await;
+    let (paged, walked) = both_catalogs(&s).await;
+    assert_eq!(paged, walked);
+    assert!(paged.as_array().expect("names").iter().any(|n| n == "crash/after"), "new repository listed: {paged}");
+    assert_eq!(s.delete(&format!("/v2/crash/after/manifests/{}", img.digest)).await.status(), 202);
+    let (paged, walked) = both_catalogs(&s).await;
+    assert_eq!(paged, walked, "a repository whose last manifest is deleted leaves both listings");
+    assert!(!paged.as_array().expect("names").iter().any(|n| n == "crash/after"), "deleted repository gone: {paged}");
+}

@@ -65,15 +65,13 @@ impl Registry {
         Ok(paginate(found, Some(n), None))
     }
 
-    /// One page of repository names: from the index on a shared store once
-    /// it is ready (no store request; other replicas' changes show within
-    /// [`crate::storage::index::POLL`]), else from the store's ordered walk
-    /// (the layout itself, exact).
+    /// One page of repository names: from the in-memory index once it is
+    /// ready (no store request; exact for this process's writes, other
+    /// replicas' changes show within [`crate::storage::index::POLL`]), else
+    /// from the store's ordered walk of the layout.
     async fn repo_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoName>> {
-        if self.storage.capabilities().shared {
-            if let Some(page) = self.repo_index.as_ref().and_then(|i| i.page(after, limit)) {
-                return Ok(page);
-            }
+        if let Some(page) = self.repo_index.as_ref().and_then(|i| i.page(after, limit)) {
+            return Ok(page);
         }
         Ok(self.storage.repo_page(after, limit).await?)
     }

@@ -1,0 +1,220 @@
+//! The scale workload: a filesystem store with many repositories (and one
+//! repository with many tags), then catalog and tag pages, the web
+//! interface's list, start-up, GC and retention dry runs and memory. Cove
+//! only: the figures are checked against the scale issue's targets.
+//!
+//! The store is built once and kept in `base/scale-N/`: one image pushed
+//! through Cove, its repository directory copied N-1 times (names
+//! `orgNN/repoNNNNNN`, 100 organisations), and the tags pushed through the
+//! API.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt as _;
+
+use crate::client::{empty, Registry};
+use crate::data::{Blob, Image};
+use crate::plan::Plan;
+use crate::report::fmt_num;
+use crate::server::{self, Binaries, Kind, Server};
+use crate::BenchError;
+
+/// Requests per figure (the median is reported).
+const REPEAT: usize = 7;
+
+fn repo_name(i: usize) -> String {
+    format!("org{:02}/repo{i:06}", i % 100)
+}
+
+fn tag_name(i: usize) -> String {
+    format!("t{i:06}")
+}
+
+/// Builds (once) and measures the scale store; returns the report section.
+pub(crate) async fn scale(bins: &Binaries, base: &Path, plan: &Plan) -> Result<String, BenchError> {
+    let (repos, tags) = (plan.scale_repos, plan.scale_tags);
+    let dir = base.join(format!("scale-{repos}-{tags}"));
+    let image = Image::new(4, vec![Blob::from_bytes(Bytes::from_static(b"a tiny layer for the scale store"))]);
+    if !dir.join("ready").exists() {
+        build(bins, &dir, &image, repos, tags).await?;
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "scale: {} repositories and {} tags in one repository, filesystem (Cove only; pages: median of {REPEAT} requests, dry runs: one)",
+        fmt_num(repos as f64),
+        fmt_num(tags as f64)
+    );
+    // Start-up: spawn until `/v2/` answers, three times.
+    let mut ready = Vec::new();
+    for _ in 0..2 {
+        let (mut s, t) = Server::start(Kind::Cove, bins, &dir, "")?;
+        ready.push(t.as_secs_f64() * 1e3);
+        s.stop();
+    }
+    let (mut cove, t) = Server::start(Kind::Cove, bins, &dir, "")?;
+    ready.push(t.as_secs_f64() * 1e3);
+    ready.sort_by(f64::total_cmp);
+    row(&mut out, "start-up (spawn until /v2/ answers)", ready[ready.len() / 2], "ms", Some(100.0));
+    let swept = wait_for_sweep(&dir.join("server.log"), Duration::from_secs(120)).await;
+    row(&mut out, "repository index ready after start (background sweep)", swept.as_secs_f64() * 1e3, "ms", None);
+
+    let reg = Registry::new(cove.base(), "");
+    let b = cove.base();
+    let mid = repo_name(repos / 2);
+    let mid_tag = tag_name(tags / 2);
+    // How many names follow `last` in each listing, to check page sizes.
+    let mut all: Vec<String> = (0..repos).map(repo_name).chain(["tags/many".to_owned()]).collect();
+    all.sort();
+    let after_mid = all.len() - all.iter().position(|n| *n == mid).unwrap_or(0) - 1;
+    let tags_after_mid = tags - tags / 2 - 1;
+    let pages: Vec<(&str, String, usize)> = vec![
+        ("_catalog?n=100, first page", format!("{b}/v2/_catalog?n=100"), 100.min(all.len())),
+        ("_catalog?n=100, middle page", format!("{b}/v2/_catalog?n=100&last={mid}"), 100.min(after_mid)),
+        ("_catalog?n=1000, middle page", format!("{b}/v2/_catalog?n=1000&last={mid}"), 1000.min(after_mid)),
+        ("tags/list?n=100, first page", format!("{b}/v2/tags/many/tags/list?n=100"), 100.min(tags)),
+        (
+            "tags/list?n=100, middle page",
+            format!("{b}/v2/tags/many/tags/list?n=100&last={mid_tag}"),
+            100.min(tags_after_mid),
+        ),
+        (
+            "tags/list?n=1000, middle page",
+            format!("{b}/v2/tags/many/tags/list?n=1000&last={mid_tag}"),
+            1000.min(tags_after_mid),
+        ),
+    ];
+    for (label, url, want) in &pages {
+        let ms = timed(&reg, Method::GET, url, REPEAT, |body| check_page(body, *want)).await?;
+        row(&mut out, label, ms, "ms", Some(10.0));
+    }
+    let ui: Vec<(&str, String)> = vec![
+        ("web interface list, first page", format!("{b}/")),
+        ("web interface list, a middle page", format!("{b}/?page={}", (repos / 50 / 2).max(1))),
+        ("web interface list, filtered (1 % match)", format!("{b}/?q=repo000")),
+    ];
+    for (label, url) in &ui {
+        let ms = timed(&reg, Method::GET, url, REPEAT, |body| {
+            if body.windows(5).any(|w| w == b"/repo") {
+                Ok(())
+            } else {
+                Err(BenchError::Check("web interface list shows no repository".into()))
+            }
+        })
+        .await?;
+        row(&mut out, label, ms, "ms", None);
+    }
+    for (label, path) in
+        [("GC dry run", "/admin/gc?dry_run=true"), ("retention dry run", "/admin/retention?dry_run=true")]
+    {
+        // One run each: a run reads every manifest (seconds at this size).
+        let ms = timed(&reg, Method::POST, &format!("{b}{path}"), 1, |_| Ok(())).await?;
+        row(&mut out, label, ms, "ms", None);
+    }
+    if let Some(k) = server::rss_kib(cove.pid) {
+        row(&mut out, "RSS after all of the above", k as f64 / 1024.0, "MiB", Some(64.0));
+    }
+    cove.stop();
+    out.push('\n');
+    Ok(out)
+}
+
+/// One line: label, value, unit and the target when there is one.
+fn row(out: &mut String, label: &str, value: f64, unit: &str, target: Option<f64>) {
+    let verdict = match target {
+        Some(t) if value <= t => format!("  (target ≤ {}: met)", fmt_num(t)),
+        Some(t) => format!("  (target ≤ {}: MISSED)", fmt_num(t)),
+        None => String::new(),
+    };
+    let _ = writeln!(out, "  {label:<58} {:>10} {unit}{verdict}", fmt_num(value));
+}
+
+/// The median time of `repeat` requests; every answer must be 200 and
+/// pass `check`.
+async fn timed(
+    reg: &Registry,
+    method: Method,
+    url: &str,
+    repeat: usize,
+    check: impl Fn(&[u8]) -> Result<(), BenchError>,
+) -> Result<f64, BenchError> {
+    let mut times = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let start = Instant::now();
+        let resp = reg.send(method.clone(), url, &[("content-length", "0")], empty()).await?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.map_err(|e| BenchError::Http(format!("{url}: {e}")))?.to_bytes();
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        if parts.status != StatusCode::OK {
+            return Err(BenchError::Check(format!("{url}: {}", parts.status)));
+        }
+        check(&bytes)?;
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// A catalog or tag page: a JSON list of exactly `want` names.
+fn check_page(body: &[u8], want: usize) -> Result<(), BenchError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| BenchError::Check(format!("page is not JSON: {e}")))?;
+    let n = v.get("repositories").or_else(|| v.get("tags")).and_then(|l| l.as_array()).map(Vec::len);
+    if n != Some(want) {
+        return Err(BenchError::Check(format!("page has {n:?} names, want {want}")));
+    }
+    Ok(())
+}
+
+/// How long after now the server logs its first index sweep.
+async fn wait_for_sweep(log: &Path, limit: Duration) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().rev().find(|l| l.contains("repository index swept")) {
+            // The server says how long the sweep took.
+            if let Some(ms) = line.split("ms=").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()) {
+                return Duration::from_millis(ms);
+            }
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    limit
+}
+
+/// Pushes the seed image and the tags through Cove, then copies the seed
+/// repository's directory to every other name.
+async fn build(bins: &Binaries, dir: &Path, image: &Image, repos: usize, tags: usize) -> Result<(), BenchError> {
+    eprintln!("building the scale store: {repos} repositories, {tags} tags…");
+    let _ = std::fs::remove_dir_all(dir);
+    let (mut s, _) = Server::start(Kind::Cove, bins, dir, "")?;
+    let reg = Registry::new(s.base(), "");
+    reg.push_image(&repo_name(0), "latest", image).await?;
+    reg.push_image("tags/many", &tag_name(0), image).await?;
+    let reg = &reg;
+    let mut pending = futures::stream::iter(
+        (1..tags).map(|i| async move { reg.put_manifest("tags/many", &tag_name(i), image).await }),
+    )
+    .buffer_unordered(8);
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    s.stop();
+    let root = dir.join("storage/repositories");
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let seed = root.join(repo_name(0));
+        for i in 1..repos {
+            crate::dedicated::copy_dir(&seed, &root.join(repo_name(i)))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| BenchError::Setup(e.to_string()))??;
+    std::fs::write(dir.join("ready"), b"")?;
+    Ok(())
+}
