@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cove_backends::fs::FsStorage;
 use cove_backends::object::ObjectStorage;
-use cove_core::gc::{GcGuard, GuardedStorage};
+use cove_core::gc::{collect, GcGuard, GcOptions, GcReport, GuardedStorage};
 use cove_core::manifest::OCI_MANIFEST;
 use cove_core::storage::index::CHANGES;
 use cove_core::storage::{RepoIndex, StoredManifest};
@@ -29,12 +29,16 @@ struct Replica {
     raw: Arc<dyn Storage>,
     guarded: GuardedStorage,
     index: Arc<RepoIndex>,
+    guard: Arc<GcGuard>,
 }
 
 fn replica(raw: Arc<dyn Storage>) -> Replica {
     let index = RepoIndex::new(raw.capabilities().shared);
-    let guarded = GuardedStorage::new(raw.clone(), GcGuard::new()).with_index(index.clone());
-    Replica { raw, guarded, index }
+    // Offline guard: only references decide (no grace), so a dry run says
+    // exactly which blobs nothing references.
+    let guard = GcGuard::offline();
+    let guarded = GuardedStorage::new(raw.clone(), guard.clone()).with_index(index.clone());
+    Replica { raw, guarded, index, guard }
 }
 
 fn names(index: &RepoIndex) -> Vec<String> {
@@ -62,23 +66,24 @@ async fn replicas_see_each_others_new_and_deleted_repositories_after_a_poll() {
     a.guarded.manifest_put(&repo("team/app"), &d, &m).await.expect("put");
     assert_eq!(names(&a.index), ["before/sweep", "team/app"]);
     assert_eq!(names(&b.index), ["before/sweep"], "B has not polled yet");
-    assert_eq!(b.index.poll(b.raw.as_ref()).await.expect("poll"), 2, "the record of each new repository");
+    assert_eq!(b.index.poll(b.raw.as_ref()).await.expect("poll"), 4, "each write's record and each new repository's");
     assert_eq!(names(&b.index), ["before/sweep", "team/app"]);
     assert_eq!(b.index.poll(b.raw.as_ref()).await.expect("poll"), 0, "a record is applied once");
     assert_eq!(a.index.poll(a.raw.as_ref()).await.expect("poll"), 0, "a replica skips its own records");
 
-    // A second manifest in a known repository publishes nothing.
+    // Every write announces itself first (one record), a new repository
+    // once more after the write (the set changed).
     let listed = a.raw.state_list(CHANGES).await.expect("list").len();
     let (d2, m2) = manifest(2);
     a.guarded.manifest_put(&repo("team/app"), &d2, &m2).await.expect("put");
-    assert_eq!(a.raw.state_list(CHANGES).await.expect("list").len(), listed, "no record for a known repository");
+    assert_eq!(a.raw.state_list(CHANGES).await.expect("list").len(), listed + 1, "one record for a known repository");
 
     // Deleting one of two manifests keeps the repository; the last removes it.
     assert!(a.guarded.manifest_delete(&repo("team/app"), &d).await.expect("delete"));
     assert_eq!(names(&a.index), ["before/sweep", "team/app"], "one manifest left");
     assert!(a.guarded.manifest_delete(&repo("team/app"), &d2).await.expect("delete"));
     assert_eq!(names(&a.index), ["before/sweep"], "no manifest left");
-    assert_eq!(b.index.poll(b.raw.as_ref()).await.expect("poll"), 1);
+    assert_eq!(b.index.poll(b.raw.as_ref()).await.expect("poll"), 4, "put, two deletes, the removal");
     assert_eq!(names(&b.index), ["before/sweep"], "B saw the deletion");
 }
 
@@ -148,4 +153,96 @@ async fn on_a_filesystem_the_index_publishes_nothing() {
     assert!(r.raw.state_list(CHANGES).await.expect("list").is_empty(), "no change records on a filesystem");
     assert!(r.guarded.manifest_delete(&repo("local/app"), &d).await.expect("delete"));
     assert_eq!(names(&r.index), Vec::<String>::new());
+}
+
+/// An image manifest whose config and one layer are `blobs`.
+fn image_of(blobs: [&Digest; 2]) -> (Digest, StoredManifest) {
+    let d = |x: &Digest| format!(r#"{{"mediaType":"application/octet-stream","digest":"{x}","size":4}}"#);
+    let bytes = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[{}]}}"#,
+        d(blobs[0]),
+        d(blobs[1])
+    ));
+    (Digest::sha256_of(&bytes), StoredManifest { media_type: OCI_MANIFEST.into(), bytes })
+}
+
+async fn blob(s: &dyn Storage, n: u8) -> Digest {
+    let bytes = Bytes::from(vec![n; 4]);
+    let d = Digest::sha256_of(&bytes);
+    let body: cove_core::ByteStream = Box::pin(futures::stream::iter([Ok::<_, std::io::Error>(bytes)]));
+    s.blob_write(&d, body, Some(4)).await.expect("blob");
+    d
+}
+
+async fn dry_gc(r: &Replica) -> GcReport {
+    let opts =
+        GcOptions { grace: std::time::Duration::ZERO, untagged: false, upload_ttl: None, dry_run: true, fence: None };
+    collect(&r.guarded, &r.guard, &|_| false, &opts).await.expect("gc")
+}
+
+fn removable(report: &GcReport) -> Vec<String> {
+    let mut v: Vec<String> = report.blobs_removed.iter().map(|(d, _)| d.clone()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn gc_lists_only_what_changed_and_stays_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = replica(Arc::new(FsStorage::open(dir.path().to_path_buf()).expect("open")));
+    let (b1, b2, b3, cfg) =
+        (blob(&r.guarded, 1).await, blob(&r.guarded, 2).await, blob(&r.guarded, 3).await, blob(&r.guarded, 9).await);
+    let (m1, s1) = image_of([&cfg, &b1]);
+    let (m2, s2) = image_of([&cfg, &b2]);
+    r.guarded.manifest_put(&repo("gc/one"), &m1, &s1).await.expect("put");
+    r.guarded.manifest_put(&repo("gc/two"), &m2, &s2).await.expect("put");
+
+    let first = dry_gc(&r).await;
+    assert!(first.full_listing, "the first run lists everything");
+    assert_eq!((first.repositories, first.repositories_listed), (2, 2));
+    assert_eq!(removable(&first), [b3.to_string()]);
+
+    let quiet = dry_gc(&r).await;
+    assert!(!quiet.full_listing);
+    assert_eq!((quiet.repositories, quiet.repositories_listed), (2, 0), "nothing changed, nothing listed");
+    assert_eq!(removable(&quiet), [b3.to_string()], "same answer from the kept listing");
+
+    // A new repository referencing b3: listed, and b3 is kept.
+    let (m3, s3) = image_of([&cfg, &b3]);
+    r.guarded.manifest_put(&repo("gc/three"), &m3, &s3).await.expect("put");
+    let after_push = dry_gc(&r).await;
+    assert_eq!((after_push.repositories, after_push.repositories_listed), (3, 1));
+    assert!(removable(&after_push).is_empty(), "b3 is referenced now: {after_push:?}");
+
+    // Deleting gc/one's only manifest frees b1.
+    assert!(r.guarded.manifest_delete(&repo("gc/one"), &m1).await.expect("delete"));
+    let after_delete = dry_gc(&r).await;
+    assert_eq!((after_delete.repositories, after_delete.repositories_listed), (2, 1));
+    assert_eq!(removable(&after_delete), [b1.to_string()]);
+
+    // A failed run's changes are not lost: the next one lists everything.
+    r.index.all_changed();
+    let full = dry_gc(&r).await;
+    assert!(full.full_listing);
+    assert_eq!(removable(&full), [b1.to_string()]);
+}
+
+#[tokio::test]
+async fn gc_on_one_replica_hears_of_the_other_replicas_writes() {
+    let (a, b) = two_replicas();
+    let (b1, cfg) = (blob(&a.guarded, 1).await, blob(&a.guarded, 9).await);
+    let first = dry_gc(&a).await;
+    assert!(first.full_listing);
+    assert_eq!(removable(&first).len(), 2, "nothing references either blob yet");
+    // B pushes a manifest referencing them; A's next run reads B's record
+    // (A polls first) and lists that repository.
+    let (m, st) = image_of([&cfg, &b1]);
+    b.guarded.manifest_put(&repo("other/replica"), &m, &st).await.expect("put");
+    let next = dry_gc(&a).await;
+    assert!(!next.full_listing, "{next:?}");
+    assert_eq!((next.repositories, next.repositories_listed), (1, 1));
+    assert!(removable(&next).is_empty(), "B's manifest keeps both blobs: {next:?}");
+    // The record keeps the repository relisted until it settled (another
+    // run still lists it).
+    assert_eq!(dry_gc(&a).await.repositories_listed, 1, "relisted until SETTLE has passed");
 }

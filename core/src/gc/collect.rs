@@ -39,15 +39,14 @@ pub async fn collect_locked(
     let run = Collection { storage, guard, opts, t0: Instant::now() };
     let mut report = GcReport { dry_run: opts.dry_run, ..Default::default() };
 
-    // Mark: every manifest of every repository, listed after t0.
-    let repos = storage.repo_list().await?;
-    report.repositories = repos.len();
-    let mut listed: BTreeMap<RepoName, RepoInventory> = BTreeMap::new();
-    for repo in repos {
-        let inv = RepoInventory::list(storage, &repo).await?;
-        report.manifests += inv.order.len();
-        listed.insert(repo, inv);
-    }
+    // Mark: every manifest of every repository, as listed after t0 (those
+    // unchanged since the last run: as listed then; see `Inventories`).
+    let listing = guard.inventories.list(storage, guard.index().map(|i| i.as_ref())).await?;
+    report.repositories = listing.repos.len();
+    report.repositories_listed = listing.relisted;
+    report.full_listing = listing.full;
+    report.manifests = listing.repos.values().map(|inv| inv.order.len()).sum();
+    let listed = listing.repos;
     let removed = if opts.untagged { run.remove_untagged(&listed, &mut report).await? } else { HashSet::new() };
     let mut referenced: HashMap<Digest, u64> = HashMap::new();
     for (repo, inv) in &listed {
@@ -95,7 +94,7 @@ impl Collection<'_> {
     /// in a dry run, that would be).
     async fn remove_untagged(
         &self,
-        listed: &BTreeMap<RepoName, RepoInventory>,
+        listed: &BTreeMap<RepoName, Arc<RepoInventory>>,
         report: &mut GcReport,
     ) -> Result<HashSet<(RepoName, Digest)>, GcError> {
         let (storage, guard, opts, t0) = (self.storage, self.guard, self.opts, self.t0);

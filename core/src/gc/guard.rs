@@ -17,6 +17,11 @@ pub struct GcGuard {
     released: tokio::sync::Notify,
     /// One collection at a time.
     pub(super) run_lock: tokio::sync::Mutex<()>,
+    /// What the writes changed, when the storage reports it
+    /// ([`super::GuardedStorage::with_index`]).
+    index: std::sync::OnceLock<Arc<crate::storage::RepoIndex>>,
+    /// The mark phase's listings, kept between runs.
+    pub(crate) inventories: super::inventory::Inventories,
 }
 
 #[derive(Default)]
@@ -45,7 +50,19 @@ impl GcGuard {
             state: Mutex::new(GuardState::default()),
             released: tokio::sync::Notify::new(),
             run_lock: tokio::sync::Mutex::new(()),
+            index: std::sync::OnceLock::new(),
+            inventories: super::inventory::Inventories::default(),
         }
+    }
+
+    /// Reports writes to `index` (set once, by the storage wrapper).
+    pub(super) fn set_index(&self, index: Arc<crate::storage::RepoIndex>) {
+        let _ = self.index.set(index);
+    }
+
+    /// The index the writes report to, if any.
+    pub(crate) fn index(&self) -> Option<&Arc<crate::storage::RepoIndex>> {
+        self.index.get()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GuardState> {

@@ -24,8 +24,11 @@ impl GuardedStorage {
         GuardedStorage { inner, guard, index: None }
     }
 
-    /// Also keeps `index` up to date with every manifest stored or deleted.
+    /// Also keeps `index` up to date with every manifest and tag stored or
+    /// deleted; GC and retention then relist only the repositories it says
+    /// changed (see [`super::inventory::Inventories`]).
     pub fn with_index(mut self, index: Arc<RepoIndex>) -> GuardedStorage {
+        self.guard.set_index(index.clone());
         self.index = Some(index);
         self
     }
@@ -33,6 +36,17 @@ impl GuardedStorage {
     /// The guard shared with garbage collection.
     pub fn guard(&self) -> &Arc<GcGuard> {
         &self.guard
+    }
+}
+
+impl GuardedStorage {
+    /// Before a manifest or tag write: the index's change record (see
+    /// [`RepoIndex::before_write`]).
+    async fn announce(&self, repo: &RepoName) -> Result<(), StorageError> {
+        match &self.index {
+            Some(index) => index.before_write(self.inner.as_ref(), repo).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -135,6 +149,7 @@ impl Storage for GuardedStorage {
         let mut digests = manifest_refs(&m.bytes, &m.media_type);
         digests.push(digest.clone());
         let _pin = self.guard.pin(digests).await;
+        self.announce(repo).await?;
         self.inner.manifest_put(repo, digest, m).await?;
         if let Some(index) = &self.index {
             index.stored(self.inner.as_ref(), repo).await;
@@ -145,6 +160,7 @@ impl Storage for GuardedStorage {
         self.inner.manifest_get(repo, digest).await
     }
     async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
+        self.announce(repo).await?;
         let deleted = self.inner.manifest_delete(repo, digest).await?;
         if let (true, Some(index)) = (deleted, &self.index) {
             index.deleted(self.inner.as_ref(), repo).await;
@@ -163,10 +179,20 @@ impl Storage for GuardedStorage {
         if self.inner.manifest_get(repo, digest).await?.is_none() {
             return Err(StorageError::NotFound);
         }
-        self.inner.tag_put(repo, tag, digest).await
+        self.announce(repo).await?;
+        self.inner.tag_put(repo, tag, digest).await?;
+        if let Some(index) = &self.index {
+            index.tagged(repo);
+        }
+        Ok(())
     }
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
-        self.inner.tag_delete(repo, tag).await
+        self.announce(repo).await?;
+        let deleted = self.inner.tag_delete(repo, tag).await?;
+        if let (true, Some(index)) = (deleted, &self.index) {
+            index.tagged(repo);
+        }
+        Ok(deleted)
     }
     async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
         self.inner.tag_list(repo).await

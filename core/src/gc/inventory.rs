@@ -4,12 +4,120 @@
 //! protected by the guard instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::GcError;
 use crate::digest::Digest;
 use crate::manifest::parse_manifest;
 use crate::name::{RepoName, Tag};
-use crate::storage::Storage;
+use crate::storage::{RepoIndex, Storage};
+
+/// How often a run lists every repository again although nothing says it
+/// changed (the full verification pass).
+pub const FULL_LISTING_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// Every repository's listing, kept between runs: a run lists again only
+/// the repositories written since the previous one (the storage wrapper
+/// tells the [`RepoIndex`]; on a shared store so do the other replicas'
+/// change records), and everything at the first run, every
+/// [`FULL_LISTING_EVERY`], after a failed run or when the index cannot
+/// vouch that it saw every change. Manifests are immutable by digest and
+/// tags only change through a write the index hears of, so an unchanged
+/// repository's listing is what listing it again would return. Runs are
+/// one at a time (the guard's run lock), so this is never listed twice at
+/// once.
+#[derive(Default)]
+pub struct Inventories {
+    kept: tokio::sync::Mutex<Option<Kept>>,
+}
+
+struct Kept {
+    repos: BTreeMap<RepoName, Arc<RepoInventory>>,
+    full_at: Instant,
+}
+
+/// One run's listing.
+pub(crate) struct Listing {
+    pub(crate) repos: BTreeMap<RepoName, Arc<RepoInventory>>,
+    /// Repositories listed from the store this run (all of them on a full
+    /// listing).
+    pub(crate) relisted: usize,
+    pub(crate) full: bool,
+}
+
+impl Inventories {
+    /// Every repository's listing as of now (see the type's docs).
+    pub(crate) async fn list(&self, storage: &dyn Storage, index: Option<&RepoIndex>) -> Result<Listing, GcError> {
+        let mut kept = self.kept.lock().await;
+        // The other replicas' latest records first (on a shared store); a
+        // failed read means changes may be unseen: list everything.
+        let polled = match index {
+            Some(i) => i
+                .poll(storage)
+                .await
+                .map_err(
+                    |e| tracing::warn!(error = %e, "cannot read the other replicas' changes; listing every repository"),
+                )
+                .is_ok(),
+            None => false,
+        };
+        // Taken before anything is listed: a write from here on counts for
+        // the next run.
+        let changed = index.and_then(RepoIndex::take_changed).filter(|_| polled);
+        let fresh = kept.as_ref().filter(|k| k.full_at.elapsed() < FULL_LISTING_EVERY);
+        let result = match (fresh, changed) {
+            (Some(k), Some(changed)) => relist(storage, k.repos.clone(), changed)
+                .await
+                .map(|(repos, relisted)| Listing { repos, relisted, full: false }),
+            _ => list_all(storage).await.map(|repos| Listing { relisted: repos.len(), repos, full: true }),
+        };
+        match result {
+            Ok(listing) => {
+                let full_at = match (&*kept, listing.full) {
+                    (Some(k), false) => k.full_at,
+                    _ => Instant::now(),
+                };
+                *kept = Some(Kept { repos: listing.repos.clone(), full_at });
+                Ok(listing)
+            }
+            Err(e) => {
+                // The changes taken are lost with this run: list everything next time.
+                *kept = None;
+                if let Some(i) = index {
+                    i.all_changed();
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn list_all(storage: &dyn Storage) -> Result<BTreeMap<RepoName, Arc<RepoInventory>>, GcError> {
+    let mut repos = BTreeMap::new();
+    for repo in storage.repo_list().await? {
+        let inv = RepoInventory::list(storage, &repo).await?;
+        repos.insert(repo, Arc::new(inv));
+    }
+    Ok(repos)
+}
+
+async fn relist(
+    storage: &dyn Storage,
+    mut repos: BTreeMap<RepoName, Arc<RepoInventory>>,
+    changed: HashSet<RepoName>,
+) -> Result<(BTreeMap<RepoName, Arc<RepoInventory>>, usize), GcError> {
+    let relisted = changed.len();
+    for repo in changed {
+        if storage.repo_exists(&repo).await? {
+            let inv = RepoInventory::list(storage, &repo).await?;
+            repos.insert(repo, Arc::new(inv));
+        } else {
+            repos.remove(&repo);
+        }
+    }
+    Ok((repos, relisted))
+}
 
 /// What one stored manifest references.
 pub(crate) struct ManifestRefs {

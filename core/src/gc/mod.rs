@@ -64,6 +64,13 @@ pub struct GcOptions {
 pub struct GcReport {
     pub dry_run: bool,
     pub repositories: usize,
+    /// Repositories read from the store this run: those written since the
+    /// last run, or all of them (`full_listing`) at the first run, once a
+    /// day and whenever a change may have gone unseen.
+    #[serde(default)]
+    pub repositories_listed: usize,
+    #[serde(default)]
+    pub full_listing: bool,
     pub manifests: usize,
     pub blobs: usize,
     /// Bytes of the distinct blobs still referenced by manifests after the

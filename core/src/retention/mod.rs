@@ -207,7 +207,7 @@ pub async fn run(
         grace_ms: opts.grace.as_millis() as u64,
     };
     let mut report = RetentionReport { dry_run: opts.dry_run, ..Default::default() };
-    let repos = plan::list_repositories(storage, upstream_of).await?;
+    let repos = plan::list_repositories(storage, guard, upstream_of).await?;
     let mut evictions = Vec::new();
     for policy in &opts.upstreams {
         evictions.extend(run.plan_upstream(&repos, policy, &mut report).await?);

@@ -3,33 +3,39 @@
 //! [`super::evict`] carries out.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::activity::TagTimes;
 use super::{RetentionReport, RetentionRun, UpstreamPolicy, UpstreamUsage};
 use crate::digest::Digest;
 use crate::gc::inventory::RepoInventory;
-use crate::gc::GcError;
+use crate::gc::{GcError, GcGuard};
 use crate::name::RepoName;
 use crate::storage::Storage;
 
 /// One repository as listed, with the upstream it caches (`None`: private).
 pub(super) struct RepoState {
     pub(super) upstream: Option<String>,
-    pub(super) listed: RepoInventory,
+    pub(super) listed: Arc<RepoInventory>,
 }
 
-/// Every repository, as in GC's mark phase: references decide what is freed.
+/// Every repository, as in GC's mark phase (and through the same kept
+/// listings, [`crate::gc::inventory::Inventories`]): references decide
+/// what is freed.
 pub(super) async fn list_repositories(
     storage: &dyn Storage,
+    guard: &GcGuard,
     upstream_of: &(dyn Fn(&RepoName) -> Option<String> + Send + Sync),
 ) -> Result<BTreeMap<RepoName, RepoState>, GcError> {
-    let mut repos = BTreeMap::new();
-    for repo in storage.repo_list().await? {
-        let listed = RepoInventory::list(storage, &repo).await?;
-        let upstream = upstream_of(&repo);
-        repos.insert(repo, RepoState { upstream, listed });
-    }
-    Ok(repos)
+    let listing = guard.inventories.list(storage, guard.index().map(|i| i.as_ref())).await?;
+    Ok(listing
+        .repos
+        .into_iter()
+        .map(|(repo, listed)| {
+            let upstream = upstream_of(&repo);
+            (repo, RepoState { upstream, listed })
+        })
+        .collect())
 }
 
 /// One cached image: a root manifest (tagged, or pulled by digest) with the

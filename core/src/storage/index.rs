@@ -24,11 +24,11 @@
 //! [`POLL`] (plus the store's own listing delay); a change whose record was
 //! lost (a crash between the write and the record) within [`SWEEP`].
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -41,6 +41,10 @@ pub const SWEEP: Duration = Duration::from_secs(3600);
 pub const POLL: Duration = Duration::from_secs(10);
 /// How long a change record stays in the shared state.
 pub const KEEP: Duration = Duration::from_secs(600);
+/// How long after a change record is read the write it announced may still
+/// land (a manifest or tag write is a few small requests; the store's
+/// request timeouts are far shorter).
+pub const SETTLE: Duration = Duration::from_secs(300);
 /// The shared-state directory of change records.
 pub const CHANGES: &str = "repo-changes";
 /// Repositories read per store request of a sweep.
@@ -66,10 +70,25 @@ struct State {
     during_sweep: Option<Vec<(RepoName, bool)>>,
     /// Change records already applied (or written by this process).
     seen: HashSet<String>,
+    /// Repositories written (a manifest or tag stored or deleted), each
+    /// with the instant from which one listing of it settles the change.
+    changed: HashMap<RepoName, Instant>,
+    /// Every repository counts as changed (at start, after a failed run or
+    /// when change records may have been missed).
+    all_changed: bool,
+    /// When the other replicas' records were last read completely.
+    polled: Option<Instant>,
 }
 
 impl State {
+    /// `repo` must be listed again, by a listing at or after `from`.
+    fn mark(&mut self, repo: &RepoName, from: Instant) {
+        let at = self.changed.entry(repo.clone()).or_insert(from);
+        *at = (*at).max(from);
+    }
+
     fn set(&mut self, repo: &RepoName, present: bool) {
+        self.mark(repo, Instant::now());
         if let Some(log) = &mut self.during_sweep {
             log.push((repo.clone(), present));
         }
@@ -90,7 +109,7 @@ impl RepoIndex {
         let replica = format!("{:08x}", uuid::Uuid::new_v4().as_fields().0);
         Arc::new(RepoIndex {
             shared,
-            state: RwLock::default(),
+            state: RwLock::new(State { all_changed: true, ..State::default() }),
             apply: tokio::sync::Mutex::new(()),
             replica,
             seq: AtomicU64::new(0),
@@ -128,36 +147,78 @@ impl RepoIndex {
         changed
     }
 
+    /// Before a manifest or tag of `repo` is written or deleted: on a
+    /// shared store, a change record goes out first, so no write can land
+    /// that the other replicas cannot hear of (the write is refused when
+    /// the record cannot be written).
+    pub async fn before_write(&self, storage: &dyn Storage, repo: &RepoName) -> Result<(), StorageError> {
+        self.publish(storage, repo, Change::Touched).await
+    }
+
     /// A manifest of `repo` was stored (by this process).
     pub async fn stored(&self, storage: &dyn Storage, repo: &RepoName) {
         if self.read(|n| n.contains(repo)) == Some(true) {
+            self.touch(repo);
             return;
         }
-        let changed = {
+        let added = {
             let _apply = self.apply.lock().await;
             self.change(repo, true)
         };
-        if changed {
-            self.publish(storage, repo, true).await;
+        if added {
+            self.publish_hint(storage, repo, Change::Added).await;
         }
+    }
+
+    /// A tag of `repo` was stored or deleted (by this process).
+    pub fn tagged(&self, repo: &RepoName) {
+        self.touch(repo);
+    }
+
+    fn touch(&self, repo: &RepoName) {
+        self.state.write().unwrap_or_else(|e| e.into_inner()).mark(repo, Instant::now());
+    }
+
+    /// The repositories written since the last call (by this process, or by
+    /// another replica whose records were read). A change is forgotten once
+    /// it has been returned at or after its settling instant (for another
+    /// replica's record: [`SETTLE`] after it was read, by when the write it
+    /// announced has landed or failed). `None` when every repository must
+    /// count as changed: the first call, after [`RepoIndex::all_changed`],
+    /// or on a shared store whose records were not read completely within
+    /// [`KEEP`] / 2 (some may be gone).
+    pub fn take_changed(&self) -> Option<HashSet<RepoName>> {
+        let now = Instant::now();
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let changed: HashSet<RepoName> = state.changed.keys().cloned().collect();
+        state.changed.retain(|_, from| *from > now);
+        let stale = self.shared && state.polled.is_none_or(|at| at.elapsed() > KEEP / 2);
+        let all = std::mem::replace(&mut state.all_changed, false) || stale;
+        (!all).then_some(changed)
+    }
+
+    /// Makes the next [`RepoIndex::take_changed`] answer "everything" (a run
+    /// that took the changes failed before using them).
+    pub fn all_changed(&self) {
+        self.state.write().unwrap_or_else(|e| e.into_inner()).all_changed = true;
     }
 
     /// A manifest of `repo` was deleted (by this process): the repository
     /// leaves the set when the store holds no manifest of it any more.
     pub async fn deleted(&self, storage: &dyn Storage, repo: &RepoName) {
-        let changed = {
+        let removed = {
             let _apply = self.apply.lock().await;
+            self.touch(repo);
             match storage.repo_exists(repo).await {
-                Ok(true) => false,
-                Ok(false) => self.change(repo, false),
+                Ok(present) => !present && self.change(repo, false),
                 Err(e) => {
                     tracing::warn!(repository = %repo, error = %e, "repository index: cannot check a deleted repository; the next sweep will");
                     false
                 }
             }
         };
-        if changed {
-            self.publish(storage, repo, false).await;
+        if removed {
+            self.publish_hint(storage, repo, Change::Removed).await;
         }
     }
 
@@ -207,15 +268,20 @@ impl RepoIndex {
         let mut applied = 0;
         for name in fresh.iter().filter(|n| !self.is_own(n)) {
             let Some(bytes) = storage.state_get(&format!("{CHANGES}/{name}")).await? else { continue };
-            let Some(repo) = parse_record(&bytes) else {
+            let Some((change, repo)) = parse_record(&bytes) else {
                 tracing::warn!(record = %name, "repository index: skipping an unreadable change record");
                 continue;
             };
+            applied += 1;
+            self.state.write().unwrap_or_else(|e| e.into_inner()).mark(&repo, Instant::now() + SETTLE);
+            if change == Change::Touched && self.read(|n| n.contains(&repo)) == Some(true) {
+                continue;
+            }
             let _apply = self.apply.lock().await;
             let present = storage.repo_exists(&repo).await?;
             self.change(&repo, present);
-            applied += 1;
         }
+        self.state.write().unwrap_or_else(|e| e.into_inner()).polled = Some(Instant::now());
         Ok(applied)
     }
 
@@ -223,20 +289,47 @@ impl RepoIndex {
         record.split('-').nth(1) == Some(self.replica.as_str())
     }
 
-    /// Publishes a change of the set to the other replicas.
-    async fn publish(&self, storage: &dyn Storage, repo: &RepoName, present: bool) {
+    /// Writes a change record for the other replicas (on a shared store).
+    async fn publish(&self, storage: &dyn Storage, repo: &RepoName, change: Change) -> Result<(), StorageError> {
         if !self.shared {
-            return;
+            return Ok(());
         }
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let name = format!("{ms:013}-{}-{seq:06}", self.replica);
-        let body = format!("{}{repo}\n", if present { '+' } else { '-' });
-        if let Err(e) = storage.state_put(&format!("{CHANGES}/{name}"), Bytes::from(body)).await {
-            tracing::warn!(repository = %repo, error = %e, "repository index: cannot publish a change; other replicas see it at their next sweep");
-        }
+        let body = format!("{}{repo}\n", change.sign());
         // Our own record needs no applying.
-        self.state.write().unwrap_or_else(|e| e.into_inner()).seen.insert(name);
+        self.state.write().unwrap_or_else(|e| e.into_inner()).seen.insert(name.clone());
+        storage.state_put(&format!("{CHANGES}/{name}"), Bytes::from(body)).await
+    }
+
+    /// [`RepoIndex::publish`] for a change of the set, which the other
+    /// replicas' listings then show within [`POLL`]; when it cannot be
+    /// written they show it at their next sweep.
+    async fn publish_hint(&self, storage: &dyn Storage, repo: &RepoName, change: Change) {
+        if let Err(e) = self.publish(storage, repo, change).await {
+            tracing::warn!(repository = %repo, error = %e, "repository index: cannot publish a change; other replicas list it at their next sweep");
+        }
+    }
+}
+
+/// What a change record says happened to a repository (a hint: the
+/// layout decides whether it is there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Added,
+    Removed,
+    /// A manifest or tag of a repository already there was written.
+    Touched,
+}
+
+impl Change {
+    fn sign(self) -> char {
+        match self {
+            Change::Added => '+',
+            Change::Removed => '-',
+            Change::Touched => '~',
+        }
     }
 }
 
@@ -255,11 +348,16 @@ async fn walk_all(storage: &dyn Storage) -> Result<BTreeSet<RepoName>, StorageEr
     }
 }
 
-/// The repository a change record names (its body is `+name` or `-name`;
-/// the sign is a hint, the layout decides).
-fn parse_record(bytes: &[u8]) -> Option<RepoName> {
+/// A change record's body: `+name`, `-name` or `~name`.
+fn parse_record(bytes: &[u8]) -> Option<(Change, RepoName)> {
     let text = std::str::from_utf8(bytes).ok()?.trim();
-    text.strip_prefix(['+', '-'])?.parse().ok()
+    let change = match text.chars().next()? {
+        '+' => Change::Added,
+        '-' => Change::Removed,
+        '~' => Change::Touched,
+        _ => return None,
+    };
+    Some((change, text[1..].parse().ok()?))
 }
 
 /// How old a record is by the time in its name.
