@@ -39,7 +39,8 @@ impl Algorithm {
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
     algorithm: Algorithm,
-    hex: String,
+    /// Shared: a clone (GC and retention hold many) costs no allocation.
+    hex: std::sync::Arc<str>,
 }
 
 impl Digest {
@@ -53,7 +54,7 @@ impl Digest {
                 format!("invalid {} hex in digest", algorithm.as_str()),
             ));
         }
-        Ok(Digest { algorithm, hex: hex.to_owned() })
+        Ok(Digest { algorithm, hex: hex.into() })
     }
 
     /// The SHA-256 digest of `data`.
@@ -163,7 +164,7 @@ impl DigestHasher {
             DigestHasher::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
             DigestHasher::Sha512(h) => (Algorithm::Sha512, hex::encode(h.finalize())),
         };
-        Digest { algorithm, hex }
+        Digest { algorithm, hex: hex.into() }
     }
 }
 

@@ -45,12 +45,12 @@ pub async fn collect_locked(
     report.repositories = listing.repos.len();
     report.repositories_listed = listing.relisted;
     report.full_listing = listing.full;
-    report.manifests = listing.repos.values().map(|inv| inv.order.len()).sum();
+    report.manifests = listing.repos.values().map(|inv| inv.manifests.len()).sum();
     let listed = listing.repos;
     let removed = if opts.untagged { run.remove_untagged(&listed, &mut report).await? } else { HashSet::new() };
     let mut referenced: HashMap<Digest, u64> = HashMap::new();
     for (repo, inv) in &listed {
-        for digest in &inv.order {
+        for digest in inv.manifests.keys() {
             if let Some(m) = inv.manifests.get(digest).filter(|_| !removed.contains(&(repo.clone(), digest.clone()))) {
                 referenced.extend(m.blobs.iter().cloned());
             }
@@ -102,8 +102,7 @@ impl Collection<'_> {
         for (repo, inv) in listed {
             let children = inv.children();
             let tagged: HashSet<&Digest> = inv.tags.values().collect();
-            for digest in &inv.order {
-                let Some(m) = inv.manifests.get(digest) else { continue };
+            for (digest, m) in &inv.manifests {
                 if tagged.contains(digest) || children.contains(digest) || m.subject.is_some() {
                     continue;
                 }

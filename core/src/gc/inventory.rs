@@ -95,8 +95,9 @@ impl Inventories {
 
 async fn list_all(storage: &dyn Storage) -> Result<BTreeMap<RepoName, Arc<RepoInventory>>, GcError> {
     let mut repos = BTreeMap::new();
+    let mut seen = HashSet::new();
     for repo in storage.repo_list().await? {
-        let inv = RepoInventory::list(storage, &repo).await?;
+        let inv = RepoInventory::list(storage, &repo, &mut seen).await?;
         repos.insert(repo, Arc::new(inv));
     }
     Ok(repos)
@@ -108,9 +109,10 @@ async fn relist(
     changed: HashSet<RepoName>,
 ) -> Result<(BTreeMap<RepoName, Arc<RepoInventory>>, usize), GcError> {
     let relisted = changed.len();
+    let mut seen = HashSet::new();
     for repo in changed {
         if storage.repo_exists(&repo).await? {
-            let inv = RepoInventory::list(storage, &repo).await?;
+            let inv = RepoInventory::list(storage, &repo, &mut seen).await?;
             repos.insert(repo, Arc::new(inv));
         } else {
             repos.remove(&repo);
@@ -137,20 +139,101 @@ impl ManifestRefs {
     }
 }
 
+/// A small map kept as one sorted vector: a repository's manifests and
+/// tags, of which GC and retention keep one per repository between runs
+/// (a `BTreeMap` node or `HashMap` table per repository costs several
+/// hundred bytes even for one entry).
+#[derive(Debug, Clone)]
+pub(crate) struct VecMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for VecMap<K, V> {
+    fn default() -> Self {
+        VecMap(Vec::new())
+    }
+}
+
+impl<K: Ord, V> VecMap<K, V> {
+    /// Inserts or replaces; returns the value replaced.
+    pub(crate) fn insert(&mut self, k: K, v: V) -> Option<V> {
+        match self.0.binary_search_by(|(x, _)| x.cmp(&k)) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, v)),
+            Err(i) => {
+                self.0.insert(i, (k, v));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn get<Q: Ord + ?Sized>(&self, k: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.0.binary_search_by(|(x, _)| x.borrow().cmp(k)).ok().map(|i| &self.0[i].1)
+    }
+
+    pub(crate) fn contains_key<Q: Ord + ?Sized>(&self, k: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.get(k).is_some()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// In key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
+impl<'a, K: Ord, V> IntoIterator for &'a VecMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
 /// One repository as listed.
 pub(crate) struct RepoInventory {
-    /// Manifest digests in the order storage listed them.
-    pub(crate) order: Vec<Digest>,
-    pub(crate) manifests: HashMap<Digest, ManifestRefs>,
+    /// Its manifests, by digest.
+    pub(crate) manifests: VecMap<Digest, ManifestRefs>,
     /// Tag → the digest it pointed at.
-    pub(crate) tags: BTreeMap<String, Digest>,
+    pub(crate) tags: VecMap<String, Digest>,
 }
 
 impl RepoInventory {
     /// Lists `repo`. A manifest that does not parse stops the run: what it
-    /// references is unknown, so nothing may be removed.
-    pub(crate) async fn list(storage: &dyn Storage, repo: &RepoName) -> Result<RepoInventory, GcError> {
-        let mut inv = RepoInventory { order: Vec::new(), manifests: HashMap::new(), tags: BTreeMap::new() };
+    /// references is unknown, so nothing may be removed. Digests already in
+    /// `seen` are shared with it rather than held again.
+    pub(crate) async fn list(
+        storage: &dyn Storage,
+        repo: &RepoName,
+        seen: &mut HashSet<Digest>,
+    ) -> Result<RepoInventory, GcError> {
+        let mut intern = |d: Digest| match seen.get(&d) {
+            Some(known) => known.clone(),
+            None => {
+                seen.insert(d.clone());
+                d
+            }
+        };
+        let mut inv = RepoInventory { manifests: VecMap::default(), tags: VecMap::default() };
         for digest in storage.manifest_list(repo).await? {
             let Some(m) = storage.manifest_get(repo, &digest).await? else {
                 continue; // deleted meanwhile
@@ -160,22 +243,25 @@ impl RepoInventory {
                 digest: digest.clone(),
                 reason: e.message.clone(),
             })?;
+            let mut blobs: Vec<(Digest, u64)> =
+                p.config.iter().chain(&p.layers).map(|d| (intern(d.digest.clone()), d.size)).collect();
+            blobs.shrink_to_fit();
             let refs = ManifestRefs {
                 size: m.bytes.len() as u64,
-                blobs: p.config.iter().chain(&p.layers).map(|d| (d.digest.clone(), d.size)).collect(),
-                children: p.manifests.iter().map(|d| d.digest.clone()).collect(),
-                subject: p.subject.map(|s| s.digest),
+                blobs,
+                children: p.manifests.iter().map(|d| intern(d.digest.clone())).collect(),
+                subject: p.subject.map(|s| intern(s.digest)),
             };
-            if inv.manifests.insert(digest.clone(), refs).is_none() {
-                inv.order.push(digest);
-            }
+            inv.manifests.insert(intern(digest), refs);
         }
         for tag in storage.tag_list(repo).await?.unwrap_or_default() {
             let Ok(t) = tag.parse::<Tag>() else { continue };
             if let Some(d) = storage.tag_get(repo, &t).await? {
-                inv.tags.insert(tag, d);
+                inv.tags.insert(tag, intern(d));
             }
         }
+        inv.manifests.shrink_to_fit();
+        inv.tags.shrink_to_fit();
         Ok(inv)
     }
 
