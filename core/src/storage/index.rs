@@ -6,23 +6,28 @@
 //! nothing to repair after a crash:
 //! - a **sweep** walks the layout ([`Storage::repo_page`], 1,000 names per
 //!   page) and replaces the set; the server sweeps in the background at
-//!   start and then every [`SWEEP`]. Until the first sweep ends the index
-//!   is not ready and callers walk the store as before;
+//!   start and then every [`SWEEP`] ([`SWEEP_SHARED`] on a shared store).
+//!   Until the first sweep ends the index is not ready and callers walk the
+//!   store as before;
 //! - this process's writes update it at once: the storage wrapper
 //!   ([`crate::gc::GuardedStorage`]) reports every stored manifest
 //!   ([`RepoIndex::stored`]) and every deleted one ([`RepoIndex::deleted`],
 //!   which asks the store whether the repository still holds a manifest);
-//! - on a shared store (replicas on one bucket) a repository that appears
-//!   or disappears (not every push: only a change of the set) is also
-//!   published as a record in the shared state's `repo-changes/`. Every
-//!   replica lists that directory every [`POLL`] (one listing) and checks
-//!   each new record's repository against the layout before changing its
-//!   set, so a record can never make it list what is not there. Writers
-//!   delete their records after [`KEEP`].
+//! - on a shared store (replicas on one bucket) every manifest or tag write
+//!   is announced by a record in the shared state's `repo-changes/` before
+//!   it is made ([`RepoIndex::before_write`]: no write lands that the other
+//!   replicas cannot hear of), and a repository that appeared or went gets
+//!   one more after it. Every replica lists that directory every [`POLL`]
+//!   (one listing) and checks each new record's repository against the
+//!   layout before changing its set, so a record can never make it list
+//!   what is not there. Writers delete their records after [`KEEP`].
+//! - the same marks tell GC and retention which repositories to list again
+//!   ([`RepoIndex::take_changed`], used by
+//!   [`crate::gc::inventory::Inventories`]).
 //!
 //! Bound: another replica's new or vanished repository shows within
-//! [`POLL`] (plus the store's own listing delay); a change whose record was
-//! lost (a crash between the write and the record) within [`SWEEP`].
+//! [`POLL`] (plus the store's own listing delay); one whose after-write
+//! record was lost shows at the next sweep.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
@@ -35,8 +40,13 @@ use bytes::Bytes;
 use super::{Storage, StorageError};
 use crate::name::RepoName;
 
-/// How often the whole layout is walked again (the verification sweep).
+/// How often the whole layout is walked again (the verification sweep) on
+/// a store one process owns.
 pub const SWEEP: Duration = Duration::from_secs(3600);
+/// The same on a shared store, where a walk is a listing per directory
+/// (100,000 repositories: some 200,000 requests) and the change records
+/// already carry every replica's writes.
+pub const SWEEP_SHARED: Duration = Duration::from_secs(24 * 3600);
 /// How often a replica on a shared store reads the other replicas' changes.
 pub const POLL: Duration = Duration::from_secs(10);
 /// How long a change record stays in the shared state.
@@ -114,6 +124,15 @@ impl RepoIndex {
             replica,
             seq: AtomicU64::new(0),
         })
+    }
+
+    /// How often this index's store is swept ([`SWEEP`], [`SWEEP_SHARED`]).
+    pub fn sweep_every(&self) -> Duration {
+        if self.shared {
+            SWEEP_SHARED
+        } else {
+            SWEEP
+        }
     }
 
     /// Whether the first sweep has finished.

@@ -1,7 +1,7 @@
 //! Keeping the in-memory repository index ([`cove_core::storage::index`])
 //! current: a sweep of the layout at start and every
-//! [`index::SWEEP`], and on a shared store the other replicas' change
-//! records every [`index::POLL`].
+//! [`index::SWEEP`] ([`index::SWEEP_SHARED`] on a shared store), and on a
+//! shared store the other replicas' change records every [`index::POLL`].
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ pub fn spawn_repo_index(registry: Registry) -> Option<JoinHandle<()>> {
     Some(tokio::spawn(async move {
         let mut swept: Option<Instant> = None;
         loop {
-            if swept.is_none_or(|at| at.elapsed() >= index::SWEEP) {
+            if swept.is_none_or(|at| at.elapsed() >= index.sweep_every()) {
                 let start = Instant::now();
                 match index.sweep(storage.as_ref()).await {
                     Ok(n) => {
