@@ -33,10 +33,10 @@ async fn page_times(s: &Server, path: &str, n: usize) -> (f64, f64) {
 
 /// Page render times of a store with 10,000 repositories and a repository
 /// with 2,000 tags (written straight into the filesystem layout, copies of
-/// one pushed image), reported to the e2e report.
+/// one pushed image, then a restart), reported to the e2e report.
 #[tokio::test]
 async fn page_render_times_for_a_large_store() {
-    let cove = Server::start().await;
+    let mut cove = Server::start().await;
     cove.push_image("seed/app", "v1", 2).await;
     let repos = cove.data_dir.join("repositories");
     let seed = repos.join("seed").join("app");
@@ -49,6 +49,14 @@ async fn page_render_times_for_a_large_store() {
         std::fs::write(seed.join("_tags").join(format!("t{i:04}")), &tag).expect("tag");
     }
     eprintln!("wrote 10,000 repositories and 2,000 tags in {:?}", started.elapsed());
+    // Written past the server: a restart sweeps them into the repository
+    // index (as for any store that exists at start).
+    cove.restart().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cove.logs().matches("repository index swept").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no index sweep after restart:\n{}", cove.logs_tail(3000));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // The API's catalog walks the same storage listing: the reference.
     let (c50, c99) = page_times(&cove, "/v2/_catalog?n=100", 5).await;
     let (p50, p99) = page_times(&cove, "/", 10).await;
