@@ -74,6 +74,7 @@ pub(crate) async fn cache(
 /// once (released together), against one GET of another blob of the same
 /// size straight from `dist`. `all done ms` is the time until the last
 /// client has every byte; Cove must fetch the blob upstream exactly once.
+/// CPU is per GiB delivered to the clients (8 × the blob through Cove).
 pub(crate) async fn cache_concurrency(
     bins: &Binaries,
     run_dir: &Path,
