@@ -304,3 +304,32 @@ async fn upstream_gets(log: &Path, paths: &[String], expect: u64) -> Result<u64,
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn upstream_gets_counts_only_gets_of_the_paths() {
+        let dir = std::env::temp_dir().join(format!("cove-bench-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let log = dir.join("server.log");
+        let a = "/v2/library/x/blobs/sha256:aa";
+        let b = "/v2/library/x/blobs/sha256:bb";
+        let line = |m: &str, p: &str| {
+            format!("127.0.0.1 - - [03/Dec/2026:10:02:37 +0000] \"{m} {p} HTTP/1.1\" 200 8 \"\" \"cove/0.1.0\"\n")
+        };
+        let text = [
+            line("GET", a),
+            line("HEAD", a),
+            line("GET", b),
+            line("GET", b),
+            line("GET", "/v2/library/x/blobs/sha256:cc"),
+        ];
+        std::fs::write(&log, text.concat()).expect("write log");
+        assert_eq!(upstream_gets(&log, &[a.to_owned()], 1).await.expect("count"), 1);
+        assert_eq!(upstream_gets(&log, &[a.to_owned(), b.to_owned()], 2).await.expect("count"), 3);
+        assert!(upstream_gets(&log, &["/v2/library/x/blobs/sha256:dd".to_owned()], 0).await.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
