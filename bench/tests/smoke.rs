@@ -58,6 +58,8 @@ fn smoke_run_verifies_every_answer_and_prints_the_table() {
         "targets (performance issue",
         "× one direct pull (target ≤ 1.25)",
         "upstream GETs 1 (target 1)",
+        "all done ms vs 8 direct",
+        "× 8 clients pulling straight from distribution at once",
         "× direct time (target ≤ 1.25, as for one blob's miss)",
         "(target ≤ 1.2, the push target)",
     ] {
