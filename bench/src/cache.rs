@@ -83,8 +83,8 @@ pub(crate) async fn cache(
 /// (stored) blob straight from `dist` at once, after the single pull:
 /// [`ALL_DONE_VS_DIRECT`] is Cove's all-done time on the Cove side and
 /// that on the reference side, so its ratio leaves out what the clients
-/// themselves cost (every client verifies every byte it receives: 8 × the
-/// hashing of one pull, on the same cores as the servers).
+/// themselves cost (8 clients receiving and comparing every byte with what
+/// was pushed: 8 × the work of one pull, on the same cores as the servers).
 pub(crate) async fn cache_concurrency(
     bins: &Binaries,
     run_dir: &Path,

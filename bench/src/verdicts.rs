@@ -55,7 +55,7 @@ pub(crate) fn targets_summary(out: &mut String, results: &[WorkloadResult], limi
         if let Some((m, _, _)) = r.ratio("all done ms") {
             let gets = r.spread(0, "upstream blob GETs");
             let one = gets.is_some_and(|(_, lo, hi)| lo == 1.0 && hi == 1.0);
-            // What the clients cost themselves (each verifies its copy) is
+            // What the clients cost themselves (each compares its copy) is
             // in both sides of this ratio; it is reported, not a target.
             let at_once = r.ratio(ALL_DONE_VS_DIRECT).map(|x| x.0).unwrap_or(f64::NAN);
             out.push_str(&format!(
