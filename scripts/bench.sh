@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks Cove against the CNCF distribution registry on this machine:
-# installs docker-registry and nginx (the blob GET reference) when missing
-# (Debian/Ubuntu, needs root or sudo),
+# installs docker-registry, nginx (the blob GET reference) and skopeo (the
+# real client of the skopeo rows) when missing (Debian/Ubuntu, needs root or sudo),
 # builds the release binaries, and runs the harness (bench/, cove-bench).
 #
 #   scripts/bench.sh --smoke          # about a minute: checks the harness, figures mean nothing
@@ -45,6 +45,16 @@ if [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null 2>&1; then
   if command -v systemctl >/dev/null 2>&1; then
     "${sudo_cmd[@]}" systemctl disable --now nginx >/dev/null 2>&1 || true
   fi
+fi
+
+# skopeo pushes and pulls a single-layer image as a real client; without it
+# those rows are left out.
+if [ ! -x /usr/bin/skopeo ] && command -v apt-get >/dev/null 2>&1; then
+  echo "bench: installing skopeo (real client)" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq skopeo >/dev/null ||
+    echo "bench: skopeo could not be installed; the skopeo rows are left out" >&2
 fi
 
 echo "bench: building release binaries (cove, cove-bench)" >&2

@@ -1,7 +1,7 @@
 //! The workloads that start servers of their own rather than using the
 //! pair every other workload shares: start-up time with many repositories
-//! in storage, blob GETs against nginx serving the same files, and Cove as
-//! a pull-through cache in front of distribution.
+//! in storage and blob GETs against nginx serving the same files (the
+//! pull-through cache ones are in `cache`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,12 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::client::Registry;
-use crate::data::{big_blob, Blob, Image};
+use crate::data::{Blob, Image};
 use crate::plan::Plan;
 use crate::report::{Run, WorkloadResult};
 use crate::server::{self, Binaries, Kind, Server};
 use crate::workloads::{self, Target};
-use crate::{progress, BenchError, MIB};
+use crate::{progress, BenchError};
 
 /// Time from spawn until `/v2/` answers, with `repos` repositories in
 /// storage, and idle RSS. The storage is built once and kept in `base/`.
@@ -135,39 +135,4 @@ pub(crate) async fn blob_get_vs_nginx(
         }
     }
     Ok(results)
-}
-
-/// Pull-through: Cove with `dist` as its docker.io upstream, blob miss and
-/// hit through Cove vs the same blob straight from `dist`.
-pub(crate) async fn cache(
-    bins: &Binaries,
-    run_dir: &Path,
-    dist: &Server,
-    pool: &Bytes,
-    plan: &Plan,
-) -> Result<Vec<WorkloadResult>, BenchError> {
-    let config = format!("[upstreams.\"docker.io\"]\nurl = \"{}\"\n", dist.base());
-    let (cove, _) = Server::start(Kind::Cove, bins, &run_dir.join("cove-cache"), &config)?;
-    let direct = Registry::new(dist.base(), "");
-    let blobs: Vec<Blob> = (0..plan.cache_pairs).map(|i| big_blob(pool, 50_000 + i as u64, plan.cache_size)).collect();
-    for b in &blobs {
-        direct.push_monolithic("library/cachebench", b).await?;
-    }
-    let targets = [
-        Target { kind: Kind::Cove, pid: cove.pid, reg: Registry::new(cove.base(), "docker.io/") },
-        Target { kind: Kind::Distribution, pid: dist.pid, reg: direct },
-    ];
-    let mib = plan.cache_size / MIB;
-    let miss_name = format!("pull-through cache miss, {mib} MiB blob: through Cove vs direct from distribution");
-    let miss = interleave!(miss_name, targets, plan.cache_pairs, |t, i| {
-        let want = (t.kind == Kind::Cove).then_some("miss");
-        workloads::fetch_once(t, "library/cachebench", &blobs[i], want)
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let hit_name = format!("pull-through cache hit, {mib} MiB blob: Cove vs direct from distribution");
-    let hit = interleave!(hit_name, targets, plan.cache_pairs, |t, i| {
-        let want = (t.kind == Kind::Cove).then_some("hit");
-        workloads::fetch_once(t, "library/cachebench", &blobs[i], want)
-    });
-    Ok(vec![miss, hit])
 }

@@ -6,9 +6,11 @@
 //! This file holds the command line and the run itself (which workloads,
 //! in which order, and the report). `plan` sizes each mode; `limits`
 //! measures the machine's SHA-256 and disk speed; `dedicated` holds the
-//! workloads that start servers of their own (start-up, blob GET vs nginx,
-//! pull-through cache); `verdicts` checks the figures against the
-//! performance targets; `workloads` and `client` are the rest.
+//! workloads that start servers of their own (start-up, blob GET vs nginx);
+//! `cache` the pull-through cache ones (miss and hit, concurrent clients,
+//! cold pull of a 10-layer image); `skopeo` pushes and pulls with skopeo,
+//! a real client; `verdicts` checks the figures against the performance
+//! targets; `workloads` and `client` are the rest.
 
 mod client;
 mod data;
@@ -52,8 +54,21 @@ pub enum BenchError {
 
 const MIB: u64 = 1 << 20;
 const GIB: f64 = (1u64 << 30) as f64;
-const ALL: &[&str] =
-    &["v2", "manifest", "pull-check", "blob-get", "push", "storm", "mixed", "startup", "cache", "scale"];
+const ALL: &[&str] = &[
+    "v2",
+    "manifest",
+    "pull-check",
+    "blob-get",
+    "push",
+    "storm",
+    "mixed",
+    "startup",
+    "cache",
+    "cache-concurrency",
+    "cache-cold-pull",
+    "skopeo",
+    "scale",
+];
 
 /// Cove vs the CNCF distribution registry on this machine.
 #[derive(Parser)]
@@ -79,8 +94,13 @@ struct Args {
     /// sendfile); the reference rows are left out when it is missing.
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
+    /// skopeo, the real client of the skopeo push/pull rows; they are left
+    /// out when it is missing.
+    #[arg(long, default_value = "/usr/bin/skopeo")]
+    skopeo: PathBuf,
     /// Workloads to run, comma-separated (default: all):
-    /// v2, manifest, pull-check, blob-get, push, storm, mixed, startup, cache, scale.
+    /// v2, manifest, pull-check, blob-get, push, storm, mixed, startup, cache,
+    /// cache-concurrency, cache-cold-pull, skopeo, scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Keep this run's storage directories afterwards.
@@ -109,9 +129,12 @@ macro_rules! interleave {
     }};
 }
 
-// After the macro: its workloads use `interleave!`.
+// After the macro: their workloads use `interleave!`.
+mod cache;
 mod dedicated;
-use dedicated::{blob_get_vs_nginx, cache, startup};
+mod skopeo;
+use cache::{cache, cache_concurrency, cold_pull};
+use dedicated::{blob_get_vs_nginx, startup};
 
 fn progress(w: &WorkloadResult) {
     let mut s = String::new();
@@ -154,7 +177,8 @@ async fn run(args: Args) -> Result<bool, BenchError> {
         }
     }
     let nginx = args.nginx.is_file().then(|| args.nginx.clone());
-    let bins = Binaries { cove: args.cove.clone(), registry: args.registry.clone(), nginx };
+    let skopeo = args.skopeo.is_file().then(|| args.skopeo.clone());
+    let bins = Binaries { cove: args.cove.clone(), registry: args.registry.clone(), nginx, skopeo };
     for (what, p) in [("cove", &bins.cove), ("docker-registry", &bins.registry)] {
         if !p.exists() {
             return Err(BenchError::Setup(format!("{what} binary not found at {}", p.display())));
@@ -282,12 +306,21 @@ async fn run(args: Args) -> Result<bool, BenchError> {
             }));
         }
     }
+    if wanted("skopeo") {
+        results.extend(skopeo::skopeo(bins.skopeo.as_deref(), &targets, &run_dir, &pool, &plan).await?);
+    }
     let rss_after = [server::rss_kib(cove.pid), server::rss_kib(dist.pid)];
     if wanted("startup") {
         results.push(startup(&bins, &base_dir, &plan).await?);
     }
     if wanted("cache") {
         results.extend(cache(&bins, &run_dir, &dist, &pool, &plan).await?);
+    }
+    if wanted("cache-concurrency") {
+        results.push(cache_concurrency(&bins, &run_dir, &dist, &pool, &plan).await?);
+    }
+    if wanted("cache-cold-pull") {
+        results.push(cold_pull(&bins, &run_dir, &dist, &pool, &plan).await?);
     }
     drop(cove);
     drop(dist);

@@ -42,8 +42,15 @@ pub(crate) struct Plan {
     pub(crate) mixed_pairs: usize,
     pub(crate) startup_repos: usize,
     pub(crate) startup_pairs: usize,
+    /// The blob of the cache miss and hit rows, and the total size of the
+    /// 10-layer image of the cold-pull row.
     pub(crate) cache_size: u64,
     pub(crate) cache_pairs: usize,
+    /// The blob the concurrent clients pull through the cache at once.
+    pub(crate) concurrent_size: u64,
+    /// The layer of the single-layer image skopeo pushes and pulls.
+    pub(crate) skopeo_size: u64,
+    pub(crate) skopeo_pairs: usize,
     pub(crate) disk_bytes: u64,
     /// Repositories of the scale store, and tags of its one big repository.
     pub(crate) scale_repos: usize,
@@ -72,6 +79,9 @@ impl Plan {
                 startup_pairs: 1,
                 cache_size: 8 * MIB,
                 cache_pairs: 1,
+                concurrent_size: 8 * MIB,
+                skopeo_size: 8 * MIB,
+                skopeo_pairs: 1,
                 disk_bytes: 16 * MIB,
                 scale_repos: 300,
                 scale_tags: 60,
@@ -95,6 +105,9 @@ impl Plan {
                 startup_pairs: 3,
                 cache_size: 64 * MIB,
                 cache_pairs: 3,
+                concurrent_size: 64 * MIB,
+                skopeo_size: 512 * MIB,
+                skopeo_pairs: 2,
                 disk_bytes: 512 * MIB,
                 scale_repos: 100_000,
                 scale_tags: 10_000,
@@ -118,6 +131,9 @@ impl Plan {
                 startup_pairs: 5,
                 cache_size: 256 * MIB,
                 cache_pairs: 5,
+                concurrent_size: 200 * MIB,
+                skopeo_size: 1 << 30,
+                skopeo_pairs: 3,
                 disk_bytes: 1 << 30,
                 scale_repos: 100_000,
                 scale_tags: 10_000,

@@ -98,6 +98,11 @@ impl WorkloadResult {
         summary(self.pairs.iter().filter_map(|p| p[i].get(metric)).collect()).map(|s| s.0)
     }
 
+    /// Median, min and max of a metric over the runs of server `i`.
+    pub fn spread(&self, i: usize, metric: &str) -> Option<(f64, f64, f64)> {
+        summary(self.pairs.iter().filter_map(|p| p[i].get(metric)).collect())
+    }
+
     /// Median, min and max of the per-pair ratio cove/distribution.
     pub fn ratio(&self, metric: &str) -> Option<(f64, f64, f64)> {
         summary(

@@ -37,12 +37,16 @@ pub struct Binaries {
     pub registry: PathBuf,
     /// nginx, when installed: the blob GET reference.
     pub nginx: Option<PathBuf>,
+    /// skopeo, when installed: the real client of the skopeo rows.
+    pub skopeo: Option<PathBuf>,
 }
 
 /// A running registry process.
 pub struct Server {
     pub pid: u32,
     pub addr: SocketAddr,
+    /// Its stdout and stderr (distribution's access log is there).
+    pub log: PathBuf,
     child: Child,
 }
 
@@ -56,7 +60,8 @@ impl Server {
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage)?;
         let addr = free_port()?;
-        let log = std::fs::File::create(dir.join("server.log"))?;
+        let log_path = dir.join("server.log");
+        let log = std::fs::File::create(&log_path)?;
         let mut cmd = match kind {
             Kind::Nginx => {
                 let bin = bins.nginx.as_ref().ok_or_else(|| BenchError::Setup("nginx is not installed".into()))?;
@@ -87,7 +92,7 @@ impl Server {
         let start = Instant::now();
         let child = cmd.spawn().map_err(|e| BenchError::Setup(format!("cannot start {}: {e}", kind.name())))?;
         let pid = child.id();
-        let mut server = Server { pid, addr, child };
+        let mut server = Server { pid, addr, log: log_path, child };
         let deadline = start + Duration::from_secs(60);
         loop {
             if probe_v2(addr) {

@@ -1,7 +1,8 @@
 //! The harness in its smallest mode (`--smoke`): every workload runs once
-//! with tiny sizes against real servers (Cove, distribution, nginx) and every
-//! answer is verified. No figure is asserted: this checks that a fresh clone
-//! can run `scripts/bench.sh`, not how fast anything is.
+//! with tiny sizes against real servers (Cove, distribution, nginx) and a
+//! real client (skopeo), and every answer is verified. No figure is
+//! asserted: this checks that a fresh clone can run `scripts/bench.sh`, not
+//! how fast anything is.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,6 +13,8 @@ fn smoke_run_verifies_every_answer_and_prints_the_table() {
     assert!(registry.is_file(), "docker-registry missing: run scripts/install-test-deps.sh");
     let nginx = Path::new("/usr/sbin/nginx");
     assert!(nginx.is_file(), "nginx missing: run scripts/install-test-deps.sh");
+    let skopeo = Path::new("/usr/bin/skopeo");
+    assert!(skopeo.is_file(), "skopeo missing: run scripts/install-test-deps.sh");
     let cove = cove_testkit::cove_bin::cove_bin();
     let dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_cove-bench"))
@@ -22,6 +25,8 @@ fn smoke_run_verifies_every_answer_and_prints_the_table() {
         .arg(registry)
         .arg("--nginx")
         .arg(nginx)
+        .arg("--skopeo")
+        .arg(skopeo)
         .arg("--dir")
         .arg(dir.path())
         .output()
@@ -45,7 +50,18 @@ fn smoke_run_verifies_every_answer_and_prints_the_table() {
         "start-up with 20 repositories",
         "pull-through cache miss",
         "pull-through cache hit",
+        "pull-through cache, 8 clients pull one uncached 8 MiB blob at once",
+        "upstream blob GETs",
+        "pull-through cold pull, 10-layer image",
+        "skopeo push 8 MiB single-layer image",
+        "skopeo pull 8 MiB single-layer image",
         "targets (performance issue",
+        "× one direct pull (target ≤ 1.25)",
+        "upstream GETs 1 (target 1)",
+        "all done ms vs 8 direct",
+        "× 8 clients pulling straight from distribution at once",
+        "× direct time (target ≤ 1.25, as for one blob's miss)",
+        "(target ≤ 1.2, the push target)",
     ] {
         assert!(stdout.contains(row), "no {row:?} row in the table:\n{stdout}");
     }

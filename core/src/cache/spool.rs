@@ -10,7 +10,14 @@ use super::fetch::{BlobFlight, FetchState, Relayed};
 use crate::storage::ByteStream;
 
 /// Bytes read from the spool per follower read.
-const FOLLOW_CHUNK: usize = 256 * 1024;
+const FOLLOW_CHUNK: u64 = 256 * 1024;
+/// Spool reads one follower keeps in flight (as for stored blobs): each is
+/// a round trip to a blocking thread, so a follower that reads them one at
+/// a time waits for every one of them between its socket writes.
+const FOLLOW_AHEAD: usize = 2;
+
+/// A spool read in flight: its offset, length and the blocking task.
+type Ahead = (u64, u64, tokio::task::JoinHandle<std::io::Result<Vec<u8>>>);
 
 /// Where one reader of a spool file is.
 struct SpoolReader {
@@ -26,6 +33,9 @@ struct SpoolReader {
     /// A live chunk not (fully) served yet: ahead of `pos` (the spool has to
     /// catch up first) or cut at the held-back last byte.
     pending: Option<Relayed>,
+    /// Spool reads in flight, contiguous from `pos`, each below the limit
+    /// readable when it was issued (at most [`FOLLOW_AHEAD`]).
+    ahead: std::collections::VecDeque<Ahead>,
 }
 
 impl SpoolReader {
@@ -97,7 +107,17 @@ pub(crate) fn follow(
     // Subscribed before the state is read: no chunk falls between the two.
     let live = Some(flight.live.subscribe());
     let rx = flight.state.subscribe();
-    let reader = SpoolReader { flight, rx, pos: start, end, failed: false, relay, live, pending: None };
+    let reader = SpoolReader {
+        flight,
+        rx,
+        pos: start,
+        end,
+        failed: false,
+        relay,
+        live,
+        pending: None,
+        ahead: std::collections::VecDeque::new(),
+    };
     Box::pin(futures::stream::unfold(reader, |mut r| async move {
         loop {
             if r.failed || r.end.is_some_and(|e| r.pos >= e) {
@@ -158,29 +178,51 @@ pub(crate) fn follow(
     }))
 }
 
-/// Reads the next spooled bytes of `r`, below `limit`.
+/// Reads the next spooled bytes of `r`, below `limit`, keeping up to
+/// [`FOLLOW_AHEAD`] reads of the bytes after them in flight. Every read
+/// covers bytes already readable (below `limit`, which only grows), so
+/// nothing is read ahead of the spool writer or past the held-back byte.
 async fn read_spool(mut r: SpoolReader, limit: u64) -> Option<(std::io::Result<Bytes>, SpoolReader)> {
     let Some(file) = r.flight.file.get().cloned() else {
         return r.fail(std::io::Error::other("spool file missing"));
     };
-    let want = ((limit - r.pos) as usize).min(FOLLOW_CHUNK);
-    let pos = r.pos;
-    let read = tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; want];
-        let n = read_at(&file, &mut buf, pos)?;
-        buf.truncate(n);
-        Ok::<_, std::io::Error>(buf)
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(format!("spool read task failed: {e}"))));
+    let mut next = r.ahead.back().map_or(r.pos, |(off, len, _)| off + len);
+    while r.ahead.len() < FOLLOW_AHEAD && next < limit {
+        let want = (limit - next).min(FOLLOW_CHUNK);
+        let file = file.clone();
+        let task = tokio::task::spawn_blocking(move || read_exact_at(&file, want, next));
+        r.ahead.push_back((next, want, task));
+        next += want;
+    }
+    let Some((off, _, task)) = r.ahead.pop_front() else {
+        return r.fail(std::io::Error::other("no spooled bytes to read"));
+    };
+    if off != r.pos {
+        let msg = format!("spool read at {off}, reader at {}", r.pos);
+        return r.fail(std::io::Error::other(msg));
+    }
+    let read = task.await.unwrap_or_else(|e| Err(std::io::Error::other(format!("spool read task failed: {e}"))));
     match read {
-        Ok(buf) if buf.is_empty() => r.fail(std::io::Error::other("spool file shorter than announced")),
         Ok(buf) => {
             r.pos += buf.len() as u64;
             Some((Ok(Bytes::from(buf)), r))
         }
         Err(e) => r.fail(e),
     }
+}
+
+/// Reads `len` bytes of the spool at `pos`; a spool shorter than that fails.
+fn read_exact_at(file: &std::fs::File, len: u64, pos: u64) -> std::io::Result<Vec<u8>> {
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match read_at(file, &mut buf[done..], pos + done as u64)? {
+            0 => return Err(std::io::Error::other("spool file shorter than announced")),
+            n => done += n,
+        }
+    }
+    Ok(buf)
 }
 
 /// The next bytes of a relaying flight for reader `r` (at or past the
