@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{broadcast, watch};
 
 use super::fetch::{BlobFlight, FetchState, Relayed};
@@ -16,8 +16,12 @@ const FOLLOW_CHUNK: u64 = 256 * 1024;
 /// a time waits for every one of them between its socket writes.
 const FOLLOW_AHEAD: usize = 2;
 
+/// Read buffers one follower keeps for reuse: one per read in flight and
+/// two for chunks the connection still sends.
+const FOLLOW_BUFFERS: usize = FOLLOW_AHEAD + 2;
+
 /// A spool read in flight: its offset, length and the blocking task.
-type Ahead = (u64, u64, tokio::task::JoinHandle<std::io::Result<Vec<u8>>>);
+type Ahead = (u64, u64, tokio::task::JoinHandle<std::io::Result<BytesMut>>);
 
 /// Where one reader of a spool file is.
 struct SpoolReader {
@@ -36,9 +40,45 @@ struct SpoolReader {
     /// Spool reads in flight, contiguous from `pos`, each below the limit
     /// readable when it was issued (at most [`FOLLOW_AHEAD`]).
     ahead: std::collections::VecDeque<Ahead>,
+    /// Buffers of earlier spool reads (up to [`FOLLOW_BUFFERS`]), reused once
+    /// the connection has sent and dropped what was read into them: a
+    /// fresh buffer per read costs page faults and zeroing of new memory.
+    buffers: Vec<BytesMut>,
 }
 
 impl SpoolReader {
+    fn new(
+        flight: Arc<BlobFlight>,
+        pos: u64,
+        end: Option<u64>,
+        relay: Option<tokio::sync::mpsc::Receiver<Relayed>>,
+    ) -> SpoolReader {
+        // Subscribed before the state is read: no chunk falls between the two.
+        let live = Some(flight.live.subscribe());
+        let rx = flight.state.subscribe();
+        let (ahead, buffers) = (std::collections::VecDeque::new(), Vec::new());
+        SpoolReader { flight, rx, pos, end, failed: false, relay, live, pending: None, ahead, buffers }
+    }
+
+    /// A zeroed buffer of `len` (at most [`FOLLOW_CHUNK`]) bytes to read the
+    /// spool into: from a kept buffer whose earlier bytes are all dropped,
+    /// else newly allocated (and kept, while fewer than [`FOLLOW_BUFFERS`]).
+    fn buffer(&mut self, len: usize) -> BytesMut {
+        for b in &mut self.buffers {
+            if b.try_reclaim(len) {
+                b.resize(len, 0);
+                return b.split_to(len);
+            }
+        }
+        let mut b = BytesMut::with_capacity(FOLLOW_CHUNK as usize);
+        b.resize(len, 0);
+        let piece = b.split_to(len);
+        if self.buffers.len() < FOLLOW_BUFFERS {
+            self.buffers.push(b);
+        }
+        piece
+    }
+
     fn fail(mut self, e: std::io::Error) -> Option<(std::io::Result<Bytes>, SpoolReader)> {
         self.failed = true;
         Some((Err(e), self))
@@ -104,20 +144,7 @@ pub(crate) fn follow(
     end: Option<u64>,
     relay: Option<tokio::sync::mpsc::Receiver<Relayed>>,
 ) -> ByteStream {
-    // Subscribed before the state is read: no chunk falls between the two.
-    let live = Some(flight.live.subscribe());
-    let rx = flight.state.subscribe();
-    let reader = SpoolReader {
-        flight,
-        rx,
-        pos: start,
-        end,
-        failed: false,
-        relay,
-        live,
-        pending: None,
-        ahead: std::collections::VecDeque::new(),
-    };
+    let reader = SpoolReader::new(flight, start, end, relay);
     Box::pin(futures::stream::unfold(reader, |mut r| async move {
         loop {
             if r.failed || r.end.is_some_and(|e| r.pos >= e) {
@@ -189,8 +216,10 @@ async fn read_spool(mut r: SpoolReader, limit: u64) -> Option<(std::io::Result<B
     let mut next = r.ahead.back().map_or(r.pos, |(off, len, _)| off + len);
     while r.ahead.len() < FOLLOW_AHEAD && next < limit {
         let want = (limit - next).min(FOLLOW_CHUNK);
+        // At most FOLLOW_CHUNK: fits in usize.
+        let mut buf = r.buffer(want as usize);
         let file = file.clone();
-        let task = tokio::task::spawn_blocking(move || read_exact_at(&file, want, next));
+        let task = tokio::task::spawn_blocking(move || read_exact_at(&file, &mut buf, next).map(|()| buf));
         r.ahead.push_back((next, want, task));
         next += want;
     }
@@ -205,24 +234,23 @@ async fn read_spool(mut r: SpoolReader, limit: u64) -> Option<(std::io::Result<B
     match read {
         Ok(buf) => {
             r.pos += buf.len() as u64;
-            Some((Ok(Bytes::from(buf)), r))
+            Some((Ok(buf.freeze()), r))
         }
         Err(e) => r.fail(e),
     }
 }
 
-/// Reads `len` bytes of the spool at `pos`; a spool shorter than that fails.
-fn read_exact_at(file: &std::fs::File, len: u64, pos: u64) -> std::io::Result<Vec<u8>> {
-    let len = usize::try_from(len).map_err(std::io::Error::other)?;
-    let mut buf = vec![0u8; len];
+/// Fills `buf` with the spool's bytes at `pos`; a spool shorter than that
+/// fails.
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
     let mut done = 0;
-    while done < len {
+    while done < buf.len() {
         match read_at(file, &mut buf[done..], pos + done as u64)? {
             0 => return Err(std::io::Error::other("spool file shorter than announced")),
             n => done += n,
         }
     }
-    Ok(buf)
+    Ok(())
 }
 
 /// The next bytes of a relaying flight for reader `r` (at or past the
@@ -313,6 +341,48 @@ mod tests {
             let chunk = stream.next().await.expect("more bytes").expect("no error");
             got.extend_from_slice(&chunk);
         }
+    }
+
+    /// Spool reads reuse a follower's buffers once the bytes read into them
+    /// are dropped, never while they are held: a follower that keeps every
+    /// chunk and one that drops each at once both get every byte.
+    #[tokio::test]
+    async fn spool_read_buffers_are_reused_only_once_dropped() {
+        let dir = std::env::temp_dir().join(format!("cove-follow-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let len = 3 * FOLLOW_CHUNK as usize + 12_345;
+        let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let (flight, file) = flight(dir.join("spool"));
+        write_all_at(&file, &data, 0).expect("write");
+        flight.state.send_replace(FetchState::Done { size: Some(len as u64) });
+
+        let mut kept = Vec::new();
+        let mut s = follow(flight.clone(), 0, None, None);
+        while let Some(chunk) = s.next().await {
+            kept.push(chunk.expect("no error"));
+        }
+        assert_eq!(kept.concat(), data, "chunks held by the reader are never overwritten");
+        let mut dropped = Vec::new();
+        let mut s = follow(flight.clone(), 0, None, None);
+        while let Some(chunk) = s.next().await {
+            dropped.extend_from_slice(&chunk.expect("no error"));
+        }
+        assert_eq!(dropped, data);
+
+        let mut reader = SpoolReader::new(flight.clone(), 0, None, None);
+        let full = FOLLOW_CHUNK as usize;
+        let mut a = reader.buffer(full);
+        a[0] = 9;
+        let (a_ptr, a) = (a.as_ptr(), a.freeze());
+        let b = reader.buffer(full);
+        assert_ne!(b.as_ptr(), a_ptr, "a buffer still held is not reused");
+        drop((a, b));
+        let c = reader.buffer(full);
+        assert_eq!(c.as_ptr(), a_ptr, "a buffer whose bytes were dropped is reused");
+        assert!(c.iter().all(|&x| x == 0), "a reused buffer is zeroed");
+        assert!(reader.buffers.len() <= FOLLOW_BUFFERS);
+        drop((s, c, reader, flight, file));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     /// Followers read through the fetch's open handle: one that started
