@@ -62,6 +62,12 @@ fn smoke_run_verifies_every_answer_and_prints_the_table() {
         "× 8 clients pulling straight from distribution at once",
         "× direct time (target ≤ 1.25, as for one blob's miss)",
         "(target ≤ 1.2, the push target)",
+        "scale: 300 repositories and 60 tags in one repository",
+        "_catalog?n=100, middle page",
+        "tags/list?n=100, middle page",
+        "web interface list, filtered",
+        "GC dry run, after one push",
+        "retention dry run, nothing changed since",
     ] {
         assert!(stdout.contains(row), "no {row:?} row in the table:\n{stdout}");
     }
