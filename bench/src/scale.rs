@@ -46,9 +46,7 @@ pub(crate) async fn scale(bins: &Binaries, base: &Path, plan: &Plan) -> Result<S
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "scale: {} repositories and {} tags in one repository, filesystem (Cove only; pages: median of {REPEAT} requests, dry runs: one)",
-        fmt_num(repos as f64),
-        fmt_num(tags as f64)
+        "scale: {repos} repositories and {tags} tags in one repository, filesystem (Cove only; pages: median of {REPEAT} requests, dry runs: one)"
     );
     // Start-up: spawn until `/v2/` answers, three times.
     let mut ready = Vec::new();
