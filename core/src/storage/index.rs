@@ -284,24 +284,45 @@ impl RepoIndex {
                 }
             }
         }
+        let foreign: Vec<&String> = fresh.iter().filter(|n| !self.is_own(n)).collect();
         let mut applied = 0;
-        for name in fresh.iter().filter(|n| !self.is_own(n)) {
-            let Some(bytes) = storage.state_get(&format!("{CHANGES}/{name}")).await? else { continue };
-            let Some((change, repo)) = parse_record(&bytes) else {
-                tracing::warn!(record = %name, "repository index: skipping an unreadable change record");
-                continue;
-            };
-            applied += 1;
-            self.state.write().unwrap_or_else(|e| e.into_inner()).mark(&repo, Instant::now() + SETTLE);
-            if change == Change::Touched && self.read(|n| n.contains(&repo)) == Some(true) {
-                continue;
+        for (i, name) in foreign.iter().enumerate() {
+            match self.apply_record(storage, name).await {
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    // The records not applied must not count as seen, and the
+                    // marks they would have set are unknown: GC and retention
+                    // list everything next time.
+                    let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                    for n in &foreign[i..] {
+                        state.seen.remove(n.as_str());
+                    }
+                    state.all_changed = true;
+                    return Err(e);
+                }
             }
-            let _apply = self.apply.lock().await;
-            let present = storage.repo_exists(&repo).await?;
-            self.change(&repo, present);
         }
         self.state.write().unwrap_or_else(|e| e.into_inner()).polled = Some(Instant::now());
         Ok(applied)
+    }
+
+    /// Reads one other replica's record and applies it; `false` when it
+    /// is gone or unreadable.
+    async fn apply_record(&self, storage: &dyn Storage, name: &str) -> Result<bool, StorageError> {
+        let Some(bytes) = storage.state_get(&format!("{CHANGES}/{name}")).await? else { return Ok(false) };
+        let Some((change, repo)) = parse_record(&bytes) else {
+            tracing::warn!(record = %name, "repository index: skipping an unreadable change record");
+            return Ok(false);
+        };
+        self.state.write().unwrap_or_else(|e| e.into_inner()).mark(&repo, Instant::now() + SETTLE);
+        if change == Change::Touched && self.read(|n| n.contains(&repo)) == Some(true) {
+            return Ok(true);
+        }
+        let _apply = self.apply.lock().await;
+        let present = storage.repo_exists(&repo).await?;
+        self.change(&repo, present);
+        Ok(true)
     }
 
     fn is_own(&self, record: &str) -> bool {
