@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use cove_backends::object::ObjectStorage;
 use cove_core::Storage;
+use cove_testkit::faulty_store::FaultyStore;
 use object_store::memory::InMemory;
 use object_store::multipart::MultipartStore;
 use object_store::ObjectStore;
@@ -52,86 +53,15 @@ async fn without_multipart_small_uploads_work_and_large_ones_say_unsupported() {
     assert_eq!(s.upload_info(&info.id).await.expect("info").size, 0);
 }
 
-/// An in-memory store whose server-side copy always fails, as S3's
-/// CopyObject does above 5 GiB; counts the attempts.
-#[derive(Debug)]
-struct NoCopy {
-    inner: Arc<InMemory>,
-    copies: std::sync::atomic::AtomicUsize,
-}
-
-impl std::fmt::Display for NoCopy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NoCopy({})", self.inner)
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for NoCopy {
-    async fn put_opts(
-        &self,
-        location: &object_store::path::Path,
-        payload: object_store::PutPayload,
-        opts: object_store::PutOptions,
-    ) -> object_store::Result<object_store::PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &object_store::path::Path,
-        opts: object_store::PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &object_store::path::Path,
-        options: object_store::GetOptions,
-    ) -> object_store::Result<object_store::GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> object_store::Result<object_store::ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        _from: &object_store::path::Path,
-        _to: &object_store::path::Path,
-        _options: object_store::CopyOptions,
-    ) -> object_store::Result<()> {
-        self.copies.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Err(object_store::Error::Generic { store: "NoCopy", source: "copy source too large".into() })
-    }
-}
-
 /// A chunked upload above the copy limit is streamed into place at commit
 /// (no server-side copy is attempted) and reads back whole; one at or under
 /// the limit is copied.
 #[tokio::test]
 async fn chunked_upload_above_the_copy_limit_is_streamed_not_copied() {
     let mem = Arc::new(InMemory::new());
-    let no_copy = Arc::new(NoCopy { inner: mem.clone(), copies: std::sync::atomic::AtomicUsize::new(0) });
+    // Server-side copies always fail, as S3's CopyObject does above 5 GiB.
+    let no_copy = FaultyStore::new(mem.clone());
+    no_copy.refuse_copies();
     let store: Arc<dyn ObjectStore> = no_copy.clone();
     let mp: Arc<dyn MultipartStore> = mem;
     let s = ObjectStorage::new(store, Some(mp), "").with_part_size(5 << 20).with_copy_limit(8 << 20);
@@ -142,7 +72,7 @@ async fn chunked_upload_above_the_copy_limit_is_streamed_not_copied() {
     let n = s.upload_append(&info.id, 0, cove_testkit::util::chunked(data.clone(), 1 << 20)).await.expect("append");
     assert_eq!(n, data.len() as u64);
     assert_eq!(s.upload_commit(&info.id, &digest).await.expect("commit"), data.len() as u64);
-    assert_eq!(no_copy.copies.load(std::sync::atomic::Ordering::SeqCst), 0, "no server-side copy above the limit");
+    assert_eq!(no_copy.copies(), 0, "no server-side copy above the limit");
     let mut body = s.blob_read(&digest, None).await.expect("read");
     let mut got = Vec::new();
     while let Some(chunk) = futures::StreamExt::next(&mut body).await {
@@ -159,5 +89,5 @@ async fn chunked_upload_above_the_copy_limit_is_streamed_not_copied() {
     s.upload_append(&info.id, 0, cove_testkit::util::chunked(small.clone(), 1 << 20)).await.expect("append");
     let res = s.upload_commit(&info.id, &cove_core::Digest::sha256_of(&small)).await;
     assert!(res.is_err(), "{res:?}");
-    assert_eq!(no_copy.copies.load(std::sync::atomic::Ordering::SeqCst), 1, "copied server-side under the limit");
+    assert_eq!(no_copy.copies(), 1, "copied server-side under the limit");
 }

@@ -12,6 +12,7 @@ use cove_core::manifest::OCI_MANIFEST;
 use cove_core::storage::index::CHANGES;
 use cove_core::storage::{RepoIndex, StoredManifest};
 use cove_core::{Digest, RepoName, Storage};
+use cove_testkit::faulty_store::FaultyStore;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
 
@@ -247,84 +248,10 @@ async fn gc_on_one_replica_hears_of_the_other_replicas_writes() {
     assert_eq!(dry_gc(&a).await.repositories_listed, 1, "relisted until SETTLE has passed");
 }
 
-/// An in-memory bucket whose GETs of change records fail while `fail` is set.
-#[derive(Debug)]
-struct FlakyRecords {
-    inner: Arc<InMemory>,
-    fail: std::sync::atomic::AtomicBool,
-}
-
-impl std::fmt::Display for FlakyRecords {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FlakyRecords({})", self.inner)
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for FlakyRecords {
-    async fn put_opts(
-        &self,
-        location: &object_store::path::Path,
-        payload: object_store::PutPayload,
-        opts: object_store::PutOptions,
-    ) -> object_store::Result<object_store::PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &object_store::path::Path,
-        opts: object_store::PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &object_store::path::Path,
-        options: object_store::GetOptions,
-    ) -> object_store::Result<object_store::GetResult> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) && location.as_ref().contains(CHANGES) {
-            return Err(object_store::Error::Generic { store: "FlakyRecords", source: "injected failure".into() });
-        }
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> object_store::Result<object_store::ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &object_store::path::Path,
-        to: &object_store::path::Path,
-        options: object_store::CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
 #[tokio::test]
 async fn a_poll_that_fails_part_way_makes_the_next_gc_list_everything() {
     let mem = Arc::new(InMemory::new());
-    let flaky = Arc::new(FlakyRecords { inner: mem.clone(), fail: std::sync::atomic::AtomicBool::new(false) });
+    let flaky = FaultyStore::new(mem.clone());
     let a = replica(Arc::new(ObjectStorage::new(mem, None, "bucket")));
     let b = replica(Arc::new(ObjectStorage::new(flaky.clone() as Arc<dyn ObjectStore>, None, "bucket")));
     let (b1, cfg) = (blob(&a.guarded, 1).await, blob(&a.guarded, 9).await);
@@ -332,9 +259,9 @@ async fn a_poll_that_fails_part_way_makes_the_next_gc_list_everything() {
     // A pushes; B's background poll fails reading A's records.
     let (m, st) = image_of([&cfg, &b1]);
     a.guarded.manifest_put(&repo("while/failing"), &m, &st).await.expect("put");
-    flaky.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    flaky.fail_gets_containing(Some(CHANGES));
     assert!(b.index.poll(b.raw.as_ref()).await.is_err(), "the injected failure surfaces");
-    flaky.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    flaky.fail_gets_containing(None);
     // The next run cannot trust its kept listing: it lists everything and
     // keeps the blobs A's manifest references.
     let next = dry_gc(&b).await;

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`peers`] | real peers: distribution, containerd, podman, skopeo, s3s-fs, Garage |
 //! | [`fault`] | the misbehaving registry server (any status, truncated/slow/chunked bodies) |
+//! | [`faulty_store`] | [`faulty_store::FaultyStore`]: the in-memory object store with refused copies and failing GETs |
 //! | [`token`] | the token issuer for distribution's `auth: token` (ES256 JWT, `x5c`) |
 //! | [`oidc`] | a loopback OIDC issuer, signing keys, forged tokens |
 //! | [`certs`] | a test CA, server certificates, self-signed pairs (openssl CLI) |
@@ -25,6 +26,7 @@ pub mod content;
 pub mod cove_bin;
 pub mod fake_upstream;
 pub mod fault;
+pub mod faulty_store;
 #[cfg(target_os = "linux")]
 pub mod fswatch;
 pub mod layout;
