@@ -44,7 +44,9 @@
 //! read-back came before our write landed; it reads the record again at
 //! its next [`Hold::check`] after [`RECHECK`] and stops, and the second
 //! `RECHECK` covers a step it had already begun. Nobody else may claim
-//! over the record before it expires.
+//! over the record before it expires. A claim whose attempt was dropped
+//! before it was read back (shutdown, a client that hung up) is
+//! remembered the same way.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -154,8 +156,9 @@ pub struct Lease {
     name: String,
     holder: String,
     timing: LeaseTiming,
-    /// Our last claim that did not count (too slow), while its record may
-    /// still be in the store: its nonce, and when we read it back.
+    /// Our last claim that did not count (too slow, or given up before it
+    /// was read back), while its record may still be in the store: its
+    /// nonce, and when we wrote or read it back.
     slow_claim: Mutex<Option<(String, Instant)>>,
 }
 
@@ -277,7 +280,13 @@ impl Lease {
             expires_ms: now + self.timing.ttl.as_millis() as u64,
             renewed_ms: now,
         };
+        // Remembered until it counts: if this attempt is dropped before
+        // (shutdown, a client gone), the record it leaves is known to be
+        // ours, to claim over or release after RECLAIM_AFTER rather than
+        // blocking everyone, us included, for the whole ttl.
+        self.remember_slow_claim(&claim.nonce);
         self.write(&claim).await?;
+        self.remember_slow_claim(&claim.nonce);
         let claim_took = started.elapsed();
         tokio::time::sleep(self.timing.settle).await;
         let back = self.read().await?;

@@ -202,6 +202,46 @@ async fn the_keeper_recovers_from_a_slow_claim_and_releases_one() {
     assert_eq!(hc.epoch(), 4);
 }
 
+/// A claim cut off before it was read back (its task aborted, as at
+/// shutdown) leaves a record in the store; its writer still knows it as its
+/// own, so the release frees it and nobody waits for the ttl.
+#[tokio::test]
+async fn a_claim_cut_off_mid_settle_is_released() {
+    let (_d, s) = store();
+    let ka = LeaseKeeper::new(Lease::new(s.clone(), "leases/m", "a", timing(60_000, 400)), true);
+    let task = ka.spawn();
+    let lease = Lease::new(s.clone(), "leases/m", "reader", timing(60_000, 400));
+    let written = Instant::now();
+    while lease.read().await.expect("read").is_none() {
+        assert!(written.elapsed() < Duration::from_secs(2), "the claim is written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task.abort();
+    assert!(!ka.held().0, "cut off before it counted");
+    ka.release().await;
+    let kb = LeaseKeeper::new(Lease::new(s.clone(), "leases/m", "b", timing(60_000, 50)), false);
+    let hb = kb.hold().await.expect("free once the cut-off claim was released, not after the 60 s ttl");
+    assert_eq!(hb.epoch(), 2);
+}
+
+/// A release while the keeper is half-way through a claim waits for it and
+/// gives back what it took; the keeper takes nothing after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_during_a_claim_frees_the_lease_for_good() {
+    let (_d, s) = store();
+    let ka = LeaseKeeper::new(Lease::new(s.clone(), "leases/m", "a", timing(800, 200)), true);
+    let task = ka.spawn();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ka.release().await;
+    assert!(!ka.held().0, "released");
+    assert!(matches!(ka.hold().await, Err(LeaseError::Lost(_))), "no on-demand hold after the release");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!ka.held().0, "the keeper's schedule takes nothing after the release");
+    let kb = LeaseKeeper::new(Lease::new(s.clone(), "leases/m", "b", timing(800, 50)), false);
+    kb.hold().await.expect("free at once");
+    task.abort();
+}
+
 #[tokio::test]
 async fn epochs_only_grow() {
     let (_d, s) = store();

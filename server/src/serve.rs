@@ -64,9 +64,11 @@ pub async fn serve(config: Config, source: ConfigSource, shutdown: impl Future<O
     let scheme = if tls_config.is_some() { "https" } else { "http" };
     tracing::info!(listen = %addr, scheme, storage = %config.storage.describe(), "cove is serving");
     crate::listener::run(server.app, listener, tls_config, validated.http.clone(), shutdown).await;
+    // The lease first: its keeper may be half-way through a claim, which
+    // stopping the jobs would cut off and leave in the store for a ttl.
+    server.lease.release().await;
     jobs.stop();
     activity::save_at_shutdown(&server.activity, server.shared_activity.as_deref()).await;
-    server.lease.release().await;
     Ok(())
 }
 

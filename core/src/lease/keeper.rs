@@ -41,6 +41,8 @@ pub struct LeaseKeeper {
     held: AtomicBool,
     epoch: AtomicU64,
     contend: AtomicBool,
+    /// Set by [`LeaseKeeper::release`]: no more acquiring (shutdown).
+    closed: AtomicBool,
     acquired: AtomicU64,
     lost: AtomicU64,
 }
@@ -54,6 +56,7 @@ impl LeaseKeeper {
             held: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             contend: AtomicBool::new(contend),
+            closed: AtomicBool::new(false),
             acquired: AtomicU64::new(0),
             lost: AtomicU64::new(0),
         })
@@ -120,6 +123,9 @@ impl LeaseKeeper {
         if let Some(h) = self.valid(&mut slot) {
             return Ok(h);
         }
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(LeaseError::Lost("this replica is shutting down".into()));
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -168,7 +174,7 @@ impl LeaseKeeper {
             }
             return every;
         }
-        if !self.contends() {
+        if !self.contends() || self.closed.load(Ordering::Relaxed) {
             return every;
         }
         match self.acquire_into(&mut slot).await {
@@ -200,10 +206,13 @@ impl LeaseKeeper {
         })
     }
 
-    /// Gives the lease back if held, or our own claim that was too slow to
-    /// count, waiting (at most [`RECLAIM_AFTER`]) until that may be released
-    /// (graceful shutdown: the next process need not wait for the expiry).
+    /// Gives the lease back if held, or our own claim that did not count,
+    /// waiting (at most [`RECLAIM_AFTER`]) until that may be released, and
+    /// acquires no more (graceful shutdown: the next process need not wait
+    /// for the expiry). An attempt in flight is waited for, not cut off:
+    /// call this before stopping the task of [`LeaseKeeper::spawn`].
     pub async fn release(&self) {
+        self.closed.store(true, Ordering::Relaxed);
         let mut slot = self.hold.lock().await;
         let released = match slot.take() {
             Some(h) => {
