@@ -130,10 +130,10 @@ impl SpoolReader {
 /// through the fetch's open file handle (positional reads on a blocking
 /// thread), so they go on after the file was moved into storage.
 ///
-/// A reader that caught up with the fetch takes the chunks as they arrive
-/// ([`BlobFlight::live`]) instead of reading them back from the spool: no
-/// read, no copy, no wait for the spool writer. It falls back to the spool
-/// when it falls behind.
+/// A reader within [`super::fetch`]'s `LIVE_QUEUE` chunks of the fetch
+/// takes the chunks as they arrive ([`BlobFlight::live`]) instead of
+/// reading them back from the spool: no read, no copy, no wait for the
+/// spool writer. It reads the spool when it falls further behind.
 ///
 /// When the flight relays (no room to spool), the reader reads the spool
 /// up to where spooling stopped and the rest from `relay`, the channel it
@@ -168,16 +168,21 @@ pub(crate) fn follow(
                 FetchState::Failed(e) => return r.fail(std::io::Error::other(e.message)),
             };
             let limit = r.end.map_or(limit, |e| limit.min(e));
-            if r.pos < limit {
-                return read_spool(r, limit).await;
-            }
-            // Caught up with the spool: the received chunks, up to the
-            // announced size less the held-back last byte.
-            if let (FetchState::Running { size: Some(size), .. }, None) = (&state, r.flight.relay_from.get()) {
+            // The received chunks first, whenever one covers `pos` (no spool
+            // read in flight, so none comes before it): no read back, no
+            // copy, no round trip to a blocking thread. Up to the announced
+            // size less the held-back last byte.
+            if let (FetchState::Running { size: Some(size), .. }, None, true) =
+                (&state, r.flight.relay_from.get(), r.ahead.is_empty())
+            {
                 let live_limit = r.end.map_or(size - 1, |e| e.min(size - 1));
                 if let Some(bytes) = r.take_live(live_limit) {
                     return Some((Ok(bytes), r));
                 }
+            }
+            // Behind the received chunks: the spool has the bytes.
+            if r.pos < limit {
+                return read_spool(r, limit).await;
             }
             if matches!(state, FetchState::Done { .. }) && r.pos >= limit {
                 return None;
