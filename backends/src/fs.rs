@@ -58,7 +58,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cove_core::storage::{layout, Capabilities, Driver, Layout, Listing};
+use cove_core::storage::{layout, Capabilities, Driver, Layout, Listing, OpenBlob};
 use cove_core::{ByteRange, ByteStream, Digest, DigestHasher, StorageError};
 
 use atomic::TempFile;
@@ -267,14 +267,35 @@ impl Driver for FsStorage {
                 Ok((f, size))
             })
             .await?;
-        let (start, len) = match range {
-            None => (0, size),
-            Some(r) if r.end < size && r.start <= r.end => (r.start, r.len()),
-            Some(r) => {
-                return Err(StorageError::Backend(format!("range {}-{} outside blob of {size} bytes", r.start, r.end)))
-            }
-        };
+        let (start, len) = pipe::range_in(range, size)?;
         Ok(pipe::read_stream(file, start, len))
+    }
+
+    /// One blocking call: the link's check, the open, the size and, for a
+    /// blob of at most one read ([`pipe::READ_CHUNK`]) that will be read,
+    /// its bytes.
+    async fn open(&self, name: &str, requires: Option<&str>, read: bool) -> Result<Option<OpenBlob>, StorageError> {
+        let (name, requires) = (name.to_owned(), requires.map(str::to_owned));
+        self.run(move |inner| {
+            if let Some(link) = requires {
+                let meta = not_found_as_none(fs::metadata(inner.path(&link)))?;
+                if !meta.is_some_and(|m| m.is_file()) {
+                    return Ok(None);
+                }
+            }
+            let Some(file) = not_found_as_none(fs::File::open(inner.path(&name)))? else {
+                return Ok(None);
+            };
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Ok(None);
+            }
+            let size = meta.len();
+            let whole =
+                if read && size <= pipe::READ_CHUNK { Some(pipe::read_exact_at(&file, 0, size)?) } else { None };
+            Ok(Some(OpenBlob::new(size, Some(pipe::file_reader(file, size, whole)))))
+        })
+        .await
     }
 
     async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {

@@ -27,5 +27,5 @@ pub use name::{Reference, RepoName, Tag};
 pub use range::RangeRequest;
 pub use registry::Registry;
 pub use secret::Secret;
-pub use storage::{ByteRange, ByteStream, Storage, StorageError};
+pub use storage::{BlobReader, ByteRange, ByteStream, OpenBlob, Storage, StorageError};
 pub use upstream::Upstream;

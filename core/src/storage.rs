@@ -42,6 +42,43 @@ impl ByteRange {
     }
 }
 
+/// Reads an opened blob's bytes, or a range of it (checked against its size).
+pub type BlobReader = Box<dyn FnOnce(Option<ByteRange>) -> ByteStream + Send>;
+
+/// A blob found by [`Storage::blob_open`]: its size and, on a store that
+/// opened it already (a file), the reader holding it.
+pub struct OpenBlob {
+    pub size: u64,
+    reader: Option<BlobReader>,
+}
+
+impl OpenBlob {
+    /// A blob of `size` bytes; `reader`, if the store holds it open.
+    pub fn new(size: u64, reader: Option<BlobReader>) -> OpenBlob {
+        OpenBlob { size, reader }
+    }
+
+    /// Its bytes in `range` (checked against [`OpenBlob::size`]): from the
+    /// open reader, else read from `storage`.
+    pub async fn read(
+        self,
+        storage: &dyn Storage,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, StorageError> {
+        match self.reader {
+            Some(reader) => Ok(reader(range)),
+            None => storage.blob_read(digest, range).await,
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenBlob").field("size", &self.size).field("open", &self.reader.is_some()).finish()
+    }
+}
+
 /// What a store is, for the decisions that depend on it (made in one
 /// place instead of asking which backend it is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +245,19 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Streams a committed blob, or a range of it. `NotFound` if absent.
     async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError>;
+
+    /// A committed blob to serve: `None` if absent or, with `linked_in`,
+    /// not linked into that repository ([`Storage::blob_linked`]). `read`:
+    /// its bytes will be read (a store may read a small blob at once). On
+    /// the filesystem this is one trip to a blocking thread that checks the
+    /// link, opens the file and learns its size, where `blob_linked`,
+    /// `blob_size` and `blob_read` take three.
+    async fn blob_open(
+        &self,
+        digest: &Digest,
+        linked_in: Option<&RepoName>,
+        read: bool,
+    ) -> Result<Option<OpenBlob>, StorageError>;
 
     /// Writes a whole blob from a stream, verifying it against `digest` (and
     /// `expected_size` when given) before it becomes visible. Returns its size.

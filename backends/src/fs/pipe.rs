@@ -7,7 +7,8 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use cove_core::{ByteStream, DigestHasher, StorageError};
+use cove_core::storage::BlobReader;
+use cove_core::{ByteRange, ByteStream, DigestHasher, StorageError};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -350,7 +351,36 @@ pub(crate) fn read_stream(file: File, start: u64, len: u64) -> ByteStream {
     Box::pin(s)
 }
 
-fn read_exact_at(file: &File, off: u64, n: u64) -> io::Result<Bytes> {
+/// `range` of a file of `size` bytes as (start, length); the whole file
+/// for `None`.
+pub(crate) fn range_in(range: Option<ByteRange>, size: u64) -> Result<(u64, u64), StorageError> {
+    match range {
+        None => Ok((0, size)),
+        Some(r) if r.end < size && r.start <= r.end => Ok((r.start, r.len())),
+        Some(r) => Err(StorageError::Backend(format!("range {}-{} outside blob of {size} bytes", r.start, r.end))),
+    }
+}
+
+/// The reader of an open blob file of `size` bytes: from `whole` (all its
+/// bytes, already read) when given, else with [`read_stream`].
+pub(crate) fn file_reader(file: File, size: u64, whole: Option<Bytes>) -> BlobReader {
+    Box::new(move |range| {
+        let (start, len) = match range_in(range, size) {
+            Ok(r) => r,
+            Err(e) => return Box::pin(futures::stream::once(async move { Err(io::Error::other(e.to_string())) })),
+        };
+        match whole {
+            // Within `size`, which is the length of `whole`.
+            Some(bytes) => {
+                let part = bytes.slice(start as usize..(start + len) as usize);
+                Box::pin(futures::stream::iter((!part.is_empty()).then_some(Ok(part))))
+            }
+            None => read_stream(file, start, len),
+        }
+    })
+}
+
+pub(crate) fn read_exact_at(file: &File, off: u64, n: u64) -> io::Result<Bytes> {
     let n = usize::try_from(n).map_err(io::Error::other)?;
     let mut buf = vec![0u8; n];
     #[cfg(unix)]

@@ -8,8 +8,9 @@ use super::{CacheStatus, CachedRepo, PullThrough};
 use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
 use crate::range::{resolve as resolve_range, RangeRequest};
+use crate::registry::blobs::serve_opened;
 use crate::registry::BlobResponse;
-use crate::storage::{ByteStream, Storage};
+use crate::storage::OpenBlob;
 
 impl PullThrough {
     /// Serves a blob of a cached repository: from storage, or by joining or
@@ -22,9 +23,8 @@ impl PullThrough {
         head: bool,
     ) -> Result<(BlobResponse, CacheStatus)> {
         let CachedRepo { storage, route, remote, repo } = at;
-        if storage.blob_linked(repo, digest).await? {
-            let size = storage.blob_size(digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))?;
-            return Ok((self.serve_stored(at, digest, size, range, head).await?, CacheStatus::Hit));
+        if let Some(opened) = storage.blob_open(digest, Some(repo), !head).await? {
+            return Ok((self.serve_stored(at, digest, opened, range, head).await?, CacheStatus::Hit));
         }
         if let Some(size) = storage.blob_size(digest).await? {
             // Stored for another repository: serve it here only if upstream
@@ -39,7 +39,8 @@ impl PullThrough {
                     .map_err(|e| self.upstream_failed(route, e, RegistryError::blob_unknown(digest)))?;
             }
             storage.blob_link(repo, digest).await?;
-            return Ok((self.serve_stored(at, digest, size, range, head).await?, CacheStatus::Hit));
+            let opened = OpenBlob::new(size, None);
+            return Ok((self.serve_stored(at, digest, opened, range, head).await?, CacheStatus::Hit));
         }
         if head {
             return Ok((self.head_missing(at, digest, range).await?, CacheStatus::Miss));
@@ -63,11 +64,12 @@ impl PullThrough {
         &self,
         at: CachedRepo<'_>,
         digest: &Digest,
-        size: u64,
+        opened: OpenBlob,
         range: Option<&RangeRequest>,
         head: bool,
     ) -> Result<BlobResponse> {
-        let b = local_blob(at.storage, digest, size, range, head).await?;
+        let size = opened.size;
+        let b = serve_opened(at.storage.as_ref(), digest, opened, range, head).await?;
         let served = if head { 0 } else { b.range.map_or(size, |r| r.len()) };
         self.counters.count(&at.route.host, |c| {
             c.hits += 1;
@@ -110,19 +112,6 @@ impl PullThrough {
         };
         self.blob_flights.join_or_start(at, digest, new_spool, &self.counters)
     }
-}
-
-async fn local_blob(
-    storage: &Arc<dyn Storage>,
-    digest: &Digest,
-    size: u64,
-    range: Option<&RangeRequest>,
-    head: bool,
-) -> Result<BlobResponse> {
-    let range = resolve_range(range, size)?;
-    let body: ByteStream =
-        if head { Box::pin(futures::stream::empty()) } else { storage.blob_read(digest, range).await? };
-    Ok(BlobResponse { size: Some(size), range, body })
 }
 
 impl BlobFlight {

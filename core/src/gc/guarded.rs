@@ -91,6 +91,24 @@ impl Storage for GuardedStorage {
     async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
         self.inner.blob_read(digest, range).await
     }
+    async fn blob_open(
+        &self,
+        digest: &Digest,
+        linked_in: Option<&RepoName>,
+        read: bool,
+    ) -> Result<Option<crate::storage::OpenBlob>, StorageError> {
+        let Some(repo) = linked_in else {
+            return self.inner.blob_open(digest, None, read).await;
+        };
+        // As for `blob_linked`: a blob found linked is not deleted under the
+        // read that follows (and a file opened stays readable regardless).
+        let _pin = self.guard.pin(vec![digest.clone()]).await;
+        let opened = self.inner.blob_open(digest, Some(repo), read).await?;
+        if opened.is_some() {
+            self.guard.touch(digest);
+        }
+        Ok(opened)
+    }
     async fn blob_write(&self, digest: &Digest, body: ByteStream, size: Option<u64>) -> Result<u64, StorageError> {
         let _pin = self.guard.pin(vec![digest.clone()]).await;
         self.inner.blob_write(digest, body, size).await

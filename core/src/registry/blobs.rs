@@ -9,17 +9,9 @@ use crate::digest::Digest;
 use crate::error::{ErrorCode, ErrorDetail, RegistryError, Result};
 use crate::name::RepoName;
 use crate::range::RangeRequest;
-use crate::storage::{ByteStream, UploadInfo};
+use crate::storage::{ByteStream, OpenBlob, UploadInfo};
 
 impl Registry {
-    /// The size of a blob `repo` may serve (private repositories).
-    async fn private_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        if !self.storage.blob_linked(repo, digest).await? {
-            return Err(RegistryError::blob_unknown(digest));
-        }
-        self.storage.blob_size(digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))
-    }
-
     /// Serves a blob, or the part `range` asks for; for a `HEAD`
     /// (`head = true`) the body is empty.
     pub async fn get_blob(
@@ -34,17 +26,9 @@ impl Registry {
             let (b, status) = cache.blob(at, digest, range, head).await?;
             return Ok((b, Some(status)));
         }
-        let size = self.private_blob_size(repo, digest).await?;
-        let range = crate::range::resolve(range, size)?;
-        let body: ByteStream = if head {
-            Box::pin(futures::stream::empty())
-        } else {
-            self.storage.blob_read(digest, range).await.map_err(|e| match e {
-                crate::storage::StorageError::NotFound => RegistryError::blob_unknown(digest),
-                e => e.into(),
-            })?
-        };
-        Ok((BlobResponse { size: Some(size), range, body }, None))
+        let opened = self.storage.blob_open(digest, Some(repo), !head).await?;
+        let opened = opened.ok_or_else(|| RegistryError::blob_unknown(digest))?;
+        Ok((serve_opened(self.storage.as_ref(), digest, opened, range, head).await?, None))
     }
 
     /// Removes a blob from a repository.
@@ -208,4 +192,27 @@ fn chunk_body(size: u64, range: Option<(u64, u64)>, length: Option<u64>, body: B
         Some(len) => exact_length(body, len),
         None => body,
     })
+}
+
+/// The response for a stored blob `opened` (found by
+/// [`crate::storage::Storage::blob_open`]): the part `range` asks for, an
+/// empty body for a `HEAD`.
+pub(crate) async fn serve_opened(
+    storage: &dyn crate::storage::Storage,
+    digest: &Digest,
+    opened: OpenBlob,
+    range: Option<&RangeRequest>,
+    head: bool,
+) -> Result<BlobResponse> {
+    let size = opened.size;
+    let range = crate::range::resolve(range, size)?;
+    let body: ByteStream = if head {
+        Box::pin(futures::stream::empty())
+    } else {
+        opened.read(storage, digest, range).await.map_err(|e| match e {
+            crate::storage::StorageError::NotFound => RegistryError::blob_unknown(digest),
+            e => e.into(),
+        })?
+    };
+    Ok(BlobResponse { size: Some(size), range, body })
 }

@@ -5,7 +5,7 @@
 //! `discovery` (tags, catalog, referrers); [`prefetch`] pulls images into
 //! the cache ahead of clients.
 
-mod blobs;
+pub(crate) mod blobs;
 mod discovery;
 mod manifests;
 pub mod prefetch;

@@ -17,7 +17,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::layout::Layout;
-use super::{file_stream, ByteRange, ByteStream, Capabilities, Space, StorageError, UploadInfo};
+use super::{file_stream, ByteRange, ByteStream, Capabilities, OpenBlob, Space, StorageError, UploadInfo};
 use crate::digest::Digest;
 use crate::name::RepoName;
 
@@ -57,6 +57,20 @@ pub trait Driver: UploadSessions + 'static {
     /// Streams object `name`, or a range of it (already checked against its
     /// size by the caller where it knows it). `NotFound` if absent.
     async fn read(&self, name: &str, range: Option<ByteRange>) -> Result<ByteStream, StorageError>;
+
+    /// Object `name` to read, if it exists and `requires` (a link) does
+    /// too: its size and, where the driver can open it now, its reader
+    /// (`read`: it will be read). The default asks [`Driver::stat`] (the
+    /// bytes are then read with [`Driver::read`]).
+    async fn open(&self, name: &str, requires: Option<&str>, read: bool) -> Result<Option<OpenBlob>, StorageError> {
+        let _ = read;
+        if let Some(link) = requires {
+            if self.stat(link).await?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(self.stat(name).await?.map(|size| OpenBlob::new(size, None)))
+    }
 
     /// The bytes of a small object (a record), or `None`.
     async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError>;

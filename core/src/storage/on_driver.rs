@@ -10,8 +10,8 @@ use bytes::Bytes;
 use super::driver::{Driver, UploadSessions};
 use super::layout::{self, MANIFESTS, REPOSITORIES};
 use super::{
-    valid_state_name, ByteRange, ByteStream, Capabilities, RepoWalk, Space, Storage, StorageError, StoredManifest,
-    UploadInfo,
+    valid_state_name, ByteRange, ByteStream, Capabilities, OpenBlob, RepoWalk, Space, Storage, StorageError,
+    StoredManifest, UploadInfo,
 };
 use crate::digest::Digest;
 use crate::manifest::Descriptor;
@@ -46,6 +46,17 @@ impl<D: Driver> Storage for D {
 
     async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
         self.read(&self.layout().blob(digest), range).await
+    }
+
+    async fn blob_open(
+        &self,
+        digest: &Digest,
+        linked_in: Option<&RepoName>,
+        read: bool,
+    ) -> Result<Option<OpenBlob>, StorageError> {
+        let l = self.layout();
+        let link = linked_in.map(|repo| l.link(repo, digest));
+        self.open(&l.blob(digest), link.as_deref(), read).await
     }
 
     async fn blob_write(

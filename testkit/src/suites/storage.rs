@@ -29,6 +29,7 @@ fn tag(s: &str) -> Tag {
 pub async fn run_all(store: &dyn Storage) {
     blobs(store).await;
     blob_ranges(store).await;
+    blob_open(store).await;
     blob_verification(store).await;
     blob_import(store).await;
     uploads(store).await;
@@ -120,6 +121,38 @@ pub async fn blob_ranges(store: &dyn Storage) {
     for (s, e) in [(0u64, 0u64), (0, 999_999), (10, 20), (999_000, 999_999), (123_456, 654_321)] {
         let got = read_all(store.blob_read(&d, Some(ByteRange { start: s, end: e })).await.expect("range")).await;
         assert_eq!(got, data[s as usize..=e as usize].to_vec(), "range {s}-{e}");
+    }
+}
+
+/// `blob_open` finds exactly the blobs `blob_linked` and `blob_size` find,
+/// and reads them whole or in ranges, small (read at once on the
+/// filesystem) or large, and the empty blob.
+pub async fn blob_open(store: &dyn Storage) {
+    let r = repo("conf/open");
+    for (len, seed) in [(0usize, 0u64), (1000, 3), (256 * 1024, 4), (700_000, 5)] {
+        let data = seeded_bytes(len, seed);
+        let d = Digest::sha256_of(&data);
+        // The empty blob may be left from an earlier check.
+        store.blob_delete(&d).await.expect("delete");
+        assert!(store.blob_open(&d, None, true).await.expect("open").is_none(), "absent blob of {len}");
+        store.blob_write(&d, chunked(data.clone(), 50_000), None).await.expect("write");
+        assert!(store.blob_open(&d, Some(&r), true).await.expect("open").is_none(), "not linked: {len}");
+        let o = store.blob_open(&d, None, false).await.expect("open").expect("stored");
+        assert_eq!(o.size, len as u64, "size without reading");
+        store.blob_link(&r, &d).await.expect("link");
+        let o = store.blob_open(&d, Some(&r), true).await.expect("open").expect("linked");
+        assert_eq!(o.size, len as u64);
+        assert_eq!(read_all(o.read(store, &d, None).await.expect("read")).await, data.to_vec(), "whole {len}");
+        if len > 0 {
+            let (s, e) = (len as u64 / 3, len as u64 - 1);
+            let o = store.blob_open(&d, Some(&r), true).await.expect("open").expect("linked");
+            let got = read_all(o.read(store, &d, Some(ByteRange { start: s, end: e })).await.expect("range")).await;
+            assert_eq!(got, data[s as usize..=e as usize].to_vec(), "range {s}-{e} of {len}");
+        }
+        assert!(store.blob_open(&d, Some(&repo("conf/open-other")), true).await.expect("open").is_none());
+        assert!(store.blob_unlink(&r, &d).await.expect("unlink"));
+        assert!(store.blob_open(&d, Some(&r), true).await.expect("open").is_none(), "unlinked: {len}");
+        assert!(store.blob_delete(&d).await.expect("delete"));
     }
 }
 
