@@ -4,6 +4,7 @@
 
 mod admin;
 mod admin_client;
+mod alloc;
 mod cli;
 mod commands;
 mod report;
@@ -16,6 +17,7 @@ use cli::{Cli, Command, MirrorRuntime, StorageCommand};
 use cove_server::config::LogFormat;
 
 fn main() -> ExitCode {
+    alloc::tune();
     let outcome = match Cli::parse().command {
         Command::Serve { config, listen, data_dir } => commands::serve(config, listen, data_dir),
         Command::MirrorConfig { runtime: MirrorRuntime::Containerd { url, config, out_dir } } => {
