@@ -291,8 +291,7 @@ impl Driver for FsStorage {
                 return Ok(None);
             }
             let size = meta.len();
-            let whole =
-                if read && size <= pipe::READ_CHUNK { Some(pipe::read_exact_at(&file, 0, size)?) } else { None };
+            let whole = if read && size <= pipe::READ_CHUNK { Some(pipe::read_whole(&file, size)?) } else { None };
             Ok(Some(OpenBlob::new(size, Some(pipe::file_reader(file, size, whole)))))
         })
         .await

@@ -380,7 +380,19 @@ pub(crate) fn file_reader(file: File, size: u64, whole: Option<Bytes>) -> BlobRe
     })
 }
 
-pub(crate) fn read_exact_at(file: &File, off: u64, n: u64) -> io::Result<Bytes> {
+/// All `size` bytes of a file just opened (its offset at 0), read into
+/// memory that is not zeroed first; a file shorter than `size` fails.
+pub(crate) fn read_whole(file: &File, size: u64) -> io::Result<Bytes> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(usize::try_from(size).map_err(io::Error::other)?);
+    file.take(size).read_to_end(&mut buf)?;
+    if buf.len() as u64 != size {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than its size"));
+    }
+    Ok(Bytes::from(buf))
+}
+
+fn read_exact_at(file: &File, off: u64, n: u64) -> io::Result<Bytes> {
     let n = usize::try_from(n).map_err(io::Error::other)?;
     let mut buf = vec![0u8; n];
     #[cfg(unix)]
