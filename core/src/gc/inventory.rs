@@ -84,10 +84,10 @@ impl Inventories {
             _ => None,
         };
         let result = match incremental {
-            Some((k, changed)) => relist(storage, k.repos, changed)
+            Some((k, changed)) => relist(storage, index, k.repos, changed)
                 .await
                 .map(|(repos, relisted)| (Listing { repos, relisted, full: false }, k.full_at)),
-            None => list_all(storage)
+            None => list_all(storage, index)
                 .await
                 .map(|repos| (Listing { relisted: repos.len(), repos: Arc::new(repos), full: true }, Instant::now())),
         };
@@ -107,13 +107,19 @@ impl Inventories {
     }
 }
 
-async fn list_all(storage: &dyn Storage) -> Result<Repos, GcError> {
+/// The index's copy of `repo` when it has one, so a kept listing holds no
+/// second copy of the name.
+fn shared_name(index: Option<&RepoIndex>, repo: RepoName) -> RepoName {
+    index.and_then(|i| i.read(|names| names.get(&repo).cloned()).flatten()).unwrap_or(repo)
+}
+
+async fn list_all(storage: &dyn Storage, index: Option<&RepoIndex>) -> Result<Repos, GcError> {
     let names = storage.repo_list().await?;
     let mut symbols = Interner::default();
     let mut listed = Vec::with_capacity(names.len());
     for repo in names {
         let words = RepoInventory::list(storage, &repo, &mut symbols).await?;
-        listed.push((repo, words));
+        listed.push((shared_name(index, repo), words));
     }
     let symbols = symbols.finish();
     Ok(listed.into_iter().map(|(repo, words)| (repo, RepoInventory { symbols: symbols.clone(), words })).collect())
@@ -121,6 +127,7 @@ async fn list_all(storage: &dyn Storage) -> Result<Repos, GcError> {
 
 async fn relist(
     storage: &dyn Storage,
+    index: Option<&RepoIndex>,
     mut repos: Arc<Repos>,
     changed: HashSet<RepoName>,
 ) -> Result<(Arc<Repos>, usize), GcError> {
@@ -141,7 +148,7 @@ async fn relist(
     for (repo, words) in listed {
         match words {
             Some(words) => {
-                map.insert(repo, RepoInventory { symbols: symbols.clone(), words });
+                map.insert(shared_name(index, repo), RepoInventory { symbols: symbols.clone(), words });
             }
             None => {
                 map.remove(&repo);
