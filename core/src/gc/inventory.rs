@@ -142,6 +142,9 @@ async fn relist(
         };
         listed.push((repo, words));
     }
+    if listed.is_empty() {
+        return Ok((repos, relisted)); // nothing to change: no copy even if shared
+    }
     let symbols = symbols.finish();
     // In place unless the previous run's listing is still held somewhere.
     let map = Arc::make_mut(&mut repos);
