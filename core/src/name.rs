@@ -14,8 +14,11 @@ pub const MAX_NAME_LEN: usize = 255;
 ///
 /// A valid name has no empty, `.` or `..` component and no character outside
 /// `[a-z0-9._/-]`, so it is safe to map onto a path.
+///
+/// The text is shared: a clone (the repository index, GC's kept listings
+/// and the catalog hold every name) costs no allocation.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RepoName(String);
+pub struct RepoName(std::sync::Arc<str>);
 
 impl RepoName {
     pub fn as_str(&self) -> &str {
@@ -34,7 +37,7 @@ impl RepoName {
 
     /// The name without its first component, if it has more than one.
     pub fn strip_first_component(&self) -> Option<RepoName> {
-        self.0.split_once('/').map(|(_, rest)| RepoName(rest.to_owned()))
+        self.0.split_once('/').map(|(_, rest)| RepoName(rest.into()))
     }
 
     /// `prefix/self`, validated.
@@ -86,7 +89,7 @@ impl FromStr for RepoName {
                 ),
             ));
         }
-        Ok(RepoName(s.to_owned()))
+        Ok(RepoName(s.into()))
     }
 }
 
@@ -98,7 +101,7 @@ fn truncate(s: &str, n: usize) -> &str {
 }
 
 /// Names order exactly as their text does (the derived `Ord` compares the
-/// one `String`), so sets of names can be searched by `&str`.
+/// one `str`), so sets of names can be searched by `&str`.
 impl std::borrow::Borrow<str> for RepoName {
     fn borrow(&self) -> &str {
         &self.0
@@ -199,6 +202,16 @@ mod tests {
             let e = bad.parse::<RepoName>().expect_err(bad);
             assert_eq!(e.code, ErrorCode::NameInvalid);
         }
+    }
+
+    #[test]
+    fn a_cloned_name_shares_its_text() {
+        let a: RepoName = "org/repo".parse().expect("valid");
+        let b = a.clone();
+        assert_eq!(a, b);
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "no second copy of the text");
+        let other: RepoName = "org/repo".parse().expect("valid");
+        assert_eq!(a.cmp(&other), std::cmp::Ordering::Equal, "compared by text");
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! One collection run: list everything (mark), remove untagged manifests
 //! when asked, sweep blobs nothing references, expire upload sessions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::inventory::RepoInventory;
+use super::inventory::{RepoInventory, Repos};
 use super::{GcError, GcGuard, GcOptions, GcReport};
 use crate::digest::Digest;
 use crate::name::{RepoName, Tag};
@@ -45,14 +45,14 @@ pub async fn collect_locked(
     report.repositories = listing.repos.len();
     report.repositories_listed = listing.relisted;
     report.full_listing = listing.full;
-    report.manifests = listing.repos.values().map(|inv| inv.manifests.len()).sum();
+    report.manifests = listing.repos.values().map(RepoInventory::manifest_count).sum();
     let listed = listing.repos;
     let removed = if opts.untagged { run.remove_untagged(&listed, &mut report).await? } else { HashSet::new() };
     let mut referenced: HashMap<Digest, u64> = HashMap::new();
-    for (repo, inv) in &listed {
-        for digest in inv.manifests.keys() {
-            if let Some(m) = inv.manifests.get(digest).filter(|_| !removed.contains(&(repo.clone(), digest.clone()))) {
-                referenced.extend(m.blobs.iter().cloned());
+    for (repo, inv) in listed.iter() {
+        for m in inv.manifests() {
+            if !removed.contains(&(repo.clone(), m.digest().clone())) {
+                referenced.extend(m.blobs().map(|(d, size)| (d.clone(), size)));
             }
         }
     }
@@ -94,16 +94,17 @@ impl Collection<'_> {
     /// in a dry run, that would be).
     async fn remove_untagged(
         &self,
-        listed: &BTreeMap<RepoName, Arc<RepoInventory>>,
+        listed: &Repos,
         report: &mut GcReport,
     ) -> Result<HashSet<(RepoName, Digest)>, GcError> {
         let (storage, guard, opts, t0) = (self.storage, self.guard, self.opts, self.t0);
         let mut removed = HashSet::new();
         for (repo, inv) in listed {
             let children = inv.children();
-            let tagged: HashSet<&Digest> = inv.tags.values().collect();
-            for (digest, m) in &inv.manifests {
-                if tagged.contains(digest) || children.contains(digest) || m.subject.is_some() {
+            let tagged: HashSet<&Digest> = inv.tagged().collect();
+            for m in inv.manifests() {
+                let digest = m.digest();
+                if tagged.contains(digest) || children.contains(digest) || m.subject().is_some() {
                     continue;
                 }
                 let name = format!("{repo}@{digest}");

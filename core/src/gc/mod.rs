@@ -103,4 +103,8 @@ pub enum GcError {
     /// next deletion.
     #[error("stopped: {0}")]
     Fenced(String),
+    /// A listing with more than 4 billion entries (it would not fit in
+    /// memory anyway).
+    #[error("the listing is too large to hold")]
+    ListingTooLarge,
 }

@@ -4,12 +4,13 @@
 //! records, manifests and repository links. Blobs themselves are left to
 //! the garbage collector's sweep.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use super::activity::now_ms;
-use super::plan::{Eviction, Removal, RepoState};
+use super::plan::{Eviction, Listed, Removal};
 use super::{EvictedImage, RetentionReport, RetentionRun};
 use crate::digest::Digest;
+use crate::gc::inventory::RepoInventory;
 use crate::gc::GcError;
 use crate::name::{RepoName, Tag};
 
@@ -26,7 +27,7 @@ impl RetentionRun<'_> {
     /// Carries out (or, in a dry run, reports) every removal.
     pub(super) async fn remove_all(
         &self,
-        repos: &BTreeMap<RepoName, RepoState>,
+        repos: &Listed<'_>,
         removals: Vec<Removal>,
         report: &mut RetentionReport,
     ) -> Result<Removed, GcError> {
@@ -35,26 +36,27 @@ impl RetentionRun<'_> {
         let removed_set: HashSet<(RepoName, Digest)> =
             removals.iter().flat_map(|r| r.manifests.iter().map(|d| (r.repo.clone(), d.clone()))).collect();
         let mut still_referenced: HashSet<Digest> = HashSet::new();
-        for (repo, st) in repos {
-            for (d, m) in &st.listed.manifests {
-                if !removed_set.contains(&(repo.clone(), d.clone())) {
+        for (repo, listed) in repos.iter() {
+            for m in listed.manifests() {
+                if !removed_set.contains(&(repo.clone(), m.digest().clone())) {
                     still_referenced.extend(m.blob_digests().cloned());
                 }
             }
         }
         let mut removed = Removed::default();
         for removal in removals {
-            let Some(st) = repos.get(&removal.repo) else { continue };
-            let blobs = st.listed.blobs_of(&removal.manifests);
+            let Some(listed) = repos.get(&removal.repo) else { continue };
+            let blobs = listed.blobs_of(&removal.manifests);
             let exclusive: Vec<Digest> = blobs.iter().filter(|b| !still_referenced.contains(*b)).cloned().collect();
-            let mut bytes: u64 =
-                removal.manifests.iter().filter_map(|d| st.listed.manifests.get(d)).map(|m| m.size).sum();
+            let mut bytes: u64 = removal.manifests.iter().filter_map(|d| listed.manifest(d)).map(|m| m.size()).sum();
             for b in &exclusive {
                 if removed.counted_blobs.insert(b.clone()) {
                     bytes += self.sizes.get(self.storage, b).await?.unwrap_or(0);
                 }
             }
-            if !self.opts.dry_run && !self.delete(st, &removal, &blobs, &exclusive, &removed_set, &mut removed).await? {
+            if !self.opts.dry_run
+                && !self.delete(listed, &removal, &blobs, &exclusive, &removed_set, &mut removed).await?
+            {
                 report.keep_in_use(&removal);
                 continue;
             }
@@ -67,7 +69,7 @@ impl RetentionRun<'_> {
     /// blobs. `false`: it turned out to be in use and stays.
     async fn delete(
         &self,
-        st: &RepoState,
+        listed: &RepoInventory,
         removal: &Removal,
         blobs: &HashSet<Digest>,
         exclusive: &[Digest],
@@ -88,25 +90,23 @@ impl RetentionRun<'_> {
         for tag in &removal.tags {
             let Ok(t) = tag.parse::<Tag>() else { continue };
             // Only if it still points where it did at the listing.
-            if storage.tag_get(repo, &t).await? == st.listed.tags.get(tag).cloned() {
+            if storage.tag_get(repo, &t).await? == listed.tag(tag).cloned() {
                 storage.tag_delete(repo, &t).await?;
                 removed.tags.insert((repo.clone(), tag.clone()));
             }
         }
         for d in &removal.manifests {
-            if let Some(subject) = st.listed.manifests.get(d).and_then(|m| m.subject.as_ref()) {
+            if let Some(subject) = listed.manifest(d).and_then(|m| m.subject()) {
                 storage.referrer_delete(repo, subject, d).await?;
             }
             storage.manifest_delete(repo, d).await?;
             removed.manifests.insert((repo.clone(), d.clone()));
         }
         // Links of blobs no remaining manifest of this repository uses.
-        let repo_keeps: HashSet<Digest> = st
-            .listed
-            .manifests
-            .iter()
-            .filter(|(d, _)| !removed_set.contains(&(repo.clone(), (*d).clone())))
-            .flat_map(|(_, m)| m.blob_digests().cloned())
+        let repo_keeps: HashSet<Digest> = listed
+            .manifests()
+            .filter(|m| !removed_set.contains(&(repo.clone(), m.digest().clone())))
+            .flat_map(|m| m.blob_digests().cloned())
             .collect();
         for b in blobs.iter().filter(|b| !repo_keeps.contains(*b)) {
             storage.blob_unlink(repo, b).await?;
@@ -127,20 +127,21 @@ impl RetentionRun<'_> {
 
     /// Bounded memory: the activity log and the size cache forget what no
     /// longer exists after the removals.
-    pub(super) fn forget_removed(&self, repos: &BTreeMap<RepoName, RepoState>, removed: &Removed) {
+    pub(super) fn forget_removed(&self, repos: &Listed<'_>, removed: &Removed) {
         let mut live_manifests = HashSet::new();
         let mut live_tags = HashSet::new();
         let mut live_blobs = HashSet::new();
-        for (repo, st) in repos {
-            for (d, m) in &st.listed.manifests {
+        for (repo, listed) in repos.iter() {
+            for m in listed.manifests() {
+                let d = m.digest();
                 if !removed.manifests.contains(&(repo.clone(), d.clone())) {
                     live_manifests.insert((repo.clone(), d.clone()));
                     live_blobs.extend(m.blob_digests().cloned());
                 }
             }
-            for t in st.listed.tags.keys() {
-                if !removed.tags.contains(&(repo.clone(), t.clone())) {
-                    live_tags.insert((repo.clone(), t.clone()));
+            for (t, _) in listed.tags() {
+                if !removed.tags.contains(&(repo.clone(), t.to_owned())) {
+                    live_tags.insert((repo.clone(), t.to_owned()));
                 }
             }
         }

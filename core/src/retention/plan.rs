@@ -2,40 +2,51 @@
 //! evict, and which tags the tag policies remove, as [`Removal`]s that
 //! [`super::evict`] carries out.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::activity::TagTimes;
 use super::{RetentionReport, RetentionRun, UpstreamPolicy, UpstreamUsage};
 use crate::digest::Digest;
-use crate::gc::inventory::RepoInventory;
+use crate::gc::inventory::{RepoInventory, Repos};
 use crate::gc::{GcError, GcGuard};
 use crate::name::RepoName;
 use crate::storage::Storage;
 
-/// One repository as listed, with the upstream it caches (`None`: private).
-pub(super) struct RepoState {
-    pub(super) upstream: Option<String>,
-    pub(super) listed: Arc<RepoInventory>,
+/// Every repository as listed, with the upstream each caches (`None`:
+/// private): the run's listing itself, not a copy of it (a map of 100,000
+/// repositories is several MiB).
+pub(super) struct Listed<'a> {
+    listed: Arc<Repos>,
+    upstream_of: &'a (dyn Fn(&RepoName) -> Option<String> + Send + Sync),
+}
+
+impl Listed<'_> {
+    /// Every repository in name order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&RepoName, &RepoInventory)> {
+        self.listed.iter()
+    }
+
+    pub(super) fn get(&self, repo: &RepoName) -> Option<&RepoInventory> {
+        self.listed.get(repo)
+    }
+
+    /// The upstream `repo` caches (`None`: private).
+    pub(super) fn upstream(&self, repo: &RepoName) -> Option<String> {
+        (self.upstream_of)(repo)
+    }
 }
 
 /// Every repository, as in GC's mark phase (and through the same kept
 /// listings, [`crate::gc::inventory::Inventories`]): references decide
 /// what is freed.
-pub(super) async fn list_repositories(
+pub(super) async fn list_repositories<'a>(
     storage: &dyn Storage,
     guard: &GcGuard,
-    upstream_of: &(dyn Fn(&RepoName) -> Option<String> + Send + Sync),
-) -> Result<BTreeMap<RepoName, RepoState>, GcError> {
+    upstream_of: &'a (dyn Fn(&RepoName) -> Option<String> + Send + Sync),
+) -> Result<Listed<'a>, GcError> {
     let listing = guard.inventories.list(storage, guard.index().map(|i| i.as_ref())).await?;
-    Ok(listing
-        .repos
-        .into_iter()
-        .map(|(repo, listed)| {
-            let upstream = upstream_of(&repo);
-            (repo, RepoState { upstream, listed })
-        })
-        .collect())
+    Ok(Listed { listed: listing.repos, upstream_of })
 }
 
 /// One cached image: a root manifest (tagged, or pulled by digest) with the
@@ -80,18 +91,18 @@ struct ReferenceCounts {
 }
 
 impl ReferenceCounts {
-    fn of(repos: &BTreeMap<RepoName, RepoState>, images: &[CachedImage]) -> ReferenceCounts {
+    fn of(repos: &Listed<'_>, images: &[CachedImage]) -> ReferenceCounts {
         ReferenceCounts::of_refs(repos, &images.iter().collect::<Vec<_>>())
     }
 
-    fn of_refs(repos: &BTreeMap<RepoName, RepoState>, images: &[&CachedImage]) -> ReferenceCounts {
+    fn of_refs(repos: &Listed<'_>, images: &[&CachedImage]) -> ReferenceCounts {
         let mut counts = ReferenceCounts { blobs: HashMap::new(), manifests: HashMap::new() };
         for image in images {
             for b in &image.blobs {
                 *counts.blobs.entry(b.clone()).or_default() += 1;
             }
             for m in &image.members {
-                let size = repos.get(&image.repo).and_then(|s| s.listed.manifests.get(m)).map_or(0, |m| m.size);
+                let size = repos.get(&image.repo).and_then(|l| l.manifest(m)).map_or(0, |m| m.size());
                 counts.manifests.entry((image.repo.clone(), m.clone())).or_insert((0, size)).0 += 1;
             }
         }
@@ -131,15 +142,15 @@ impl ReferenceCounts {
 
 impl RetentionRun<'_> {
     /// The cached images of upstream `host`, least recently pulled first.
-    fn cached_images(&self, repos: &BTreeMap<RepoName, RepoState>, host: &str) -> Vec<CachedImage> {
+    fn cached_images(&self, repos: &Listed<'_>, host: &str) -> Vec<CachedImage> {
         let mut images = Vec::new();
-        for (repo, st) in repos.iter().filter(|(_, s)| s.upstream.as_deref() == Some(host)) {
-            let listed = &st.listed;
+        for (repo, listed) in repos.iter().filter(|(r, _)| repos.upstream(r).as_deref() == Some(host)) {
             let children = listed.children();
-            let tagged: HashSet<&Digest> = listed.tags.values().collect();
-            for (d, m) in &listed.manifests {
+            let tagged: HashSet<&Digest> = listed.tagged().collect();
+            for m in listed.manifests() {
+                let d = m.digest();
                 let belongs_elsewhere =
-                    children.contains(d) || m.subject.as_ref().is_some_and(|s| listed.manifests.contains_key(s));
+                    children.contains(d) || m.subject().is_some_and(|s| listed.contains_manifest(s));
                 if belongs_elsewhere && !tagged.contains(d) {
                     continue;
                 }
@@ -149,7 +160,7 @@ impl RetentionRun<'_> {
                     .map(|m| self.activity.last_pull_or_seen(repo, m, self.now))
                     .max()
                     .unwrap_or(self.now);
-                let pinned = listed.tags.iter().any(|(t, td)| td == d && (self.opts.pinned)(repo, t));
+                let pinned = listed.tags().any(|(t, td)| td == d && (self.opts.pinned)(repo, t));
                 images.push(CachedImage {
                     repo: repo.clone(),
                     digest: d.clone(),
@@ -172,7 +183,7 @@ impl RetentionRun<'_> {
     /// `report` and returns the planned evictions.
     pub(super) async fn plan_upstream(
         &self,
-        repos: &BTreeMap<RepoName, RepoState>,
+        repos: &Listed<'_>,
         policy: &UpstreamPolicy,
         report: &mut RetentionReport,
     ) -> Result<Vec<(CachedImage, Eviction)>, GcError> {
@@ -226,20 +237,18 @@ impl RetentionRun<'_> {
     /// Only cached images are candidates: private images are never evicted.
     pub(super) async fn plan_free_space(
         &self,
-        repos: &BTreeMap<RepoName, RepoState>,
+        repos: &Listed<'_>,
         already: &[(CachedImage, Eviction)],
         need: u64,
         report: &mut RetentionReport,
     ) -> Result<Vec<(CachedImage, Eviction)>, GcError> {
         let planned: HashSet<(&RepoName, &Digest)> = already.iter().map(|(i, _)| (&i.repo, &i.digest)).collect();
-        let mut hosts: Vec<&str> = repos.values().filter_map(|s| s.upstream.as_deref()).collect();
-        hosts.sort_unstable();
-        hosts.dedup();
+        let hosts: BTreeSet<String> = repos.iter().filter_map(|(r, _)| repos.upstream(r)).collect();
         let mut images: Vec<(String, CachedImage)> = Vec::new();
-        for host in hosts {
+        for host in &hosts {
             for image in self.cached_images(repos, host) {
                 if !planned.contains(&(&image.repo, &image.digest)) {
-                    images.push((host.to_owned(), image));
+                    images.push((host.clone(), image));
                 }
             }
         }
@@ -290,17 +299,15 @@ impl RetentionRun<'_> {
     /// others go with the manifests only they kept.
     pub(super) fn plan_tag_removals(
         &self,
-        repos: &BTreeMap<RepoName, RepoState>,
+        repos: &Listed<'_>,
         removals: &mut Vec<Removal>,
         report: &mut RetentionReport,
     ) {
-        for (repo, st) in repos {
+        for (repo, listed) in repos.iter() {
             let Some(policy) = self.opts.tags.iter().find(|p| (p.matches)(repo)) else { continue };
-            let listed = &st.listed;
             let mut tags: Vec<(String, Digest, TagTimes)> = listed
-                .tags
-                .iter()
-                .map(|(t, d)| (t.clone(), d.clone(), self.activity.tag_times_or_seen(repo, t, self.now)))
+                .tags()
+                .map(|(t, d)| (t.to_owned(), d.clone(), self.activity.tag_times_or_seen(repo, t, self.now)))
                 .collect();
             tags.sort_by(|a, b| b.2.pushed.cmp(&a.2.pushed).then_with(|| a.0.cmp(&b.0)));
             let mut remove: Vec<(String, Digest)> = Vec::new();
@@ -339,27 +346,21 @@ pub(super) fn free_space_order(keys: Vec<(u64, String)>) -> Vec<usize> {
 
 /// What the planned evictions delete: each image's members that no kept
 /// image needs, and the tags pointing at its root.
-pub(super) fn eviction_removals(
-    repos: &BTreeMap<RepoName, RepoState>,
-    planned: Vec<(CachedImage, Eviction)>,
-) -> Vec<Removal> {
+pub(super) fn eviction_removals(repos: &Listed<'_>, planned: Vec<(CachedImage, Eviction)>) -> Vec<Removal> {
     let evicted_roots: HashSet<(RepoName, Digest)> =
         planned.iter().map(|(r, _)| (r.repo.clone(), r.digest.clone())).collect();
     let is_evicted_root = |repo: &RepoName, d: &Digest| evicted_roots.contains(&(repo.clone(), d.clone()));
     let mut removals = Vec::new();
     for (image, eviction) in planned {
-        let Some(st) = repos.get(&image.repo) else { continue };
-        let listed = &st.listed;
+        let Some(listed) = repos.get(&image.repo) else { continue };
         let kept_starts = listed
-            .manifests
-            .keys()
+            .manifest_digests()
             .filter(|d| !image.members.contains(*d) && !is_evicted_root(&image.repo, d))
             .cloned();
-        let kept_tags = listed.tags.values().filter(|d| !is_evicted_root(&image.repo, d)).cloned();
+        let kept_tags = listed.tagged().filter(|d| !is_evicted_root(&image.repo, d)).cloned();
         let still_needed = listed.closure(kept_starts.chain(kept_tags));
         let manifests: Vec<Digest> = image.members.iter().filter(|d| !still_needed.contains(*d)).cloned().collect();
-        let tags: Vec<String> =
-            listed.tags.iter().filter(|(_, d)| **d == image.digest).map(|(t, _)| t.clone()).collect();
+        let tags: Vec<String> = listed.tags().filter(|(_, d)| **d == image.digest).map(|(t, _)| t.to_owned()).collect();
         removals.push(Removal { repo: image.repo.clone(), manifests, tags, evicted: Some(eviction) });
     }
     removals
@@ -374,17 +375,16 @@ fn tag_removals(
     remove: Vec<(String, Digest)>,
     earlier: &[Removal],
 ) -> Vec<Removal> {
-    let removed_tags: HashSet<&String> = remove.iter().map(|(t, _)| t).collect();
+    let removed_tags: HashSet<&str> = remove.iter().map(|(t, _)| t.as_str()).collect();
     let targets: HashSet<Digest> = remove.iter().map(|(_, d)| d.clone()).collect();
     let already: HashSet<Digest> =
         earlier.iter().filter(|r| &r.repo == repo).flat_map(|r| r.manifests.iter().cloned()).collect();
     // Kept: remaining tags, and manifests no removed tag pointed at.
     let starts = listed
-        .tags
-        .iter()
-        .filter(|(t, _)| !removed_tags.contains(t))
+        .tags()
+        .filter(|(t, _)| !removed_tags.contains(*t))
         .map(|(_, d)| d.clone())
-        .chain(listed.manifests.keys().filter(|d| !targets.contains(*d) && !already.contains(*d)).cloned());
+        .chain(listed.manifest_digests().filter(|d| !targets.contains(*d) && !already.contains(*d)).cloned());
     let keep = listed.closure(starts);
     let mut by_digest: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
     for (tag, digest) in &remove {

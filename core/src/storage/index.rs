@@ -245,7 +245,7 @@ impl RepoIndex {
     /// walk are applied on top). Returns the number of repositories.
     pub async fn sweep(&self, storage: &dyn Storage) -> Result<usize, StorageError> {
         self.state.write().unwrap_or_else(|e| e.into_inner()).during_sweep = Some(Vec::new());
-        let walked = walk_all(storage).await;
+        let walked = self.walk_all(storage).await;
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let log = state.during_sweep.take().unwrap_or_default();
         let mut names = walked?;
@@ -374,16 +374,23 @@ impl Change {
 }
 
 /// Every repository, one [`SWEEP_PAGE`] at a time.
-async fn walk_all(storage: &dyn Storage) -> Result<BTreeSet<RepoName>, StorageError> {
-    let mut names = BTreeSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = storage.repo_page(after.as_deref(), SWEEP_PAGE).await?;
-        let done = page.len() < SWEEP_PAGE;
-        after = page.last().map(|r| r.to_string());
-        names.extend(page);
-        if done {
-            return Ok(names);
+impl RepoIndex {
+    /// Every name in the layout. A name the set already holds is taken
+    /// from it, so the copies GC's kept listings share stay shared; the set
+    /// is built in one go (full nodes: a `BTreeSet` filled one name at a
+    /// time in order leaves its nodes half empty).
+    async fn walk_all(&self, storage: &dyn Storage) -> Result<BTreeSet<RepoName>, StorageError> {
+        let mut names = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = storage.repo_page(after.as_deref(), SWEEP_PAGE).await?;
+            let done = page.len() < SWEEP_PAGE;
+            after = page.last().map(|r| r.to_string());
+            let known = |r: RepoName| self.read(|old| old.get(&r).cloned()).flatten().unwrap_or(r);
+            names.extend(page.into_iter().map(known));
+            if done {
+                return Ok(names.into_iter().collect());
+            }
         }
     }
 }
