@@ -54,6 +54,7 @@
 //! where a store that honours it gains an extra guarantee (session ids).
 
 mod config;
+mod counting;
 mod keys;
 mod upload;
 
@@ -88,6 +89,8 @@ pub struct ObjectStorage {
     /// Largest object a committed upload is copied server-side; larger ones
     /// are streamed into place (S3's CopyObject stops at 5 GiB).
     copy_limit: u64,
+    /// Requests made through `store` and `multipart`.
+    counts: Arc<counting::Counts>,
 }
 
 impl std::fmt::Debug for ObjectStorage {
@@ -113,9 +116,14 @@ impl ObjectStorage {
     /// Wraps a store (e.g. `InMemory` in tests). `multipart` enables chunked
     /// uploads larger than one part; `prefix` is prepended to every key.
     pub fn new(store: Arc<dyn ObjectStore>, multipart: Option<Arc<dyn MultipartStore>>, prefix: &str) -> Self {
+        let counts = Arc::new(counting::Counts::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(counting::Counting::new(store, counts.clone()));
+        let multipart =
+            multipart.map(|m| Arc::new(counting::Counting::new(m, counts.clone())) as Arc<dyn MultipartStore>);
         ObjectStorage {
             store,
             multipart,
+            counts,
             keys: Keys::new(prefix),
             part_size: DEFAULT_PART_SIZE,
             kind: "object",
@@ -221,6 +229,10 @@ impl Driver for ObjectStorage {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::OBJECT
+    }
+
+    fn store_requests(&self) -> Option<cove_core::storage::StoreRequests> {
+        Some(self.counts.snapshot())
     }
 
     fn layout(&self) -> Layout {

@@ -292,3 +292,38 @@ async fn a_sweep_keeps_the_names_it_already_holds() {
     // with copies.
     assert_eq!((after[0], after[2]), (before[0], before[1]), "the known names are the same allocations");
 }
+
+/// On an object store, each GC run reports the store requests it made: the
+/// first (full) listing reads every repository; a run after nothing changed
+/// makes the same few requests whatever the store's size; a push adds the
+/// listing of one repository.
+#[tokio::test]
+async fn gc_reports_store_requests_that_grow_with_change_not_size() {
+    let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let raw: Arc<dyn Storage> = Arc::new(ObjectStorage::new(mem, None, "bucket"));
+    assert_eq!(raw.store_requests().map(|r| r.total()), Some(0), "counted from the start");
+    let r = replica(raw);
+    let (b1, cfg) = (blob(&r.guarded, 1).await, blob(&r.guarded, 9).await);
+    let (m, st) = image_of([&cfg, &b1]);
+    for i in 0..40 {
+        r.guarded.manifest_put(&repo(&format!("many/r{i:02}")), &m, &st).await.expect("put");
+    }
+    let requests = |g: &GcReport| g.store_requests.expect("an object store counts its requests");
+    let first = dry_gc(&r).await;
+    assert!(first.full_listing);
+    let quiet = dry_gc(&r).await;
+    let (full, quiet_n) = (requests(&first), requests(&quiet));
+    assert!(full.total() >= 80, "40 repositories read at least twice each: {full:?}");
+    assert!(quiet_n.total() < 12, "nothing changed: a few listings whatever the size: {quiet_n:?}");
+    assert_eq!(quiet_n.put + quiet_n.delete, 0, "a dry run writes nothing: {quiet_n:?}");
+    r.guarded.manifest_put(&repo("many/new"), &m, &st).await.expect("put");
+    let after_push = requests(&dry_gc(&r).await);
+    assert!(
+        after_push.total() > quiet_n.total() && after_push.total() < quiet_n.total() + 12,
+        "one more repository listed: {after_push:?} after {quiet_n:?}"
+    );
+    // The filesystem counts nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = replica(Arc::new(FsStorage::open(dir.path().to_path_buf()).expect("open")));
+    assert_eq!(dry_gc(&fs).await.store_requests, None);
+}

@@ -42,6 +42,54 @@ impl ByteRange {
     }
 }
 
+/// Requests a store made to its backend since it was opened, by kind:
+/// what a run costs on an object store, whose provider bills per request.
+/// A listing counts once however many pages it came in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreRequests {
+    pub get: u64,
+    pub head: u64,
+    pub put: u64,
+    pub delete: u64,
+    pub list: u64,
+    pub copy: u64,
+    /// Multipart creations, parts, completions and aborts.
+    pub multipart: u64,
+}
+
+impl StoreRequests {
+    /// Every request, of all kinds.
+    pub fn total(&self) -> u64 {
+        self.by_kind().iter().map(|(_, n)| n).sum()
+    }
+
+    /// The requests made after `earlier` was taken.
+    pub fn since(&self, earlier: &StoreRequests) -> StoreRequests {
+        StoreRequests {
+            get: self.get.saturating_sub(earlier.get),
+            head: self.head.saturating_sub(earlier.head),
+            put: self.put.saturating_sub(earlier.put),
+            delete: self.delete.saturating_sub(earlier.delete),
+            list: self.list.saturating_sub(earlier.list),
+            copy: self.copy.saturating_sub(earlier.copy),
+            multipart: self.multipart.saturating_sub(earlier.multipart),
+        }
+    }
+
+    /// (kind, count) pairs, for metrics.
+    pub fn by_kind(&self) -> [(&'static str, u64); 7] {
+        [
+            ("get", self.get),
+            ("head", self.head),
+            ("put", self.put),
+            ("delete", self.delete),
+            ("list", self.list),
+            ("copy", self.copy),
+            ("multipart", self.multipart),
+        ]
+    }
+}
+
 /// Reads an opened blob's bytes, or a range of it (checked against its size).
 pub type BlobReader = Box<dyn FnOnce(Option<ByteRange>) -> ByteStream + Send>;
 
@@ -232,6 +280,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Checks that the backend is reachable and writable (readiness).
     async fn check(&self) -> Result<(), StorageError>;
+
+    /// The requests made to the backend so far, on a store that counts them
+    /// (object stores); `None` on a filesystem.
+    fn store_requests(&self) -> Option<StoreRequests> {
+        None
+    }
 
     /// Free space where the data lives and the floor below which writes are
     /// refused (measured at most about once a second). `None`: the backend

@@ -35,7 +35,9 @@ mod names;
 mod retention;
 
 use body::CountedBody;
-use labels::{CacheLabels, EndpointLabels, ReasonLabels, ReplicaLabels, RequestLabels, ResultLabels, UpstreamLabels};
+use labels::{
+    CacheLabels, EndpointLabels, OpLabels, ReasonLabels, ReplicaLabels, RequestLabels, ResultLabels, UpstreamLabels,
+};
 use retention::RetentionMetrics;
 
 /// The `Content-Type` of the rendered metrics.
@@ -75,6 +77,7 @@ pub struct Metrics {
     storage_blobs: Gauge,
     storage_bytes: Gauge,
     storage_full: Counter,
+    storage_requests: Family<OpLabels, Counter>,
     storage_available: Gauge,
     storage_min_free: Gauge,
     cache_uncached: Family<UpstreamLabels, Counter>,
@@ -138,6 +141,7 @@ impl Metrics {
             upstream_bytes_fetched: Family::default(),
             uploads_in_progress: Gauge::default(),
             storage_full: Counter::default(),
+            storage_requests: Family::default(),
             storage_available: Gauge::default(),
             storage_min_free: Gauge::default(),
             cache_uncached: Family::default(),
@@ -324,9 +328,17 @@ impl Metrics {
 
     /// Records the storage-full refusals so far and the free space (before
     /// [`Metrics::render`]).
-    pub fn record_storage(&self, full_total: u64, space: Option<cove_core::storage::Space>) {
+    pub fn record_storage(
+        &self,
+        full_total: u64,
+        space: Option<cove_core::storage::Space>,
+        requests: Option<cove_core::storage::StoreRequests>,
+    ) {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         sync_counter(&self.storage_full, full_total);
+        for (op, n) in requests.iter().flat_map(|r| r.by_kind()) {
+            sync_counter(&self.storage_requests.get_or_create(&OpLabels { op }), n);
+        }
         if let Some(s) = space {
             self.storage_available.set(i64::try_from(s.available).unwrap_or(i64::MAX));
             self.storage_min_free.set(i64::try_from(s.floor).unwrap_or(i64::MAX));

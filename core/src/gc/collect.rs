@@ -35,6 +35,7 @@ pub async fn collect_locked(
     _running: &tokio::sync::MutexGuard<'_, ()>,
 ) -> Result<GcReport, GcError> {
     let started = Instant::now();
+    let requests_before = storage.store_requests();
     guard.prune(opts.grace);
     let run = Collection { storage, guard, opts, t0: Instant::now() };
     let mut report = GcReport { dry_run: opts.dry_run, ..Default::default() };
@@ -61,8 +62,10 @@ pub async fn collect_locked(
         run.expire_uploads(ttl, &mut report).await?;
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
+    report.store_requests = storage.store_requests().zip(requests_before).map(|(now, before)| now.since(&before));
     tracing::info!(
         dry_run = opts.dry_run,
+        store_requests = report.store_requests.map(|r| r.total()),
         blobs_removed = report.blobs_removed.len(),
         bytes_freed = report.bytes_freed,
         manifests_removed = report.manifests_removed.len(),

@@ -82,6 +82,9 @@ impl Storage for GuardedStorage {
     async fn check(&self) -> Result<(), StorageError> {
         self.inner.check().await
     }
+    fn store_requests(&self) -> Option<crate::storage::StoreRequests> {
+        self.inner.store_requests()
+    }
     async fn space(&self) -> Result<Option<crate::storage::Space>, StorageError> {
         self.inner.space().await
     }

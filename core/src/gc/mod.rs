@@ -88,6 +88,10 @@ pub struct GcReport {
     /// Upload session ids removed.
     pub uploads_removed: Vec<String>,
     pub duration_ms: u64,
+    /// Requests made to an object store during the run (with whatever else
+    /// this replica asked of it meanwhile); `None` on a filesystem.
+    #[serde(default)]
+    pub store_requests: Option<crate::storage::StoreRequests>,
 }
 
 /// Why a run stopped.

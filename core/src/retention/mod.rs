@@ -163,6 +163,10 @@ pub struct RetentionReport {
     /// Bytes that nothing references any more (freed by the blob sweep).
     pub bytes_freed: u64,
     pub duration_ms: u64,
+    /// Requests made to an object store during the run (with whatever else
+    /// this replica asked of it meanwhile); `None` on a filesystem.
+    #[serde(default)]
+    pub store_requests: Option<crate::storage::StoreRequests>,
 }
 
 /// One run's fixed inputs, shared by its steps.
@@ -195,6 +199,7 @@ pub async fn run(
     opts: &RetentionOptions,
 ) -> Result<RetentionReport, GcError> {
     let started = Instant::now();
+    let requests_before = storage.store_requests();
     let run = RetentionRun {
         storage,
         guard,
@@ -223,8 +228,10 @@ pub async fn run(
         run.forget_removed(&repos, &removed);
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
+    report.store_requests = storage.store_requests().zip(requests_before).map(|(now, before)| now.since(&before));
     tracing::info!(
         dry_run = opts.dry_run,
+        store_requests = report.store_requests.map(|r| r.total()),
         evicted = report.evicted.len(),
         tags_removed = report.tags_removed.len(),
         manifests_removed = report.manifests_removed.len(),

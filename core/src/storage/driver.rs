@@ -17,7 +17,9 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::layout::Layout;
-use super::{file_stream, ByteRange, ByteStream, Capabilities, OpenBlob, Space, StorageError, UploadInfo};
+use super::{
+    file_stream, ByteRange, ByteStream, Capabilities, OpenBlob, Space, StorageError, StoreRequests, UploadInfo,
+};
 use crate::digest::Digest;
 use crate::name::RepoName;
 
@@ -57,6 +59,11 @@ pub trait Driver: UploadSessions + 'static {
     /// Streams object `name`, or a range of it (already checked against its
     /// size by the caller where it knows it). `NotFound` if absent.
     async fn read(&self, name: &str, range: Option<ByteRange>) -> Result<ByteStream, StorageError>;
+
+    /// The requests made to the backend so far, if the driver counts them.
+    fn store_requests(&self) -> Option<StoreRequests> {
+        None
+    }
 
     /// Object `name` to read, if it exists and `requires` (a link) does
     /// too: its size and, where the driver can open it now, its reader

@@ -34,6 +34,10 @@ impl<D: Driver> Storage for D {
         Driver::check(self).await
     }
 
+    fn store_requests(&self) -> Option<super::StoreRequests> {
+        Driver::store_requests(self)
+    }
+
     async fn space(&self) -> Result<Option<Space>, StorageError> {
         Driver::space(self).await
     }

@@ -63,7 +63,7 @@ impl App {
         }
         let counters = self.registry.cache().map(|c| c.counters()).unwrap_or_default();
         let space = self.registry.storage().space().await.ok().flatten();
-        metrics.record_storage(self.registry.storage_full_count(), space);
+        metrics.record_storage(self.registry.storage_full_count(), space, self.registry.storage().store_requests());
         metrics.record_lease(self.ops.gc.keeper());
         let fetches = self.registry.cache().map(|c| c.inflight_digests().len()).unwrap_or(0);
         let uploads = self.registry.storage().upload_list().await.ok().map(|l| l.len());

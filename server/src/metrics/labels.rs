@@ -39,3 +39,8 @@ pub(super) struct ResultLabels {
 pub(super) struct ReasonLabels {
     pub(super) reason: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct OpLabels {
+    pub(super) op: &'static str,
+}

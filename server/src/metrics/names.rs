@@ -34,6 +34,7 @@ pub(super) fn register_all(m: &Metrics, r: &mut PromRegistry) {
             ("upstream_bytes_fetched", "Blob bytes fetched from upstream, verified and cached, by upstream", m.upstream_bytes_fetched),
             ("uploads_in_progress", "Open upload sessions", m.uploads_in_progress),
             ("storage_full", "Writes refused with 507 because storage was full (disk, quota or storage.min_free)", m.storage_full),
+            ("storage_requests", "Requests made to the object store by kind (get, head, put, delete, list, copy, multipart); a listing counts once", m.storage_requests),
             ("storage_available_bytes", "Free bytes of the filesystem backend's disk", m.storage_available),
             ("storage_min_free_bytes", "The storage.min_free floor in bytes (pushes are refused below it)", m.storage_min_free),
             ("cache_uncached_misses", "Blob misses streamed to the client but not cached (no room to spool them), by upstream", m.cache_uncached),

@@ -25,6 +25,13 @@ async fn skopeo_push_and_pull_through_cove_on_s3s_fs() {
         &format!("oci:{}:back", dst.display()),
     ]));
     assert_eq!(oci_layout_manifest_digest(&dst, "back"), img.digest, "manifest digest changed on the round trip");
+    // Each replica counts the bucket requests it made, by kind (/metrics).
+    let (pushed, pulled) = (storage_requests(&a).await, storage_requests(&b).await);
+    for op in ["put", "multipart", "head"] {
+        assert!(pushed.get(op).copied().unwrap_or(0.0) >= 1.0, "replica a made {op} requests: {pushed:?}");
+    }
+    assert!(pulled.get("get").copied().unwrap_or(0.0) >= 3.0, "manifest, config, layers read: {pulled:?}");
+    assert_eq!(pulled.get("multipart").copied().unwrap_or(0.0), 0.0, "a pull uploads nothing: {pulled:?}");
     assert_eq!(oci_layout_blob(&dst, &img.digest), img.manifest);
     assert_eq!(oci_layout_blob(&dst, &sha256_digest(&img.config)), img.config);
     for l in &img.layers {
@@ -47,6 +54,18 @@ async fn skopeo_push_and_pull_through_cove_on_s3s_fs() {
             s.base
         );
     }
+}
+
+/// `cove_storage_requests_total` of `s` by kind (`op` label).
+async fn storage_requests(s: &Server) -> std::collections::BTreeMap<String, f64> {
+    let text = s.get("/metrics").await.text().await.expect("metrics text");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("cove_storage_requests_total{op=\""))
+        .filter_map(|l| {
+            let (op, rest) = l.split_once('"')?;
+            Some((op.to_owned(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Runs `cove serve` with `config`; asserts it exits non-zero within 20 s
