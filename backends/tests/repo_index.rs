@@ -327,3 +327,34 @@ async fn gc_reports_store_requests_that_grow_with_change_not_size() {
     let fs = replica(Arc::new(FsStorage::open(dir.path().to_path_buf()).expect("open")));
     assert_eq!(dry_gc(&fs).await.store_requests, None);
 }
+
+/// Another replica's record is relisted until SETTLE after it was written
+/// (the time in its name), not after it was read: a replica that starts
+/// and reads older records does not relist their repositories after its
+/// first, full listing, while a fresh record keeps its repository relisted.
+#[tokio::test]
+async fn an_old_record_read_late_is_not_relisted() {
+    let (a, b) = two_replicas();
+    let (b1, cfg) = (blob(a.raw.as_ref(), 1).await, blob(a.raw.as_ref(), 9).await);
+    let (d, m) = image_of([&cfg, &b1]);
+    for name in ["old/write", "fresh/write"] {
+        a.raw.manifest_put(&repo(name), &d, &m).await.expect("put");
+    }
+    let ms = |ago: std::time::Duration| {
+        (std::time::SystemTime::now() - ago).duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis()
+    };
+    let old = ms(cove_core::storage::index::SETTLE + std::time::Duration::from_secs(60));
+    let fresh = ms(std::time::Duration::ZERO);
+    for (at, seq, body) in [(old, 0, "~old/write\n"), (fresh, 1, "~fresh/write\n")] {
+        let record = format!("{CHANGES}/{at:013}-otherreplica-{seq:06}");
+        a.raw.state_put(&record, Bytes::from(body)).await.expect("record");
+    }
+    b.index.sweep(b.raw.as_ref()).await.expect("sweep");
+    let first = dry_gc(&b).await;
+    assert!(first.full_listing);
+    assert_eq!(first.repositories_listed, 2, "the first run lists everything");
+    for run in ["second", "third"] {
+        let next = dry_gc(&b).await;
+        assert_eq!(next.repositories_listed, 1, "{run} run: only the fresh record's repository: {next:?}");
+    }
+}

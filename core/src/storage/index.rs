@@ -201,8 +201,8 @@ impl RepoIndex {
     /// The repositories written since the last call (by this process, or by
     /// another replica whose records were read). A change is forgotten once
     /// it has been returned at or after its settling instant (for another
-    /// replica's record: [`SETTLE`] after it was read, by when the write it
-    /// announced has landed or failed). `None` when every repository must
+    /// replica's record: [`SETTLE`] after it was written, by its own
+    /// clock, when the write it announced has landed or failed). `None` when every repository must
     /// count as changed: the first call, after [`RepoIndex::all_changed`],
     /// or on a shared store whose records were not read completely within
     /// [`KEEP`] / 2 (some may be gone).
@@ -315,7 +315,11 @@ impl RepoIndex {
             tracing::warn!(record = %name, "repository index: skipping an unreadable change record");
             return Ok(false);
         };
-        self.state.write().unwrap_or_else(|e| e.into_inner()).mark(&repo, Instant::now() + SETTLE);
+        // Relisted until SETTLE after the record was written (its time is
+        // in its name), by when its write has landed or failed: a record
+        // read late (a replica that just started) costs one relist at most.
+        let settle_left = record_age(name, SystemTime::now()).map_or(SETTLE, |age| SETTLE.saturating_sub(age));
+        self.state.write().unwrap_or_else(|e| e.into_inner()).mark(&repo, Instant::now() + settle_left);
         if change == Change::Touched && self.read(|n| n.contains(&repo)) == Some(true) {
             return Ok(true);
         }
