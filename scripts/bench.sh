@@ -57,6 +57,11 @@ if [ ! -x /usr/bin/skopeo ] && command -v apt-get >/dev/null 2>&1; then
     echo "bench: skopeo could not be installed; the skopeo rows are left out" >&2
 fi
 
+# s3s-fs (a real S3 server, built once into /opt/cove-peers) is the object
+# store of the scale-s3 rows; without it those rows are left out.
+scripts/peers/install-s3s-fs.sh >&2 ||
+  echo "bench: s3s-fs could not be installed; the object-storage scale rows are left out" >&2
+
 echo "bench: building release binaries (cove, cove-bench)" >&2
 # Two builds: `--bin cove` would otherwise keep cove-bench's binary from being built.
 cargo build --release --locked -p cove-server --bin cove >&2

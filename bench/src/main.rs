@@ -68,6 +68,7 @@ const ALL: &[&str] = &[
     "cache-cold-pull",
     "skopeo",
     "scale",
+    "scale-s3",
 ];
 
 /// Cove vs the CNCF distribution registry on this machine.
@@ -98,9 +99,13 @@ struct Args {
     /// out when it is missing.
     #[arg(long, default_value = "/usr/bin/skopeo")]
     skopeo: PathBuf,
+    /// s3s-fs, the S3 server of the object-storage scale rows (`scale-s3`);
+    /// they are left out when it is missing (scripts/peers/install-s3s-fs.sh).
+    #[arg(long, default_value = "/opt/cove-peers/bin/s3s-fs")]
+    s3s_fs: PathBuf,
     /// Workloads to run, comma-separated (default: all):
     /// v2, manifest, pull-check, blob-get, push, storm, mixed, startup, cache,
-    /// cache-concurrency, cache-cold-pull, skopeo, scale.
+    /// cache-concurrency, cache-cold-pull, skopeo, scale, scale-s3.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Keep this run's storage directories afterwards.
@@ -178,7 +183,8 @@ async fn run(args: Args) -> Result<bool, BenchError> {
     }
     let nginx = args.nginx.is_file().then(|| args.nginx.clone());
     let skopeo = args.skopeo.is_file().then(|| args.skopeo.clone());
-    let bins = Binaries { cove: args.cove.clone(), registry: args.registry.clone(), nginx, skopeo };
+    let s3s_fs = args.s3s_fs.is_file().then(|| args.s3s_fs.clone());
+    let bins = Binaries { cove: args.cove.clone(), registry: args.registry.clone(), nginx, skopeo, s3s_fs };
     for (what, p) in [("cove", &bins.cove), ("docker-registry", &bins.registry)] {
         if !p.exists() {
             return Err(BenchError::Setup(format!("{what} binary not found at {}", p.display())));
@@ -326,6 +332,10 @@ async fn run(args: Args) -> Result<bool, BenchError> {
     drop(dist);
     // Its own server on its own store, with the shared pair stopped.
     let scale = if wanted("scale") { Some(scale::scale(&bins, &base_dir, &plan).await?) } else { None };
+    let scale_s3 = match (&bins.s3s_fs, wanted("scale-s3")) {
+        (Some(s3s_fs), true) => Some(scale::scale_s3(s3s_fs, &bins, &base_dir, &plan).await?),
+        _ => None,
+    };
 
     out.push_str(&format!(
         "{:<26} {:>12} {:>14}   {}\n",
@@ -339,7 +349,7 @@ async fn run(args: Args) -> Result<bool, BenchError> {
         rss_after[0].map(|k| fmt_num(k as f64 / 1024.0)).unwrap_or_else(|| "-".into()),
         rss_after[1].map(|k| fmt_num(k as f64 / 1024.0)).unwrap_or_else(|| "-".into()),
     ));
-    if let Some(section) = &scale {
+    for section in scale.iter().chain(&scale_s3) {
         out.push('\n');
         out.push_str(section);
     }

@@ -55,6 +55,9 @@ pub(crate) struct Plan {
     /// Repositories of the scale store, and tags of its one big repository.
     pub(crate) scale_repos: usize,
     pub(crate) scale_tags: usize,
+    /// The same on object storage (s3s-fs), built by pushing through Cove.
+    pub(crate) scale_s3_repos: usize,
+    pub(crate) scale_s3_tags: usize,
 }
 
 impl Plan {
@@ -85,6 +88,8 @@ impl Plan {
                 disk_bytes: 16 * MIB,
                 scale_repos: 300,
                 scale_tags: 60,
+                scale_s3_repos: 40,
+                scale_s3_tags: 20,
             },
             Mode::Short => Plan {
                 pool: 1 << 30,
@@ -111,6 +116,8 @@ impl Plan {
                 disk_bytes: 512 * MIB,
                 scale_repos: 100_000,
                 scale_tags: 10_000,
+                scale_s3_repos: 500,
+                scale_s3_tags: 500,
             },
             Mode::Full => Plan {
                 pool: 1 << 30,
@@ -137,6 +144,8 @@ impl Plan {
                 disk_bytes: 1 << 30,
                 scale_repos: 100_000,
                 scale_tags: 10_000,
+                scale_s3_repos: 500,
+                scale_s3_tags: 500,
             },
         }
     }

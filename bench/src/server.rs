@@ -39,6 +39,8 @@ pub struct Binaries {
     pub nginx: Option<PathBuf>,
     /// skopeo, when installed: the real client of the skopeo rows.
     pub skopeo: Option<PathBuf>,
+    /// s3s-fs, when installed: the S3 server of the object-storage scale rows.
+    pub s3s_fs: Option<PathBuf>,
 }
 
 /// A running registry process.

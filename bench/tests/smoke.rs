@@ -15,6 +15,8 @@ fn smoke_run_verifies_every_answer_and_prints_the_table() {
     assert!(nginx.is_file(), "nginx missing: run scripts/install-test-deps.sh");
     let skopeo = Path::new("/usr/bin/skopeo");
     assert!(skopeo.is_file(), "skopeo missing: run scripts/install-test-deps.sh");
+    let s3s_fs = cove_testkit::util::peers_bin().join("s3s-fs");
+    assert!(s3s_fs.is_file(), "s3s-fs missing: run scripts/install-test-deps.sh");
     let cove = cove_testkit::cove_bin::cove_bin();
     let dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_cove-bench"))
@@ -27,6 +29,8 @@ fn smoke_run_verifies_every_answer_and_prints_the_table() {
         .arg(nginx)
         .arg("--skopeo")
         .arg(skopeo)
+        .arg("--s3s-fs")
+        .arg(&s3s_fs)
         .arg("--dir")
         .arg(dir.path())
         .output()
@@ -68,6 +72,9 @@ fn smoke_run_verifies_every_answer_and_prints_the_table() {
         "web interface list, filtered",
         "GC dry run, after one push",
         "retention dry run, nothing changed since",
+        "scale on s3s-fs: 40 repositories and 20 tags in one repository",
+        "_catalog?n=100, middle page: bucket requests",
+        "GC dry run, nothing changed since: bucket requests",
     ] {
         assert!(stdout.contains(row), "no {row:?} row in the table:\n{stdout}");
     }
