@@ -114,12 +114,16 @@ fn shared_name(index: Option<&RepoIndex>, repo: RepoName) -> RepoName {
 }
 
 async fn list_all(storage: &dyn Storage, index: Option<&RepoIndex>) -> Result<Repos, GcError> {
+    use futures::StreamExt as _;
     let names = storage.repo_list().await?;
     let mut symbols = Interner::default();
     let mut listed = Vec::with_capacity(names.len());
-    for repo in names {
-        let words = RepoInventory::list(storage, &repo, &mut symbols).await?;
-        listed.push((shared_name(index, repo), words));
+    let mut reads = std::pin::pin!(read_all(storage, names.into_iter().map(|r| (r, true)).collect()));
+    while let Some((repo, raw)) = reads.next().await {
+        // Every name was wanted: always `Some`.
+        if let Some(raw) = raw? {
+            listed.push((shared_name(index, repo), raw.encode(&mut symbols)?));
+        }
     }
     let symbols = symbols.finish();
     Ok(listed.into_iter().map(|(repo, words)| (repo, RepoInventory { symbols: symbols.clone(), words })).collect())
@@ -131,14 +135,20 @@ async fn relist(
     mut repos: Arc<Repos>,
     changed: HashSet<RepoName>,
 ) -> Result<(Arc<Repos>, usize), GcError> {
+    use futures::StreamExt as _;
     let relisted = changed.len();
     let mut symbols = Interner::default();
     let mut listed = Vec::with_capacity(changed.len());
+    let mut present = Vec::with_capacity(changed.len());
     for repo in changed {
-        let words = if storage.repo_exists(&repo).await? {
-            Some(RepoInventory::list(storage, &repo, &mut symbols).await?)
-        } else {
-            None
+        let exists = storage.repo_exists(&repo).await?;
+        present.push((repo, exists));
+    }
+    let mut reads = std::pin::pin!(read_all(storage, present));
+    while let Some((repo, raw)) = reads.next().await {
+        let words = match raw? {
+            Some(raw) => Some(raw.encode(&mut symbols)?),
+            None => None,
         };
         listed.push((repo, words));
     }
@@ -217,6 +227,37 @@ impl Interner {
         }
         Arc::new(Symbols { digests: by_id(self.digests), tags: by_id(self.tags) })
     }
+}
+
+/// One repository as read from the store, before encoding.
+struct Raw {
+    manifests: Vec<ManifestEntry>,
+    tags: Vec<(String, Digest)>,
+}
+
+impl Raw {
+    fn encode(self, symbols: &mut Interner) -> Result<Arc<[u32]>, GcError> {
+        encode(self.manifests, self.tags, symbols)
+    }
+}
+
+/// Repositories read from the store at once by a listing run (each is a
+/// few requests in a row: on an object store, tens of milliseconds).
+const READ_AHEAD: usize = 8;
+
+/// Reads `names` (those `wanted`, else `None`) with [`READ_AHEAD`] in
+/// flight, yielding them in order.
+fn read_all<'a>(
+    storage: &'a dyn Storage,
+    names: Vec<(RepoName, bool)>,
+) -> impl futures::Stream<Item = (RepoName, Result<Option<Raw>, GcError>)> + 'a {
+    use futures::StreamExt as _;
+    futures::stream::iter(names)
+        .map(move |(repo, wanted)| async move {
+            let raw = if wanted { RepoInventory::read(storage, &repo).await.map(Some) } else { Ok(None) };
+            (repo, raw)
+        })
+        .buffered(READ_AHEAD)
 }
 
 /// One manifest as listed, before encoding.
@@ -347,7 +388,9 @@ impl RepoInventory {
     /// Lists `repo`, interning what it meets into `symbols`. A manifest
     /// that does not parse stops the run: what it references is unknown,
     /// so nothing may be removed.
-    async fn list(storage: &dyn Storage, repo: &RepoName, symbols: &mut Interner) -> Result<Arc<[u32]>, GcError> {
+    /// Reads `repo`'s manifests and tags from the store (interned and
+    /// encoded afterwards, in listing order, by [`Raw::encode`]).
+    async fn read(storage: &dyn Storage, repo: &RepoName) -> Result<Raw, GcError> {
         let mut manifests = Vec::new();
         for digest in storage.manifest_list(repo).await? {
             let Some(m) = storage.manifest_get(repo, &digest).await? else {
@@ -373,7 +416,7 @@ impl RepoInventory {
                 tags.push((tag, d));
             }
         }
-        encode(manifests, tags, symbols)
+        Ok(Raw { manifests, tags })
     }
 
     fn digest(&self, id: u32) -> &Digest {
