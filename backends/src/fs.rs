@@ -200,6 +200,22 @@ fn not_found_as_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     }
 }
 
+/// The size of the file at `path`; `None` when there is none (or it is not
+/// a regular file).
+fn file_size(path: &Path) -> io::Result<Option<u64>> {
+    Ok(not_found_as_none(fs::metadata(path))?.filter(|m| m.is_file()).map(|m| m.len()))
+}
+
+/// The file at `path` opened for reading, and its size; `None` as for
+/// [`file_size`].
+fn open_file(path: &Path) -> io::Result<Option<(fs::File, u64)>> {
+    let Some(file) = not_found_as_none(fs::File::open(path))? else {
+        return Ok(None);
+    };
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then_some((file, meta.len())))
+}
+
 /// Checks a written body's size and digest against what was expected.
 fn verify(
     size: u64,
@@ -252,21 +268,12 @@ impl Driver for FsStorage {
 
     async fn stat(&self, name: &str) -> Result<Option<u64>, StorageError> {
         let name = name.to_owned();
-        self.run(move |inner| {
-            Ok(not_found_as_none(fs::metadata(inner.path(&name)))?.filter(|m| m.is_file()).map(|m| m.len()))
-        })
-        .await
+        self.run(move |inner| Ok(file_size(&inner.path(&name))?)).await
     }
 
     async fn read(&self, name: &str, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
         let name = name.to_owned();
-        let (file, size) = self
-            .run(move |inner| {
-                let f = not_found_as_none(fs::File::open(inner.path(&name)))?.ok_or(StorageError::NotFound)?;
-                let size = f.metadata()?.len();
-                Ok((f, size))
-            })
-            .await?;
+        let (file, size) = self.run(move |inner| open_file(&inner.path(&name))?.ok_or(StorageError::NotFound)).await?;
         let (start, len) = pipe::range_in(range, size)?;
         Ok(pipe::read_stream(file, start, len))
     }
@@ -278,19 +285,13 @@ impl Driver for FsStorage {
         let (name, requires) = (name.to_owned(), requires.map(str::to_owned));
         self.run(move |inner| {
             if let Some(link) = requires {
-                let meta = not_found_as_none(fs::metadata(inner.path(&link)))?;
-                if !meta.is_some_and(|m| m.is_file()) {
+                if file_size(&inner.path(&link))?.is_none() {
                     return Ok(None);
                 }
             }
-            let Some(file) = not_found_as_none(fs::File::open(inner.path(&name)))? else {
+            let Some((file, size)) = open_file(&inner.path(&name))? else {
                 return Ok(None);
             };
-            let meta = file.metadata()?;
-            if !meta.is_file() {
-                return Ok(None);
-            }
-            let size = meta.len();
             let whole = if read && size <= pipe::READ_CHUNK { Some(pipe::read_whole(&file, size)?) } else { None };
             Ok(Some(OpenBlob::new(size, Some(pipe::file_reader(file, size, whole)))))
         })

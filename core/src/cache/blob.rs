@@ -26,7 +26,7 @@ impl PullThrough {
         if let Some(opened) = storage.blob_open(digest, Some(repo), !head).await? {
             return Ok((self.serve_stored(at, digest, opened, range, head).await?, CacheStatus::Hit));
         }
-        if let Some(size) = storage.blob_size(digest).await? {
+        if let Some(opened) = storage.blob_open(digest, None, !head).await? {
             // Stored for another repository: serve it here only if upstream
             // confirms this repository has it (no cross-repository leaks).
             // A fetch for this repository that just committed and is about
@@ -39,7 +39,6 @@ impl PullThrough {
                     .map_err(|e| self.upstream_failed(route, e, RegistryError::blob_unknown(digest)))?;
             }
             storage.blob_link(repo, digest).await?;
-            let opened = OpenBlob::new(size, None);
             return Ok((self.serve_stored(at, digest, opened, range, head).await?, CacheStatus::Hit));
         }
         if head {
