@@ -358,3 +358,70 @@ async fn an_old_record_read_late_is_not_relisted() {
         assert_eq!(next.repositories_listed, 1, "{run} run: only the fresh record's repository: {next:?}");
     }
 }
+
+/// Tag lists are served from memory once listed: a write through this
+/// replica drops its repository's list at once; another replica's write
+/// shows after this replica reads its record (within `POLL`), and until
+/// that write has surely landed (`SETTLE`) the list is read from the store.
+/// On a shared store nothing is served from memory before the other
+/// replicas' records were read.
+#[tokio::test]
+async fn tag_lists_come_from_memory_until_a_write_or_another_replicas_record() {
+    let (a, b) = two_replicas();
+    let r = repo("app/web");
+    let (d, m) = manifest(1);
+    let tag = |t: &str| t.parse::<cove_core::Tag>().expect("tag");
+    a.guarded.manifest_put(&r, &d, &m).await.expect("put");
+    a.guarded.tag_put(&r, &tag("v1"), &d).await.expect("tag");
+    let requests = |x: &Replica| x.raw.store_requests().expect("counted").total();
+    let tags = |x: &Replica| {
+        let (index, raw, r) = (x.index.clone(), x.raw.clone(), r.clone());
+        async move { index.tags(raw.as_ref(), &r).await.expect("list").expect("known").to_vec() }
+    };
+    for _ in 0..2 {
+        let before = requests(&a);
+        assert_eq!(tags(&a).await, ["v1"]);
+        assert!(requests(&a) > before, "not polled yet: listed from the store");
+    }
+    a.index.poll(a.raw.as_ref()).await.expect("poll");
+    b.index.poll(b.raw.as_ref()).await.expect("poll");
+    assert_eq!(tags(&a).await, ["v1"]);
+    let before = requests(&a);
+    assert_eq!(tags(&a).await, ["v1"]);
+    assert_eq!(requests(&a), before, "served from memory");
+
+    a.guarded.tag_put(&r, &tag("v2"), &d).await.expect("tag");
+    assert_eq!(tags(&a).await, ["v1", "v2"], "this replica's write shows at once");
+    a.guarded.tag_delete(&r, &tag("v1")).await.expect("untag");
+    assert_eq!(tags(&a).await, ["v2"]);
+    assert!(a.index.tags(a.raw.as_ref(), &repo("no/such")).await.expect("list").is_none());
+
+    // On the other replica, A's records keep the repository listed from
+    // the store (the writes they announced may still land).
+    for _ in 0..2 {
+        let before = requests(&b);
+        assert_eq!(tags(&b).await, ["v2"]);
+        assert!(requests(&b) > before, "announced writes not yet settled: listed from the store");
+    }
+
+    // A repository written with no record (as long ago) is cached by B
+    // until A's next record for it is read.
+    let old = repo("app/old");
+    a.raw.manifest_put(&old, &d, &m).await.expect("put");
+    a.raw.tag_put(&old, &tag("v1"), &d).await.expect("tag");
+    let old_tags = |x: &Replica| {
+        let (index, raw, r) = (x.index.clone(), x.raw.clone(), old.clone());
+        async move { index.tags(raw.as_ref(), &r).await.expect("list").expect("known").to_vec() }
+    };
+    assert_eq!(old_tags(&b).await, ["v1"]);
+    let before = requests(&b);
+    assert_eq!(old_tags(&b).await, ["v1"]);
+    assert_eq!(requests(&b), before, "served from memory");
+    a.guarded.tag_put(&old, &tag("v2"), &d).await.expect("tag");
+    assert_eq!(old_tags(&b).await, ["v1"], "the other replica's write is not heard of yet");
+    b.index.poll(b.raw.as_ref()).await.expect("poll");
+    assert_eq!(old_tags(&b).await, ["v1", "v2"], "heard of by its record");
+    let before = requests(&b);
+    assert_eq!(old_tags(&b).await, ["v1", "v2"]);
+    assert!(requests(&b) > before, "until the write surely landed, listed from the store");
+}

@@ -171,22 +171,30 @@ impl Storage for GuardedStorage {
         digests.push(digest.clone());
         let _pin = self.guard.pin(digests).await;
         self.announce(repo).await?;
-        self.inner.manifest_put(repo, digest, m).await?;
+        let put = self.inner.manifest_put(repo, digest, m).await;
         if let Some(index) = &self.index {
-            index.stored(self.inner.as_ref(), repo).await;
+            match &put {
+                Ok(()) => index.stored(self.inner.as_ref(), repo).await,
+                // It may have landed: whatever lists it reads it again.
+                Err(_) => index.tagged(repo),
+            }
         }
-        Ok(())
+        put
     }
     async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>, StorageError> {
         self.inner.manifest_get(repo, digest).await
     }
     async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
         self.announce(repo).await?;
-        let deleted = self.inner.manifest_delete(repo, digest).await?;
-        if let (true, Some(index)) = (deleted, &self.index) {
-            index.deleted(self.inner.as_ref(), repo).await;
+        let deleted = self.inner.manifest_delete(repo, digest).await;
+        if let Some(index) = &self.index {
+            match deleted {
+                Ok(true) => index.deleted(self.inner.as_ref(), repo).await,
+                Ok(false) => {}
+                Err(_) => index.tagged(repo),
+            }
         }
-        Ok(deleted)
+        deleted
     }
     async fn manifest_list(&self, repo: &RepoName) -> Result<Vec<Digest>, StorageError> {
         self.inner.manifest_list(repo).await
@@ -201,19 +209,20 @@ impl Storage for GuardedStorage {
             return Err(StorageError::NotFound);
         }
         self.announce(repo).await?;
-        self.inner.tag_put(repo, tag, digest).await?;
+        let put = self.inner.tag_put(repo, tag, digest).await;
         if let Some(index) = &self.index {
+            // Also after a failure: the tag may have been written.
             index.tagged(repo);
         }
-        Ok(())
+        put
     }
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
         self.announce(repo).await?;
-        let deleted = self.inner.tag_delete(repo, tag).await?;
-        if let (true, Some(index)) = (deleted, &self.index) {
+        let deleted = self.inner.tag_delete(repo, tag).await;
+        if let (true, Some(index)) = (!matches!(deleted, Ok(false)), &self.index) {
             index.tagged(repo);
         }
-        Ok(deleted)
+        deleted
     }
     async fn tag_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>, StorageError> {
         self.inner.tag_list(repo).await

@@ -8,6 +8,7 @@ use crate::digest::Digest;
 use crate::error::{ErrorCode, RegistryError, Result};
 use crate::manifest::{Descriptor, OCI_INDEX};
 use crate::name::RepoName;
+use crate::storage::index::Tags;
 
 /// The most repositories one store read of a catalog page asks for.
 pub const CATALOG_READ_MAX: usize = 4096;
@@ -16,16 +17,29 @@ impl Registry {
     pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<Page> {
         if let Some((cache, route, remote)) = self.cached_route(repo) {
             let tags = cache.tags(CachedRepo { storage: &self.storage, route: &route, remote: &remote, repo }).await?;
-            return Ok(paginate(tags, n, last));
+            return Ok(paginate(&tags, n, last));
         }
-        // With `n`, one page and one more tag (to tell whether more follow).
-        let tags = match n {
-            Some(n) => self.storage.tag_page(repo, last, n.saturating_add(1)).await?,
-            None => self.storage.tag_list(repo).await?,
-        };
-        let tags =
-            tags.ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")))?;
-        Ok(paginate(tags, n, if n.is_some() { None } else { last }))
+        let unknown = || RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known"));
+        if self.repo_index.is_some() || n.is_none() {
+            let tags = self.tag_list(repo).await?.ok_or_else(unknown)?;
+            return Ok(paginate(&tags, n, last));
+        }
+        // With `n` and no index, one page and one more tag (to tell
+        // whether more follow) read from the store.
+        let n = n.unwrap_or_default();
+        let tags = self.storage.tag_page(repo, last, n.saturating_add(1)).await?.ok_or_else(unknown)?;
+        Ok(paginate(&tags, Some(n), None))
+    }
+
+    /// Every tag of a repository of this registry's own store, in lexical
+    /// order (`None`: no such repository): from the repository index's tag
+    /// cache when there is one ([`crate::storage::RepoIndex::tags`]), else
+    /// one store listing.
+    pub async fn tag_list(&self, repo: &RepoName) -> Result<Option<Tags>> {
+        Ok(match &self.repo_index {
+            Some(index) => index.tags(self.storage.as_ref(), repo).await?,
+            None => self.storage.tag_list(repo).await?.map(Tags::from),
+        })
     }
 
     /// One page of the repositories for which `visible` holds. With `n`, the
@@ -41,9 +55,9 @@ impl Registry {
         visible: impl Fn(&RepoName) -> bool,
     ) -> Result<Page> {
         let Some(n) = n else {
-            let repos =
+            let repos: Vec<String> =
                 self.storage.repo_list().await?.into_iter().filter(|r| visible(r)).map(|r| r.to_string()).collect();
-            return Ok(paginate(repos, None, last));
+            return Ok(paginate(&repos, None, last));
         };
         let want = n.saturating_add(1);
         let mut found = Vec::new();
@@ -62,7 +76,7 @@ impl Registry {
             read = read.saturating_mul(2).min(CATALOG_READ_MAX).max(want - found.len());
         }
         // Every entry found sorts after `last` already.
-        Ok(paginate(found, Some(n), None))
+        Ok(paginate(&found, Some(n), None))
     }
 
     /// One page of repository names: from the in-memory index once it is

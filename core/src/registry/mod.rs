@@ -197,7 +197,7 @@ impl Registry {
 }
 
 /// Takes the page after `last` of at most `n` items from a sorted list.
-pub fn paginate(items: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
+pub fn paginate(items: &[String], n: Option<usize>, last: Option<&str>) -> Page {
     let start = match last {
         Some(last) => items.partition_point(|i| i.as_str() <= last),
         None => 0,
@@ -242,13 +242,13 @@ mod tests {
     #[test]
     fn pages() {
         let items: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
-        let p = paginate(items.clone(), Some(2), None);
+        let p = paginate(&items, Some(2), None);
         assert_eq!(p.items, ["a", "b"]);
         assert_eq!(p.next_last.as_deref(), Some("b"));
-        let p = paginate(items.clone(), Some(2), Some("b"));
+        let p = paginate(&items, Some(2), Some("b"));
         assert_eq!(p.items, ["c", "d"]);
         assert_eq!(p.next_last, None);
-        assert!(paginate(items.clone(), Some(0), None).items.is_empty());
-        assert_eq!(paginate(items, None, Some("bb")).items, ["c", "d"]);
+        assert!(paginate(&items, Some(0), None).items.is_empty());
+        assert_eq!(paginate(&items, None, Some("bb")).items, ["c", "d"]);
     }
 }

@@ -25,9 +25,13 @@
 //!   ([`RepoIndex::take_changed`], used by
 //!   [`crate::gc::inventory::Inventories`]).
 //!
+//! - the same marks drop the repository's cached tag list ([`tags`],
+//!   served by [`RepoIndex::tags`]).
+//!
 //! Bound: another replica's new or vanished repository shows within
 //! [`POLL`] (plus the store's own listing delay); one whose after-write
-//! record was lost shows at the next sweep.
+//! record was lost shows at the next sweep. Another replica's new or
+//! deleted tag shows within [`POLL`] too (its record drops the cached list).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
@@ -39,6 +43,10 @@ use bytes::Bytes;
 
 use super::{Storage, StorageError};
 use crate::name::RepoName;
+
+pub mod tags;
+use tags::TagCache;
+pub use tags::Tags;
 
 /// How often the whole layout is walked again (the verification sweep) on
 /// a store one process owns.
@@ -59,6 +67,10 @@ pub const SETTLE: Duration = Duration::from_secs(300);
 pub const CHANGES: &str = "repo-changes";
 /// Repositories read per store request of a sweep.
 const SWEEP_PAGE: usize = 1000;
+/// On a shared store, cached tag lists are served only while the other
+/// replicas' records were read completely this recently (a failing poll
+/// would leave their changes unheard).
+const TAGS_POLLED_WITHIN: Duration = Duration::from_secs(3 * POLL.as_secs());
 
 /// The repository names (see the module docs).
 pub struct RepoIndex {
@@ -70,6 +82,8 @@ pub struct RepoIndex {
     /// This process's record names: `<ms>-<replica>-<seq>`.
     replica: String,
     seq: AtomicU64,
+    /// Recently listed repositories' tags.
+    tags: TagCache,
 }
 
 #[derive(Default)]
@@ -123,6 +137,7 @@ impl RepoIndex {
             apply: tokio::sync::Mutex::new(()),
             replica,
             seq: AtomicU64::new(0),
+            tags: TagCache::default(),
         })
     }
 
@@ -163,6 +178,8 @@ impl RepoIndex {
             (None, None) => true,
         };
         state.set(repo, present);
+        drop(state);
+        self.tags.changed(repo, None);
         changed
     }
 
@@ -189,13 +206,44 @@ impl RepoIndex {
         }
     }
 
-    /// A tag of `repo` was stored or deleted (by this process).
+    /// A tag of `repo` was stored or deleted (by this process), or a write
+    /// of a tag or manifest failed (it may have landed all the same).
     pub fn tagged(&self, repo: &RepoName) {
         self.touch(repo);
     }
 
     fn touch(&self, repo: &RepoName) {
         self.state.write().unwrap_or_else(|e| e.into_inner()).mark(repo, Instant::now());
+        self.tags.changed(repo, None);
+    }
+
+    /// The tags of `repo` in lexical order (`None`: no such repository),
+    /// from memory when this repository was listed recently and nothing
+    /// changed it since (see [`tags`]); otherwise one
+    /// [`Storage::tag_list`], kept for the next call.
+    pub async fn tags(&self, storage: &dyn Storage, repo: &RepoName) -> Result<Option<Tags>, StorageError> {
+        if self.shared && !self.polled_within(TAGS_POLLED_WITHIN) {
+            self.tags.clear();
+            return Ok(storage.tag_list(repo).await?.map(Tags::from));
+        }
+        let ticket = match self.tags.get(repo) {
+            Ok(tags) => return Ok(Some(tags)),
+            Err(ticket) => ticket,
+        };
+        let listed = storage.tag_list(repo).await.map(|t| t.map(Tags::from));
+        if let Some(ticket) = ticket {
+            match &listed {
+                Ok(Some(tags)) => self.tags.fill(repo, ticket, tags),
+                _ => self.tags.abandon(repo, ticket),
+            }
+        }
+        listed
+    }
+
+    /// Whether the other replicas' records were last read completely
+    /// within `age`.
+    fn polled_within(&self, age: Duration) -> bool {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).polled.is_some_and(|at| at.elapsed() <= age)
     }
 
     /// The repositories written since the last call (by this process, or by
@@ -319,7 +367,9 @@ impl RepoIndex {
         // in its name), by when its write has landed or failed: a record
         // read late (a replica that just started) costs one relist at most.
         let settle_left = record_age(name, SystemTime::now()).map_or(SETTLE, |age| SETTLE.saturating_sub(age));
-        self.state.write().unwrap_or_else(|e| e.into_inner()).mark(&repo, Instant::now() + settle_left);
+        let settled = Instant::now() + settle_left;
+        self.state.write().unwrap_or_else(|e| e.into_inner()).mark(&repo, settled);
+        self.tags.changed(&repo, Some(settled));
         if change == Change::Touched && self.read(|n| n.contains(&repo)) == Some(true) {
             return Ok(true);
         }

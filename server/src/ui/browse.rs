@@ -27,7 +27,7 @@ impl Ui {
         .await?;
         let (page, pages) = page_of(asked, total, REPOS_PER_PAGE);
         for e in &mut entries {
-            e.tags = r.cx.registry.storage().tag_list(&e.name).await.ok().flatten().map(|t| t.len());
+            e.tags = r.cx.registry.tag_list(&e.name).await.ok().flatten().map(|t| t.len());
         }
         let view = pages::ListView { entries: &entries, filter: &filter, page, pages, total };
         Ok(Reply::page("Repositories", "repos", pages::repo_list(&view)))
@@ -47,7 +47,7 @@ impl Ui {
     pub(super) async fn repo_page(&self, r: &Req<'_>, name: &str) -> Result<Reply, RegistryError> {
         let Some(repo) = self.visible_repo(r, name) else { return Ok(Reply::not_found()) };
         let storage = r.cx.registry.storage();
-        let Some(tags) = storage.tag_list(&repo).await? else { return Ok(Reply::not_found()) };
+        let Some(tags) = r.cx.registry.tag_list(&repo).await? else { return Ok(Reply::not_found()) };
         let manifests = storage.manifest_list(&repo).await?.len();
         let total = tags.len();
         let (page, pages) = page_of(r.query.get("page"), total, TAGS_PER_PAGE);
@@ -118,10 +118,10 @@ impl Ui {
         let storage = r.cx.registry.storage();
         let mut tags_too = Vec::new();
         if let Reference::Digest(d) = &parsed {
-            for t in storage.tag_list(&repo).await?.unwrap_or_default() {
+            for t in r.cx.registry.tag_list(&repo).await?.unwrap_or_default().iter() {
                 if let Ok(tag) = t.parse() {
                     if storage.tag_get(&repo, &tag).await?.as_ref() == Some(d) {
-                        tags_too.push(t);
+                        tags_too.push(t.clone());
                     }
                 }
             }
