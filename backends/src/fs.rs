@@ -216,6 +216,41 @@ fn open_file(path: &Path) -> io::Result<Option<(fs::File, u64)>> {
     Ok(meta.is_file().then_some((file, meta.len())))
 }
 
+/// What [`open_here`] came to.
+enum Here {
+    /// Answered: the blob is missing (or not linked), or opened (and, when
+    /// asked and small, read).
+    Done(Option<OpenBlob>),
+    /// A small blob the page cache does not hold whole: read it on a
+    /// blocking thread.
+    Read(fs::File, u64),
+}
+
+/// Opens a blob file on the calling (async) thread, and reads a small one
+/// there when the page cache holds all of it ([`pipe::read_cached`]), so a
+/// hot blob costs no trip to a blocking thread and back (nginx serves from
+/// its event loop the same way). The metadata calls take microseconds when
+/// the kernel's dentry cache holds the path, as it does for every blob
+/// served often; only an uncached small blob's read blocks, and goes to a
+/// blocking thread (on other systems than Linux, every small blob's read).
+fn open_here(inner: &Inner, name: &str, requires: Option<&str>, read: bool) -> io::Result<Here> {
+    if let Some(link) = requires {
+        if file_size(&inner.path(link))?.is_none() {
+            return Ok(Here::Done(None));
+        }
+    }
+    let Some((file, size)) = open_file(&inner.path(name))? else {
+        return Ok(Here::Done(None));
+    };
+    if !read || size > pipe::READ_CHUNK {
+        return Ok(Here::Done(Some(OpenBlob::new(size, Some(pipe::file_reader(file, size, None))))));
+    }
+    Ok(match pipe::read_cached(&file, size)? {
+        Some(bytes) => Here::Done(Some(OpenBlob::new(size, Some(pipe::file_reader(file, size, Some(bytes)))))),
+        None => Here::Read(file, size),
+    })
+}
+
 /// Checks a written body's size and digest against what was expected.
 fn verify(
     size: u64,
@@ -282,20 +317,13 @@ impl Driver for FsStorage {
     /// blob of at most one read ([`pipe::READ_CHUNK`]) that will be read,
     /// its bytes.
     async fn open(&self, name: &str, requires: Option<&str>, read: bool) -> Result<Option<OpenBlob>, StorageError> {
-        let (name, requires) = (name.to_owned(), requires.map(str::to_owned));
-        self.run(move |inner| {
-            if let Some(link) = requires {
-                if file_size(&inner.path(&link))?.is_none() {
-                    return Ok(None);
-                }
+        match open_here(&self.inner, name, requires, read)? {
+            Here::Done(opened) => Ok(opened),
+            Here::Read(file, size) => {
+                let (file, bytes) = self.run(move |_| Ok(pipe::read_whole(&file, size).map(|b| (file, b))?)).await?;
+                Ok(Some(OpenBlob::new(size, Some(pipe::file_reader(file, size, Some(bytes))))))
             }
-            let Some((file, size)) = open_file(&inner.path(&name))? else {
-                return Ok(None);
-            };
-            let whole = if read && size <= pipe::READ_CHUNK { Some(pipe::read_whole(&file, size)?) } else { None };
-            Ok(Some(OpenBlob::new(size, Some(pipe::file_reader(file, size, whole)))))
-        })
-        .await
+        }
     }
 
     async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
@@ -493,3 +521,5 @@ fn walk_files(dir: &Path, first_only: bool) -> Result<Vec<Vec<String>>, StorageE
 
 #[cfg(test)]
 mod import_tests;
+#[cfg(test)]
+mod open_tests;

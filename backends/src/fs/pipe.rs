@@ -392,6 +392,29 @@ pub(crate) fn read_whole(file: &File, size: u64) -> io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
+/// All `size` bytes of `file` if the page cache holds every one of them
+/// (`preadv2` with `RWF_NOWAIT`: nothing waits for the disk), else `None`
+/// (also where the kernel or the filesystem does not support the flag).
+#[cfg(target_os = "linux")]
+pub(crate) fn read_cached(file: &File, size: u64) -> io::Result<Option<Bytes>> {
+    use rustix::io::{preadv2, Errno, ReadWriteFlags};
+    let mut buf = vec![0u8; usize::try_from(size).map_err(io::Error::other)?];
+    match preadv2(file, &mut [io::IoSliceMut::new(&mut buf)], 0, ReadWriteFlags::NOWAIT) {
+        Ok(n) if n == buf.len() => Ok(Some(Bytes::from(buf))),
+        // Partly cached: the blocking read takes all of it.
+        Ok(_) => Ok(None),
+        Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Elsewhere nothing tells whether a read would wait: small blobs are read
+/// on a blocking thread.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn read_cached(_file: &File, _size: u64) -> io::Result<Option<Bytes>> {
+    Ok(None)
+}
+
 fn read_exact_at(file: &File, off: u64, n: u64) -> io::Result<Bytes> {
     let n = usize::try_from(n).map_err(io::Error::other)?;
     let mut buf = vec![0u8; n];
