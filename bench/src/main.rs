@@ -205,10 +205,11 @@ async fn run(args: Args) -> Result<bool, BenchError> {
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let limits = measure_limits(&pool, &run_dir, plan.disk_bytes).await?;
     let limit_line = format!(
-        "physical limits: SHA-256 one core {} MB/s; sequential write+fsync of {} {} MB/s; push limit {} MB/s\n\n",
+        "physical limits: SHA-256 one core {} MB/s; sequential write+fsync of {} {} MB/s ({:.2} s kernel CPU per GiB into a new file); push limit {} MB/s\n\n",
         fmt_num(limits.sha_mbs),
         run_dir.display(),
         fmt_num(limits.disk_mbs),
+        limits.write_cpu_s_per_gib,
         fmt_num(limits.sha_mbs.min(limits.disk_mbs))
     );
     eprint!("{limit_line}");

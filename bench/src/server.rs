@@ -185,16 +185,30 @@ fn probe_v2(addr: SocketAddr) -> bool {
 /// CPU seconds (user + system) a process has used so far.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     if cfg!(target_os = "linux") {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may contain spaces) start at field 3.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = f.get(11)?.parse().ok()?;
-        let stime: f64 = f.get(12)?.parse().ok()?;
-        Some((utime + stime) / clock_ticks())
+        proc_stat_cpu(&format!("/proc/{pid}/stat"))
     } else {
         ps_fields(pid).map(|(_, cpu)| cpu)
     }
+}
+
+/// CPU seconds the calling thread has used so far (Linux only).
+pub fn thread_cpu_seconds() -> Option<f64> {
+    if cfg!(target_os = "linux") {
+        proc_stat_cpu("/proc/thread-self/stat")
+    } else {
+        None
+    }
+}
+
+/// utime + stime of a `/proc/…/stat` file, in seconds.
+fn proc_stat_cpu(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
 }
 
 fn clock_ticks() -> f64 {
