@@ -240,6 +240,12 @@ impl RepoIndex {
         listed
     }
 
+    /// Whether `repo`'s tags were too many to keep in memory when last
+    /// listed (its pages are then read from the store one at a time).
+    pub fn tags_too_big(&self, repo: &RepoName) -> bool {
+        self.tags.too_big(repo)
+    }
+
     /// Whether the other replicas' records were last read completely
     /// within `age`.
     fn polled_within(&self, age: Duration) -> bool {

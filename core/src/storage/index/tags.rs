@@ -13,7 +13,10 @@
 //! its record was written, so a repository with such a record is listed
 //! from the store until then. Entries also expire after [`TTL`] (a bound on
 //! what nothing announced, e.g. an offline command run beside the server),
-//! and the least recently used go when the cache outgrows [`BUDGET`].
+//! and the least recently used go when the cache outgrows [`BUDGET`]. A
+//! repository whose list is too large to keep is remembered as such
+//! ([`TagCache::too_big`]), so its pages are read from the store one at a
+//! time, as without the cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,6 +64,9 @@ enum Slot {
     /// Listed from the store until then (another replica's write may still
     /// land).
     Unsettled(Instant),
+    /// Its list is larger than an entry may be: pages are read from the
+    /// store one at a time (until the repository changes).
+    TooBig,
 }
 
 /// A listing's claim to be kept ([`TagCache::fill`]).
@@ -80,6 +86,7 @@ impl TagCache {
                 return Ok(tags.clone());
             }
             Some(Slot::Unsettled(until)) if *until > now => return Err(None),
+            Some(Slot::TooBig) => return Err(None),
             // Another listing is under way; this one may replace it.
             _ => {}
         }
@@ -96,7 +103,7 @@ impl TagCache {
             return;
         }
         if cost > BUDGET / 4 {
-            state.slots.remove(repo);
+            state.slots.insert(repo.clone(), Slot::TooBig);
             return;
         }
         state.bytes += cost;
@@ -134,6 +141,12 @@ impl TagCache {
                 state.evict(BUDGET);
             }
         }
+    }
+
+    /// Whether `repo`'s last listing was too large to keep (its pages are
+    /// better read from the store, one listing from a start key each).
+    pub fn too_big(&self, repo: &RepoName) -> bool {
+        matches!(self.lock().slots.get(repo), Some(Slot::TooBig))
     }
 
     /// Drops every entry (changes may have been missed).
@@ -270,7 +283,11 @@ mod tests {
         let c = TagCache::default();
         let r = repo("a/b");
         filled(&c, &r, &tags(BUDGET / 4 / PER_TAG + 1));
-        assert!(c.get(&r).is_err());
+        assert!(matches!(c.get(&r), Err(None)), "not kept, and no ticket to fill it again");
+        assert!(c.too_big(&r));
         assert_eq!(c.bytes(), 0);
+        c.changed(&r, None);
+        assert!(!c.too_big(&r), "a change lists it again");
+        assert!(matches!(c.get(&r), Err(Some(_))));
     }
 }
