@@ -230,12 +230,12 @@ impl RepoIndex {
             Ok(tags) => return Ok(Some(tags)),
             Err(ticket) => ticket,
         };
+        // Held across the listing: if this future is dropped (the request
+        // was cancelled) or the listing keeps nothing, the slot goes.
+        let filling = ticket.map(|t| self.tags.filling(repo, t));
         let listed = storage.tag_list(repo).await.map(|t| t.map(Tags::from));
-        if let Some(ticket) = ticket {
-            match &listed {
-                Ok(Some(tags)) => self.tags.fill(repo, ticket, tags),
-                _ => self.tags.abandon(repo, ticket),
-            }
+        if let (Some(filling), Ok(Some(tags))) = (filling, &listed) {
+            filling.fill(tags);
         }
         listed
     }

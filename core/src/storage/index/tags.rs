@@ -72,6 +72,32 @@ enum Slot {
 /// A listing's claim to be kept ([`TagCache::fill`]).
 pub struct Ticket(u64);
 
+/// A [`Ticket`] held while its listing runs: dropped unfilled (the listing
+/// failed, found no repository, or its request was cancelled), it gives
+/// its slot up, so no slot outlives the listing that made it.
+pub struct Filling<'a> {
+    cache: &'a TagCache,
+    repo: &'a RepoName,
+    ticket: Option<Ticket>,
+}
+
+impl Filling<'_> {
+    /// Keeps `tags` ([`TagCache::fill`]).
+    pub fn fill(mut self, tags: &Tags) {
+        if let Some(ticket) = self.ticket.take() {
+            self.cache.fill(self.repo, ticket, tags);
+        }
+    }
+}
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.cache.abandon(self.repo, ticket);
+        }
+    }
+}
+
 impl TagCache {
     /// The cached tags of `repo`, if fresh; otherwise a ticket to fill the
     /// entry with a listing read from now on (`None`: do not keep it).
@@ -93,6 +119,11 @@ impl TagCache {
         state.remove(repo);
         state.slots.insert(repo.clone(), Slot::Filling(tick));
         Err(Some(Ticket(tick)))
+    }
+
+    /// `ticket`, held for the listing of `repo` (see [`Filling`]).
+    pub fn filling<'a>(&'a self, repo: &'a RepoName, ticket: Ticket) -> Filling<'a> {
+        Filling { cache: self, repo, ticket: Some(ticket) }
     }
 
     /// Keeps `tags`, listed under `ticket`, unless a change came since.
@@ -245,6 +276,18 @@ mod tests {
             c.abandon(&r, ticket);
         }
         assert_eq!(c.lock().slots.len(), 0);
+    }
+
+    #[test]
+    fn a_listing_dropped_unfilled_gives_its_slot_up() {
+        let c = TagCache::default();
+        let r = repo("a/b");
+        let Err(Some(ticket)) = c.get(&r) else { panic!("expected a ticket") };
+        drop(c.filling(&r, ticket));
+        assert_eq!(c.lock().slots.len(), 0, "a cancelled listing leaves no slot");
+        let Err(Some(ticket)) = c.get(&r) else { panic!("expected a ticket") };
+        c.filling(&r, ticket).fill(&tags(2));
+        assert!(c.get(&r).is_ok());
     }
 
     #[test]
