@@ -219,8 +219,11 @@ impl Storage for GuardedStorage {
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
         self.announce(repo).await?;
         let deleted = self.inner.tag_delete(repo, tag).await;
-        if let (true, Some(index)) = (!matches!(deleted, Ok(false)), &self.index) {
-            index.tagged(repo);
+        if let Some(index) = &self.index {
+            // Deleted, or failed (it may have been deleted all the same).
+            if !matches!(deleted, Ok(false)) {
+                index.tagged(repo);
+            }
         }
         deleted
     }

@@ -118,9 +118,9 @@ async fn list_all(storage: &dyn Storage, index: Option<&RepoIndex>) -> Result<Re
     let names = storage.repo_list().await?;
     let mut symbols = Interner::default();
     let mut listed = Vec::with_capacity(names.len());
-    let mut reads = std::pin::pin!(read_all(storage, names.into_iter().map(|r| (r, true)).collect()));
+    let mut reads = std::pin::pin!(read_all(storage, names, false));
     while let Some((repo, raw)) = reads.next().await {
-        // Every name was wanted: always `Some`.
+        // Not checked for existence: always `Some`.
         if let Some(raw) = raw? {
             listed.push((shared_name(index, repo), raw.encode(&mut symbols)?));
         }
@@ -139,12 +139,7 @@ async fn relist(
     let relisted = changed.len();
     let mut symbols = Interner::default();
     let mut listed = Vec::with_capacity(changed.len());
-    let mut present = Vec::with_capacity(changed.len());
-    for repo in changed {
-        let exists = storage.repo_exists(&repo).await?;
-        present.push((repo, exists));
-    }
-    let mut reads = std::pin::pin!(read_all(storage, present));
+    let mut reads = std::pin::pin!(read_all(storage, changed.into_iter().collect(), true));
     while let Some((repo, raw)) = reads.next().await {
         let words = match raw? {
             Some(raw) => Some(raw.encode(&mut symbols)?),
@@ -245,16 +240,24 @@ impl Raw {
 /// few requests in a row: on an object store, tens of milliseconds).
 const READ_AHEAD: usize = 8;
 
-/// Reads `names` (those `wanted`, else `None`) with [`READ_AHEAD`] in
-/// flight, yielding them in order.
+/// Reads `names` with [`READ_AHEAD`] in flight, yielding them in order;
+/// with `check`, each is first asked for ([`Storage::repo_exists`]) and is
+/// `None` when gone.
 fn read_all<'a>(
     storage: &'a dyn Storage,
-    names: Vec<(RepoName, bool)>,
+    names: Vec<RepoName>,
+    check: bool,
 ) -> impl futures::Stream<Item = (RepoName, Result<Option<Raw>, GcError>)> + 'a {
     use futures::StreamExt as _;
     futures::stream::iter(names)
-        .map(move |(repo, wanted)| async move {
-            let raw = if wanted { RepoInventory::read(storage, &repo).await.map(Some) } else { Ok(None) };
+        .map(move |repo| async move {
+            let raw = async {
+                if check && !storage.repo_exists(&repo).await? {
+                    return Ok(None);
+                }
+                RepoInventory::read(storage, &repo).await.map(Some)
+            }
+            .await;
             (repo, raw)
         })
         .buffered(READ_AHEAD)
@@ -385,11 +388,10 @@ impl<'a> ManifestRefs<'a> {
 }
 
 impl RepoInventory {
-    /// Lists `repo`, interning what it meets into `symbols`. A manifest
-    /// that does not parse stops the run: what it references is unknown,
-    /// so nothing may be removed.
     /// Reads `repo`'s manifests and tags from the store (interned and
-    /// encoded afterwards, in listing order, by [`Raw::encode`]).
+    /// encoded afterwards, in listing order, by [`Raw::encode`]). A
+    /// manifest that does not parse stops the run: what it references is
+    /// unknown, so nothing may be removed.
     async fn read(storage: &dyn Storage, repo: &RepoName) -> Result<Raw, GcError> {
         let mut manifests = Vec::new();
         for digest in storage.manifest_list(repo).await? {

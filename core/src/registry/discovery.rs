@@ -21,15 +21,16 @@ impl Registry {
         }
         let unknown = || RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known"));
         let cached = self.repo_index.as_ref().is_some_and(|i| !i.tags_too_big(repo));
-        if cached || n.is_none() {
-            let tags = self.tag_list(repo).await?.ok_or_else(unknown)?;
-            return Ok(paginate(&tags, n, last));
+        match n {
+            // With `n` and no tag cache (or a list too large for it), one
+            // page and one more tag (to tell whether more follow) read from
+            // the store.
+            Some(n) if !cached => {
+                let tags = self.storage.tag_page(repo, last, n.saturating_add(1)).await?.ok_or_else(unknown)?;
+                Ok(paginate(&tags, Some(n), None))
+            }
+            _ => Ok(paginate(&self.tag_list(repo).await?.ok_or_else(unknown)?, n, last)),
         }
-        // With `n` and no tag cache (or a list too large for it), one page
-        // and one more tag (to tell whether more follow) read from the store.
-        let n = n.unwrap_or_default();
-        let tags = self.storage.tag_page(repo, last, n.saturating_add(1)).await?.ok_or_else(unknown)?;
-        Ok(paginate(&tags, Some(n), None))
     }
 
     /// Every tag of a repository of this registry's own store, in lexical
