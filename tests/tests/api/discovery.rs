@@ -221,6 +221,20 @@ async fn tags_list_and_pagination() {
     // Unknown repository.
     let r = s.get("/v2/never/pushed/tags/list").await;
     assert_error(r, 404, "NAME_UNKNOWN", "tags of an unknown repository").await;
+
+    // The lists above were served from the tag cache: a tag pushed or
+    // deleted now shows in the very next list and pages.
+    let r = s.put_manifest("paged/repo", "zz-new", OCI_MANIFEST, &img.manifest).await;
+    assert_eq!(r.status(), 201, "tag zz-new");
+    tags.push("zz-new".to_owned());
+    let v = json(s.get("/v2/paged/repo/tags/list").await).await;
+    assert_eq!(v["tags"], json!(tags), "a tag pushed after a listing shows at once");
+    let v = json(s.get("/v2/paged/repo/tags/list?n=1&last=z").await).await;
+    assert_eq!(v["tags"], json!(["zz-new"]), "and in a page after the old last tag");
+    assert_eq!(s.delete("/v2/paged/repo/manifests/zz-new").await.status(), 202, "DELETE zz-new");
+    tags.pop();
+    let v = json(s.get("/v2/paged/repo/tags/list").await).await;
+    assert_eq!(v["tags"], json!(tags), "a deleted tag is gone from the next list");
 }
 
 #[tokio::test]
