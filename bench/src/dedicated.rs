@@ -69,6 +69,9 @@ pub(crate) async fn startup(bins: &Binaries, base: &Path, plan: &Plan) -> Result
                     if let Some(k) = server::rss_kib(s.pid) {
                         run.m("idle RSS MiB", k as f64 / 1024.0, false);
                     }
+                    if let Some(k) = server::rss_anon_kib(s.pid) {
+                        run.m("idle anonymous RSS MiB", k as f64 / 1024.0, false);
+                    }
                 }
                 Err(e) => run.fail(e),
             }

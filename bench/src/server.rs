@@ -232,6 +232,17 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     }
 }
 
+/// Anonymous resident memory in KiB (heap, stacks; Linux only): the part of
+/// the RSS that is the process's own, beside the file-backed pages of its
+/// binary and libraries that the kernel maps on first touch.
+pub fn rss_anon_kib(pid: u32) -> Option<u64> {
+    if cfg!(target_os = "linux") {
+        status_kib(pid, "RssAnon:")
+    } else {
+        None
+    }
+}
+
 /// Peak resident set in KiB since the last [`reset_peak`] (Linux); elsewhere
 /// the current RSS.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {

@@ -38,13 +38,16 @@ pub(crate) fn targets_summary(out: &mut String, results: &[WorkloadResult], limi
     for r in find(results, "pull-through cache miss") {
         if let (Some(t), Some(cpu)) = (r.ratio("total ms"), r.median(0, "CPU s/GiB")) {
             let ttfb = r.median(0, "TTFB ms").zip(r.median(1, "TTFB ms")).map(|(c, d)| c - d);
+            // A miss hashes and spools every byte: the push's two floors.
             out.push_str(&format!(
-                "  {:<62} {:.2} × direct time (target ≤ 1.25): {}; {:.2} s CPU/GiB (target ≤ 1.2): {}; TTFB direct + {:.1} ms (target ≤ 2): {}\n",
+                "  {:<62} {:.2} × direct time (target ≤ 1.25): {}; {:.2} s CPU/GiB (target ≤ 1.2): {}; \
+                 {:.2} s above hashing + page-cache write; TTFB direct + {:.1} ms (target ≤ 2): {}\n",
                 r.name,
                 t.0,
                 verdict(t.0 <= 1.25),
                 cpu,
                 verdict(cpu <= 1.2),
+                cpu - floors,
                 ttfb.unwrap_or(f64::NAN),
                 verdict(ttfb.is_some_and(|x| x <= 2.0))
             ));
@@ -76,8 +79,12 @@ pub(crate) fn targets_summary(out: &mut String, results: &[WorkloadResult], limi
     }
     for r in find(results, "pull-through cold pull") {
         if let Some((m, _, _)) = r.ratio("total ms") {
+            let above = r
+                .median(0, "CPU s/GiB")
+                .map(|cpu| format!("; {cpu:.2} s CPU/GiB, {:.2} s above hashing + page-cache write", cpu - floors))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "  {:<62} {:.2} × direct time (target ≤ 1.25, as for one blob's miss): {}\n",
+                "  {:<62} {:.2} × direct time (target ≤ 1.25, as for one blob's miss): {}{above}\n",
                 r.name,
                 m,
                 verdict(m <= 1.25)
@@ -115,9 +122,17 @@ pub(crate) fn targets_summary(out: &mut String, results: &[WorkloadResult], limi
             out.push_str(&format!("  {:<62} {:.1} ms (target < 100): {}\n", r.name, ms, verdict(ms < 100.0)));
         }
     }
+    let anon = find(results, "start-up")
+        .flat_map(|r| r.pairs.iter())
+        .filter_map(|p| p[0].metrics.iter().find(|m| m.name == "idle anonymous RSS MiB"))
+        .map(|m| m.value)
+        .collect();
     if let Some((med, _, hi)) = summary(idle) {
+        let anon = summary(anon)
+            .map(|(a, _, _)| format!("; anonymous (heap, stacks) median {a:.1} MiB, the rest file-backed pages of the binary and libraries"))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "  {:<62} median {:.1} MiB, max {:.1} (target ≤ 10): {}\n",
+            "  {:<62} median {:.1} MiB, max {:.1} (target ≤ 10): {}{anon}\n",
             "idle RSS",
             med,
             hi,
