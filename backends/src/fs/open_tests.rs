@@ -26,6 +26,14 @@ async fn read_back(store: &FsStorage, d: &Digest) -> Vec<u8> {
     chunks.concat()
 }
 
+/// The bytes `start..=end` of a stored blob, read through its open reader.
+async fn read_range(store: &FsStorage, d: &Digest, start: u64, end: u64) -> Vec<u8> {
+    let opened = store.blob_open(d, None, true).await.expect("open").expect("present");
+    let body = opened.read(store, d, Some(ByteRange { start, end })).await.expect("read");
+    let chunks: Vec<Bytes> = body.try_collect().await.expect("stream");
+    chunks.concat()
+}
+
 #[tokio::test]
 async fn small_and_large_blobs_read_back_exactly_cached_or_not() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -55,6 +63,16 @@ async fn small_and_large_blobs_read_back_exactly_cached_or_not() {
             }
         }
         assert_eq!(read_back(&store, &d).await, bytes, "{len} bytes, after dropping cached pages");
+        // A range across a chunk boundary, from the page cache and, once
+        // dropped again, from the disk.
+        if len as u64 > pipe::READ_CHUNK + 10 {
+            let (start, end) = (pipe::READ_CHUNK - 10, len as u64 - 3);
+            let want = &bytes[start as usize..=end as usize];
+            assert_eq!(read_range(&store, &d, start, end).await, want, "{len} bytes, range, cached");
+            #[cfg(target_os = "linux")]
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+            assert_eq!(read_range(&store, &d, start, end).await, want, "{len} bytes, range, not cached");
+        }
     }
 }
 
