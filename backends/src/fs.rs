@@ -227,7 +227,7 @@ enum Here {
 }
 
 /// Opens a blob file on the calling (async) thread, and reads a small one
-/// there when the page cache holds all of it ([`pipe::read_cached`]), so a
+/// there when the page cache holds all of it ([`pipe::read_cached_at`]), so a
 /// hot blob costs no trip to a blocking thread and back (nginx serves from
 /// its event loop the same way). The metadata calls take microseconds when
 /// the kernel's dentry cache holds the path, as it does for every blob
@@ -245,7 +245,7 @@ fn open_here(inner: &Inner, name: &str, requires: Option<&str>, read: bool) -> i
     if !read || size > pipe::READ_CHUNK {
         return Ok(Here::Done(Some(OpenBlob::new(size, Some(pipe::file_reader(file, size, None))))));
     }
-    Ok(match pipe::read_cached(&file, size)? {
+    Ok(match pipe::read_cached_at(&file, 0, size)? {
         Some(bytes) => Here::Done(Some(OpenBlob::new(size, Some(pipe::file_reader(file, size, Some(bytes)))))),
         None => Here::Read(file, size),
     })

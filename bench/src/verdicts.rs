@@ -122,14 +122,10 @@ pub(crate) fn targets_summary(out: &mut String, results: &[WorkloadResult], limi
             out.push_str(&format!("  {:<62} {:.1} ms (target < 100): {}\n", r.name, ms, verdict(ms < 100.0)));
         }
     }
-    let anon = find(results, "start-up")
-        .flat_map(|r| r.pairs.iter())
-        .filter_map(|p| p[0].metrics.iter().find(|m| m.name == "idle anonymous RSS MiB"))
-        .map(|m| m.value)
-        .collect();
+    let anon = find(results, "start-up").next().and_then(|r| r.median(0, "idle anonymous RSS MiB"));
     if let Some((med, _, hi)) = summary(idle) {
-        let anon = summary(anon)
-            .map(|(a, _, _)| format!("; anonymous (heap, stacks) median {a:.1} MiB, the rest file-backed pages of the binary and libraries"))
+        let anon = anon
+            .map(|a| format!("; anonymous (heap, stacks) median {a:.1} MiB, the rest file-backed pages of the binary and libraries"))
             .unwrap_or_default();
         out.push_str(&format!(
             "  {:<62} median {:.1} MiB, max {:.1} (target ≤ 10): {}{anon}\n",

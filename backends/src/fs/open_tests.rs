@@ -50,7 +50,7 @@ async fn small_and_large_blobs_read_back_exactly_cached_or_not() {
         rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
         if len as u64 <= pipe::READ_CHUNK {
             let here = open_here(&store.inner, &L.blob(&d), None, true).expect("open here");
-            match (pipe::read_cached(&file, len as u64).expect("read cached"), here) {
+            match (pipe::read_cached_at(&file, 0, len as u64).expect("read cached"), here) {
                 (Some(b), Here::Done(Some(o))) => {
                     assert_eq!(&b[..], &bytes[..]);
                     assert_eq!(o.size, len as u64);

@@ -399,12 +399,6 @@ pub(crate) fn read_whole(file: &File, size: u64) -> io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-/// All `size` bytes of `file` if the page cache holds every one of them,
-/// else `None`: [`read_cached_at`] from offset 0.
-pub(crate) fn read_cached(file: &File, size: u64) -> io::Result<Option<Bytes>> {
-    read_cached_at(file, 0, size)
-}
-
 /// The `n` bytes of `file` at `off` if the page cache holds every one of
 /// them (`preadv2` with `RWF_NOWAIT`: nothing waits for the disk), else
 /// `None` (also where the kernel or the filesystem does not support the
